@@ -1,0 +1,55 @@
+"""automigrator: bring an ASGI application's Alembic schema up to date at start-up."""
+
+from __future__ import annotations
+
+from ._migrator import STATE_KEY, AutoMigrator
+from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
+from .errors import (
+    AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    LockTimeoutError,
+    MigrationError,
+    MultipleHeadsError,
+    SchemaAheadError,
+    UnversionedDatabaseError,
+)
+from .locking import (
+    MigrationLock,
+    MySQLLock,
+    PostgresAdvisoryLock,
+    ProcessLock,
+    SQLiteFileLock,
+)
+from .middleware import AutoMigrateMiddleware
+from .policies import Decision, Fail, Failure, FailurePolicy, LogAndContinue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATE_KEY",
+    "AppliedRevision",
+    "AutoMigrateMiddleware",
+    "AutoMigrator",
+    "AutomigratorError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "Decision",
+    "Fail",
+    "Failure",
+    "FailurePolicy",
+    "LockTimeoutError",
+    "LogAndContinue",
+    "MigrationError",
+    "MigrationLock",
+    "MigrationState",
+    "MigrationStatus",
+    "MultipleHeadsError",
+    "MySQLLock",
+    "Plan",
+    "PostgresAdvisoryLock",
+    "ProcessLock",
+    "SQLiteFileLock",
+    "SchemaAheadError",
+    "UnversionedDatabaseError",
+]

@@ -1,0 +1,358 @@
+"""The only module that calls Alembic.
+
+It loads the config and the script directory, plans an upgrade against the
+revisions read from the database, and runs the upgrade through the user's own
+env.py in the calling (worker) thread, recording each applied revision.
+Alembic's and SQLAlchemy's errors are translated here, chained with ``from``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from configparser import Error as ConfigParserError
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from ._database import VersionTable, display, redact, translate_error
+from ._logguard import LoggingGuard
+from ._state import AppliedRevision, Plan
+from .errors import (
+    AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    MigrationError,
+)
+
+logger = logging.getLogger("automigrator")
+
+# Alembic keeps the running environment in module globals (alembic.context,
+# alembic.op): two runs at once in one process would trample each other.
+_RUN_LOCK = threading.Lock()
+
+OnApplied = Callable[[AppliedRevision, int, int], None]
+
+
+def load_config(source: str | os.PathLike[str] | Config) -> Config:
+    """An Alembic Config from a path to alembic.ini (or pyproject.toml), or as given."""
+    if isinstance(source, Config):
+        cfg = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigurationError(
+                f"Alembic config file {str(path)!r} not found (looked from {os.getcwd()!r}). "
+                "Pass the path to your alembic.ini, or an alembic.config.Config."
+            )
+        cfg = Config(toml_file=path) if path.suffix == ".toml" else Config(path)
+    try:
+        location = _alembic_option(cfg, "script_location")
+    except ConfigParserError as exc:
+        raise ConfigurationError(
+            f"Could not read the Alembic config {cfg.config_file_name!r}: {exc}".strip()
+        ) from exc
+    if not location:
+        raise ConfigurationError(
+            f"The Alembic config {cfg.config_file_name or cfg.toml_file_name!r} has no "
+            "'script_location'. Add 'script_location = <folder with env.py>' to its "
+            "[alembic] section."
+        )
+    return cfg
+
+
+def _alembic_option(cfg: Config, name: str) -> str | None:
+    # get_alembic_option (Alembic 1.16+) also reads pyproject.toml.
+    getter = getattr(cfg, "get_alembic_option", None) or cfg.get_main_option
+    value: str | None = getter(name)
+    return value
+
+
+def set_url(cfg: Config, url: URL) -> None:
+    """Make ``url`` the ``sqlalchemy.url`` that env.py reads."""
+    # ConfigParser interpolates '%': a percent-encoded password must be doubled.
+    cfg.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+
+
+def config_url(cfg: Config) -> str | None:
+    """The ``sqlalchemy.url`` of the config, if any."""
+    return cfg.get_main_option("sqlalchemy.url") or None
+
+
+def load_script(cfg: Config) -> ScriptDirectory:
+    """The script directory, checked: folders exist, revision files import, graph is sound."""
+    try:
+        script = ScriptDirectory.from_config(cfg)
+    except CommandError as exc:
+        raise ConfigurationError(
+            f"Could not load the migration scripts: {exc}. Check 'script_location' in "
+            f"{cfg.config_file_name or cfg.toml_file_name!r}."
+        ) from exc
+    # Alembic treats a missing versions folder as "no revisions", which would
+    # make an empty database look up to date.
+    for location in script._version_locations:
+        if not Path(location).is_dir():
+            raise ConfigurationError(
+                f"The versions folder {str(location)!r} does not exist. Create it, or fix "
+                "'script_location' / 'version_locations' in the Alembic config."
+            )
+    try:
+        script.get_heads()
+    except (RevisionError, CommandError) as exc:
+        raise ConfigurationError(f"The revision graph is broken: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"A revision file failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    return script
+
+
+def make_plan(
+    script: ScriptDirectory,
+    target: str,
+    db_revisions: tuple[str, ...] | None,
+    *,
+    has_tables: bool,
+) -> Plan:
+    """Compare the database's revisions with the scripts; no DDL, no env.py."""
+    heads = tuple(sorted(script.get_heads()))
+    current = db_revisions or ()
+    if target == "head" and len(heads) > 1:
+        return Plan("multiple_heads", current, heads)
+    unknown = tuple(rev for rev in current if not _known(script, rev))
+    if unknown:
+        return Plan("ahead_of_code", current, heads, unknown=unknown)
+    if db_revisions is None and has_tables:
+        return Plan("unversioned", current, heads)
+    try:
+        targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
+        steps = script._upgrade_revs(target, current)  # type: ignore[arg-type]
+    except (CommandError, RevisionError) as exc:
+        if _is_ancestor_of(script, target, current):
+            # The database is already past a pinned target: nothing to do,
+            # and we never downgrade.
+            return Plan("at_head", current, targets)
+        raise ConfigurationError(
+            f"Unknown migration target {target!r}: {exc}. Use 'head', 'heads', a revision "
+            "id or a branch label the scripts define."
+        ) from exc
+    pending = tuple(step.revision.revision for step in steps)
+    if not pending:
+        return Plan("at_head", current, targets)
+    return Plan("behind" if current else "empty", current, targets, pending=pending)
+
+
+def _known(script: ScriptDirectory, rev: str) -> bool:
+    try:
+        found = script.get_revision(rev)
+    except (CommandError, RevisionError):
+        return False
+    return found is not None and found.revision == rev
+
+
+def _is_ancestor_of(script: ScriptDirectory, target: str, current: Sequence[str]) -> bool:
+    if not current:
+        return False
+    try:
+        wanted = {r.revision for r in script.get_revisions(target) if r is not None}
+        below = {
+            r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")
+        }
+    except (CommandError, RevisionError):
+        return False
+    return bool(wanted) and wanted <= below
+
+
+class _Recorder:
+    """Collects the revisions applied during one upgrade, and logs each one."""
+
+    def __init__(self, on_applied: OnApplied, version_table: VersionTable) -> None:
+        self.on_applied = on_applied
+        self.version_table = version_table
+        self.steps: list[RevisionStep] = []
+        self.applied: list[AppliedRevision] = []
+        self.guard: LoggingGuard | None = None
+        self._mark = time.perf_counter()
+
+    def planned(self, steps: Iterable[Any]) -> list[Any]:
+        self.steps = list(steps)
+        return self.steps
+
+    def started(self) -> None:
+        self._mark = time.perf_counter()
+
+    def version_applied(
+        self, *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
+    ) -> None:
+        now = time.perf_counter()
+        if step.is_stamp:
+            logger.info("Stamped the database at %s", ", ".join(step.up_revision_ids))
+            return
+        applied = AppliedRevision(
+            revision=step.up_revision_id or "",
+            message=str(getattr(step.up_revision, "doc", "") or "").strip(),
+            duration=now - self._mark,
+        )
+        self._mark = now
+        self.applied.append(applied)
+        logger.info(
+            "Applied %d/%d %s %s in %.2f s",
+            len(self.applied),
+            len(self.steps),
+            applied.revision,
+            applied.message,
+            applied.duration,
+        )
+        self.on_applied(applied, len(self.applied), len(self.steps))
+
+    def failing_revision(self) -> str | None:
+        index = len(self.applied)
+        if index < len(self.steps):
+            return str(self.steps[index].revision.revision)
+        return None
+
+
+def _environment(
+    cfg: Config, script: ScriptDirectory, fn: Any, destination: str, recorder: _Recorder
+) -> EnvironmentContext:
+    """An EnvironmentContext whose configure() and run_migrations() add our recorder.
+
+    Alembic publishes the context to env.py as ``alembic.context``, binding
+    each name with ``getattr`` on the instance when it is entered; a subclass
+    would not be published, so we wrap the two methods on this one instance.
+    """
+    env = EnvironmentContext(cfg, script, fn=fn, destination_rev=destination)
+    configure = env.configure
+    run_migrations = env.run_migrations
+
+    def configure_with_recorder(*args: Any, **kwargs: Any) -> None:
+        # env.py has just run fileConfig(); give the app its logging back
+        # before any revision runs, so the revisions' lines reach its handlers.
+        if recorder.guard is not None:
+            recorder.guard.restore()
+        table = VersionTable(
+            kwargs.get("version_table") or "alembic_version", kwargs.get("version_table_schema")
+        )
+        if table != recorder.version_table:
+            raise ConfigurationError(
+                f"env.py uses the version table {str(table)!r} but automigrator was told "
+                f"{str(recorder.version_table)!r}. Pass version_table= and "
+                "version_table_schema= to AutoMigrator to match env.py."
+            )
+        theirs = kwargs.pop("on_version_apply", None) or ()
+        theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else (theirs,)
+        kwargs["on_version_apply"] = (*theirs, recorder.version_applied)
+        configure(*args, **kwargs)
+
+    def run_migrations_with_recorder(**kw: Any) -> None:
+        recorder.started()
+        run_migrations(**kw)
+
+    env.configure = configure_with_recorder  # type: ignore[method-assign]
+    env.run_migrations = run_migrations_with_recorder  # type: ignore[method-assign]
+    return env
+
+
+def upgrade(
+    cfg: Config,
+    script: ScriptDirectory,
+    target: str,
+    *,
+    url: URL,
+    version_table: VersionTable,
+    on_applied: OnApplied,
+) -> tuple[AppliedRevision, ...]:
+    """Run ``alembic upgrade <target>`` through the user's env.py, in this thread.
+
+    This is ``alembic.command.upgrade`` with the script directory built once
+    (by the caller, shared with plan and verify) and a recorder attached.
+    """
+    return _run_env(
+        cfg,
+        script,
+        lambda rev: script._upgrade_revs(target, rev),
+        destination=target,
+        url=url,
+        recorder=_Recorder(on_applied, version_table),
+    )
+
+
+def stamp(
+    cfg: Config, script: ScriptDirectory, revision: str, *, url: URL, version_table: VersionTable
+) -> None:
+    """Run ``alembic stamp <revision>`` (no DDL but the version table) through env.py."""
+    _run_env(
+        cfg,
+        script,
+        lambda rev: script._stamp_revs(revision, rev),
+        destination=revision,
+        url=url,
+        recorder=_Recorder(lambda *_: None, version_table),
+    )
+
+
+def _run_env(
+    cfg: Config,
+    script: ScriptDirectory,
+    make_steps: Callable[[Any], Iterable[Any]],
+    *,
+    destination: str,
+    url: URL,
+    recorder: _Recorder,
+) -> tuple[AppliedRevision, ...]:
+    def steps(rev: Any, context: MigrationContext) -> list[Any]:
+        return recorder.planned(make_steps(rev))
+
+    with _RUN_LOCK, LoggingGuard() as guard:
+        recorder.guard = guard
+        try:
+            with _environment(cfg, script, steps, destination, recorder):
+                script.run_env()
+        except AutomigratorError:
+            raise
+        except Exception as exc:
+            raise _translate_run_error(exc, recorder, url) from exc
+    return tuple(recorder.applied)
+
+
+def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> AutomigratorError:
+    revision = recorder.failing_revision()
+    if isinstance(exc, DBAPIError) and (revision is None or exc.connection_invalidated):
+        # Failed before the first revision ran (env.py could not connect),
+        # or the connection dropped: not the migration's fault.
+        error = translate_error(exc, url, doing="running env.py")
+        if isinstance(error, (ConfigurationError, DatabaseUnavailableError)):
+            return error
+    detail = redact(f"{type(exc).__name__}: {_first_line(exc)}", url)
+    if revision is None:
+        return MigrationError(
+            f"env.py failed before any revision ran, against {display(url)}: {detail}",
+            revision=None,
+        )
+    message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
+    done = len(recorder.applied)
+    return MigrationError(
+        f"Migration {revision} ({message.strip() or 'no message'}) failed after "
+        f"{done} of {len(recorder.steps)} revision(s) were applied: {detail}. Fix the revision "
+        "and start again; on databases without transactional DDL (SQLite, MySQL/MariaDB) "
+        "its partial changes may remain.",
+        revision=revision,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else ""

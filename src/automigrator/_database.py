@@ -1,0 +1,176 @@
+"""Our own short connections: URLs, masking, reading the version table, connect errors.
+
+env.py opens its own engine for the migration itself; this module is only for
+what automigrator reads (plan, verify) and for the lock backends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError
+
+# Async drivers cannot serve our synchronous reads; each maps to the sync
+# drivers of the same database, in order of preference.
+_SYNC_DRIVERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "asyncpg": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "psycopg_async": (("psycopg", "psycopg"),),
+    "aiosqlite": (("pysqlite", "sqlite3"),),
+    "asyncmy": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb")),
+    "aiomysql": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb")),
+}
+
+
+def parse_url(raw: str | URL) -> URL:
+    """Parse a URL, or raise ConfigurationError without echoing the password."""
+    if isinstance(raw, URL):
+        return raw
+    try:
+        url = sa.make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"Could not parse the database URL {_mask_unparsed(raw)!r}. Expected a SQLAlchemy "
+            "URL such as 'postgresql+psycopg://user:password@host/dbname' or "
+            "'sqlite:///path/to/file.db'."
+        ) from None if "@" in raw else exc
+    try:
+        url.get_dialect()
+    except NoSuchModuleError as exc:
+        raise ConfigurationError(
+            f"The database URL {display(url)!r} names an unknown dialect or driver "
+            f"{url.drivername!r}. Check the part before '://', and that its driver is installed."
+        ) from exc
+    return url
+
+
+def _mask_unparsed(raw: str) -> str:
+    # The URL did not parse, so SQLAlchemy cannot mask it: hide anything that
+    # looks like "user:password@" ourselves.
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+
+
+def display(url: URL) -> str:
+    """The URL with its password replaced by ``***``, for logs and messages."""
+    return url.render_as_string(hide_password=True)
+
+
+def redact(text: str, url: URL | None) -> str:
+    """Remove the URL's password from text that came from a driver or a revision."""
+    if url is not None and url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+def sync_url(url: URL) -> URL:
+    """The same database through a synchronous driver, for our own short reads."""
+    dialect = url.get_dialect()
+    if not getattr(dialect, "is_async", False):
+        return url
+    for driver, module in _SYNC_DRIVERS.get(url.get_driver_name(), ()):
+        if importlib.util.find_spec(module) is not None:
+            return url.set(drivername=f"{url.get_backend_name()}+{driver}")
+    wanted = " or ".join(m for _, m in _SYNC_DRIVERS.get(url.get_driver_name(), ())) or "one"
+    raise ConfigurationError(
+        f"The URL {display(url)!r} uses the async driver {url.get_driver_name()!r}. "
+        f"automigrator reads the version table and takes its lock through a synchronous "
+        f"driver: install {wanted} for {url.get_backend_name()}."
+    )
+
+
+def create_engine(url: URL) -> Engine:
+    """An engine without a pool: every connection we open is short and closed at once."""
+    return sa.create_engine(sync_url(url), poolclass=NullPool)
+
+
+@dataclass(frozen=True)
+class VersionTable:
+    """Where the revisions are stored: Alembic's version table."""
+
+    name: str = "alembic_version"
+    schema: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | None:
+    """The version table's rows, sorted; None when the table does not exist.
+
+    The common case (table present) costs one query. Only when it fails do we
+    ask the inspector whether the table is missing or the error is real.
+    """
+    version = sa.table(table.name, sa.column("version_num"), schema=table.schema)
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            rows = conn.execute(sa.select(version.c.version_num)).scalars().all()
+    except DBAPIError:
+        if conn.invalidated:
+            raise
+        if sa.inspect(conn).has_table(table.name, schema=table.schema):
+            raise
+        return None
+    return tuple(sorted(rows))
+
+
+def has_other_tables(conn: Connection, table: VersionTable) -> bool:
+    """True when the version table's schema holds tables besides the version table."""
+    names = sa.inspect(conn).get_table_names(schema=table.schema)
+    return any(name != table.name for name in names)
+
+
+# Markers in driver messages that mean "your settings are wrong", which no
+# amount of retrying will fix.
+_CONFIG_MARKERS = (
+    "password authentication failed",
+    "authentication failed",
+    "access denied",
+    "does not exist",
+    "unknown database",
+    "no password supplied",
+    "unable to open database file",
+    "invalid dsn",
+)
+_CONFIG_MYSQL_CODES = {1044, 1045, 1049, 1698}
+
+
+def translate_error(exc: Exception, url: URL | None, *, doing: str) -> AutomigratorError:
+    """Turn a SQLAlchemy/driver error met while ``doing`` into our error tree."""
+    where = f" at {display(url)}" if url is not None else ""
+    detail = redact(_first_line(exc), url)
+    if isinstance(exc, AutomigratorError):
+        return exc
+    if isinstance(exc, DBAPIError) and _is_configuration(exc):
+        return ConfigurationError(
+            f"The database{where} refused the connection while {doing}: {detail}. Check the "
+            "user, password and database name in the URL; this is not retried."
+        )
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+    ):
+        return DatabaseUnavailableError(
+            f"The database{where} could not be reached while {doing}: {detail}."
+        )
+    if isinstance(exc, SQLAlchemyError):
+        return DatabaseUnavailableError(f"Database error{where} while {doing}: {detail}.")
+    return ConfigurationError(f"Unexpected error while {doing}: {detail}.")
+
+
+def _is_configuration(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _CONFIG_MYSQL_CODES:
+        return True
+    text = str(orig).lower()
+    return any(marker in text for marker in _CONFIG_MARKERS)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

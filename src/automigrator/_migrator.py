@@ -1,0 +1,529 @@
+"""``AutoMigrator``: plan, lock, re-plan, upgrade, verify; then the failure policy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
+
+from . import _alembic
+from ._database import (
+    VersionTable,
+    create_engine,
+    display,
+    has_other_tables,
+    parse_url,
+    read_revisions,
+    redact,
+    sync_url,
+    translate_error,
+)
+from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
+from ._switch import read_switch
+from .errors import (
+    AutomigratorError,
+    ConfigurationError,
+    LockTimeoutError,
+    MigrationError,
+    MultipleHeadsError,
+    SchemaAheadError,
+    UnversionedDatabaseError,
+)
+from .locking import MigrationLock, lock_for
+from .policies import Decision, Fail, Failure, FailurePolicy
+
+logger = logging.getLogger("automigrator")
+
+STATE_KEY = "automigrator"
+"""The key under which the lifespan publishes the migrator in the lifespan state."""
+
+LockOption = MigrationLock | Literal["auto"] | None
+AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+# How long one blocking lock attempt may keep a worker thread; between slices
+# we log, check the deadline and notice cancellation (shutdown).
+_LOCK_SLICE = 1.0
+_LOCK_LOG_EVERY = 5.0
+
+
+class AutoMigrator:
+    """Brings the database schema to the scripts' head when the application starts.
+
+    Use ``lifespan=migrator.lifespan`` (FastAPI, Starlette) or wrap any ASGI app
+    in ``AutoMigrateMiddleware(app, migrator=migrator)``.
+
+    Args:
+        config: path to ``alembic.ini`` (or a ``pyproject.toml`` holding the
+            Alembic settings), or an ``alembic.config.Config``.
+        url: the database URL; overrides ``sqlalchemy.url`` in the config that
+            env.py sees. Without it, the config's ``sqlalchemy.url`` is used.
+        target: ``"head"`` (default, as the Alembic CLI: a single head is
+            required), ``"heads"`` for deliberate branches, or a revision id or
+            branch label. Relative targets (``+1``) are refused.
+        enabled: run migrations or not; ``None`` reads ``env_var`` once, here.
+        env_var: the switch's environment variable (default ``RUN_MIGRATIONS``).
+        default_enabled: the switch when ``env_var`` is unset. ``True`` by
+            default: code that installs the migrator means to migrate, and a
+            forgotten variable must not leave an app serving an old schema.
+        on_failure: a failure policy (default :class:`~automigrator.Fail`).
+        lock: ``"auto"`` (the database's own lock), a
+            :class:`~automigrator.MigrationLock`, or ``None`` (no lock: only
+            safe when a single process ever migrates; logged as a warning).
+        lock_timeout: seconds to wait for another process's migration.
+        version_table, version_table_schema: where env.py keeps the revisions,
+            if not Alembic's default ``alembic_version`` in the default schema.
+        baseline: a revision to stamp an *unversioned* database at (tables but
+            no version table) before upgrading. Without it such a database is
+            refused, untouched.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | Config,
+        *,
+        url: str | URL | None = None,
+        target: str = "head",
+        enabled: bool | None = None,
+        env_var: str = "RUN_MIGRATIONS",
+        default_enabled: bool = True,
+        on_failure: FailurePolicy | None = None,
+        lock: LockOption = "auto",
+        lock_timeout: float = 300.0,
+        version_table: str = "alembic_version",
+        version_table_schema: str | None = None,
+        baseline: str | None = None,
+    ) -> None:
+        if not target or target[0] in "+-" or ":" in target:
+            raise ConfigurationError(
+                f"target={target!r} is not a start-up target. Use 'head', 'heads', a revision "
+                "id or a branch label; relative targets and ranges would move on every start."
+            )
+        if lock_timeout <= 0:
+            raise ConfigurationError(f"lock_timeout must be > 0 seconds, got {lock_timeout!r}.")
+        if not (lock is None or lock == "auto" or isinstance(lock, MigrationLock)):
+            raise ConfigurationError(
+                f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
+                "acquire(timeout), release() and holder()."
+            )
+        if on_failure is not None and not isinstance(on_failure, FailurePolicy):
+            raise ConfigurationError(
+                f"on_failure={on_failure!r} is not a failure policy: it needs "
+                "'async def handle(self, failure) -> Decision'."
+            )
+        self._config = _alembic.load_config(config)
+        raw_url = url if url is not None else _alembic.config_url(self._config)
+        if raw_url is None:
+            raise ConfigurationError(
+                "No database URL: pass url= to AutoMigrator or set sqlalchemy.url in "
+                f"{self._config.config_file_name or 'the Alembic config'!r}."
+            )
+        self.url: URL = parse_url(raw_url)
+        sync_url(self.url)  # an async driver without a sync sibling fails here, not at start
+        if url is not None:
+            _alembic.set_url(self._config, self.url)
+        if enabled is None:
+            self.enabled, self._switch_source = read_switch(env_var, default=default_enabled)
+        else:
+            self.enabled, self._switch_source = enabled, f"enabled={enabled}"
+        self.target = target
+        self.on_failure: FailurePolicy = on_failure if on_failure is not None else Fail()
+        self.lock_option: LockOption = lock
+        self.lock_timeout = float(lock_timeout)
+        self.version_table = VersionTable(version_table, version_table_schema)
+        self.baseline = baseline
+        self._status = MigrationStatus()
+        self._engine: Engine | None = None
+        self._script: ScriptDirectory | None = None
+        if lock is None:
+            logger.warning(
+                "Migration lock disabled (lock=None): concurrent replicas may migrate at "
+                "the same time and fail."
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"AutoMigrator({self._config.config_file_name or '<Config>'!r}, "
+            f"url={display(self.url)!r}, target={self.target!r}, enabled={self.enabled}, "
+            f"on_failure={self.on_failure!r})"
+        )
+
+    # -- what users read ------------------------------------------------------
+
+    @property
+    def status(self) -> MigrationStatus:
+        """The latest snapshot: state, revisions before/after, applied, error."""
+        return self._status
+
+    @property
+    def config(self) -> Config:
+        """The Alembic config env.py sees (with ``url=`` applied)."""
+        return self._config
+
+    # -- the run --------------------------------------------------------------
+
+    async def run(self) -> MigrationStatus:
+        """Migrate once, applying the failure policy; returns the final status.
+
+        Raises the error when the policy decides to fail. Safe to call again
+        (an at-head database costs one query).
+        """
+        started = time.monotonic()
+        if not self.should_run():
+            self._status = MigrationStatus(state=MigrationState.DISABLED, duration=0.0)
+            logger.info("Migrations disabled (%s): not touching the database", self._switch_source)
+            return self._status
+        self._status = MigrationStatus(state=MigrationState.PENDING)
+        self._script = None
+        history: list[Decision] = []
+        attempt = 0
+        logger.info("Checking the schema of %s", display(self.url))
+        while True:
+            attempt += 1
+            self._set(attempts=attempt)
+            try:
+                await self.migrate()
+            except AutomigratorError as exc:
+                error: AutomigratorError = exc
+            except Exception as exc:
+                error = MigrationError(redact(f"{type(exc).__name__}: {exc}", self.url))
+                error.__cause__ = exc
+            else:
+                self._finish(MigrationState.READY, started)
+                logger.info(
+                    "Schema ready at %s (%d revision(s) applied in %.2f s)",
+                    ", ".join(self._status.revisions_after or ()) or "base",
+                    len(self._status.applied),
+                    self._status.duration or 0.0,
+                )
+                return self._status
+            self._set(error=_one_line(error), error_kind=error.kind)
+            failure = Failure(error=error, attempt=attempt, history=tuple(history), migrator=self)
+            try:
+                decision = await self.on_failure.handle(failure)
+            except BaseException:
+                await self._end_failed(started)
+                raise
+            decision = replace(decision, policy=repr(self.on_failure))
+            history.append(decision)
+            if decision.action == "retry":
+                logger.warning(
+                    "Migration failed (%s: %s); %s decided to retry in %.1f s: %s",
+                    error.kind,
+                    _one_line(error),
+                    decision.policy,
+                    decision.delay,
+                    decision.reason,
+                )
+                self._set(state=MigrationState.PENDING)
+                self._script = None
+                await anyio.sleep(decision.delay)
+                continue
+            if decision.action == "degrade":
+                await self._read_after()
+                self._finish(MigrationState.DEGRADED, started)
+                logger.critical(
+                    "Migration failed (%s: %s); %s decided to continue DEGRADED: %s. The "
+                    "application is starting on a schema that may not match its code.",
+                    error.kind,
+                    _one_line(error),
+                    decision.policy,
+                    decision.reason,
+                )
+                return self._status
+            logger.error(
+                "Migration failed (%s: %s); %s decided to fail start-up: %s",
+                error.kind,
+                _one_line(error),
+                decision.policy,
+                decision.reason,
+            )
+            await self._end_failed(started)
+            raise error
+
+    def should_run(self) -> bool:
+        """Whether to run migrations at all; override to decide otherwise.
+
+        Default: the ``enabled`` argument, or the ``RUN_MIGRATIONS`` switch.
+        """
+        return self.enabled
+
+    async def migrate(self) -> None:
+        """One attempt: plan, and if behind, lock, re-plan, upgrade and verify.
+
+        Override to wrap your own recovery around ``await super().migrate()``
+        (the reference design's ``migrate()`` callback). Raise to report a
+        failure; the failure policy sees what you raise.
+        """
+        plan = await self.plan()
+        self._refuse(plan)
+        if plan.kind == "at_head":
+            return
+        async with self.locked():
+            # Another replica may have migrated while we waited for the lock.
+            plan = await self.plan()
+            self._refuse(plan)
+            if plan.kind == "at_head":
+                logger.info("Another process brought the schema to head while we waited")
+                return
+            if plan.kind == "unversioned":
+                await self.stamp_baseline()
+                plan = await self.plan()
+                if plan.kind == "at_head":
+                    return
+            await self.upgrade(plan)
+            await self.verify()
+
+    async def plan(self) -> Plan:
+        """Read the database's revisions (one short connection) and classify them."""
+        plan = await anyio.to_thread.run_sync(self._plan_sync)
+        before = self._status.revisions_before
+        self._set(
+            revisions_before=plan.db_revisions if before is None else before,
+            revisions_after=plan.db_revisions,
+            heads=plan.heads,
+        )
+        logger.debug("Plan: %s", plan)
+        return plan
+
+    async def upgrade(self, plan: Plan) -> None:
+        """Run the upgrade through env.py in a worker thread."""
+        self._set(state=MigrationState.MIGRATING)
+        logger.info(
+            "Migrating from %s to %s: %d revision(s) to apply",
+            ", ".join(plan.db_revisions) or "an empty database",
+            ", ".join(plan.heads),
+            len(plan.pending),
+        )
+        await anyio.to_thread.run_sync(self._upgrade_sync)
+
+    async def verify(self) -> None:
+        """Read the version table again; anything but the target is a failure."""
+        plan = await self.plan()
+        if plan.kind != "at_head":
+            raise MigrationError(
+                f"After the upgrade the database is at {', '.join(plan.db_revisions) or 'base'}, "
+                f"not at {', '.join(plan.heads)}: env.py did not record the revisions (does it "
+                "call context.run_migrations() inside a transaction that is committed, and "
+                "with the same version table?)."
+            )
+
+    async def stamp_baseline(self) -> None:
+        """Stamp an unversioned database at ``baseline`` (called under the lock)."""
+        assert self.baseline is not None
+        logger.warning(
+            "The database has tables but no version table: stamping it at baseline %s",
+            self.baseline,
+        )
+        await anyio.to_thread.run_sync(self._stamp_sync)
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the migration lock for the duration of the block."""
+        lock = self._make_lock()
+        if lock is None:
+            yield
+            return
+        await self._acquire(lock)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lock.release)
+            logger.debug("Released the migration lock %r", lock)
+
+    # -- lifespan -------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """An ASGI lifespan: migrate, then let the application start.
+
+        The migrator is published in the lifespan state under ``"automigrator"``
+        (``request.state.automigrator.status`` in a handler).
+        """
+        await self.run()
+        yield {STATE_KEY: self}
+
+    def wrap_lifespan(self, app_lifespan: AppLifespan) -> Callable[[Any], Any]:
+        """Migrate first, then enter the application's own lifespan.
+
+        ``FastAPI(lifespan=migrator.wrap_lifespan(lifespan))``; the two state
+        dicts are merged.
+        """
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+            async with self.lifespan(app) as ours, app_lifespan(app) as theirs:
+                yield {**ours, **(theirs or {})}
+
+        return lifespan
+
+    # -- internals ------------------------------------------------------------
+
+    def _set(self, **changes: Any) -> None:
+        # One atomic attribute swap: readers on other threads see a whole snapshot.
+        self._status = replace(self._status, **changes)
+
+    def _finish(self, state: MigrationState, started: float) -> None:
+        self._set(state=state, duration=time.monotonic() - started)
+
+    async def _end_failed(self, started: float) -> None:
+        await self._read_after()
+        self._finish(MigrationState.FAILED, started)
+
+    async def _read_after(self) -> None:
+        # Best effort: after a failure, show where the database really is
+        # (transactional DDL may have rolled everything back).
+        def read() -> tuple[str, ...] | None:
+            try:
+                with self._engine_().connect() as conn:
+                    return read_revisions(conn, self.version_table) or ()
+            except Exception:
+                return None
+
+        after = await anyio.to_thread.run_sync(read)
+        if after is not None:
+            self._set(revisions_after=after)
+
+    def _engine_(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(self.url)
+        return self._engine
+
+    def _script_(self) -> ScriptDirectory:
+        if self._script is None:
+            self._script = _alembic.load_script(self._config)
+        return self._script
+
+    def _plan_sync(self) -> Plan:
+        script = self._script_()
+        try:
+            with self._engine_().connect() as conn:
+                revisions = read_revisions(conn, self.version_table)
+                has_tables = revisions is None and has_other_tables(conn, self.version_table)
+        except DBAPIError as exc:
+            raise translate_error(exc, self.url, doing="reading the version table") from exc
+        return _alembic.make_plan(script, self.target, revisions, has_tables=has_tables)
+
+    def _upgrade_sync(self) -> None:
+        _alembic.upgrade(
+            self._config,
+            self._script_(),
+            self.target,
+            url=self.url,
+            version_table=self.version_table,
+            on_applied=self._applied,
+        )
+
+    def _stamp_sync(self) -> None:
+        assert self.baseline is not None
+        _alembic.stamp(
+            self._config,
+            self._script_(),
+            self.baseline,
+            url=self.url,
+            version_table=self.version_table,
+        )
+
+    def _applied(self, applied: AppliedRevision, index: int, total: int) -> None:
+        self._set(applied=(*self._status.applied, applied))
+
+    def _refuse(self, plan: Plan) -> None:
+        if plan.kind == "multiple_heads":
+            raise MultipleHeadsError(
+                f"The migration scripts have {len(plan.heads)} heads ({', '.join(plan.heads)}) "
+                "and the target is 'head': usually two branches each added a revision on the "
+                "same parent. Run 'alembic merge heads' and deploy the merge revision, or pass "
+                "target='heads' if the branches are deliberate. Nothing was changed.",
+                heads=plan.heads,
+            )
+        if plan.kind == "ahead_of_code":
+            raise SchemaAheadError(
+                f"The database is at revision {', '.join(plan.unknown)}, which these migration "
+                "scripts do not know: this deploy is older than the database (a rollback?). "
+                "Deploy code that contains that revision, or downgrade the database with the "
+                "newer code first. Nothing was changed.",
+                revisions=plan.unknown,
+            )
+        if plan.kind == "unversioned" and self.baseline is None:
+            raise UnversionedDatabaseError(
+                f"The database has tables but no version table {str(self.version_table)!r}: "
+                "these migrations did not create it. If its schema matches a revision, pass "
+                "baseline='<revision>' to stamp it there first; if env.py keeps the version "
+                "table elsewhere, pass version_table=/version_table_schema=. Nothing was "
+                "changed."
+            )
+
+    def _make_lock(self) -> MigrationLock | None:
+        if self.lock_option is None:
+            return None
+        if self.lock_option == "auto":
+            return lock_for(self._engine_(), self.version_table)
+        return self.lock_option
+
+    async def _acquire(self, lock: MigrationLock) -> None:
+        started = time.monotonic()
+        deadline = started + self.lock_timeout
+        wait = 0.0  # first a try that does not block: most runs never wait
+        next_log = started
+        while True:
+            if await self._try_acquire(lock, wait):
+                if wait:
+                    logger.info(
+                        "Acquired the migration lock after %.1f s", time.monotonic() - started
+                    )
+                self._set(state=MigrationState.MIGRATING)
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeoutError(
+                    f"Gave up waiting for the migration lock after {self.lock_timeout:g} s "
+                    f"({lock!r}). Another process is migrating, or one hung holding it: check "
+                    "it, or raise lock_timeout for long migrations.",
+                    timeout=self.lock_timeout,
+                )
+            if now >= next_log:
+                self._set(state=MigrationState.WAITING)
+                holder = await anyio.to_thread.run_sync(lock.holder)
+                logger.info(
+                    "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
+                    lock,
+                    f", held by {holder}" if holder else ", held by another process",
+                    deadline - now,
+                )
+                next_log = now + _LOCK_LOG_EVERY
+            wait = min(_LOCK_SLICE, deadline - now)
+
+    async def _try_acquire(self, lock: MigrationLock, wait: float) -> bool:
+        try:
+            # Shielded: a lock won just as we are cancelled must still be released.
+            with anyio.CancelScope(shield=True):
+                got = await anyio.to_thread.run_sync(lock.acquire, wait)
+        except DBAPIError as exc:
+            raise translate_error(exc, self.url, doing="taking the migration lock") from exc
+        if got:
+            try:
+                await anyio.lowlevel.checkpoint()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(lock.release)
+                raise
+        return got
+
+
+def _one_line(error: AutomigratorError) -> str:
+    text = error.message.strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

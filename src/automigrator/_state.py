@@ -1,0 +1,132 @@
+"""The migration state machine, the status snapshot, and the plan."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ErrorKind
+
+
+class MigrationState(str, enum.Enum):
+    """Where a migrator is in its run.
+
+    ``pending -> [waiting ->] [migrating ->] ready | degraded | failed``, or
+    ``disabled`` when the switch is off.
+
+    .. versionadded:: 0.1
+    """
+
+    PENDING = "pending"
+    WAITING = "waiting"
+    MIGRATING = "migrating"
+    READY = "ready"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    DISABLED = "disabled"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the run has ended, however it ended."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset(
+    {MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED, MigrationState.DISABLED}
+)
+
+
+@dataclass(frozen=True)
+class AppliedRevision:
+    """One revision that an upgrade applied.
+
+    .. versionadded:: 0.1
+    """
+
+    revision: str
+    message: str
+    duration: float
+    """Seconds, from the end of the previous revision to the end of this one."""
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """A snapshot of what a migrator did; ``AutoMigrator.status`` returns the latest.
+
+    It holds no URL, SQL statement or traceback, so it is safe to show in a
+    health endpoint or a log.
+
+    .. versionadded:: 0.1
+    """
+
+    state: MigrationState = MigrationState.PENDING
+    revisions_before: tuple[str, ...] | None = None
+    """The database's revisions when the run began (None: not read yet)."""
+    revisions_after: tuple[str, ...] | None = None
+    """The database's revisions when the run ended (None: not read)."""
+    heads: tuple[str, ...] = ()
+    """The revisions the run aims at (the scripts' heads for ``target="head"``)."""
+    applied: tuple[AppliedRevision, ...] = ()
+    duration: float | None = None
+    """Seconds from the start of the run to its end."""
+    error: str | None = None
+    """One line saying what went wrong, without secrets."""
+    error_kind: ErrorKind | None = None
+    attempts: int = 0
+    """How many times the migrate step ran (retries included)."""
+
+    @property
+    def ready(self) -> bool:
+        """True when the schema is known to be at the target."""
+        return self.state is MigrationState.READY
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the snapshot."""
+        return {
+            "state": self.state.value,
+            "revisions_before": list(self.revisions_before)
+            if self.revisions_before is not None
+            else None,
+            "revisions_after": list(self.revisions_after)
+            if self.revisions_after is not None
+            else None,
+            "heads": list(self.heads),
+            "applied": [
+                {"revision": a.revision, "message": a.message, "duration": round(a.duration, 6)}
+                for a in self.applied
+            ],
+            "duration": round(self.duration, 6) if self.duration is not None else None,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "attempts": self.attempts,
+        }
+
+
+PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the database holds compared with the scripts, and what an upgrade would do.
+
+    .. versionadded:: 0.1
+    """
+
+    kind: PlanKind
+    db_revisions: tuple[str, ...]
+    """The version table's rows; empty when there is no version table."""
+    heads: tuple[str, ...]
+    """The revisions the target resolves to."""
+    pending: tuple[str, ...] = ()
+    """Revisions an upgrade would apply, in order."""
+    unknown: tuple[str, ...] = ()
+    """Database revisions the scripts do not know (``ahead_of_code``)."""
+
+    @property
+    def needs_upgrade(self) -> bool:
+        """True for ``empty`` and ``behind``: the plan calls for an upgrade."""
+        return self.kind in ("empty", "behind")

@@ -1,0 +1,112 @@
+"""The exceptions automigrator raises, and how failure policies classify them.
+
+```
+AutomigratorError                 every error the library raises
+├── ConfigurationError            kind "configuration": fix the settings
+├── DatabaseUnavailableError      kind "transient": the database cannot be reached
+├── LockTimeoutError              kind "transient": another replica held the lock too long
+├── SchemaAheadError              kind "schema_ahead": the database is newer than the code
+├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
+├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
+└── MigrationError                kind "migration": a revision failed, or did not stick
+```
+
+Every error carries a ``kind``; failure policies decide on it, so that a
+destructive policy (purge, restore) acts on ``"migration"`` failures only and
+never on a failure that was not the migration's fault. Errors from Alembic and
+SQLAlchemy are translated into this tree in one place and chained
+(``raise ... from exc``), so the original traceback is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = [
+    "AutomigratorError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "ErrorKind",
+    "LockTimeoutError",
+    "MigrationError",
+    "MultipleHeadsError",
+    "SchemaAheadError",
+    "UnversionedDatabaseError",
+]
+
+ErrorKind = Literal[
+    "configuration", "transient", "schema_ahead", "multiple_heads", "unversioned", "migration"
+]
+
+
+class AutomigratorError(Exception):
+    """Base class of every error automigrator raises."""
+
+    kind: ErrorKind = "migration"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(AutomigratorError):
+    """The settings are wrong: a missing file, a bad URL, credentials, target or switch."""
+
+    kind: ErrorKind = "configuration"
+
+
+class DatabaseUnavailableError(AutomigratorError):
+    """The database could not be reached (refused, timed out, or lost mid-run)."""
+
+    kind: ErrorKind = "transient"
+
+
+class LockTimeoutError(AutomigratorError):
+    """The migration lock was not acquired within ``lock_timeout`` seconds."""
+
+    kind: ErrorKind = "transient"
+
+    def __init__(self, message: str, *, timeout: float) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class SchemaAheadError(AutomigratorError):
+    """The database is at a revision the scripts do not know: the code is older."""
+
+    kind: ErrorKind = "schema_ahead"
+
+    def __init__(self, message: str, *, revisions: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.revisions = revisions
+
+    @property
+    def revision(self) -> str:
+        """The first unknown revision found in the database."""
+        return self.revisions[0]
+
+
+class MultipleHeadsError(AutomigratorError):
+    """The scripts have several heads while the target is ``"head"``."""
+
+    kind: ErrorKind = "multiple_heads"
+
+    def __init__(self, message: str, *, heads: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.heads = heads
+
+
+class UnversionedDatabaseError(AutomigratorError):
+    """The database has tables but no version table, and no baseline was given."""
+
+    kind: ErrorKind = "unversioned"
+
+
+class MigrationError(AutomigratorError):
+    """A revision raised, the database rejected its DDL, or the result did not verify."""
+
+    kind: ErrorKind = "migration"
+
+    def __init__(self, message: str, *, revision: str | None = None) -> None:
+        super().__init__(message)
+        self.revision = revision

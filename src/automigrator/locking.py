@@ -1,0 +1,275 @@
+"""One migration at a time across processes: a lock held in the database itself.
+
+Each backend is a :class:`MigrationLock`. ``acquire(timeout)`` blocks a worker
+thread for at most ``timeout`` seconds; the migrator calls it in short slices
+so that it can log while it waits, honour ``lock_timeout`` and stop at once on
+shutdown.
+
+- PostgreSQL: a session-level ``pg_advisory_lock`` on a dedicated AUTOCOMMIT
+  connection, never the migration connection. The server drops it when the
+  holder's connection dies. It does not survive PgBouncer in transaction
+  pooling mode: give migrations a direct URL.
+- MySQL/MariaDB: ``GET_LOCK(name, timeout)`` on a dedicated connection, its
+  result checked (1 held, 0 timed out, NULL error); ``RELEASE_LOCK`` after.
+- SQLite: an OS file lock on ``<database file>.automigrator.lock`` beside the
+  database (same file system, unlike /tmp); the OS drops it when the process
+  dies. ``:memory:`` databases are private to a process, so a thread lock does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import sqlalchemy as sa
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from ._database import VersionTable
+from .errors import ConfigurationError
+
+__all__ = [
+    "MigrationLock",
+    "MySQLLock",
+    "PostgresAdvisoryLock",
+    "ProcessLock",
+    "SQLiteFileLock",
+    "lock_for",
+]
+
+
+@runtime_checkable
+class MigrationLock(Protocol):
+    """What the migrator needs of a lock; pass any object like this as ``lock=``.
+
+    .. versionadded:: 0.1
+    """
+
+    def acquire(self, timeout: float) -> bool:
+        """Block at most ``timeout`` seconds; True when the lock is now held."""
+        ...
+
+    def release(self) -> None:
+        """Release a held lock. Called exactly once after a successful acquire."""
+        ...
+
+    def holder(self) -> str | None:
+        """Who holds the lock, if the backend can tell (for the waiting log line)."""
+        ...
+
+
+_DEFAULT_TABLE = VersionTable()
+
+
+def _key_name(engine: Engine, table: VersionTable) -> str:
+    # Two applications sharing one server must not block each other, so the
+    # key names the database, the schema and the version table.
+    url = engine.url
+    return f"automigrator:{url.database or ''}:{table.schema or ''}:{table.name}"
+
+
+class PostgresAdvisoryLock:
+    """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
+        self._engine = engine
+        self.name = _key_name(engine, table)
+        digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
+        self.key = int.from_bytes(digest, "big", signed=True)
+        self._conn: Connection | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = self._conn
+        if timeout <= 0:
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
+            return bool(got.scalar())
+        # lock_timeout bounds the wait for any lock, advisory locks included;
+        # the server wakes us the moment the holder lets go.
+        conn.execute(sa.text(f"SET lock_timeout = {max(1, int(timeout * 1000))}"))
+        try:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        except DBAPIError as exc:
+            if _sqlstate(exc) != "55P03":  # lock_not_available
+                self._close()
+                raise
+            return False
+        conn.execute(sa.text("SET lock_timeout = 0"))
+        return True
+
+    def release(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        finally:
+            self._close()
+
+    def holder(self) -> str | None:
+        query = sa.text(
+            "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+        )
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(query, params).first()
+        except DBAPIError:
+            return None
+        if row is None:
+            return None
+        who = f"pid {row.pid}"
+        if row.application_name:
+            who += f" ({row.application_name})"
+        if row.client_addr:
+            who += f" from {row.client_addr}"
+        return f"{who}, connected since {row.backend_start:%H:%M:%S}"
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresAdvisoryLock(key={self.key}, name={self.name!r})"
+
+
+class MySQLLock:
+    """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
+        self._engine = engine
+        # Lock names are limited to 64 characters: hash the long form.
+        digest = hashlib.blake2b(_key_name(engine, table).encode(), digest_size=16).hexdigest()
+        self.name = f"automigrator:{digest}"
+        self._conn: Connection | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        seconds = 0 if timeout <= 0 else max(1, round(timeout))
+        got = self._conn.execute(
+            sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": self.name, "seconds": seconds}
+        ).scalar()
+        if got is None:
+            self._close()
+            raise ConfigurationError(f"GET_LOCK({self.name!r}) returned NULL: the server refused.")
+        return bool(got)
+
+    def release(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
+        finally:
+            self._close()
+
+    def holder(self) -> str | None:
+        try:
+            with self._engine.connect() as conn:
+                pid = conn.execute(sa.text("SELECT IS_USED_LOCK(:name)"), {"name": self.name})
+                value = pid.scalar()
+        except DBAPIError:
+            return None
+        return f"connection id {value}" if value is not None else None
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"MySQLLock(name={self.name!r})"
+
+
+class SQLiteFileLock:
+    """An OS file lock beside the SQLite database file.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, database: str | Path) -> None:
+        self.path = Path(f"{Path(database).resolve()}.automigrator.lock")
+        self._lock = FileLock(str(self.path), thread_local=False)
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self._lock.acquire(timeout=timeout, poll_interval=0.02)
+        except FileLockTimeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def holder(self) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"SQLiteFileLock(path={str(self.path)!r})"
+
+
+class ProcessLock:
+    """A lock within this process only: for ``:memory:`` SQLite and for tests.
+
+    .. versionadded:: 0.1
+    """
+
+    _locks: ClassVar[dict[str, threading.Lock]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        with self._guard:
+            self._lock = self._locks.setdefault(name, threading.Lock())
+
+    def acquire(self, timeout: float) -> bool:
+        if timeout <= 0:
+            return self._lock.acquire(blocking=False)
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def holder(self) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"ProcessLock(name={self.name!r})"
+
+
+def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
+    """The default lock for the engine's database (``lock="auto"``)."""
+    backend = engine.url.get_backend_name()
+    if backend == "postgresql":
+        return PostgresAdvisoryLock(engine, table)
+    if backend in ("mysql", "mariadb"):
+        return MySQLLock(engine, table)
+    if backend == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            return ProcessLock(f"sqlite-memory:{table}")
+        return SQLiteFileLock(database)
+    raise ConfigurationError(
+        f"No cross-process migration lock is available for the {backend!r} dialect. Pass "
+        "lock=<an object with acquire(timeout), release() and holder()> (see "
+        "automigrator.MigrationLock), or lock=None if only one process ever migrates."
+    )
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return str(code) if code else None

@@ -1,0 +1,130 @@
+"""``AutoMigrateMiddleware``: migrate on ``lifespan.startup``, for any ASGI app.
+
+Pure ASGI; it imports no framework. Only the lifespan scope is intercepted;
+every other scope goes straight to the application.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._migrator import STATE_KEY, AutoMigrator
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .errors import AutomigratorError
+
+logger = logging.getLogger("automigrator")
+
+__all__ = ["AutoMigrateMiddleware"]
+
+
+class AutoMigrateMiddleware:
+    """Run migrations when the server sends ``lifespan.startup``, then start the app.
+
+    On failure (under the ``Fail`` policy) it sends ``lifespan.startup.failed``
+    with a one-paragraph reason, so the server prints it and exits non-zero;
+    it never lets an exception escape before that message, which uvicorn's
+    ``--lifespan auto`` would take for "lifespan unsupported" and serve anyway.
+    If the wrapped app does not speak lifespan (it raises on, or ignores, the
+    lifespan scope, as Django's ASGI handler does), the middleware completes
+    the lifespan itself.
+
+    Args:
+        app: the ASGI application to wrap.
+        migrator: the :class:`~automigrator.AutoMigrator` to run.
+
+    Usable as ``Middleware(AutoMigrateMiddleware, migrator=...)`` in Starlette.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: ASGIApp, *, migrator: AutoMigrator) -> None:
+        if not isinstance(migrator, AutoMigrator):
+            raise TypeError(f"migrator= must be an AutoMigrator, got {migrator!r}")
+        self.app = app
+        self.migrator = migrator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await self._lifespan(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        startup = await receive()
+        if startup["type"] != "lifespan.startup":  # not a server we understand: stay out
+            await self.app(scope, _replay(startup, receive), send)
+            return
+        try:
+            await self.migrator.run()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": _reason(exc)})
+            raise
+        if "state" in scope:
+            scope["state"][STATE_KEY] = self.migrator
+
+        app_received = False
+        app_sent: set[str] = set()
+
+        async def app_receive() -> Message:
+            nonlocal app_received
+            if not app_received:
+                app_received = True
+                return startup
+            return await receive()
+
+        async def app_send(message: Message) -> None:
+            app_sent.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, app_receive, app_send)
+        except Exception as exc:
+            if app_received or app_sent:
+                if not app_sent & {"lifespan.startup.complete", "lifespan.startup.failed"}:
+                    # The app's own start-up crashed without saying so: say it,
+                    # or uvicorn would serve as if lifespan were unsupported.
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"The application raised during start-up: {exc!r}",
+                        }
+                    )
+                raise
+            logger.info(
+                "The application does not support the ASGI lifespan protocol (%r); "
+                "automigrator completes the lifespan for it",
+                exc,
+            )
+        else:
+            if app_received or app_sent:
+                return
+        await self._complete_alone(receive, send)
+
+    @staticmethod
+    async def _complete_alone(receive: Receive, send: Send) -> None:
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return first
+        return await receive()
+
+    return again
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, AutomigratorError):
+        return f"automigrator: migrations failed, the application will not start. {exc.message}"
+    return (
+        "automigrator: migrations failed, the application will not start. "
+        f"{type(exc).__name__}: {exc}"
+    )

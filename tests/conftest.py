@@ -1,0 +1,107 @@
+"""Per-test databases on real servers: SQLite files, PostgreSQL and MariaDB.
+
+Server URLs come from AUTOMIGRATOR_TEST_POSTGRES_URL and
+AUTOMIGRATOR_TEST_MARIADB_URL (an admin URL; each test gets its own fresh
+database on that server). Without them the server tests skip, unless
+AUTOMIGRATOR_TEST_REQUIRE_SERVERS=1 (as in CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from tests.project import CHAIN, make_project
+
+SERVERS = {
+    "postgresql": "AUTOMIGRATOR_TEST_POSTGRES_URL",
+    "mariadb": "AUTOMIGRATOR_TEST_MARIADB_URL",
+}
+REQUIRE = os.environ.get("AUTOMIGRATOR_TEST_REQUIRE_SERVERS", "") == "1"
+
+
+def server_url(kind: str) -> URL:
+    raw = os.environ.get(SERVERS[kind])
+    if not raw:
+        message = f"{SERVERS[kind]} is not set: no {kind} server to test against"
+        if REQUIRE:
+            pytest.fail(message + " (AUTOMIGRATOR_TEST_REQUIRE_SERVERS=1)")
+        pytest.skip(message)
+    return sa.make_url(raw)
+
+
+def fresh_database(kind: str) -> Iterator[URL]:
+    """Create a database of its own on the server; drop it afterwards."""
+    admin_url = server_url(kind)
+    name = f"am_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if kind == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE {name}{force}")
+        admin.dispose()
+
+
+def make_db_url(kind: str, tmp_path: Path) -> Iterator[URL]:
+    if kind == "sqlite":
+        data = tmp_path / "data"
+        data.mkdir()
+        yield sa.make_url(f"sqlite:///{data / 'app.db'}")
+    else:
+        yield from fresh_database(kind)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A fresh, empty database on each backend."""
+    yield from make_db_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[URL]:
+    yield from make_db_url("sqlite", tmp_path)
+
+
+@pytest.fixture
+def ini(tmp_path: Path) -> Path:
+    """An Alembic project from the generic template with the r1-r3 chain."""
+    return make_project(tmp_path / "proj", CHAIN)
+
+
+def tables(url: URL) -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def revisions(url: URL) -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return set()
+            return set(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+    finally:
+        engine.dispose()
+
+
+def rows(url: URL, sql: str) -> list[tuple[object, ...]]:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()

@@ -1,0 +1,94 @@
+"""Build real Alembic projects for tests, from Alembic's own templates, unchanged."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+REVISION_TEMPLATE = '''"""{message}
+
+Revision ID: {id}
+Revises: {down}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {id!r}
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+@dataclass(frozen=True)
+class Rev:
+    """One revision file: its id, parent(s), message and upgrade() body."""
+
+    id: str
+    down: str | tuple[str, ...] | None
+    message: str
+    body: str
+
+
+USERS = Rev(
+    "r1",
+    None,
+    "create users table",
+    """
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50), nullable=False),
+    )
+    """,
+)
+EMAIL = Rev("r2", "r1", "add email", 'op.add_column("users", sa.Column("email", sa.String(100)))')
+SEED = Rev(
+    "r3",
+    "r2",
+    "seed admin user",
+    """
+    users = sa.table("users", sa.column("name"), sa.column("email"))
+    op.bulk_insert(users, [{"name": "admin", "email": "admin@example.com"}])
+    """,
+)
+CHAIN = (USERS, EMAIL, SEED)
+BROKEN = Rev(
+    "r3",
+    "r2",
+    "half done then broken",
+    """
+    op.create_table("partial", sa.Column("id", sa.Integer, primary_key=True))
+    raise RuntimeError("boom in r3")
+    """,
+)
+
+
+def write_revision(project: Path, rev: Rev) -> None:
+    body = textwrap.indent(textwrap.dedent(rev.body).strip(), "    ")
+    text = REVISION_TEMPLATE.format(message=rev.message, id=rev.id, down=rev.down, body=body)
+    (project / "migrations" / "versions" / f"{rev.id}.py").write_text(text)
+
+
+def make_project(
+    root: Path, revisions: tuple[Rev, ...] = CHAIN, *, template: str = "generic"
+) -> Path:
+    """An Alembic project under root (alembic.ini + migrations/); returns the ini path."""
+    ini = root / "alembic.ini"
+    command.init(Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), template)
+    for rev in revisions:
+        write_revision(root, rev)
+    return ini
