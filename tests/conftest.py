@@ -73,6 +73,11 @@ def sqlite_url(tmp_path: Path) -> Iterator[URL]:
 
 
 @pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[URL]:
+    yield from make_db_url("postgresql", tmp_path)
+
+
+@pytest.fixture
 def ini(tmp_path: Path) -> Path:
     """An Alembic project from the generic template with the r1-r3 chain."""
     return make_project(tmp_path / "proj", CHAIN)

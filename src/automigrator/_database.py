@@ -34,12 +34,13 @@ def parse_url(raw: str | URL) -> URL:
         return raw
     try:
         url = sa.make_url(raw)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError):
+        # Not chained: the original message repeats the URL, password and all.
         raise ConfigurationError(
             f"Could not parse the database URL {_mask_unparsed(raw)!r}. Expected a SQLAlchemy "
             "URL such as 'postgresql+psycopg://user:password@host/dbname' or "
             "'sqlite:///path/to/file.db'."
-        ) from None if "@" in raw else exc
+        ) from None
     try:
         url.get_dialect()
     except NoSuchModuleError as exc:

@@ -1,0 +1,141 @@
+"""End to end: the example app and a raw ASGI app under a real uvicorn process."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.conftest import make_db_url, revisions
+from tests.e2e.server import serve
+from tests.project import BROKEN, EMAIL, USERS, make_project
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
+BROKEN_0005 = '''"""add a column, then break
+
+Revision ID: 0005
+Revises: 0004
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("authors", sa.Column("born", sa.Integer))
+    raise RuntimeError("0005 is broken on purpose")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+ASYNC_DRIVER = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, URL]]:
+    """A copy of the example app, and an async URL to a fresh database for it."""
+    app_dir = tmp_path / "example"
+    shutil.copytree(EXAMPLE, app_dir, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    for url in make_db_url(request.param, tmp_path):
+        yield app_dir, url.set(drivername=ASYNC_DRIVER[request.param])
+
+
+def uvicorn(app_dir: Path, target: str = "app:app") -> list[str]:
+    return ["uvicorn", target, "--app-dir", str(app_dir)]
+
+
+def test_example_migrates_then_serves(example: tuple[Path, URL]) -> None:
+    app_dir, url = example
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        books = server.get("/books")
+        status = server.get("/status")
+
+    assert books.status_code == 200
+    assert [b["title"] for b in books.json()] == ["A Wizard of Earthsea", "Invisible Cities"]
+    assert status.json()["state"] == "ready"
+    assert status.json()["revisions_after"] == ["0004"]
+    assert "Applied 4/4 0004 seed the catalogue" in server.log
+    # uvicorn's own loggers survived env.py's fileConfig():
+    assert '"GET /books HTTP/1.1" 200' in server.log
+
+
+def test_broken_migration_exits_non_zero_naming_the_revision(example: tuple[Path, URL]) -> None:
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    with serve(uvicorn(app_dir), env=env) as server:
+        code = server.wait_exit()
+
+    assert code != 0
+    assert "Migration 0005 (add a column, then break) failed" in server.log
+    assert "0005 is broken on purpose" in server.log
+    assert "Application startup failed. Exiting." in server.log
+    assert "Uvicorn running" not in server.log
+
+
+def test_log_and_continue_serves_degraded(example: tuple[Path, URL]) -> None:
+    # A deploy adds a broken revision to a database at 0004: the service keeps
+    # serving on the 0004 schema and says it is degraded.
+    app_dir, url = example
+    env = {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "ON_MIGRATION_FAILURE": "continue",
+    }
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        status = server.get("/status")
+        books = server.get("/books")
+
+    assert status.status_code == 503
+    assert status.json()["state"] == "degraded"
+    assert "0005" in status.json()["error"]
+    assert status.json()["revisions_after"] == ["0004"]
+    assert books.status_code == 200
+    assert "CRITICAL" in server.log
+
+
+@pytest.mark.parametrize("lifespan_flag", ["auto", "on"])
+def test_middleware_failure_stops_uvicorn_even_with_lifespan_auto(
+    tmp_path: Path, sqlite_url: URL, lifespan_flag: str
+) -> None:
+    # With --lifespan auto, an exception before lifespan.startup.failed makes
+    # uvicorn log "lifespan unsupported" and serve the old schema anyway.
+    ini = make_project(tmp_path / "p", (USERS, EMAIL, BROKEN))
+    env = {"AM_INI": str(ini), "DATABASE_URL": str(sqlite_url)}
+    args = ["uvicorn", "tests.e2e.raw_app:app", "--lifespan", lifespan_flag]
+    with serve(args, env=env, cwd=Path(__file__).resolve().parents[2]) as server:
+        code = server.wait_exit()
+
+    assert code != 0
+    assert "Migration r3" in server.log
+    assert "appears unsupported" not in server.log
+    assert "Uvicorn running" not in server.log
+
+
+def test_middleware_completes_lifespan_for_an_app_without_it(
+    ini: Path, sqlite_url: URL
+) -> None:
+    env = {"AM_INI": str(ini), "DATABASE_URL": str(sqlite_url), "AM_LIFESPAN": "none"}
+    args = ["uvicorn", "tests.e2e.raw_app:app", "--lifespan", "on"]
+    with serve(args, env=env, cwd=Path(__file__).resolve().parents[2]) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        response = server.get("/")
+
+    assert response.text == "served"
+    assert revisions(sqlite_url) == {"r3"}

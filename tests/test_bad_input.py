@@ -1,0 +1,178 @@
+"""Bad input gets a named error that says what to fix, and the database is untouched."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import (
+    AutoMigrator,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    LogAndContinue,
+    MigrationState,
+)
+from tests.conftest import server_url, tables
+from tests.project import CHAIN, make_project
+
+
+def test_missing_ini(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"alembic\.ini.*not found"):
+        AutoMigrator(tmp_path / "alembic.ini", url="sqlite://")
+
+
+def test_ini_without_script_location(tmp_path: Path) -> None:
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[alembic]\nsqlalchemy.url = sqlite://\n")
+    with pytest.raises(ConfigurationError, match="no 'script_location'"):
+        AutoMigrator(ini)
+
+
+def test_unreadable_ini(tmp_path: Path) -> None:
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("this is not an ini file\n")
+    with pytest.raises(ConfigurationError, match="Could not read the Alembic config"):
+        AutoMigrator(ini, url="sqlite://")
+
+
+def test_missing_versions_folder_is_not_mistaken_for_no_revisions(
+    ini: Path, sqlite_url: URL
+) -> None:
+    shutil.rmtree(ini.parent / "migrations" / "versions")
+    migrator = AutoMigrator(ini, url=sqlite_url)
+
+    with pytest.raises(ConfigurationError, match="versions folder .* does not exist"):
+        anyio.run(migrator.run)
+
+    assert tables(sqlite_url) == set()
+    assert migrator.status.error_kind == "configuration"
+
+
+def test_missing_script_folder(ini: Path, sqlite_url: URL) -> None:
+    shutil.rmtree(ini.parent / "migrations")
+    with pytest.raises(ConfigurationError, match="Could not load the migration scripts"):
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+
+def test_revision_file_that_does_not_import(ini: Path, sqlite_url: URL) -> None:
+    (ini.parent / "migrations" / "versions" / "bad.py").write_text("revision = 'x'\nimport nope\n")
+    with pytest.raises(ConfigurationError, match="failed to import"):
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert tables(sqlite_url) == set()
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "postgresql://user:hunter2@host:notaport/db", "nodialect://x/y"]
+)
+def test_unparsable_url_names_the_problem_without_the_password(ini: Path, url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        AutoMigrator(ini, url=url)
+    assert "hunter2" not in str(caught.value)
+    assert "URL" in str(caught.value)
+
+
+def test_ini_placeholder_url_is_refused(ini: Path) -> None:
+    with pytest.raises(ConfigurationError, match="unknown dialect"):
+        AutoMigrator(ini)
+
+
+@pytest.mark.parametrize("target", ["+1", "-1", "r1:r3", ""])
+def test_relative_or_range_target_is_refused(ini: Path, target: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a start-up target"):
+        AutoMigrator(ini, url="sqlite://", target=target)
+
+
+def test_unknown_target_is_refused_untouched(ini: Path, sqlite_url: URL) -> None:
+    migrator = AutoMigrator(ini, url=sqlite_url, target="nosuchrev")
+    with pytest.raises(ConfigurationError, match="Unknown migration target 'nosuchrev'"):
+        anyio.run(migrator.run)
+    assert tables(sqlite_url) == set()
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled", "tru"])
+def test_bad_switch_value_names_variable_and_value(
+    ini: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RUN_MIGRATIONS", value)
+    with pytest.raises(ConfigurationError) as caught:
+        AutoMigrator(ini, url="sqlite://")
+    assert f"RUN_MIGRATIONS={value!r}" in str(caught.value)
+
+
+def test_bad_lock_and_policy_arguments(ini: Path) -> None:
+    with pytest.raises(ConfigurationError, match="not a lock"):
+        AutoMigrator(ini, url="sqlite://", lock="postgres")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="not a failure policy"):
+        AutoMigrator(ini, url="sqlite://", on_failure="continue")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="lock_timeout"):
+        AutoMigrator(ini, url="sqlite://", lock_timeout=0)
+
+
+def test_sqlite_in_a_missing_folder(ini: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nope' / 'app.db'}"
+    with pytest.raises(ConfigurationError, match="unable to open database file"):
+        anyio.run(AutoMigrator(ini, url=url).run)
+
+
+def test_wrong_database_is_a_configuration_error_without_the_password(
+    ini: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server_url("postgresql").set(database="am_does_not_exist", password="s3cr3t-pw")
+    migrator = AutoMigrator(ini, url=url, on_failure=LogAndContinue())
+
+    with caplog.at_level(logging.DEBUG):
+        status = anyio.run(migrator.run)
+
+    assert status.state is MigrationState.DEGRADED
+    assert status.error_kind == "configuration"
+    assert status.error is not None
+    assert "does not exist" in status.error
+    assert "s3cr3t-pw" not in repr(status)
+    assert "s3cr3t-pw" not in str(status.to_dict())
+    assert "s3cr3t-pw" not in caplog.text
+    assert "s3cr3t-pw" not in repr(migrator)
+
+
+def test_unreachable_server_is_unavailable_without_the_password(
+    ini: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    url = sa.make_url("postgresql+psycopg://postgres:s3cr3t-pw@127.0.0.1:1/test")
+    migrator = AutoMigrator(ini, url=url)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as caught:
+        anyio.run(migrator.run)
+
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert "s3cr3t-pw" not in caplog.text
+    assert migrator.status.error_kind == "transient"
+
+
+def test_disabled_migrator_never_touches_the_database(
+    ini: Path, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUN_MIGRATIONS", "off")
+    migrator = AutoMigrator(ini, url=sqlite_url)
+
+    status = anyio.run(migrator.run)
+
+    assert status.state is MigrationState.DISABLED
+    assert not Path(str(sqlite_url.database)).exists()
+
+
+def test_chain_is_usable_after_errors(ini: Path, sqlite_url: URL) -> None:
+    # The project fixture itself is sound: the failures above come from the
+    # input each test broke, not from the fixture.
+    assert anyio.run(AutoMigrator(ini, url=sqlite_url).run).revisions_after == (CHAIN[-1].id,)
+
+
+def test_make_project_round_trip(tmp_path: Path) -> None:
+    ini = make_project(tmp_path, CHAIN)
+    assert (ini.parent / "migrations" / "versions" / "r3.py").is_file()
