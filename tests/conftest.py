@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def server_url(kind: str) -> URL:
     return sa.make_url(raw)
 
 
-def fresh_database(kind: str) -> Iterator[URL]:
+def fresh_database(kind: str) -> Generator[URL, None, None]:
     """Create a database of its own on the server; drop it afterwards."""
     admin_url = server_url(kind)
     name = f"am_{uuid.uuid4().hex[:12]}"
@@ -52,7 +52,7 @@ def fresh_database(kind: str) -> Iterator[URL]:
         admin.dispose()
 
 
-def make_db_url(kind: str, tmp_path: Path) -> Iterator[URL]:
+def make_db_url(kind: str, tmp_path: Path) -> Generator[URL, None, None]:
     if kind == "sqlite":
         data = tmp_path / "data"
         data.mkdir()

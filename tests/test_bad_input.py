@@ -47,7 +47,7 @@ def test_missing_versions_folder_is_not_mistaken_for_no_revisions(
     shutil.rmtree(ini.parent / "migrations" / "versions")
     migrator = AutoMigrator(ini, url=sqlite_url)
 
-    with pytest.raises(ConfigurationError, match="versions folder .* does not exist"):
+    with pytest.raises(ConfigurationError, match=r"versions folder .* does not exist"):
         anyio.run(migrator.run)
 
     assert tables(sqlite_url) == set()

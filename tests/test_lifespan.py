@@ -55,9 +55,7 @@ def test_starlette_lifespan(ini: Path, sqlite_url: URL) -> None:
     assert anyio.run(get, app, "/").json() == {"heads": ["r3"]}
 
 
-def test_wrap_lifespan_runs_the_apps_lifespan_after_migrations(
-    ini: Path, sqlite_url: URL
-) -> None:
+def test_wrap_lifespan_runs_the_apps_lifespan_after_migrations(ini: Path, sqlite_url: URL) -> None:
     migrator = AutoMigrator(ini, url=sqlite_url)
 
     @asynccontextmanager

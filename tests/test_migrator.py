@@ -39,7 +39,7 @@ def test_empty_database_is_brought_to_head(ini: Path, db_url: URL) -> None:
     assert status.revisions_after == ("r3",)
     assert status.heads == ("r3",)
     assert [a.revision for a in status.applied] == ["r1", "r2", "r3"]
-    assert [a.message for a in status.applied][0] == "create users table"
+    assert status.applied[0].message == "create users table"
     assert all(a.duration >= 0 for a in status.applied)
     assert status.duration is not None
     assert {"users", "alembic_version"} <= tables(db_url)
@@ -98,8 +98,12 @@ def test_database_ahead_of_code_is_refused_untouched(ini: Path, db_url: URL) -> 
     assert migrator.status.error_kind == "schema_ahead"
 
 
-BRANCH_A = Rev("r2a", "r1", "branch a", 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
-BRANCH_B = Rev("r2b", "r1", "branch b", 'op.create_table("b", sa.Column("id", sa.Integer, primary_key=True))')
+BRANCH_A = Rev(
+    "r2a", "r1", "branch a", 'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))'
+)
+BRANCH_B = Rev(
+    "r2b", "r1", "branch b", 'op.create_table("b", sa.Column("id", sa.Integer, primary_key=True))'
+)
 
 
 def test_multiple_heads_are_refused_before_any_ddl(tmp_path: Path, db_url: URL) -> None:
@@ -138,7 +142,9 @@ def test_pinned_target_stops_there_and_never_downgrades(ini: Path, db_url: URL) 
 def _create_users_by_hand(url: URL) -> None:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL)")
+        conn.exec_driver_sql(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL)"
+        )
         conn.exec_driver_sql("INSERT INTO users (id, name) VALUES (7, 'kept')")
 
 
@@ -249,22 +255,22 @@ def test_event_loop_keeps_running_during_a_migration(tmp_path: Path, sqlite_url:
         None,
         "waits for the event loop",
         """
-        released = op.get_context().config.attributes["released"]
-        if not released.wait(timeout=30):
+        attributes = op.get_context().config.attributes
+        attributes["started"].set()
+        if not attributes["released"].wait(timeout=30):
             raise RuntimeError("the event loop was blocked")
         """,
     )
     ini = make_project(tmp_path / "p", (waits,))
     migrator = AutoMigrator(ini, url=sqlite_url)
-    released = threading.Event()
-    migrator.config.attributes["released"] = released
+    started, released = threading.Event(), threading.Event()
+    migrator.config.attributes.update(started=started, released=released)
     seen: list[MigrationState] = []
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(migrator.run)
-            while migrator.status.state is not MigrationState.MIGRATING:
-                await anyio.sleep(0)
+            assert await anyio.to_thread.run_sync(started.wait, 30)
             seen.append(migrator.status.state)
             released.set()
 
@@ -393,7 +399,7 @@ class PurgeOnFailure(AutoMigrator):
         try:
             await super().migrate()
         except MigrationError:
-            Path(str(self.url.database)).unlink()
+            await anyio.Path(str(self.url.database)).unlink()
             await super().migrate()
 
 

@@ -21,7 +21,9 @@ WORDS |= {"0": False, "false": False, "no": False, "off": False}
     pad=st.sampled_from(["", " ", "\t"]),
 )
 def test_known_words_in_any_case(word: str, case: list[bool], pad: str) -> None:
-    mixed = "".join(c.upper() if up else c for c, up in zip(word, case + [False] * 5))
+    mixed = "".join(
+        c.upper() if up else c for c, up in zip(word, case + [False] * 5, strict=False)
+    )
     assert parse_switch("RUN_MIGRATIONS", pad + mixed + pad) is WORDS[word]
 
 
@@ -36,9 +38,7 @@ def test_unset_means_the_callers_default() -> None:
     assert read_switch("X", default=False, environ={"X": ""})[0] is False
 
 
-def test_env_var_name_and_explicit_override(
-    ini: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_env_var_name_and_explicit_override(ini: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_APP_MIGRATE", "no")
     assert AutoMigrator(ini, url="sqlite://", env_var="MY_APP_MIGRATE").enabled is False
     assert AutoMigrator(ini, url="sqlite://", env_var="MY_APP_MIGRATE", enabled=True).enabled
@@ -47,9 +47,7 @@ def test_env_var_name_and_explicit_override(
     assert AutoMigrator(ini, url="sqlite://", default_enabled=False).enabled is False
 
 
-def test_switch_is_read_once_at_construction(
-    ini: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_switch_is_read_once_at_construction(ini: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUN_MIGRATIONS", "1")
     migrator = AutoMigrator(ini, url="sqlite://")
     monkeypatch.setenv("RUN_MIGRATIONS", "0")

@@ -27,7 +27,6 @@ from .policies import Decision, Fail, Failure, FailurePolicy, LogAndContinue
 __version__ = "0.1.0"
 
 __all__ = [
-    "STATE_KEY",
     "AppliedRevision",
     "AutoMigrateMiddleware",
     "AutoMigrator",
@@ -50,6 +49,7 @@ __all__ = [
     "PostgresAdvisoryLock",
     "ProcessLock",
     "SQLiteFileLock",
+    "STATE_KEY",
     "SchemaAheadError",
     "UnversionedDatabaseError",
 ]

@@ -168,9 +168,7 @@ def _is_ancestor_of(script: ScriptDirectory, target: str, current: Sequence[str]
         return False
     try:
         wanted = {r.revision for r in script.get_revisions(target) if r is not None}
-        below = {
-            r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")
-        }
+        below = {r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")}
     except (CommandError, RevisionError):
         return False
     return bool(wanted) and wanted <= below

@@ -132,9 +132,7 @@ class LogAndContinue:
     async def handle(self, failure: Failure) -> Decision:
         if self.kinds is not None and failure.kind not in self.kinds:
             return Decision.fail(f"{failure.kind} failure is not in {self.kinds!r}")
-        return Decision.degrade(
-            f"{failure.kind} failure: continuing without an up-to-date schema"
-        )
+        return Decision.degrade(f"{failure.kind} failure: continuing without an up-to-date schema")
 
     def __repr__(self) -> str:
         if self.kinds is None:

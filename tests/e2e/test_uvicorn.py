@@ -128,9 +128,7 @@ def test_middleware_failure_stops_uvicorn_even_with_lifespan_auto(
     assert "Uvicorn running" not in server.log
 
 
-def test_middleware_completes_lifespan_for_an_app_without_it(
-    ini: Path, sqlite_url: URL
-) -> None:
+def test_middleware_completes_lifespan_for_an_app_without_it(ini: Path, sqlite_url: URL) -> None:
     env = {"AM_INI": str(ini), "DATABASE_URL": str(sqlite_url), "AM_LIFESPAN": "none"}
     args = ["uvicorn", "tests.e2e.raw_app:app", "--lifespan", "on"]
     with serve(args, env=env, cwd=Path(__file__).resolve().parents[2]) as server:

@@ -33,7 +33,9 @@ def upgrade() -> None:
     conn = op.get_bind()
     for name, titles in CATALOGUE.items():
         conn.execute(authors.insert().values(name=name))
-        author_id = conn.execute(sa.select(authors.c.id).where(authors.c.name == name)).scalar_one()
+        author_id = conn.execute(
+            sa.select(authors.c.id).where(authors.c.name == name)
+        ).scalar_one()
         conn.execute(
             books.insert(),
             [{"title": t, "author_id": author_id, "isbn": isbn} for t, isbn in titles],

@@ -1,0 +1,40 @@
+"""Every developer task, one runner: ``nox -s tests lint typecheck``, ``nox -s demo``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (server tests need the URLs in tests/conftest.py's docstring)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the library, the tests and the example."""
+    session.install("-e", ".[test]", "mypy>=1.10", "nox")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the example app: migrations applied to SQLite at start-up, served by uvicorn."""
+    session.install("-e", ".[example]")
+    session.run(
+        "uvicorn", "app:app", "--app-dir", "examples/fastapi_app", *(session.posargs or [])
+    )
