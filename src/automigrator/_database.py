@@ -105,18 +105,22 @@ def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | N
     """The version table's rows, sorted; None when the table does not exist.
 
     The common case (table present) costs one query. Only when it fails do we
-    ask the inspector whether the table is missing or the error is real.
+    ask the inspector whether the table is missing; if another process created
+    it in between, we read it again.
     """
     version = sa.table(table.name, sa.column("version_num"), schema=table.schema)
+    query = sa.select(version.c.version_num)
     try:
         with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            rows = conn.execute(sa.select(version.c.version_num)).scalars().all()
+            rows = conn.execute(query).scalars().all()
     except DBAPIError:
         if conn.invalidated:
             raise
-        if sa.inspect(conn).has_table(table.name, schema=table.schema):
-            raise
-        return None
+        if not sa.inspect(conn).has_table(table.name, schema=table.schema):
+            return None
+        # Another process created it between our two reads: read it now.
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            rows = conn.execute(query).scalars().all()
     return tuple(sorted(rows))
 
 

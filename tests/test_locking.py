@@ -1,0 +1,110 @@
+"""The migration lock: real OS processes against one database, and the timeout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, LockTimeoutError, MigrationState
+from automigrator._database import VersionTable, create_engine
+from automigrator.locking import lock_for
+from tests.conftest import revisions, rows
+
+REPLICAS = 12
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_replicas(ini: Path, url: URL, count: int) -> list[subprocess.Popen[str]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.replica", str(ini), url.render_as_string(False)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    for proc in procs:  # wait until each has imported everything and built its migrator
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_many_processes_one_migrates_the_others_wait(ini: Path, db_url: URL, round_: int) -> None:
+    procs = start_replicas(ini, db_url, REPLICAS)
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append((json.loads(out.splitlines()[-1]), err))
+
+    applied = [len(status["applied"]) for status, _ in results]
+    assert sorted(applied) == [0] * (REPLICAS - 1) + [3]
+    assert all(status["state"] == "ready" for status, _ in results)
+    assert revisions(db_url) == {"r3"}
+    assert rows(db_url, "SELECT count(*) FROM users") == [(1,)]
+    # The others found the schema at head after the winner released the lock
+    # (or before they even needed it).
+    for (_, err), count in zip(results, applied, strict=True):
+        if count == 0:
+            assert "Migrating from" not in err
+
+
+def test_lock_timeout_raises_after_waiting(
+    ini: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrator = AutoMigrator(ini, url=db_url, lock_timeout=2)
+    held = lock_for(create_engine(db_url), VersionTable())
+    assert held.acquire(0)
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="automigrator"),
+            pytest.raises(LockTimeoutError) as caught,
+        ):
+            anyio.run(migrator.run)
+    finally:
+        held.release()
+
+    assert caught.value.timeout == 2
+    assert "lock_timeout" in str(caught.value)
+    assert any("Waiting for the migration lock" in r.getMessage() for r in caplog.records)
+    assert migrator.status.state is MigrationState.FAILED
+    assert migrator.status.error_kind == "transient"
+    assert revisions(db_url) == set()
+
+    # Once the holder is gone, the next start gets the lock at once.
+    assert anyio.run(AutoMigrator(ini, url=db_url).run).revisions_after == ("r3",)
+
+
+def test_lock_is_free_after_a_run_and_after_a_failure(ini: Path, db_url: URL) -> None:
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    lock = lock_for(create_engine(db_url), VersionTable())
+    assert lock.acquire(0)
+    lock.release()
+
+
+def test_two_version_tables_do_not_share_a_lock(db_url: URL) -> None:
+    engine = create_engine(db_url)
+    first = lock_for(engine, VersionTable("app_one_version"))
+    second = lock_for(engine, VersionTable("app_two_version"))
+    assert first.acquire(0)
+    try:
+        if db_url.get_backend_name() != "sqlite":  # SQLite: one file, one lock per database
+            assert second.acquire(0)
+            second.release()
+    finally:
+        first.release()
