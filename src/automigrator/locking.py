@@ -72,23 +72,55 @@ def _key_name(engine: Engine, table: VersionTable) -> str:
     return f"automigrator:{url.database or ''}:{table.schema or ''}:{table.name}"
 
 
-class PostgresAdvisoryLock:
+class _ServerLock:
+    """A lock held by a dedicated AUTOCOMMIT connection, never the migration's."""
+
+    _unlock_sql = ""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    def _unlock_params(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.execute(sa.text(self._unlock_sql), self._unlock_params())
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class PostgresAdvisoryLock(_ServerLock):
     """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection.
 
     .. versionadded:: 0.1
     """
 
+    _unlock_sql = "SELECT pg_advisory_unlock(:key)"
+
     def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self.name = _key_name(engine, table)
         digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
         self.key = int.from_bytes(digest, "big", signed=True)
-        self._conn: Connection | None = None
+
+    def _unlock_params(self) -> dict[str, object]:
+        return {"key": self.key}
 
     def acquire(self, timeout: float) -> bool:
-        if self._conn is None:
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        conn = self._conn
+        conn = self._connection()
         if timeout <= 0:
             got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
             return bool(got.scalar())
@@ -104,13 +136,6 @@ class PostgresAdvisoryLock:
             return False
         conn.execute(sa.text("SET lock_timeout = 0"))
         return True
-
-    def release(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
-        finally:
-            self._close()
 
     def holder(self) -> str | None:
         query = sa.text(
@@ -135,46 +160,41 @@ class PostgresAdvisoryLock:
             who += f" from {row.client_addr}"
         return f"{who}, connected since {row.backend_start:%H:%M:%S}"
 
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
     def __repr__(self) -> str:
         return f"PostgresAdvisoryLock(key={self.key}, name={self.name!r})"
 
 
-class MySQLLock:
+class MySQLLock(_ServerLock):
     """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection.
 
     .. versionadded:: 0.1
     """
 
+    _unlock_sql = "SELECT RELEASE_LOCK(:name)"
+
     def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
-        self._engine = engine
+        super().__init__(engine)
         # Lock names are limited to 64 characters: hash the long form.
         digest = hashlib.blake2b(_key_name(engine, table).encode(), digest_size=16).hexdigest()
         self.name = f"automigrator:{digest}"
-        self._conn: Connection | None = None
+
+    def _unlock_params(self) -> dict[str, object]:
+        return {"name": self.name}
 
     def acquire(self, timeout: float) -> bool:
-        if self._conn is None:
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         seconds = 0 if timeout <= 0 else max(1, round(timeout))
-        got = self._conn.execute(
-            sa.text("SELECT GET_LOCK(:name, :seconds)"), {"name": self.name, "seconds": seconds}
-        ).scalar()
+        got = (
+            self._connection()
+            .execute(
+                sa.text("SELECT GET_LOCK(:name, :seconds)"),
+                {"name": self.name, "seconds": seconds},
+            )
+            .scalar()
+        )
         if got is None:
             self._close()
             raise ConfigurationError(f"GET_LOCK({self.name!r}) returned NULL: the server refused.")
         return bool(got)
-
-    def release(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
-        finally:
-            self._close()
 
     def holder(self) -> str | None:
         try:
@@ -184,11 +204,6 @@ class MySQLLock:
         except DBAPIError:
             return None
         return f"connection id {value}" if value is not None else None
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
 
     def __repr__(self) -> str:
         return f"MySQLLock(name={self.name!r})"

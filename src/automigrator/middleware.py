@@ -52,7 +52,7 @@ class AutoMigrateMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
         if startup["type"] != "lifespan.startup":  # not a server we understand: stay out
-            await self.app(scope, _replay(startup, receive), send)
+            await self.app(scope, _Replay(startup, receive), send)
             return
         try:
             await self.migrator.run()
@@ -62,15 +62,8 @@ class AutoMigrateMiddleware:
         if "state" in scope:
             scope["state"][STATE_KEY] = self.migrator
 
-        app_received = False
+        app_receive = _Replay(startup, receive)
         app_sent: set[str] = set()
-
-        async def app_receive() -> Message:
-            nonlocal app_received
-            if not app_received:
-                app_received = True
-                return startup
-            return await receive()
 
         async def app_send(message: Message) -> None:
             app_sent.add(message["type"])
@@ -79,7 +72,7 @@ class AutoMigrateMiddleware:
         try:
             await self.app(scope, app_receive, app_send)
         except Exception as exc:
-            if app_received or app_sent:
+            if app_receive.used or app_sent:
                 if not app_sent & {"lifespan.startup.complete", "lifespan.startup.failed"}:
                     # The app's own start-up crashed without saying so: say it,
                     # or uvicorn would serve as if lifespan were unsupported.
@@ -96,7 +89,7 @@ class AutoMigrateMiddleware:
                 exc,
             )
         else:
-            if app_received or app_sent:
+            if app_receive.used or app_sent:
                 return
         await self._complete_alone(receive, send)
 
@@ -108,17 +101,19 @@ class AutoMigrateMiddleware:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
-    replayed = False
+class _Replay:
+    """A ``receive`` that first hands over a message we already took."""
 
-    async def again() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return first
-        return await receive()
+    def __init__(self, first: Message, receive: Receive) -> None:
+        self.first = first
+        self.receive = receive
+        self.used = False
 
-    return again
+    async def __call__(self) -> Message:
+        if not self.used:
+            self.used = True
+            return self.first
+        return await self.receive()
 
 
 def _reason(exc: Exception) -> str:
