@@ -32,7 +32,7 @@ def server_url(kind: str) -> URL:
         message = f"{SERVERS[kind]} is not set: no {kind} server to test against"
         if REQUIRE:
             pytest.fail(message + " (AUTOMIGRATOR_TEST_REQUIRE_SERVERS=1)")
-        pytest.skip(message)
+        pytest.skip(reason=message)
     return sa.make_url(raw)
 
 
