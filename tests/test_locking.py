@@ -90,7 +90,7 @@ def test_lock_timeout_raises_after_waiting(
     assert anyio.run(AutoMigrator(ini, url=db_url).run).revisions_after == ("r3",)
 
 
-def test_lock_is_free_after_a_run_and_after_a_failure(ini: Path, db_url: URL) -> None:
+def test_lock_is_free_after_a_run(ini: Path, db_url: URL) -> None:
     anyio.run(AutoMigrator(ini, url=db_url).run)
     lock = lock_for(create_engine(db_url), VersionTable())
     assert lock.acquire(0)

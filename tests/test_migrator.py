@@ -300,7 +300,6 @@ def test_url_argument_is_the_url_env_py_and_revisions_see(tmp_path: Path) -> Non
     ini = make_project(tmp_path / "p", (own_engine,))
     ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", ini_url))
     migrator = AutoMigrator(ini, url=arg_url)
-    migrator.config.attributes["connection"] = None  # handed-over objects do not win
 
     run(migrator)
 

@@ -26,7 +26,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, display, redact, translate_error
+from ._database import VersionTable, display, first_line, redact, translate_error
 from ._logguard import LoggingGuard
 from ._state import AppliedRevision, Plan
 from .errors import (
@@ -42,7 +42,7 @@ logger = logging.getLogger("automigrator")
 # alembic.op): two runs at once in one process would trample each other.
 _RUN_LOCK = threading.Lock()
 
-OnApplied = Callable[[AppliedRevision, int, int], None]
+OnApplied = Callable[[AppliedRevision], None]
 
 
 def load_config(source: str | os.PathLike[str] | Config) -> Config:
@@ -214,7 +214,7 @@ class _Recorder:
             applied.message,
             applied.duration,
         )
-        self.on_applied(applied, len(self.applied), len(self.steps))
+        self.on_applied(applied)
 
     def failing_revision(self) -> str | None:
         index = len(self.applied)
@@ -298,7 +298,7 @@ def stamp(
         lambda rev: script._stamp_revs(revision, rev),
         destination=revision,
         url=url,
-        recorder=_Recorder(lambda *_: None, version_table),
+        recorder=_Recorder(lambda _: None, version_table),
     )
 
 
@@ -334,7 +334,7 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         error = translate_error(exc, url, doing="running env.py")
         if isinstance(error, (ConfigurationError, DatabaseUnavailableError)):
             return error
-    detail = redact(f"{type(exc).__name__}: {_first_line(exc)}", url)
+    detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
     if revision is None:
         return MigrationError(
             f"env.py failed before any revision ran, against {display(url)}: {detail}",
@@ -349,8 +349,3 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         "its partial changes may remain.",
         revision=revision,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else ""

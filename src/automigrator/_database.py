@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError
@@ -145,26 +145,20 @@ _CONFIG_MARKERS = (
 _CONFIG_MYSQL_CODES = {1044, 1045, 1049, 1698}
 
 
-def translate_error(exc: Exception, url: URL | None, *, doing: str) -> AutomigratorError:
-    """Turn a SQLAlchemy/driver error met while ``doing`` into our error tree."""
+def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> AutomigratorError:
+    """Turn a driver error met while ``doing`` into our error tree."""
     where = f" at {display(url)}" if url is not None else ""
-    detail = redact(_first_line(exc), url)
-    if isinstance(exc, AutomigratorError):
-        return exc
-    if isinstance(exc, DBAPIError) and _is_configuration(exc):
+    detail = redact(first_line(exc), url)
+    if _is_configuration(exc):
         return ConfigurationError(
             f"The database{where} refused the connection while {doing}: {detail}. Check the "
             "user, password and database name in the URL; this is not retried."
         )
-    if isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
-    ):
+    if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
         return DatabaseUnavailableError(
             f"The database{where} could not be reached while {doing}: {detail}."
         )
-    if isinstance(exc, SQLAlchemyError):
-        return DatabaseUnavailableError(f"Database error{where} while {doing}: {detail}.")
-    return ConfigurationError(f"Unexpected error while {doing}: {detail}.")
+    return DatabaseUnavailableError(f"Database error{where} while {doing}: {detail}.")
 
 
 def _is_configuration(exc: DBAPIError) -> bool:
@@ -176,6 +170,7 @@ def _is_configuration(exc: DBAPIError) -> bool:
     return any(marker in text for marker in _CONFIG_MARKERS)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver error (or of any exception), for one-line messages."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

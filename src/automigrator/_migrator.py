@@ -215,7 +215,7 @@ class AutoMigrator:
             try:
                 decision = await self.on_failure.handle(failure)
             except BaseException:
-                await self._end_failed(started)
+                await self._end(MigrationState.FAILED, started)
                 raise
             decision = replace(decision, policy=repr(self.on_failure))
             history.append(decision)
@@ -233,8 +233,7 @@ class AutoMigrator:
                 await anyio.sleep(decision.delay)
                 continue
             if decision.action == "degrade":
-                await self._read_after()
-                self._finish(MigrationState.DEGRADED, started)
+                await self._end(MigrationState.DEGRADED, started)
                 logger.critical(
                     "Migration failed (%s: %s); %s decided to continue DEGRADED: %s. The "
                     "application is starting on a schema that may not match its code.",
@@ -251,7 +250,7 @@ class AutoMigrator:
                 decision.policy,
                 decision.reason,
             )
-            await self._end_failed(started)
+            await self._end(MigrationState.FAILED, started)
             raise error
 
     def should_run(self) -> bool:
@@ -383,11 +382,7 @@ class AutoMigrator:
     def _finish(self, state: MigrationState, started: float) -> None:
         self._set(state=state, duration=time.monotonic() - started)
 
-    async def _end_failed(self, started: float) -> None:
-        await self._read_after()
-        self._finish(MigrationState.FAILED, started)
-
-    async def _read_after(self) -> None:
+    async def _end(self, state: MigrationState, started: float) -> None:
         # Best effort: after a failure, show where the database really is
         # (transactional DDL may have rolled everything back).
         def read() -> tuple[str, ...] | None:
@@ -400,6 +395,7 @@ class AutoMigrator:
         after = await anyio.to_thread.run_sync(read)
         if after is not None:
             self._set(revisions_after=after)
+        self._finish(state, started)
 
     def _engine_(self) -> Engine:
         if self._engine is None:
@@ -441,7 +437,7 @@ class AutoMigrator:
             version_table=self.version_table,
         )
 
-    def _applied(self, applied: AppliedRevision, index: int, total: int) -> None:
+    def _applied(self, applied: AppliedRevision) -> None:
         self._set(applied=(*self._status.applied, applied))
 
     def _refuse(self, plan: Plan) -> None:

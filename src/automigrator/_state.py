@@ -26,18 +26,8 @@ class MigrationState(str, enum.Enum):
     FAILED = "failed"
     DISABLED = "disabled"
 
-    @property
-    def is_final(self) -> bool:
-        """True once the run has ended, however it ended."""
-        return self in _FINAL
-
     def __str__(self) -> str:
         return self.value
-
-
-_FINAL = frozenset(
-    {MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED, MigrationState.DISABLED}
-)
 
 
 @dataclass(frozen=True)
@@ -125,8 +115,3 @@ class Plan:
     """Revisions an upgrade would apply, in order."""
     unknown: tuple[str, ...] = ()
     """Database revisions the scripts do not know (``ahead_of_code``)."""
-
-    @property
-    def needs_upgrade(self) -> bool:
-        """True for ``empty`` and ``behind``: the plan calls for an upgrade."""
-        return self.kind in ("empty", "behind")
