@@ -143,7 +143,7 @@ def test_unreachable_server_is_unavailable_without_the_password(
 ) -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once.
     url = sa.make_url("postgresql+psycopg://postgres:s3cr3t-pw@127.0.0.1:1/test")
-    migrator = AutoMigrator(ini, url=url)
+    migrator = AutoMigrator(ini, url=url, connect_timeout=0)
 
     with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as caught:
         anyio.run(migrator.run)

@@ -12,6 +12,7 @@ from .errors import (
     MigrationError,
     MultipleHeadsError,
     SchemaAheadError,
+    ShutdownRequestedError,
     UnversionedDatabaseError,
 )
 from .locking import (
@@ -51,5 +52,6 @@ __all__ = [
     "SQLiteFileLock",
     "STATE_KEY",
     "SchemaAheadError",
+    "ShutdownRequestedError",
     "UnversionedDatabaseError",
 ]

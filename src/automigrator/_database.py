@@ -141,8 +141,11 @@ _CONFIG_MARKERS = (
     "no password supplied",
     "unable to open database file",
     "invalid dsn",
+    "permission denied",
 )
-_CONFIG_MYSQL_CODES = {1044, 1045, 1049, 1698}
+# Access denied to the database, bad credentials, unknown database, a table
+# or column access denied.
+_CONFIG_MYSQL_CODES = {1044, 1045, 1049, 1142, 1143, 1698}
 
 
 def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> AutomigratorError:
@@ -158,7 +161,12 @@ def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> Automigr
         return DatabaseUnavailableError(
             f"The database{where} could not be reached while {doing}: {detail}."
         )
-    return DatabaseUnavailableError(f"Database error{where} while {doing}: {detail}.")
+    # Anything else (a ProgrammingError: a missing column, a function the
+    # server lacks) will fail the same way on every try.
+    return ConfigurationError(
+        f"The database{where} rejected a statement while {doing}: {detail}. Check the "
+        "user's privileges and the version table settings; this is not retried."
+    )
 
 
 def _is_configuration(exc: DBAPIError) -> bool:

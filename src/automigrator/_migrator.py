@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -30,15 +31,18 @@ from ._database import (
     sync_url,
     translate_error,
 )
+from ._shutdown import cancelled_by_shutdown
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
 from ._switch import read_switch
 from .errors import (
     AutomigratorError,
     ConfigurationError,
+    DatabaseUnavailableError,
     LockTimeoutError,
     MigrationError,
     MultipleHeadsError,
     SchemaAheadError,
+    ShutdownRequestedError,
     UnversionedDatabaseError,
 )
 from .locking import MigrationLock, lock_for
@@ -56,6 +60,14 @@ AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | No
 # we log, check the deadline and notice cancellation (shutdown).
 _LOCK_SLICE = 1.0
 _LOCK_LOG_EVERY = 5.0
+# Waiting for the database: 0.25 s, 0.5 s, 1 s, 2 s, then every 4 s. The cap
+# keeps a database that comes up late from waiting long for our next try.
+_CONNECT_FIRST_DELAY = 0.25
+_CONNECT_DELAY_CAP = 4.0
+# At the end of a failed run we read where the database is, if it answers soon.
+_END_READ_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 
 class AutoMigrator:
@@ -82,6 +94,10 @@ class AutoMigrator:
             :class:`~automigrator.MigrationLock`, or ``None`` (no lock: only
             safe when a single process ever migrates; logged as a warning).
         lock_timeout: seconds to wait for another process's migration.
+        connect_timeout: seconds to keep trying while the database refuses
+            connections at start (it is still starting); retries back off
+            from 0.25 s to 4 s. ``0`` fails on the first refusal. Bad
+            credentials and unknown databases are never retried.
         version_table, version_table_schema: where env.py keeps the revisions,
             if not Alembic's default ``alembic_version`` in the default schema.
         baseline: a revision to stamp an *unversioned* database at (tables but
@@ -103,6 +119,7 @@ class AutoMigrator:
         on_failure: FailurePolicy | None = None,
         lock: LockOption = "auto",
         lock_timeout: float = 300.0,
+        connect_timeout: float = 60.0,
         version_table: str = "alembic_version",
         version_table_schema: str | None = None,
         baseline: str | None = None,
@@ -114,6 +131,10 @@ class AutoMigrator:
             )
         if lock_timeout <= 0:
             raise ConfigurationError(f"lock_timeout must be > 0 seconds, got {lock_timeout!r}.")
+        if not connect_timeout >= 0:
+            raise ConfigurationError(
+                f"connect_timeout must be >= 0 seconds, got {connect_timeout!r}."
+            )
         if not (lock is None or lock == "auto" or isinstance(lock, MigrationLock)):
             raise ConfigurationError(
                 f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
@@ -143,6 +164,7 @@ class AutoMigrator:
         self.on_failure: FailurePolicy = on_failure if on_failure is not None else Fail()
         self.lock_option: LockOption = lock
         self.lock_timeout = float(lock_timeout)
+        self.connect_timeout = float(connect_timeout)
         self.version_table = VersionTable(version_table, version_table_schema)
         self.baseline = baseline
         self._status = MigrationStatus()
@@ -188,6 +210,22 @@ class AutoMigrator:
             return self._status
         self._status = MigrationStatus(state=MigrationState.PENDING)
         self._script = None
+        try:
+            return await self._attempts(started)
+        except ShutdownRequestedError as exc:
+            logger.warning("%s", exc.message)
+            self._set(error=_one_line(exc), error_kind=exc.kind)
+            self._finish(MigrationState.FAILED, started)
+            raise
+        except BaseException:
+            if self._status.state not in _FINAL:
+                # Cancelled by the server or the caller: say so rather than
+                # leave "waiting" or "migrating" behind.
+                self._set(error="Stopped before the run finished", error_kind="shutdown")
+                self._finish(MigrationState.FAILED, started)
+            raise
+
+    async def _attempts(self, started: float) -> MigrationStatus:
         history: list[Decision] = []
         attempt = 0
         logger.info("Checking the schema of %s", display(self.url))
@@ -196,6 +234,8 @@ class AutoMigrator:
             self._set(attempts=attempt)
             try:
                 await self.migrate()
+            except ShutdownRequestedError:
+                raise
             except AutomigratorError as exc:
                 error: AutomigratorError = exc
             except Exception as exc:
@@ -290,8 +330,11 @@ class AutoMigrator:
             await self.verify()
 
     async def plan(self) -> Plan:
-        """Read the database's revisions (one short connection) and classify them."""
-        plan = await anyio.to_thread.run_sync(self._plan_sync)
+        """Read the database's revisions (one short connection) and classify them.
+
+        While the database refuses connections, retries up to ``connect_timeout``.
+        """
+        plan = await self._reachable(self._plan_sync)
         before = self._status.revisions_before
         self._set(
             revisions_before=plan.db_revisions if before is None else before,
@@ -392,7 +435,9 @@ class AutoMigrator:
             except Exception:
                 return None
 
-        after = await anyio.to_thread.run_sync(read)
+        after = None
+        with anyio.move_on_after(_END_READ_TIMEOUT):
+            after = await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
         if after is not None:
             self._set(revisions_after=after)
         self._finish(state, started)
@@ -474,18 +519,26 @@ class AutoMigrator:
         return self.lock_option
 
     async def _acquire(self, lock: MigrationLock) -> None:
+        # First a try that does not block: most runs never wait.
+        if await self._try_acquire(lock, 0.0):
+            self._set(state=MigrationState.MIGRATING)
+            return
         started = time.monotonic()
+        with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
+            try:
+                await self._wait_for_lock(lock, started)
+                logger.info("Acquired the migration lock after %.1f s", time.monotonic() - started)
+                self._set(state=MigrationState.MIGRATING, waiting_for=None)
+                return
+            finally:
+                if self._status.waiting_for == "lock":
+                    self._set(waiting_for=None)
+        raise self._shutdown_error(signals, "the migration lock", started)
+
+    async def _wait_for_lock(self, lock: MigrationLock, started: float) -> None:
         deadline = started + self.lock_timeout
-        wait = 0.0  # first a try that does not block: most runs never wait
         next_log = started
         while True:
-            if await self._try_acquire(lock, wait):
-                if wait:
-                    logger.info(
-                        "Acquired the migration lock after %.1f s", time.monotonic() - started
-                    )
-                self._set(state=MigrationState.MIGRATING)
-                return
             now = time.monotonic()
             if now >= deadline:
                 raise LockTimeoutError(
@@ -495,7 +548,7 @@ class AutoMigrator:
                     timeout=self.lock_timeout,
                 )
             if now >= next_log:
-                self._set(state=MigrationState.WAITING)
+                self._set(state=MigrationState.WAITING, waiting_for="lock")
                 holder = await anyio.to_thread.run_sync(lock.holder)
                 logger.info(
                     "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
@@ -504,7 +557,8 @@ class AutoMigrator:
                     deadline - now,
                 )
                 next_log = now + _LOCK_LOG_EVERY
-            wait = min(_LOCK_SLICE, deadline - now)
+            if await self._try_acquire(lock, min(_LOCK_SLICE, deadline - now)):
+                return
 
     async def _try_acquire(self, lock: MigrationLock, wait: float) -> bool:
         try:
@@ -513,14 +567,84 @@ class AutoMigrator:
                 got = await anyio.to_thread.run_sync(lock.acquire, wait)
         except DBAPIError as exc:
             raise translate_error(exc, self.url, doing="taking the migration lock") from exc
-        if got:
-            try:
-                await anyio.lowlevel.checkpoint()
-            except BaseException:
+        # A cancel that arrived during the shielded slice lands here, at once.
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            if got:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(lock.release)
-                raise
+            raise
         return got
+
+    async def _reachable(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which connects) in a thread; wait while the database is down."""
+        # Abandoned on cancel: a connect to a silent host must not hold up a shutdown.
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except DatabaseUnavailableError as exc:
+            if self.connect_timeout <= 0:
+                raise
+            error = exc
+        started = time.monotonic()
+        deadline = started + self.connect_timeout
+        delay = _CONNECT_FIRST_DELAY
+        attempt = 1
+        state = self._status.state
+        self._set(state=MigrationState.WAITING, waiting_for="database")
+        try:
+            with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
+                while (left := deadline - time.monotonic()) > 0:
+                    pause = min(delay, left)
+                    logger.warning(
+                        "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s "
+                        "left before connect_timeout",
+                        attempt,
+                        error.message,
+                        pause,
+                        left,
+                    )
+                    await anyio.sleep(pause)
+                    delay = min(delay * 2, _CONNECT_DELAY_CAP)
+                    attempt += 1
+                    # A connect that hangs is bounded by the deadline too.
+                    with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+                        try:
+                            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+                        except DatabaseUnavailableError as exc:
+                            error = exc
+                            continue
+                        logger.info(
+                            "The database accepted connections after %.1f s (attempt %d)",
+                            time.monotonic() - started,
+                            attempt,
+                        )
+                        return result
+            if signals:
+                raise self._shutdown_error(signals, "the database", started)
+        finally:
+            if self._status.waiting_for == "database":
+                self._set(state=state, waiting_for=None)
+        raise DatabaseUnavailableError(
+            f"{error.message} Gave up after {attempt} attempts in "
+            f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
+            "start the database first, check the host and port in the URL, or raise "
+            "connect_timeout."
+        ) from error
+
+    def _shutdown_error(
+        self, signals: list[int], waited_for: str, started: float
+    ) -> ShutdownRequestedError:
+        name = signal.Signals(signals[0]).name if signals else "cancelled"
+        return ShutdownRequestedError(
+            f"The server is shutting down ({name}) while automigrator waited "
+            f"{time.monotonic() - started:.1f} s for {waited_for}: stopped waiting. Nothing "
+            "was changed.",
+            signal=signals[0] if signals else 0,
+        )
+
+
+_FINAL = (MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED)
 
 
 def _one_line(error: AutomigratorError) -> str:

@@ -13,7 +13,8 @@ class MigrationState(str, enum.Enum):
     """Where a migrator is in its run.
 
     ``pending -> [waiting ->] [migrating ->] ready | degraded | failed``, or
-    ``disabled`` when the switch is off.
+    ``disabled`` when the switch is off. ``waiting`` is for the database to
+    accept connections or for another process's lock (``status.waiting_for``).
 
     .. versionadded:: 0.1
     """
@@ -68,6 +69,8 @@ class MigrationStatus:
     error_kind: ErrorKind | None = None
     attempts: int = 0
     """How many times the migrate step ran (retries included)."""
+    waiting_for: Literal["database", "lock"] | None = None
+    """In state ``waiting``: whether for the database to accept connections, or for the lock."""
 
     @property
     def ready(self) -> bool:
@@ -93,6 +96,7 @@ class MigrationStatus:
             "error": self.error,
             "error_kind": self.error_kind,
             "attempts": self.attempts,
+            "waiting_for": self.waiting_for,
         }
 
 

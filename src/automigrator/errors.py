@@ -8,12 +8,14 @@ AutomigratorError                 every error the library raises
 ├── SchemaAheadError              kind "schema_ahead": the database is newer than the code
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
-└── MigrationError                kind "migration": a revision failed, or did not stick
+├── MigrationError                kind "migration": a revision failed, or did not stick
+└── ShutdownRequestedError        kind "shutdown": the server stopped us while we waited
 ```
 
 Every error carries a ``kind``; failure policies decide on it, so that a
 destructive policy (purge, restore) acts on ``"migration"`` failures only and
-never on a failure that was not the migration's fault. Errors from Alembic and
+never on a failure that was not the migration's fault. ``ShutdownRequestedError``
+never reaches a policy: the run was stopped, not failed. Errors from Alembic and
 SQLAlchemy are translated into this tree in one place and chained
 (``raise ... from exc``), so the original traceback is kept.
 """
@@ -31,11 +33,18 @@ __all__ = [
     "MigrationError",
     "MultipleHeadsError",
     "SchemaAheadError",
+    "ShutdownRequestedError",
     "UnversionedDatabaseError",
 ]
 
 ErrorKind = Literal[
-    "configuration", "transient", "schema_ahead", "multiple_heads", "unversioned", "migration"
+    "configuration",
+    "transient",
+    "schema_ahead",
+    "multiple_heads",
+    "unversioned",
+    "migration",
+    "shutdown",
 ]
 
 
@@ -110,3 +119,16 @@ class MigrationError(AutomigratorError):
     def __init__(self, message: str, *, revision: str | None = None) -> None:
         super().__init__(message)
         self.revision = revision
+
+
+class ShutdownRequestedError(AutomigratorError):
+    """SIGTERM or SIGINT arrived while waiting for the lock or the database.
+
+    Raised instead of waiting on; the failure policy is not asked (nothing failed).
+    """
+
+    kind: ErrorKind = "shutdown"
+
+    def __init__(self, message: str, *, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
