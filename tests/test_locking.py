@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,15 @@ from automigrator import AutoMigrator, LockTimeoutError, MigrationState
 from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows
+from tests.project import EMAIL, SEED, Rev, make_project
 
 REPLICAS = 12
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_replicas(ini: Path, url: URL, count: int) -> list[subprocess.Popen[str]]:
+def start_replicas(
+    ini: Path, url: URL, count: int, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[str]]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.replica", str(ini), url.render_as_string(False)],
@@ -30,6 +34,7 @@ def start_replicas(ini: Path, url: URL, count: int) -> list[subprocess.Popen[str
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         for _ in range(count)
     ]
@@ -108,3 +113,44 @@ def test_two_version_tables_do_not_share_a_lock(db_url: URL) -> None:
             second.release()
     finally:
         first.release()
+
+
+# r1 stops in the middle of the upgrade (lock held, migration connection open)
+# when AM_HANG is set, and says so on stderr.
+HANGING_USERS = Rev(
+    "r1",
+    None,
+    "create users table",
+    """
+    import os
+    import sys
+    import time
+
+    if os.environ.get("AM_HANG"):
+        print("r1 is running", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50), nullable=False),
+    )
+    """,
+)
+
+
+def test_holder_killed_mid_migration_frees_the_lock(tmp_path: Path, db_url: URL) -> None:
+    ini = make_project(tmp_path / "proj", (HANGING_USERS, EMAIL, SEED))
+    [proc] = start_replicas(ini, db_url, 1, env={"AM_HANG": "1"})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "r1 is running" in line:
+            break
+    proc.kill()  # SIGKILL: no cleanup code of ours runs
+    proc.communicate()
+
+    # A lock that outlived its process would make this wait, then time out.
+    status = anyio.run(AutoMigrator(ini, url=db_url, lock_timeout=30).run)
+
+    assert status.state is MigrationState.READY
+    assert [a.revision for a in status.applied] == ["r1", "r2", "r3"]
+    assert revisions(db_url) == {"r3"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -44,21 +45,21 @@ class Server:
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10)
 
-    def wait_for(self, text: str, deadline: float = STARTUP_DEADLINE) -> bool:
-        """Read the log until a line holds text (True) or the process ends (False)."""
-        if any(text in line for line in self.lines):
-            return True
-        while True:
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def wait_for(self, text: str, times: int = 1, deadline: float = STARTUP_DEADLINE) -> bool:
+        """Read the log until text was seen ``times`` times (True) or the process ends (False)."""
+        while self.count(text) < times:
             try:
                 line = self._queue.get(timeout=deadline)
             except queue.Empty as exc:
-                raise TimeoutError(f"no {text!r} in the log:\n{self.log}") from exc
+                raise TimeoutError(f"no {text!r} ({times}x) in the log:\n{self.log}") from exc
             if line is None:
                 self.ended = True
                 return False
             self.lines.append(line)
-            if text in line:
-                return True
+        return True
 
     def wait_exit(self, deadline: float = STARTUP_DEADLINE) -> int:
         code = self.process.wait(timeout=deadline)
@@ -75,15 +76,23 @@ class Server:
 def serve(
     args: Sequence[str], *, env: dict[str, str], cwd: Path | None = None
 ) -> Iterator[Server]:
-    """Run ``python -m <args> --port N`` with stderr and stdout merged into one log."""
+    """Run ``python -m <args>`` on a free port, stderr and stdout merged into one log.
+
+    ``{port}`` in an argument is replaced by the port; without one, ``--port N``
+    is appended (uvicorn's flag).
+    """
     port = free_port()
+    argv = [arg.format(port=port) for arg in args]
+    if argv == list(args):
+        argv += ["--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", *args, "--port", str(port)],
+        [sys.executable, "-m", *argv],
         env={**os.environ, **env},
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its workers too can be killed as one group
     )
     server = Server(process, port)
 
@@ -98,12 +107,12 @@ def serve(
         yield server
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
+            process.send_signal(signal.SIGTERM)  # what a process manager sends
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # no worker outlives the test
+        process.wait()
         server.wait_exit()  # collect the rest of the log for the assertions
         assert process.stdout is not None
         process.stdout.close()

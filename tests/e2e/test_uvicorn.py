@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.conftest import make_db_url, revisions
+from tests.conftest import revisions
+from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve
 from tests.project import BROKEN, EMAIL, USERS, make_project
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
 BROKEN_0005 = '''"""add a column, then break
 
 Revision ID: 0005
@@ -38,21 +36,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     pass
 '''
-
-ASYNC_DRIVER = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, URL]]:
-    """A copy of the example app, and an async URL to a fresh database for it."""
-    app_dir = tmp_path / "example"
-    shutil.copytree(EXAMPLE, app_dir, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    for url in make_db_url(request.param, tmp_path):
-        yield app_dir, url.set(drivername=ASYNC_DRIVER[request.param])
-
-
-def uvicorn(app_dir: Path, target: str = "app:app") -> list[str]:
-    return ["uvicorn", target, "--app-dir", str(app_dir)]
 
 
 def test_example_migrates_then_serves(example: tuple[Path, URL]) -> None:
