@@ -32,6 +32,14 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print figures, assert nothing. ``nox -s bench -- replicas --rounds 5``."""
+    session.install("-e", ".[test]")
+    name, *rest = session.posargs or ["replicas"]
+    session.run("python", "-m", f"benchmarks.{name}", *rest)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Run the example app: migrations applied to SQLite at start-up, served by uvicorn."""
     session.install("-e", ".[example]")

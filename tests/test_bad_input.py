@@ -76,6 +76,13 @@ def test_unparsable_url_names_the_problem_without_the_password(ini: Path, url: s
     assert "URL" in str(caught.value)
 
 
+def test_uninstalled_driver_is_refused_when_the_migrator_is_built(ini: Path) -> None:
+    # pg8000 is a driver SQLAlchemy knows but this project does not install.
+    with pytest.raises(ConfigurationError, match="not installed") as caught:
+        AutoMigrator(ini, url="postgresql+pg8000://app:hunter2@db/app")
+    assert "hunter2" not in str(caught.value)
+
+
 def test_ini_placeholder_url_is_refused(ini: Path) -> None:
     with pytest.raises(ConfigurationError, match="unknown dialect"):
         AutoMigrator(ini)
@@ -111,6 +118,8 @@ def test_bad_lock_and_policy_arguments(ini: Path) -> None:
         AutoMigrator(ini, url="sqlite://", on_failure="continue")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="lock_timeout"):
         AutoMigrator(ini, url="sqlite://", lock_timeout=0)
+    with pytest.raises(ConfigurationError, match="connect_timeout"):
+        AutoMigrator(ini, url="sqlite://", connect_timeout=-1)
 
 
 def test_sqlite_in_a_missing_folder(ini: Path, tmp_path: Path) -> None:

@@ -86,8 +86,18 @@ def sync_url(url: URL) -> URL:
 
 
 def create_engine(url: URL) -> Engine:
-    """An engine without a pool: every connection we open is short and closed at once."""
-    return sa.create_engine(sync_url(url), poolclass=NullPool)
+    """An engine without a pool: every connection we open is short and closed at once.
+
+    Imports the driver (it does not connect); a missing one is a ConfigurationError.
+    """
+    sync = sync_url(url)
+    try:
+        return sa.create_engine(sync, poolclass=NullPool)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"The driver for {display(sync)!r} is not installed ({exc}). Install it, or "
+            "name an installed one in the URL (e.g. postgresql+psycopg://...)."
+        ) from exc
 
 
 @dataclass(frozen=True)

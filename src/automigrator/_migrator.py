@@ -28,7 +28,6 @@ from ._database import (
     parse_url,
     read_revisions,
     redact,
-    sync_url,
     translate_error,
 )
 from ._shutdown import cancelled_by_shutdown
@@ -153,7 +152,9 @@ class AutoMigrator:
                 f"{self._config.config_file_name or 'the Alembic config'!r}."
             )
         self.url: URL = parse_url(raw_url)
-        sync_url(self.url)  # an async driver without a sync sibling fails here, not at start
+        # Built (not connected) here: a missing driver fails at import time, and
+        # the driver's import is paid with the application's, not at start-up.
+        self._engine: Engine = create_engine(self.url)
         if url is not None:
             _alembic.set_url(self._config, self.url)
         if enabled is None:
@@ -168,7 +169,6 @@ class AutoMigrator:
         self.version_table = VersionTable(version_table, version_table_schema)
         self.baseline = baseline
         self._status = MigrationStatus()
-        self._engine: Engine | None = None
         self._script: ScriptDirectory | None = None
         if lock is None:
             logger.warning(
@@ -308,26 +308,38 @@ class AutoMigrator:
         failure; the failure policy sees what you raise.
         """
         plan = await self.plan()
-        if plan.kind != "unversioned":
-            # "Unversioned" is only final under the lock: without it we may
-            # have seen another replica's tables before its version table.
-            self._refuse(plan)
+        self._refuse(plan, final=False)
         if plan.kind == "at_head":
             return
-        async with self.locked():
-            # Another replica may have migrated while we waited for the lock.
+        while True:
+            async with self.locked() as waited:
+                if not waited:
+                    await self._migrate_locked()
+                    return
+            # We waited while another process held the lock: it has just let
+            # go, most likely at head. That needs no lock, so every waiter
+            # checks at once instead of taking the lock in turn; a database
+            # still behind (the holder failed) sends us back for the lock.
             plan = await self.plan()
-            self._refuse(plan)
+            self._refuse(plan, final=False)
             if plan.kind == "at_head":
                 logger.info("Another process brought the schema to head while we waited")
                 return
-            if plan.kind == "unversioned":
-                await self.stamp_baseline()
-                plan = await self.plan()
-                if plan.kind == "at_head":
-                    return
-            await self.upgrade(plan)
-            await self.verify()
+
+    async def _migrate_locked(self) -> None:
+        # Another replica may have migrated since our first plan.
+        plan = await self.plan()
+        self._refuse(plan)
+        if plan.kind == "at_head":
+            logger.info("Another process brought the schema to head before we took the lock")
+            return
+        if plan.kind == "unversioned":
+            await self.stamp_baseline()
+            plan = await self.plan()
+            if plan.kind == "at_head":
+                return
+        await self.upgrade(plan)
+        await self.verify()
 
     async def plan(self) -> Plan:
         """Read the database's revisions (one short connection) and classify them.
@@ -376,15 +388,19 @@ class AutoMigrator:
         await anyio.to_thread.run_sync(self._stamp_sync)
 
     @asynccontextmanager
-    async def locked(self) -> AsyncIterator[None]:
-        """Hold the migration lock for the duration of the block."""
+    async def locked(self) -> AsyncIterator[bool]:
+        """Hold the migration lock for the duration of the block.
+
+        Yields whether it had to wait for another process: ``migrate()`` then
+        leaves the block at once and checks the schema without the lock.
+        """
         lock = self._make_lock()
         if lock is None:
-            yield
+            yield False
             return
-        await self._acquire(lock)
+        waited = await self._acquire(lock)
         try:
-            yield
+            yield waited
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lock.release)
@@ -430,7 +446,7 @@ class AutoMigrator:
         # (transactional DDL may have rolled everything back).
         def read() -> tuple[str, ...] | None:
             try:
-                with self._engine_().connect() as conn:
+                with self._engine.connect() as conn:
                     return read_revisions(conn, self.version_table) or ()
             except Exception:
                 return None
@@ -442,11 +458,6 @@ class AutoMigrator:
             self._set(revisions_after=after)
         self._finish(state, started)
 
-    def _engine_(self) -> Engine:
-        if self._engine is None:
-            self._engine = create_engine(self.url)
-        return self._engine
-
     def _script_(self) -> ScriptDirectory:
         if self._script is None:
             self._script = _alembic.load_script(self._config)
@@ -455,7 +466,7 @@ class AutoMigrator:
     def _plan_sync(self) -> Plan:
         script = self._script_()
         try:
-            with self._engine_().connect() as conn:
+            with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
@@ -485,7 +496,9 @@ class AutoMigrator:
     def _applied(self, applied: AppliedRevision) -> None:
         self._set(applied=(*self._status.applied, applied))
 
-    def _refuse(self, plan: Plan) -> None:
+    def _refuse(self, plan: Plan, *, final: bool = True) -> None:
+        # "Unversioned" is only final under the lock (final=True): without it
+        # we may have seen another replica's tables before its version table.
         if plan.kind == "multiple_heads":
             raise MultipleHeadsError(
                 f"The migration scripts have {len(plan.heads)} heads ({', '.join(plan.heads)}) "
@@ -502,7 +515,7 @@ class AutoMigrator:
                 "newer code first. Nothing was changed.",
                 revisions=plan.unknown,
             )
-        if plan.kind == "unversioned" and self.baseline is None:
+        if plan.kind == "unversioned" and self.baseline is None and final:
             raise UnversionedDatabaseError(
                 f"The database has tables but no version table {str(self.version_table)!r}: "
                 "these migrations did not create it. If its schema matches a revision, pass "
@@ -515,21 +528,22 @@ class AutoMigrator:
         if self.lock_option is None:
             return None
         if self.lock_option == "auto":
-            return lock_for(self._engine_(), self.version_table)
+            return lock_for(self._engine, self.version_table)
         return self.lock_option
 
-    async def _acquire(self, lock: MigrationLock) -> None:
+    async def _acquire(self, lock: MigrationLock) -> bool:
+        """Take the lock; True when another process held it and we waited."""
         # First a try that does not block: most runs never wait.
         if await self._try_acquire(lock, 0.0):
             self._set(state=MigrationState.MIGRATING)
-            return
+            return False
         started = time.monotonic()
         with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
             try:
                 await self._wait_for_lock(lock, started)
-                logger.info("Acquired the migration lock after %.1f s", time.monotonic() - started)
-                self._set(state=MigrationState.MIGRATING, waiting_for=None)
-                return
+                logger.info("The migration lock was freed after %.1f s", time.monotonic() - started)
+                self._set(state=MigrationState.PENDING, waiting_for=None)
+                return True
             finally:
                 if self._status.waiting_for == "lock":
                     self._set(waiting_for=None)

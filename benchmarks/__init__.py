@@ -1,0 +1,1 @@
+"""Benchmarks: run with ``nox -s bench``; they print figures, they assert nothing."""

@@ -1,0 +1,172 @@
+"""Many replicas starting together on an empty database: automigrator vs plain Alembic.
+
+For 1, 4 and 16 replicas (OS processes) on SQLite and PostgreSQL, with a
+100-revision chain: every replica imports everything first, then all are
+released at once. Printed per case: the wall time from the release until the
+last replica finished (median and spread over the rounds), its ratio to one
+replica, and the failures. Plain ``alembic upgrade head`` (``command.upgrade``)
+is started the same way in the same run, for comparison.
+
+``nox -s bench -- replicas [--rounds N]``. PostgreSQL comes from
+AUTOMIGRATOR_TEST_POSTGRES_URL (default: postgres on 127.0.0.1:5432); each
+round gets a fresh database there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from benchmarks.history import make_history
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTS = (1, 4, 16)
+TOOLS = ("automigrator", "alembic")
+REVISIONS = 100
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Round:
+    wall: float
+    failures: int
+    appliers: int
+    errors: list[str]
+
+
+@contextmanager
+def fresh_database(kind: str, scratch: Path) -> Iterator[URL]:
+    if kind == "sqlite":
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        yield sa.make_url(f"sqlite:///{folder / 'app.db'}")
+        return
+    admin_url = sa.make_url(os.environ.get("AUTOMIGRATOR_TEST_POSTGRES_URL", DEFAULT_PG))
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield admin_url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def run_round(tool: str, ini: Path, url: URL, count: int) -> Round:
+    target = url.render_as_string(hide_password=False)
+    argv = [sys.executable, "-m", "benchmarks.replica", tool, str(ini), target]
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    for proc in procs:  # imports done, migrator or Config built
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"a replica did not start: {line!r} {proc.communicate()[1]}")
+    released = time.monotonic()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        results.append(json.loads(out.splitlines()[-1]))
+    return Round(
+        wall=max(r["done"] for r in results) - released,
+        failures=sum(not r["ok"] for r in results),
+        appliers=sum(r["applied"] > 0 for r in results),
+        errors=sorted({r["error"] for r in results if r["error"]}),
+    )
+
+
+def available(kind: str, scratch: Path) -> str | None:
+    """None when the database can be used, else why not."""
+    try:
+        with fresh_database(kind, scratch):
+            return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        ini = make_history(scratch / "project", REVISIONS)
+        print(
+            f"{REVISIONS}-revision chain, {args.rounds} round(s) per case, "
+            f"{os.cpu_count()} CPU(s); wall = release of all replicas to the last one done\n"
+        )
+        header = (
+            f"{'database':<11}{'tool':<14}{'replicas':>8}  {'median':>8}  "
+            f"{'min-max':>13}  {'x 1 rep':>7}  {'failed':>7}  {'migrated':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for kind in args.databases.split(","):
+            why = available(kind, scratch)
+            if why is not None:
+                print(f"{kind:<11}not measured: {why}")
+                continue
+            for tool in TOOLS:
+                single = None
+                errors: set[str] = set()
+                for count in COUNTS:
+                    rounds = []
+                    for _ in range(args.rounds):
+                        with fresh_database(kind, scratch) as url:
+                            rounds.append(run_round(tool, ini, url, count))
+                    walls = [r.wall for r in rounds]
+                    median = statistics.median(walls)
+                    single = single or median
+                    failed = sum(r.failures for r in rounds)
+                    migrated = (
+                        f"{sum(r.appliers for r in rounds)}/{args.rounds}"
+                        if tool == "automigrator"
+                        else "n/a"
+                    )
+                    for r in rounds:
+                        errors.update(r.errors)
+                    print(
+                        f"{kind:<11}{tool:<14}{count:>8}  {median:>7.2f}s  "
+                        f"{min(walls):>5.2f}-{max(walls):<6.2f}s  {median / single:>7.2f}  "
+                        f"{failed:>3}/{count * args.rounds:<3}  {migrated:>8}"
+                    )
+                for error in sorted(errors)[:3]:
+                    print(f"{'':<25}e.g. {error[:110]}")
+        print(
+            "\nfailed: replicas that exited with an error, over all rounds; "
+            "migrated: rounds x replicas that applied revisions (one per round is right)."
+        )
+
+
+if __name__ == "__main__":
+    main()
