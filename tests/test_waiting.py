@@ -272,3 +272,26 @@ def test_sigterm_while_waiting_stops_waiting_and_reaches_the_servers_handler(
     assert restored is handler  # and its handler is back in place
     assert migrator.status.state is MigrationState.FAILED
     assert migrator.status.error_kind == "shutdown"
+
+
+def test_waiter_migrates_itself_when_the_holder_let_go_without_migrating(
+    ini: Path, db_url: URL
+) -> None:
+    # The holder "failed": it releases the lock with the schema still empty.
+    migrator = AutoMigrator(ini, url=db_url, lock_timeout=LONG)
+    holder = held_lock(db_url)
+
+    async def main() -> None:
+        async with watching("Waiting for the migration lock") as log:
+            with anyio.fail_after(HANG_GUARD):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(migrator.run)
+                    await log.event.wait()
+                    holder.release()
+        assert any("The migration lock was freed" in m for m in log.messages)
+
+    anyio.run(main)
+
+    assert migrator.status.state is MigrationState.READY
+    assert [a.revision for a in migrator.status.applied] == ["r1", "r2", "r3"]
+    assert revisions(db_url) == {"r3"}

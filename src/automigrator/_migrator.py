@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import _alembic
+from . import _alembic, _fastheads
 from ._database import (
     VersionTable,
     create_engine,
@@ -170,6 +170,10 @@ class AutoMigrator:
         self.baseline = baseline
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
+        # The scripts' heads read without importing them (None: could not),
+        # and whether they have been read in this attempt.
+        self._static_heads: tuple[str, ...] | None = None
+        self._static_read = False
         if lock is None:
             logger.warning(
                 "Migration lock disabled (lock=None): concurrent replicas may migrate at "
@@ -209,7 +213,7 @@ class AutoMigrator:
             logger.info("Migrations disabled (%s): not touching the database", self._switch_source)
             return self._status
         self._status = MigrationStatus(state=MigrationState.PENDING)
-        self._script = None
+        self._script, self._static_read = None, False
         try:
             return await self._attempts(started)
         except ShutdownRequestedError as exc:
@@ -269,7 +273,7 @@ class AutoMigrator:
                     decision.reason,
                 )
                 self._set(state=MigrationState.PENDING)
-                self._script = None
+                self._script, self._static_read = None, False
                 await anyio.sleep(decision.delay)
                 continue
             if decision.action == "degrade":
@@ -464,14 +468,33 @@ class AutoMigrator:
         return self._script
 
     def _plan_sync(self) -> Plan:
-        script = self._script_()
+        heads = self._static_heads_()
+        if heads is None:
+            # Loaded before connecting: script errors come before any wait
+            # for the database.
+            self._script_()
         try:
             with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
             raise translate_error(exc, self.url, doing="reading the version table") from exc
-        return _alembic.make_plan(script, self.target, revisions, has_tables=has_tables)
+        if (
+            heads is not None
+            and revisions
+            and set(revisions) == set(heads)
+            and (self.target == "heads" or len(heads) == 1)
+        ):
+            # At head, known without importing one revision file: done.
+            return Plan("at_head", revisions, heads)
+        return _alembic.make_plan(self._script_(), self.target, revisions, has_tables=has_tables)
+
+    def _static_heads_(self) -> tuple[str, ...] | None:
+        if self.target not in ("head", "heads") or self._script is not None:
+            return None  # a pinned target, or the scripts are loaded anyway
+        if not self._static_read:
+            self._static_heads, self._static_read = _fastheads.heads(self._config), True
+        return self._static_heads
 
     def _upgrade_sync(self) -> None:
         _alembic.upgrade(
@@ -541,7 +564,8 @@ class AutoMigrator:
         with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
             try:
                 await self._wait_for_lock(lock, started)
-                logger.info("The migration lock was freed after %.1f s", time.monotonic() - started)
+                waited = time.monotonic() - started
+                logger.info("The migration lock was freed after %.1f s", waited)
                 self._set(state=MigrationState.PENDING, waiting_for=None)
                 return True
             finally:

@@ -1,0 +1,143 @@
+"""The scripts' heads without importing the revision files: the at-head fast path.
+
+Alembic imports every revision file to learn four names: ``revision``,
+``down_revision``, ``branch_labels`` and ``depends_on``. Real revision files
+import the application's models and libraries, so that costs seconds on real
+histories, on every start, while the answer is almost always "at head".
+
+Here Alembic still does everything (finding the files, the version locations,
+``sourceless``, the graph and its heads) except the import: while
+:func:`heads` runs, Alembic's ``load_python_file`` is answered, for our thread
+only, by a module object holding the four names read from the file's text.
+Where the text does not state them plainly (a computed value, two
+assignments, an assignment in a block), the file is imported as usual. A
+property test holds the result equal to Alembic's own heads.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import threading
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import alembic.util
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
+_REQUIRED = ("revision", "down_revision")
+# Any line that assigns one of the names, at any indentation, with or without
+# an annotation or an augmented operator: we accept exactly one per name, at
+# the top level and plain.
+_ASSIGN = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<name>revision|down_revision|branch_labels|depends_on)"
+    r"[ \t]*(?::[^=\n]*)?(?P<op>[-+*/%&|^@]|//|<<|>>|\*\*)?=(?!=)",
+    re.MULTILINE,
+)
+_MAX_VALUE_LINES = 30
+
+_local = threading.local()
+_patch_lock = threading.Lock()
+_original_loader: Callable[..., types.ModuleType] = alembic.util.load_python_file
+
+
+def heads(cfg: Config) -> tuple[str, ...] | None:
+    """The scripts' heads, as Alembic computes them, sorted; None if Alembic fails.
+
+    On failure (a broken graph, a missing folder) the caller's usual path
+    loads the scripts and reports the problem properly.
+    """
+    try:
+        script = ScriptDirectory.from_config(cfg)
+        with _reading_statically():
+            return tuple(sorted(script.get_heads()))
+    except Exception:
+        return None
+
+
+@contextmanager
+def _reading_statically() -> Iterator[None]:
+    # The patch is process-wide, but it answers only the thread that set
+    # _local.active; every other caller gets Alembic's own loader.
+    with _patch_lock:
+        alembic.util.load_python_file = _load_python_file
+        _local.active = True
+        try:
+            yield
+        finally:
+            _local.active = False
+            alembic.util.load_python_file = _original_loader
+
+
+def _load_python_file(dir_: Any, filename: Any) -> types.ModuleType:
+    if getattr(_local, "active", False):
+        path = Path(dir_) / Path(filename).name
+        if path.suffix == ".py":
+            module = read_module(path)
+            if module is not None:
+                return module
+    return _original_loader(dir_, filename)
+
+
+def read_module(path: Path) -> types.ModuleType | None:
+    """A module holding the four names as the file states them, or None if unsure."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    values = read_names(text)
+    if values is None:
+        return None
+    module = types.ModuleType(path.stem)
+    module.__file__ = str(path)
+    for name, value in values.items():
+        setattr(module, name, value)
+    return module
+
+
+def read_names(text: str) -> dict[str, Any] | None:
+    """The literal values of the four names, or None if the text is not plain."""
+    found: dict[str, Any] = {}
+    for match in _ASSIGN.finditer(text):
+        name = match["name"]
+        if match["indent"] or match["op"] or name in found:
+            return None  # in a block, augmented, or assigned twice
+        if _inside_triple_quotes(text, match.start()):
+            return None  # a docstring that shows an assignment: let Python decide
+        value = _literal_after(text, match.end())
+        if value is _NOT_LITERAL:
+            return None
+        found[name] = value
+    if any(name not in found for name in _REQUIRED):
+        return None  # e.g. a legacy file named after its revision
+    if not isinstance(found["revision"], str):
+        return None
+    return found
+
+
+_NOT_LITERAL = object()
+
+
+def _literal_after(text: str, start: int) -> Any:
+    # The value may run over several lines (a tuple of parents): take lines
+    # until what we have is a complete literal expression.
+    lines = text[start:].split("\n", _MAX_VALUE_LINES)
+    for end in range(1, min(len(lines), _MAX_VALUE_LINES) + 1):
+        source = "\n".join(lines[:end]).strip()
+        if not source:
+            continue
+        try:
+            return ast.literal_eval(source)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return _NOT_LITERAL
+
+
+def _inside_triple_quotes(text: str, offset: int) -> bool:
+    before = text[:offset]
+    return before.count('"""') % 2 == 1 or before.count("'''") % 2 == 1

@@ -1,0 +1,211 @@
+"""The at-head fast path: heads read without importing, equal to Alembic's own."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, MigrationState
+from automigrator._fastheads import heads, read_names
+from tests.conftest import revisions
+from tests.project import CHAIN, Rev, write_revision
+
+# How a revision file can state its names. The last styles are not plain
+# (computed, or shown again in the docstring): the fast path must import those.
+STYLES = ("plain", "annotated", "multiline", "list", "computed", "docstring_decoy")
+
+
+@dataclass(frozen=True)
+class FakeRev:
+    id: str
+    down: tuple[str, ...]
+    labels: tuple[str, ...]
+    depends: tuple[str, ...]
+    style: str
+    folder: int  # which version location
+    subfolder: bool  # in a subfolder (with recursive_version_locations)
+
+
+def render(rev: FakeRev) -> str:
+    down: object = None if not rev.down else rev.down[0] if len(rev.down) == 1 else rev.down
+    doc = f'"""step {rev.id}\n\nRevision ID: {rev.id}\nRevises: {", ".join(rev.down)}\n'
+    if rev.style == "docstring_decoy":
+        doc += "\nrevision = 'decoy'\n"
+    doc += '"""\n'
+    if rev.style == "annotated":
+        names = (
+            f"revision: str = {rev.id!r}\n"
+            f"down_revision: Union[str, Sequence[str], None] = {down!r}\n"
+            f"branch_labels: Union[str, Sequence[str], None] = {rev.labels or None!r}\n"
+            f"depends_on: Union[str, Sequence[str], None] = {rev.depends or None!r}\n"
+        )
+    elif rev.style == "multiline":
+        parents = "".join(f"    {d!r},\n" for d in rev.down)
+        names = (
+            f"revision = {rev.id!r}  # the id\n"
+            f"down_revision = (\n{parents})\n"
+            f"branch_labels = {list(rev.labels)!r}\n"
+            f"depends_on = None if {not rev.depends} else {rev.depends!r}\n"
+        )
+    elif rev.style == "computed":
+        half = len(rev.id) // 2
+        names = (
+            f"revision = {rev.id[:half]!r} + {rev.id[half:]!r}\n"
+            f"down_revision = {down!r}\n"
+            f"branch_labels = {rev.labels!r}\n"
+            f"depends_on = {rev.depends!r}\n"
+        )
+    else:
+        as_list = rev.style == "list"
+        names = (
+            f"revision = {rev.id!r}\n"
+            f"down_revision = {list(rev.down) if as_list else down!r}\n"
+            f"branch_labels = {rev.labels or None!r}\n"
+            f"depends_on = {rev.depends or None!r}\n"
+        )
+    imports = "from typing import Sequence, Union\n\nfrom alembic import op\n\n"
+    body = "\n\ndef upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
+    return doc + imports + names + body
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int]:
+    count = draw(st.integers(1, 20))
+    folders = draw(st.integers(1, 2))
+    recursive = draw(st.booleans())
+    ids = [
+        f"{i:02d}{draw(st.text('abcdef0123456789', min_size=6, max_size=6))}" for i in range(count)
+    ]
+    revs: list[FakeRev] = []
+    for i, rev_id in enumerate(ids):
+        earlier = ids[:i]
+        if not earlier or draw(st.integers(0, 9)) == 0:
+            down: tuple[str, ...] = ()  # a base (several bases: several branches)
+        else:
+            down = tuple(
+                draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3, unique=True))
+            )
+        labels = (f"label{i}",) if draw(st.integers(0, 5)) == 0 else ()
+        depends = (
+            tuple(draw(st.lists(st.sampled_from(earlier), max_size=1)))
+            if earlier and draw(st.booleans())
+            else ()
+        )
+        revs.append(
+            FakeRev(
+                rev_id,
+                down,
+                labels,
+                tuple(d for d in depends if d not in down),
+                draw(st.sampled_from(STYLES)),
+                draw(st.integers(0, folders - 1)),
+                recursive and draw(st.integers(0, 4)) == 0,
+            )
+        )
+    return revs, recursive, folders
+
+
+def write_project(root: Path, revs: list[FakeRev], recursive: bool, folders: int) -> Config:
+    locations = [root / f"versions{n}" for n in range(folders)]
+    for location in locations:
+        (location / "sub").mkdir(parents=True)
+        # Files Alembic skips: ours must skip them too.
+        (location / "__init__.py").write_text("revision = 'not_a_revision'\n")
+        (location / "notes.txt").write_text("revision = 'nor_this'\n")
+    for rev in revs:
+        folder = locations[rev.folder] / ("sub" if rev.subfolder else "")
+        (folder / f"{rev.id}_step.py").write_text(render(rev))
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(root))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", ":".join(str(p) for p in locations))
+    cfg.set_main_option("recursive_version_locations", str(recursive).lower())
+    return cfg
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_heads_equal_alembics_for_random_graphs(graph: tuple[list[FakeRev], bool, int]) -> None:
+    revs, recursive, folders = graph
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = write_project(Path(tmp), revs, recursive, folders)
+        expected = tuple(sorted(ScriptDirectory.from_config(cfg).get_heads()))
+        assert heads(cfg) == expected
+
+
+def test_plain_files_are_read_not_imported() -> None:
+    text = textwrap.dedent(
+        '''\
+        """Revision ID: abc"""
+        import this_module_does_not_exist
+        revision: str = "abc"
+        down_revision: Union[str, None] = (
+            "p1",
+            "p2",
+        )
+        branch_labels = None
+        '''
+    )
+    assert read_names(text) == {
+        "revision": "abc",
+        "down_revision": ("p1", "p2"),
+        "branch_labels": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "revision = make_id()\ndown_revision = None\n",  # computed
+        "revision = 'a'\nrevision = 'b'\ndown_revision = None\n",  # assigned twice
+        "if True:\n    revision = 'a'\ndown_revision = None\n",  # in a block
+        "revision = 'a'\nrevision += 'b'\ndown_revision = None\n",  # augmented
+        "down_revision = None\n",  # legacy: the id is in the file name
+        '"""\nrevision = "a"\n"""\ndown_revision = None\n',  # only in a docstring
+        "revision = 'a'; down_revision = None\n",  # two statements on a line
+    ],
+)
+def test_files_that_are_not_plain_are_left_to_python(text: str) -> None:
+    assert read_names(text) is None
+
+
+BOOBY_TRAP = "raise RuntimeError('a revision file was imported')"
+
+
+def test_at_head_start_imports_no_revision_file(
+    ini: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    # The same files, now failing if anything imports them.
+    for rev in CHAIN:
+        path = ini.parent / "migrations" / "versions" / f"{rev.id}.py"
+        path.write_text(path.read_text() + f"\n{BOOBY_TRAP}\n")
+
+    status = anyio.run(AutoMigrator(ini, url=db_url).run)
+
+    assert status.state is MigrationState.READY
+    assert status.revisions_after == ("r3",)
+
+
+def test_a_new_revision_file_is_seen_and_applied(ini: Path, db_url: URL) -> None:
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    write_revision(
+        ini.parent,
+        Rev("r4", "r3", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))'),
+    )
+
+    status = anyio.run(AutoMigrator(ini, url=db_url).run)
+
+    assert [a.revision for a in status.applied] == ["r4"]
+    assert revisions(db_url) == {"r4"}
