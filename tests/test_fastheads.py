@@ -97,11 +97,9 @@ def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int]:
                 draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=3, unique=True))
             )
         labels = (f"label{i}",) if draw(st.integers(0, 5)) == 0 else ()
-        depends = (
-            tuple(draw(st.lists(st.sampled_from(earlier), max_size=1)))
-            if earlier and draw(st.booleans())
-            else ()
-        )
+        depends: tuple[str, ...] = ()
+        if earlier and draw(st.booleans()):
+            depends = tuple(draw(st.lists(st.sampled_from(earlier), max_size=1)))
         revs.append(
             FakeRev(
                 rev_id,

@@ -468,17 +468,16 @@ class AutoMigrator:
         return self._script
 
     def _plan_sync(self) -> Plan:
-        heads = self._static_heads_()
-        if heads is None:
-            # Loaded before connecting: script errors come before any wait
-            # for the database.
-            self._script_()
         try:
             with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
-            raise translate_error(exc, self.url, doing="reading the version table") from exc
+            error = translate_error(exc, self.url, doing="reading the version table")
+            if isinstance(error, DatabaseUnavailableError):
+                self._script_()  # a script error first: waiting would not fix it
+            raise error from exc
+        heads = self._static_heads_() if revisions else None
         if (
             heads is not None
             and revisions
