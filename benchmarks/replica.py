@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.replica automigrator|alembic <alembic.ini> <url>``.
 Prints one JSON line: when it finished (``time.monotonic()``, one clock for
-every process on Linux), whether it succeeded, and how many revisions it
-applied. Exits 1 on failure, as a start-up would.
+every process on Linux), the CPU seconds it used after the gate, whether it
+succeeded, and how many revisions it applied. Exits 1 on failure, as a start-up would.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ async def replica(tool: str, ini: str, url: str) -> None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.readline)  # the start gate: all released at once
+    cpu = time.process_time()
     ok, applied, error = True, 0, ""
     try:
         if tool == "automigrator":
@@ -39,8 +40,9 @@ async def replica(tool: str, ini: str, url: str) -> None:
             command.upgrade(cfg, "head")
     except Exception as exc:
         ok, error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    done = time.monotonic()
-    print(json.dumps({"done": done, "ok": ok, "applied": applied, "error": error}), flush=True)
+    done, cpu = time.monotonic(), time.process_time() - cpu
+    result = {"done": done, "cpu": cpu, "ok": ok, "applied": applied, "error": error}
+    print(json.dumps(result), flush=True)
     if not ok:
         sys.exit(1)
 

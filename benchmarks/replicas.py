@@ -43,6 +43,7 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 @dataclass
 class Round:
     wall: float
+    cpu: float  # CPU seconds of all replicas together, after the gate
     failures: int
     appliers: int
     errors: list[str]
@@ -97,6 +98,7 @@ def run_round(tool: str, ini: Path, url: URL, count: int) -> Round:
         results.append(json.loads(out.splitlines()[-1]))
     return Round(
         wall=max(r["done"] for r in results) - released,
+        cpu=sum(r["cpu"] for r in results),
         failures=sum(not r["ok"] for r in results),
         appliers=sum(r["applied"] > 0 for r in results),
         errors=sorted({r["error"] for r in results if r["error"]}),
@@ -127,7 +129,7 @@ def main() -> None:
         )
         header = (
             f"{'database':<11}{'tool':<14}{'replicas':>8}  {'median':>8}  "
-            f"{'min-max':>13}  {'x 1 rep':>7}  {'failed':>7}  {'migrated':>8}"
+            f"{'min-max':>13}  {'x 1 rep':>7}  {'CPU s':>6}  {'failed':>7}  {'migrated':>8}"
         )
         print(header)
         print("-" * len(header))
@@ -147,6 +149,7 @@ def main() -> None:
                     walls = [r.wall for r in rounds]
                     median = statistics.median(walls)
                     single = single or median
+                    cpu = statistics.median(r.cpu for r in rounds)
                     failed = sum(r.failures for r in rounds)
                     migrated = (
                         f"{sum(r.appliers for r in rounds)}/{args.rounds}"
@@ -155,16 +158,21 @@ def main() -> None:
                     )
                     for r in rounds:
                         errors.update(r.errors)
+                    spread = f"{min(walls):.2f}-{max(walls):.2f}s"
                     print(
-                        f"{kind:<11}{tool:<14}{count:>8}  {median:>7.2f}s  "
-                        f"{min(walls):>5.2f}-{max(walls):<6.2f}s  {median / single:>7.2f}  "
+                        f"{kind:<11}{tool:<14}{count:>8}  {median:>7.2f}s  {spread:>13}  "
+                        f"{median / single:>7.2f}  {cpu:>6.2f}  "
                         f"{failed:>3}/{count * args.rounds:<3}  {migrated:>8}"
                     )
                 for error in sorted(errors)[:3]:
                     print(f"{'':<25}e.g. {error[:110]}")
         print(
-            "\nfailed: replicas that exited with an error, over all rounds; "
-            "migrated: rounds x replicas that applied revisions (one per round is right)."
+            "\nCPU s: CPU seconds the replica processes used together after the gate (median; "
+            "the database server's own CPU is not counted); "
+            f"with {os.cpu_count()} CPU(s) the wall time cannot be below CPU s / "
+            f"{os.cpu_count()}.\nfailed: replicas that exited with an error, over all "
+            "rounds; migrated: replicas that applied revisions, over all rounds (one per "
+            "round is right)."
         )
 
 

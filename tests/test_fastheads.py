@@ -98,7 +98,7 @@ def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int]:
             )
         labels = (f"label{i}",) if draw(st.integers(0, 5)) == 0 else ()
         depends: tuple[str, ...] = ()
-        if earlier and draw(st.booleans()):
+        if draw(st.booleans()) and earlier:
             depends = tuple(draw(st.lists(st.sampled_from(earlier), max_size=1)))
         revs.append(
             FakeRev(

@@ -1,4 +1,4 @@
-"""The scripts' heads without importing the revision files: the at-head fast path.
+"""The revision graph without importing the revision files: plans cost no imports.
 
 Alembic imports every revision file to learn four names: ``revision``,
 ``down_revision``, ``branch_labels`` and ``depends_on``. Real revision files
@@ -7,7 +7,7 @@ histories, on every start, while the answer is almost always "at head".
 
 Here Alembic still does everything (finding the files, the version locations,
 ``sourceless``, the graph and its heads) except the import: while
-:func:`heads` runs, Alembic's ``load_python_file`` is answered, for our thread
+:func:`load` builds the graph, Alembic's ``load_python_file`` is answered, for our thread
 only, by a module object holding the four names read from the file's text.
 Where the text does not state them plainly (a computed value, two
 assignments, an assignment in a block), the file is imported as usual. A
@@ -46,18 +46,28 @@ _patch_lock = threading.Lock()
 _original_loader: Callable[..., types.ModuleType] = alembic.util.load_python_file
 
 
-def heads(cfg: Config) -> tuple[str, ...] | None:
-    """The scripts' heads, as Alembic computes them, sorted; None if Alembic fails.
+def load(cfg: Config) -> ScriptDirectory | None:
+    """The script directory with its revision graph read, not imported; None if Alembic fails.
 
-    On failure (a broken graph, a missing folder) the caller's usual path
-    loads the scripts and reports the problem properly.
+    Good for planning (heads, pending revisions, ancestry), never for running:
+    its modules hold only the four names. On failure (a broken graph, a
+    missing folder) the caller imports the scripts, and reports the problem.
     """
     try:
         script = ScriptDirectory.from_config(cfg)
+        if not all(Path(location).is_dir() for location in script._version_locations):
+            return None  # Alembic would see "no revisions": let the full load refuse
         with _reading_statically():
-            return tuple(sorted(script.get_heads()))
+            script.get_heads()  # builds and memoizes the whole revision map
     except Exception:
         return None
+    return script
+
+
+def heads(cfg: Config) -> tuple[str, ...] | None:
+    """The scripts' heads, as Alembic computes them, sorted; None if Alembic fails."""
+    script = load(cfg)
+    return None if script is None else tuple(sorted(script.get_heads()))
 
 
 @contextmanager
@@ -97,7 +107,15 @@ def read_module(path: Path) -> types.ModuleType | None:
     module.__file__ = str(path)
     for name, value in values.items():
         setattr(module, name, value)
+    # A plan builds Alembic's steps, which look these up but never call them.
+    module.__dict__.update(upgrade=_not_imported, downgrade=_not_imported)
     return module
+
+
+def _not_imported(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError(
+        "automigrator bug: a revision read for planning was run; revisions are imported to run"
+    )
 
 
 def read_names(text: str) -> dict[str, Any] | None:

@@ -170,10 +170,7 @@ class AutoMigrator:
         self.baseline = baseline
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
-        # The scripts' heads read without importing them (None: could not),
-        # and whether they have been read in this attempt.
-        self._static_heads: tuple[str, ...] | None = None
-        self._static_read = False
+        self._graph: ScriptDirectory | None = None  # read, not imported: for plans
         if lock is None:
             logger.warning(
                 "Migration lock disabled (lock=None): concurrent replicas may migrate at "
@@ -213,7 +210,7 @@ class AutoMigrator:
             logger.info("Migrations disabled (%s): not touching the database", self._switch_source)
             return self._status
         self._status = MigrationStatus(state=MigrationState.PENDING)
-        self._script, self._static_read = None, False
+        self._script, self._graph = None, None
         try:
             return await self._attempts(started)
         except ShutdownRequestedError as exc:
@@ -273,7 +270,7 @@ class AutoMigrator:
                     decision.reason,
                 )
                 self._set(state=MigrationState.PENDING)
-                self._script, self._static_read = None, False
+                self._script, self._graph = None, None
                 await anyio.sleep(decision.delay)
                 continue
             if decision.action == "degrade":
@@ -468,32 +465,24 @@ class AutoMigrator:
         return self._script
 
     def _plan_sync(self) -> Plan:
+        graph = self._graph_()  # before connecting: script errors come before any wait
         try:
             with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
-            error = translate_error(exc, self.url, doing="reading the version table")
-            if isinstance(error, DatabaseUnavailableError):
-                self._script_()  # a script error first: waiting would not fix it
-            raise error from exc
-        heads = self._static_heads_() if revisions else None
-        if (
-            heads is not None
-            and revisions
-            and set(revisions) == set(heads)
-            and (self.target == "heads" or len(heads) == 1)
-        ):
-            # At head, known without importing one revision file: done.
-            return Plan("at_head", revisions, heads)
-        return _alembic.make_plan(self._script_(), self.target, revisions, has_tables=has_tables)
+            raise translate_error(exc, self.url, doing="reading the version table") from exc
+        return _alembic.make_plan(graph, self.target, revisions, has_tables=has_tables)
 
-    def _static_heads_(self) -> tuple[str, ...] | None:
-        if self.target not in ("head", "heads") or self._script is not None:
-            return None  # a pinned target, or the scripts are loaded anyway
-        if not self._static_read:
-            self._static_heads, self._static_read = _fastheads.heads(self._config), True
-        return self._static_heads
+    def _graph_(self) -> ScriptDirectory:
+        # Planning needs the graph only: read it without importing the
+        # revision files. Imported (as Alembic does) only to run them, or
+        # when the files cannot be read plainly.
+        if self._script is not None:
+            return self._script
+        if self._graph is None:
+            self._graph = _fastheads.load(self._config) or self._script_()
+        return self._graph
 
     def _upgrade_sync(self) -> None:
         _alembic.upgrade(
