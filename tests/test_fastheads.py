@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationState
+from automigrator import AutoMigrator, MigrationState, SchemaAheadError
 from automigrator._fastheads import heads, read_names
 from tests.conftest import revisions
 from tests.project import CHAIN, Rev, write_revision
@@ -207,3 +207,47 @@ def test_a_new_revision_file_is_seen_and_applied(ini: Path, db_url: URL) -> None
 
     assert [a.revision for a in status.applied] == ["r4"]
     assert revisions(db_url) == {"r4"}
+
+
+def cache_file(ini: Path) -> Path:
+    return ini.parent / "migrations" / "__pycache__" / "automigrator-heads.json"
+
+
+def test_remembered_heads_follow_an_edited_file(ini: Path, sqlite_url: URL) -> None:
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert anyio.run(AutoMigrator(ini, url=sqlite_url).run).state is MigrationState.READY
+    assert cache_file(ini).is_file()
+    # The same file, the same size, another revision id: a stale answer would
+    # call the database (at r3) up to date.
+    path = ini.parent / "migrations" / "versions" / "r3.py"
+    path.write_text(path.read_text().replace("'r3'", "'rX'"))
+
+    with pytest.raises(SchemaAheadError, match="r3"):
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+
+def test_heads_of_computed_files_are_not_remembered(ini: Path, sqlite_url: URL) -> None:
+    path = ini.parent / "migrations" / "versions" / "r3.py"
+    path.write_text(path.read_text().replace("revision = 'r3'", "revision = 'r' + '3'"))
+
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+    assert status.state is MigrationState.READY
+    assert not cache_file(ini).exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "not a folder"])
+def test_a_damaged_or_unwritable_cache_is_ignored(ini: Path, sqlite_url: URL, damage: str) -> None:
+    pycache = cache_file(ini).parent
+    if damage == "garbage":
+        pycache.mkdir()
+        cache_file(ini).write_text("{not json")
+    else:
+        pycache.write_text("a file where the cache folder would go")
+
+    first = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    second = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+    assert [first.state, second.state] == [MigrationState.READY, MigrationState.READY]
+    assert revisions(sqlite_url) == {"r3"}

@@ -22,6 +22,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,21 @@ _patch_lock = threading.Lock()
 _original_loader: Callable[..., types.ModuleType] = alembic.util.load_python_file
 
 
-def load(cfg: Config) -> ScriptDirectory | None:
-    """The script directory with its revision graph read, not imported; None if Alembic fails.
+@dataclass(frozen=True)
+class Graph:
+    """A script directory whose revision graph was read, not imported."""
+
+    script: ScriptDirectory
+    plain: bool
+    """Every file stated its names plainly (none was imported): safe to remember."""
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(sorted(self.script.get_heads()))
+
+
+def load(cfg: Config) -> Graph | None:
+    """The revision graph, read without importing the files; None if Alembic fails.
 
     Good for planning (heads, pending revisions, ancestry), never for running:
     its modules hold only the four names. On failure (a broken graph, a
@@ -59,15 +73,16 @@ def load(cfg: Config) -> ScriptDirectory | None:
             return None  # Alembic would see "no revisions": let the full load refuse
         with _reading_statically():
             script.get_heads()  # builds and memoizes the whole revision map
+            plain = _local.imported == 0
     except Exception:
         return None
-    return script
+    return Graph(script, plain)
 
 
 def heads(cfg: Config) -> tuple[str, ...] | None:
     """The scripts' heads, as Alembic computes them, sorted; None if Alembic fails."""
-    script = load(cfg)
-    return None if script is None else tuple(sorted(script.get_heads()))
+    graph = load(cfg)
+    return None if graph is None else graph.heads
 
 
 @contextmanager
@@ -76,7 +91,7 @@ def _reading_statically() -> Iterator[None]:
     # _local.active; every other caller gets Alembic's own loader.
     with _patch_lock:
         alembic.util.load_python_file = _load_python_file
-        _local.active = True
+        _local.active, _local.imported = True, 0
         try:
             yield
         finally:
@@ -91,6 +106,7 @@ def _load_python_file(dir_: Any, filename: Any) -> types.ModuleType:
             module = read_module(path)
             if module is not None:
                 return module
+        _local.imported += 1
     return _original_loader(dir_, filename)
 
 

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import _alembic, _fastheads
+from . import _alembic, _fastheads, _headcache
 from ._database import (
     VersionTable,
     create_engine,
@@ -465,14 +465,28 @@ class AutoMigrator:
         return self._script
 
     def _plan_sync(self) -> Plan:
-        graph = self._graph_()  # before connecting: script errors come before any wait
+        remembered = self._remembered_heads()
+        # Without remembered heads, the graph is read before connecting:
+        # script errors come before any wait for the database.
+        graph = self._graph_() if remembered is None else None
         try:
             with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
             raise translate_error(exc, self.url, doing="reading the version table") from exc
+        if remembered is not None and _at(remembered, revisions, self.target):
+            return Plan("at_head", revisions or (), remembered)  # one query, no graph
+        graph = graph or self._graph_()
         return _alembic.make_plan(graph, self.target, revisions, has_tables=has_tables)
+
+    def _remembered_heads(self) -> tuple[str, ...] | None:
+        if self.target not in ("head", "heads") or self._graph is not None:
+            return None
+        try:
+            return _headcache.recall(ScriptDirectory.from_config(self._config))
+        except Exception:
+            return None  # the graph's own load will report what is wrong
 
     def _graph_(self) -> ScriptDirectory:
         # Planning needs the graph only: read it without importing the
@@ -481,7 +495,13 @@ class AutoMigrator:
         if self._script is not None:
             return self._script
         if self._graph is None:
-            self._graph = _fastheads.load(self._config) or self._script_()
+            graph = _fastheads.load(self._config)
+            if graph is None:
+                self._graph = self._script_()
+            else:
+                self._graph = graph.script
+                if graph.plain:
+                    _headcache.remember(graph.script, graph.heads)
         return self._graph
 
     def _upgrade_sync(self) -> None:
@@ -668,6 +688,15 @@ class AutoMigrator:
             "was changed.",
             signal=signals[0] if signals else 0,
         )
+
+
+def _at(heads: tuple[str, ...], revisions: tuple[str, ...] | None, target: str) -> bool:
+    """Whether the version table holds exactly the heads (and the target allows them)."""
+    return (
+        bool(revisions)
+        and set(revisions or ()) == set(heads)
+        and (target == "heads" or len(heads) == 1)
+    )
 
 
 _FINAL = (MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED)
