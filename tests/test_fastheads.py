@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import py_compile
 import tempfile
 import textwrap
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ class FakeRev:
     style: str
     folder: int  # which version location
     subfolder: bool  # in a subfolder (with recursive_version_locations)
+    compiled: bool  # only its .pyc is shipped (with sourceless = true)
 
 
 def render(rev: FakeRev) -> str:
@@ -80,10 +83,11 @@ def render(rev: FakeRev) -> str:
 
 
 @st.composite
-def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int]:
+def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int, bool]:
     count = draw(st.integers(1, 20))
     folders = draw(st.integers(1, 2))
     recursive = draw(st.booleans())
+    sourceless = draw(st.booleans())
     ids = [
         f"{i:02d}{draw(st.text('abcdef0123456789', min_size=6, max_size=6))}" for i in range(count)
     ]
@@ -109,12 +113,15 @@ def graphs(draw: st.DrawFn) -> tuple[list[FakeRev], bool, int]:
                 draw(st.sampled_from(STYLES)),
                 draw(st.integers(0, folders - 1)),
                 recursive and draw(st.integers(0, 4)) == 0,
+                sourceless and draw(st.booleans()),
             )
         )
-    return revs, recursive, folders
+    return revs, recursive, folders, sourceless
 
 
-def write_project(root: Path, revs: list[FakeRev], recursive: bool, folders: int) -> Config:
+def write_project(
+    root: Path, revs: list[FakeRev], recursive: bool, folders: int, sourceless: bool
+) -> Config:
     locations = [root / f"versions{n}" for n in range(folders)]
     for location in locations:
         (location / "sub").mkdir(parents=True)
@@ -123,21 +130,28 @@ def write_project(root: Path, revs: list[FakeRev], recursive: bool, folders: int
         (location / "notes.txt").write_text("revision = 'nor_this'\n")
     for rev in revs:
         folder = locations[rev.folder] / ("sub" if rev.subfolder else "")
-        (folder / f"{rev.id}_step.py").write_text(render(rev))
+        source = folder / f"{rev.id}_step.py"
+        source.write_text(render(rev))
+        if rev.compiled:
+            py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+            source.unlink()
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", str(root))
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", ":".join(str(p) for p in locations))
     cfg.set_main_option("recursive_version_locations", str(recursive).lower())
+    cfg.set_main_option("sourceless", str(sourceless).lower())
     return cfg
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
-def test_heads_equal_alembics_for_random_graphs(graph: tuple[list[FakeRev], bool, int]) -> None:
-    revs, recursive, folders = graph
+def test_heads_equal_alembics_for_random_graphs(
+    graph: tuple[list[FakeRev], bool, int, bool],
+) -> None:
+    revs, recursive, folders, sourceless = graph
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = write_project(Path(tmp), revs, recursive, folders)
+        cfg = write_project(Path(tmp), revs, recursive, folders, sourceless)
         expected = tuple(sorted(ScriptDirectory.from_config(cfg).get_heads()))
         assert heads(cfg) == expected
 
