@@ -31,6 +31,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from automigrator._headcache import FILE_NAME
 from benchmarks.history import make_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,8 @@ def fresh_database(kind: str, scratch: Path) -> Iterator[URL]:
 
 
 def run_round(tool: str, ini: Path, url: URL, count: int) -> Round:
+    # Every round starts like new pods: nothing remembered from the last one.
+    (ini.parent / "migrations" / "__pycache__" / FILE_NAME).unlink(missing_ok=True)
     target = url.render_as_string(hide_password=False)
     argv = [sys.executable, "-m", "benchmarks.replica", tool, str(ini), target]
     procs = [
