@@ -46,15 +46,34 @@ def _body(i: int) -> str:
     return f"op.add_column({table!r}, sa.Column('c{i}', sa.Integer))"
 
 
-def make_history(root: Path, revisions: int) -> Path:
-    """An Alembic project (generic template) with a chain of ``revisions``; returns the ini."""
+def _branch_points(revisions: int) -> set[int]:
+    # Two revisions on one parent, then a merge: once per 100 revisions (and
+    # once in short histories). Both sides change the table the parent made,
+    # so either order works.
+    points = {i for i in range(49, revisions - 2, 100)}
+    if revisions <= 20 and revisions > 7:
+        points.add(5)
+    return points
+
+
+def make_history(root: Path, revisions: int, *, merges: bool = False) -> Path:
+    """An Alembic project (generic template) with ``revisions`` revisions; returns the ini.
+
+    A chain, or with ``merges`` a chain with a branch and its merge now and then.
+    """
     ini = root / "alembic.ini"
     command.init(Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), "generic")
     versions = root / "migrations" / "versions"
-    down = None
+    branches = _branch_points(revisions) if merges else set()
+    parents: dict[int, object] = {}
     for i in range(revisions):
+        if i - 1 in branches:
+            parents[i] = f"r{i - 2:04d}"  # the second side of the branch
+        elif i - 2 in branches:
+            parents[i] = (f"r{i - 2:04d}", f"r{i - 1:04d}")  # the merge
+        else:
+            parents[i] = f"r{i - 1:04d}" if i else None
         rev = f"r{i:04d}"
-        text = TEMPLATE.format(i=i, rev=rev, down=down, body=_body(i))
+        text = TEMPLATE.format(i=i, rev=rev, down=parents[i], body=_body(i))
         (versions / f"{rev}.py").write_text(text)
-        down = rev
     return ini

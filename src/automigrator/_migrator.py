@@ -31,7 +31,7 @@ from ._database import (
     translate_error,
 )
 from ._shutdown import cancelled_by_shutdown
-from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
+from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan, PlanKind
 from ._switch import read_switch
 from .errors import (
     AutomigratorError,
@@ -308,7 +308,7 @@ class AutoMigrator:
         (the reference design's ``migrate()`` callback). Raise to report a
         failure; the failure policy sees what you raise.
         """
-        plan = await self.plan()
+        plan = await self._record(await self._reachable(self._first_plan_sync))
         self._refuse(plan, final=False)
         if plan.kind == "at_head":
             return
@@ -328,7 +328,10 @@ class AutoMigrator:
                 return
 
     async def _migrate_locked(self) -> None:
-        # Another replica may have migrated since our first plan.
+        # We hold the lock and will most likely upgrade: import the scripts
+        # now, and plan on them. Another replica may have migrated since our
+        # first plan.
+        await anyio.to_thread.run_sync(self._script_)
         plan = await self.plan()
         self._refuse(plan)
         if plan.kind == "at_head":
@@ -347,7 +350,9 @@ class AutoMigrator:
 
         While the database refuses connections, retries up to ``connect_timeout``.
         """
-        plan = await self._reachable(self._plan_sync)
+        return await self._record(await self._reachable(self._plan_sync))
+
+    async def _record(self, plan: Plan) -> Plan:
         before = self._status.revisions_before
         self._set(
             revisions_before=plan.db_revisions if before is None else before,
@@ -464,25 +469,39 @@ class AutoMigrator:
             self._script = _alembic.load_script(self._config)
         return self._script
 
-    def _plan_sync(self) -> Plan:
+    def _plan_sync(self, *, first: bool = False) -> Plan:
         remembered = self._remembered_heads()
         # Without remembered heads, the graph is read before connecting:
-        # script errors come before any wait for the database.
-        graph = self._graph_() if remembered is None else None
+        # script errors come before any wait for the database. The first
+        # plan of an attempt defers it: an empty database needs no graph to
+        # know it is behind, and the replica that migrates imports the
+        # scripts anyway.
+        graph = self._graph_() if remembered is None and not first else None
         try:
             with self._engine.connect() as conn:
                 revisions = read_revisions(conn, self.version_table)
                 has_tables = revisions is None and has_other_tables(conn, self.version_table)
         except DBAPIError as exc:
-            raise translate_error(exc, self.url, doing="reading the version table") from exc
+            error = translate_error(exc, self.url, doing="reading the version table")
+            if isinstance(error, DatabaseUnavailableError):
+                self._graph_()  # a script error first: waiting would not fix it
+            raise error from exc
         if remembered is not None and _at(remembered, revisions, self.target):
             return Plan("at_head", revisions or (), remembered)  # one query, no graph
+        if first and not revisions:
+            # Nothing applied yet: behind whatever the scripts hold. Multiple
+            # heads are refused under the lock, still before any DDL.
+            kind: PlanKind = "unversioned" if has_tables else "empty"
+            return Plan(kind, (), remembered or ())
         graph = graph or self._graph_()
         return _alembic.make_plan(graph, self.target, revisions, has_tables=has_tables)
 
+    def _first_plan_sync(self) -> Plan:
+        return self._plan_sync(first=True)
+
     def _remembered_heads(self) -> tuple[str, ...] | None:
-        if self.target not in ("head", "heads") or self._graph is not None:
-            return None
+        if self.target not in ("head", "heads") or self._graph or self._script:
+            return None  # a pinned target, or the graph is at hand anyway
         try:
             return _headcache.recall(ScriptDirectory.from_config(self._config))
         except Exception:
