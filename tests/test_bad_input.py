@@ -173,3 +173,10 @@ def test_disabled_migrator_never_touches_the_database(
 
     assert status.state is MigrationState.DISABLED
     assert not Path(str(sqlite_url.database)).exists()
+
+
+def test_ini_without_an_alembic_section(tmp_path: Path) -> None:
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[loggers]\nkeys = root\n")
+    with pytest.raises(ConfigurationError, match=r"no \[alembic\] section"):
+        AutoMigrator(ini, url="sqlite://")

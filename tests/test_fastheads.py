@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import py_compile
+import subprocess
+import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass
@@ -265,3 +267,24 @@ def test_a_damaged_or_unwritable_cache_is_ignored(ini: Path, sqlite_url: URL, da
 
     assert [first.state, second.state] == [MigrationState.READY, MigrationState.READY]
     assert revisions(sqlite_url) == {"r3"}
+
+
+AT_HEAD_PROBE = """
+import sys, anyio
+from automigrator import AutoMigrator
+migrator = AutoMigrator(sys.argv[1], url=sys.argv[2])
+status = anyio.run(migrator.run)
+print(status.state, "alembic" in sys.modules)
+"""
+
+
+def test_an_at_head_start_with_remembered_heads_does_not_import_alembic(
+    ini: Path, db_url: URL
+) -> None:
+    def start() -> str:
+        argv = [sys.executable, "-c", AT_HEAD_PROBE, str(ini), db_url.render_as_string(False)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert start() == "ready True"  # migrates: Alembic runs env.py
+    assert start() == "ready True"  # at head, reads the graph and remembers its heads
+    assert start() == "ready False"  # at head: one query, Alembic never imported

@@ -1,49 +1,75 @@
 """The scripts' heads remembered between starts, keyed on the files themselves.
 
-Reading the graph from 1000 revision files costs about 0.1 s; listing them
-costs about 2 ms. So the heads are kept in
-``<script_location>/__pycache__/automigrator-heads.json`` (beside env.py's own
-bytecode), under a key made of everything Alembic's answer depends on: the
-version locations, the ``sourceless`` and ``recursive_version_locations``
-options, Alembic's version, and the name, size and modification time (ns)
-of every file under each version location. Any change to a file, a new file,
-a removed one, changes the key, and the heads are read again.
+Reading the graph from 1000 revision files costs about 0.1 s (and importing
+Alembic another 0.1 s and 11 MB); listing the files costs about 2 ms. So the
+heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
+(beside env.py's own bytecode), with everything Alembic's answer depended on:
 
-Only graphs whose every file was read plainly are remembered: a file that had
-to be imported may compute its names at run time. A cache that cannot be
-written (a read-only image) is skipped without complaint.
+- the config: the config file's bytes, the working folder (Alembic resolves a
+  relative ``script_location`` against it) and Alembic's installed version;
+- the version locations, ``sourceless`` and ``recursive_version_locations``,
+  as Alembic resolved them when the heads were read;
+- the name, size and modification time (ns) of every file under those
+  locations, recursively.
+
+On the next start the record is valid only if the config is the same and a
+fresh listing of the recorded locations gives the same files: then Alembic
+would see the same revisions. Nothing here imports Alembic. Only graphs whose
+every file was read plainly are remembered (a file that had to be imported
+may compute its names at run time). A cache that cannot be written (a
+read-only image) or read (damaged) is skipped without complaint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import alembic
-from alembic.script import ScriptDirectory
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 logger = logging.getLogger("automigrator")
 
 FILE_NAME = "automigrator-heads.json"
-_FORMAT = 1
+_FORMAT = 2
 
 
-def fingerprint(script: ScriptDirectory) -> str | None:
-    """A key that changes whenever Alembic could see other revisions; None if unlistable."""
+def config_key(config_file: Path) -> str | None:
+    """A key of the config as Alembic would read it; None if it cannot be read."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(
-        f"{_FORMAT}|{alembic.__version__}|{script.sourceless}|"
-        f"{script.recursive_version_locations}".encode()
-    )
     try:
-        for location in script._version_locations:
+        digest.update(config_file.read_bytes())
+        digest.update(f"\0{os.getcwd()}\0{_alembic_stamp()}\0{_FORMAT}".encode())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _alembic_stamp() -> str:
+    # Alembic's version without importing it: its package file's size and
+    # time change with every install.
+    spec = importlib.util.find_spec("alembic")
+    if spec is None or spec.origin is None:
+        return "none"
+    stat = os.stat(spec.origin)
+    return f"{spec.origin}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def files_key(locations: list[str], *, sourceless: bool, recursive: bool) -> str | None:
+    """A key of every file under the version locations; None if one cannot be listed."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{sourceless}|{recursive}".encode())
+    try:
+        for location in locations:
             digest.update(f"\0location {location}".encode())
-            _add_tree(digest, str(location), "", with_pycache=script.sourceless)
+            _add_tree(digest, location, "", with_pycache=sourceless)
     except OSError:
         return None
     return digest.hexdigest()
@@ -64,46 +90,54 @@ def _add_tree(digest: hashlib.blake2b, root: str, rel: str, *, with_pycache: boo
             digest.update(f"\0{rel}{entry.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
 
 
-def cache_path(script: ScriptDirectory) -> Path:
-    return Path(script.dir) / "__pycache__" / FILE_NAME
-
-
-def recall(script: ScriptDirectory) -> tuple[str, ...] | None:
-    """The remembered heads, if the files are as they were when remembered."""
-    key = fingerprint(script)
-    if key is None:
-        return None
+def recall(cache_file: Path, config: str) -> tuple[str, ...] | None:
+    """The remembered heads, if the config and the files are as they were."""
     try:
-        data = json.loads(cache_path(script).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record: Any = json.loads(cache_file.read_text(encoding="utf-8"))
+        if record.get("config") != config:
+            return None
+        locations = [str(location) for location in record["locations"]]
+        key = files_key(
+            locations, sourceless=bool(record["sourceless"]), recursive=bool(record["recursive"])
+        )
+        heads = tuple(str(head) for head in record["heads"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(data, dict) or data.get("key") != key:
+    if key is None or record.get("files") != key:
         return None
-    heads = data.get("heads")
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
-        return None
-    return tuple(heads)
+    return heads
 
 
-def remember(script: ScriptDirectory, heads: tuple[str, ...]) -> None:
-    """Keep the heads for the next start, if the folder can be written."""
-    key = fingerprint(script)
+def remember(
+    cache_file: Path, config: str, script: ScriptDirectory, heads: tuple[str, ...]
+) -> None:
+    """Keep the heads of a graph read from ``script`` for the next start."""
+    locations = [str(location) for location in script._version_locations]
+    sourceless, recursive = bool(script.sourceless), bool(script.recursive_version_locations)
+    key = files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:
         return
-    path = cache_path(script)
+    record = {
+        "config": config,
+        "locations": locations,
+        "sourceless": sourceless,
+        "recursive": recursive,
+        "files": key,
+        "heads": list(heads),
+    }
     try:
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".automigrator-", suffix=".tmp")
+        cache_file.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".automigrator-", suffix=".tmp")
     except OSError as exc:
-        logger.debug("Not remembering the heads in %s: %s", path, exc)
+        logger.debug("Not remembering the heads in %s: %s", cache_file, exc)
         return
     try:
         # Written whole, then renamed: a reader never sees half a file, and
         # replicas writing at once each leave a complete one.
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"key": key, "heads": list(heads)}, out)
-        os.replace(tmp, path)
+            json.dump(record, out)
+        os.replace(tmp, cache_file)
     except OSError as exc:
-        logger.debug("Not remembering the heads in %s: %s", path, exc)
+        logger.debug("Not remembering the heads in %s: %s", cache_file, exc)
         with contextlib.suppress(OSError):
             os.unlink(tmp)

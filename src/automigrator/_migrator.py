@@ -9,17 +9,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import _alembic, _fastheads, _headcache
+from . import _headcache
 from ._database import (
     VersionTable,
     create_engine,
@@ -30,6 +29,7 @@ from ._database import (
     redact,
     translate_error,
 )
+from ._settings import Settings, read_settings
 from ._shutdown import cancelled_by_shutdown
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan, PlanKind
 from ._switch import read_switch
@@ -46,6 +46,12 @@ from .errors import (
 )
 from .locking import MigrationLock, lock_for
 from .policies import Decision, Fail, Failure, FailurePolicy
+
+if TYPE_CHECKING:
+    # Alembic itself is imported only when the scripts' graph is needed: a
+    # start at head does without it (0.1 s and 11 MB).
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 logger = logging.getLogger("automigrator")
 
@@ -144,19 +150,30 @@ class AutoMigrator:
                 f"on_failure={on_failure!r} is not a failure policy: it needs "
                 "'async def handle(self, failure) -> Decision'."
             )
-        self._config = _alembic.load_config(config)
-        raw_url = url if url is not None else _alembic.config_url(self._config)
+        self._settings: Settings | None = None
+        self._config: Config | None = None
+        if isinstance(config, (str, os.PathLike)):
+            self._settings = read_settings(config)
+            config_url, self._config_name = self._settings.url, str(config)
+        else:
+            from . import _alembic
+
+            self._config = _alembic.load_config(config)
+            config_url = _alembic.config_url(self._config)
+            self._config_name = self._config.config_file_name or "<Config>"
+        raw_url = url if url is not None else config_url
         if raw_url is None:
             raise ConfigurationError(
                 "No database URL: pass url= to AutoMigrator or set sqlalchemy.url in "
-                f"{self._config.config_file_name or 'the Alembic config'!r}."
+                f"{self._config_name!r}."
             )
         self.url: URL = parse_url(raw_url)
+        self._url_given = url is not None
         # Built (not connected) here: a missing driver fails at import time, and
         # the driver's import is paid with the application's, not at start-up.
         self._engine: Engine = create_engine(self.url)
-        if url is not None:
-            _alembic.set_url(self._config, self.url)
+        if self._config is not None and self._url_given:
+            self._apply_url(self._config)
         if enabled is None:
             self.enabled, self._switch_source = read_switch(env_var, default=default_enabled)
         else:
@@ -179,7 +196,7 @@ class AutoMigrator:
 
     def __repr__(self) -> str:
         return (
-            f"AutoMigrator({self._config.config_file_name or '<Config>'!r}, "
+            f"AutoMigrator({self._config_name!r}, "
             f"url={display(self.url)!r}, target={self.target!r}, enabled={self.enabled}, "
             f"on_failure={self.on_failure!r})"
         )
@@ -193,8 +210,24 @@ class AutoMigrator:
 
     @property
     def config(self) -> Config:
-        """The Alembic config env.py sees (with ``url=`` applied)."""
+        """The Alembic config env.py sees (with ``url=`` applied).
+
+        Built, importing Alembic, on first use: a start at head never needs it.
+        """
+        if self._config is None:
+            from . import _alembic
+
+            assert self._settings is not None
+            config = _alembic.load_config(self._settings.path)
+            if self._url_given:
+                self._apply_url(config)
+            self._config = config
         return self._config
+
+    def _apply_url(self, config: Config) -> None:
+        from . import _alembic
+
+        _alembic.set_url(config, self.url)
 
     # -- the run --------------------------------------------------------------
 
@@ -466,7 +499,9 @@ class AutoMigrator:
 
     def _script_(self) -> ScriptDirectory:
         if self._script is None:
-            self._script = _alembic.load_script(self._config)
+            from . import _alembic
+
+            self._script = _alembic.load_script(self.config)
         return self._script
 
     def _plan_sync(self, *, first: bool = False) -> Plan:
@@ -494,6 +529,8 @@ class AutoMigrator:
             kind: PlanKind = "unversioned" if has_tables else "empty"
             return Plan(kind, (), remembered or ())
         graph = graph or self._graph_()
+        from . import _alembic
+
         return _alembic.make_plan(graph, self.target, revisions, has_tables=has_tables)
 
     def _first_plan_sync(self) -> Plan:
@@ -502,10 +539,19 @@ class AutoMigrator:
     def _remembered_heads(self) -> tuple[str, ...] | None:
         if self.target not in ("head", "heads") or self._graph or self._script:
             return None  # a pinned target, or the graph is at hand anyway
-        try:
-            return _headcache.recall(ScriptDirectory.from_config(self._config))
-        except Exception:
-            return None  # the graph's own load will report what is wrong
+        where = self._cache_place()
+        return None if where is None else _headcache.recall(*where)
+
+    def _cache_place(self) -> tuple[Path, str] | None:
+        # Remembered heads need the config as a file we can read ourselves:
+        # a Config object built in code has nothing to key them on.
+        if self._settings is None:
+            return None
+        folder = self._settings.script_folder()
+        key = _headcache.config_key(self._settings.path)
+        if folder is None or key is None:
+            return None
+        return folder / "__pycache__" / _headcache.FILE_NAME, key
 
     def _graph_(self) -> ScriptDirectory:
         # Planning needs the graph only: read it without importing the
@@ -514,18 +560,23 @@ class AutoMigrator:
         if self._script is not None:
             return self._script
         if self._graph is None:
-            graph = _fastheads.load(self._config)
+            from . import _fastheads
+
+            graph = _fastheads.load(self.config)
             if graph is None:
                 self._graph = self._script_()
             else:
                 self._graph = graph.script
-                if graph.plain:
-                    _headcache.remember(graph.script, graph.heads)
+                where = self._cache_place()
+                if graph.plain and where is not None:
+                    _headcache.remember(*where, graph.script, graph.heads)
         return self._graph
 
     def _upgrade_sync(self) -> None:
+        from . import _alembic
+
         _alembic.upgrade(
-            self._config,
+            self.config,
             self._script_(),
             self.target,
             url=self.url,
@@ -535,8 +586,10 @@ class AutoMigrator:
 
     def _stamp_sync(self) -> None:
         assert self.baseline is not None
+        from . import _alembic
+
         _alembic.stamp(
-            self._config,
+            self.config,
             self._script_(),
             self.baseline,
             url=self.url,

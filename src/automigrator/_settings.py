@@ -1,0 +1,95 @@
+"""The few Alembic settings read at construction, without importing Alembic.
+
+Importing Alembic costs about 0.1 s and 11 MB (its package imports its whole
+runtime), and a start at head does not need it: the database's revisions and
+the remembered heads decide. So ``AutoMigrator("alembic.ini")`` reads
+``script_location`` and ``sqlalchemy.url`` here, the way Alembic's ``Config``
+does (``ConfigParser`` with ``here`` set to the file's folder; ``[tool.alembic]``
+in a ``pyproject.toml``), and builds Alembic's ``Config`` only when it is
+needed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Alembic depends on tomli there
+    import tomli as tomllib
+
+SECTION = "alembic"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the config file says, as Alembic would read it."""
+
+    path: Path
+    script_location: str
+    url: str | None
+
+    def script_folder(self) -> Path | None:
+        """The folder holding env.py; None for a package resource (``pkg:dir``)."""
+        location = self.script_location
+        if not os.path.isabs(location) and ":" in location:
+            return None  # Alembic resolves these through importlib.resources
+        return Path(location).absolute()
+
+
+def read_settings(source: str | os.PathLike[str]) -> Settings:
+    """Read an alembic.ini (or a pyproject.toml with ``[tool.alembic]``)."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"Alembic config file {str(path)!r} not found (looked from {os.getcwd()!r}). "
+            "Pass the path to your alembic.ini, or an alembic.config.Config."
+        )
+    here = path.absolute().parent.as_posix()
+    if path.suffix == ".toml":
+        location, url = _read_toml(path, here)
+    else:
+        location, url = _read_ini(path, here)
+    if not location:
+        raise ConfigurationError(
+            f"The Alembic config {str(path)!r} has no 'script_location'. Add "
+            "'script_location = <folder with env.py>' to its [alembic] section."
+        )
+    return Settings(path, location, url or None)
+
+
+def _read_ini(path: Path, here: str) -> tuple[str | None, str | None]:
+    parser = configparser.ConfigParser({"here": here})
+    try:
+        parser.read(path, encoding="utf-8")
+        if not parser.has_section(SECTION):
+            raise ConfigurationError(
+                f"The Alembic config {str(path)!r} has no [{SECTION}] section. Is it an "
+                "alembic.ini?"
+            )
+        location = parser.get(SECTION, "script_location", fallback=None)
+        url = parser.get(SECTION, "sqlalchemy.url", fallback=None)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"Could not read the Alembic config {str(path)!r}: {exc}".strip()
+        ) from exc
+    return location, url
+
+
+def _read_toml(path: Path, here: str) -> tuple[str | None, str | None]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"Could not read {str(path)!r}: {exc}") from exc
+    section = data.get("tool", {}).get("alembic", {})
+    location = section.get("script_location") if isinstance(section, dict) else None
+    if not isinstance(location, str):
+        return None, None
+    # Alembic keeps sqlalchemy.url out of pyproject.toml: env.py finds the URL.
+    return location.replace("%(here)s", here), None

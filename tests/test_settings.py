@@ -1,0 +1,51 @@
+"""Configs given as a file: read by automigrator as Alembic reads them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import anyio
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, MigrationState
+from tests.conftest import revisions
+from tests.project import CHAIN, write_revision
+
+
+def test_pyproject_toml_config(tmp_path: Path, sqlite_url: URL) -> None:
+    # Alembic's own "pyproject" template: script_location in [tool.alembic].
+    root = tmp_path / "proj"
+    root.mkdir()
+    cfg = Config(str(root / "alembic.ini"), toml_file=str(root / "pyproject.toml"))
+    cfg.stdout = io.StringIO()
+    command.init(cfg, str(root / "migrations"), template="pyproject")
+    for rev in CHAIN:
+        write_revision(root, rev)
+
+    first = anyio.run(AutoMigrator(root / "pyproject.toml", url=sqlite_url).run)
+    again = anyio.run(AutoMigrator(root / "pyproject.toml", url=sqlite_url).run)
+
+    assert [first.state, again.state] == [MigrationState.READY, MigrationState.READY]
+    assert len(first.applied) == 3
+    assert again.applied == ()
+    assert revisions(sqlite_url) == {"r3"}
+
+
+def test_relative_script_location_is_read_from_the_working_folder(
+    ini: Path, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alembic.ini's usual "script_location = migrations" is relative to the
+    # folder Alembic runs in, as in Alembic itself.
+    text = ini.read_text()
+    location = next(line for line in text.splitlines() if line.startswith("script_location"))
+    ini.write_text(text.replace(location, "script_location = migrations"))
+    monkeypatch.chdir(ini.parent)
+
+    status = anyio.run(AutoMigrator("alembic.ini", url=sqlite_url).run)
+
+    assert status.state is MigrationState.READY
+    assert revisions(sqlite_url) == {"r3"}
