@@ -33,10 +33,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: print figures, assert nothing. ``nox -s bench -- replicas --rounds 5``."""
-    session.install("-e", ".[test]")
-    name, *rest = session.posargs or ["replicas"]
-    session.run("python", "-m", f"benchmarks.{name}", *rest)
+    """Benchmarks: print figures, assert nothing. All, or one: ``nox -s bench -- lag``."""
+    session.install("-e", ".[test,bench]")
+    if session.posargs:
+        name, *rest = session.posargs
+        session.run("python", "-m", f"benchmarks.{name}", *rest)
+        return
+    for name in ("startup", "lag", "replicas"):
+        session.run("python", "-m", f"benchmarks.{name}")
 
 
 @nox.session

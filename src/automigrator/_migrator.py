@@ -29,6 +29,7 @@ from ._database import (
     redact,
     translate_error,
 )
+from ._gcfreeze import FrozenHeap, frozen_heap
 from ._settings import Settings, read_settings
 from ._shutdown import cancelled_by_shutdown
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan, PlanKind
@@ -348,7 +349,8 @@ class AutoMigrator:
         while True:
             async with self.locked() as waited:
                 if not waited:
-                    await self._migrate_locked()
+                    with frozen_heap() as heap:  # short GC pauses for the event loop
+                        await self._migrate_locked(heap)
                     return
             # We waited while another process held the lock: it has just let
             # go, most likely at head. That needs no lock, so every waiter
@@ -360,11 +362,12 @@ class AutoMigrator:
                 logger.info("Another process brought the schema to head while we waited")
                 return
 
-    async def _migrate_locked(self) -> None:
+    async def _migrate_locked(self, heap: FrozenHeap) -> None:
         # We hold the lock and will most likely upgrade: import the scripts
         # now, and plan on them. Another replica may have migrated since our
         # first plan.
         await anyio.to_thread.run_sync(self._script_)
+        heap.more()
         plan = await self.plan()
         self._refuse(plan)
         if plan.kind == "at_head":
