@@ -1,12 +1,17 @@
 """One measurement in a fresh process, printed as one JSON line.
 
-``python -m benchmarks.probe <what> <alembic.ini> <url>``, where <what> is:
+``python -m benchmarks.probe <what> <alembic.ini> <url> [alembic]``, where
+<what> is:
 
 - ``app``: start an ASGI app whose own lifespan opens an engine, without
   automigrator (the import of automigrator is not even made);
 - ``app+automigrator``: the same app with ``migrator.wrap_lifespan``;
 - ``command.upgrade``: ``alembic.command.upgrade(cfg, "heads")``, as a
-  prestart script would call it.
+  prestart script would call it;
+- ``import-alembic``: how long ``import alembic`` takes.
+
+With ``alembic`` last, Alembic is imported before the clock starts (as
+``command.upgrade`` always has it), to compare the work itself.
 
 Only the start-up itself is timed (imports are done before the clock starts,
 as in a server that imported the app). Also printed: the peak RSS of the
@@ -50,7 +55,14 @@ def main() -> None:
     # The driver is imported before the clock in every probe, as an app that
     # imported its models would have done.
     sa.create_engine(url).dispose()
-    if what == "app":
+    if sys.argv[4:] == ["alembic"]:
+        import alembic
+    if what == "import-alembic":
+        started = time.perf_counter()
+        import alembic.command  # noqa: F401
+
+        seconds = time.perf_counter() - started
+    elif what == "app":
         seconds = anyio.run(start, Starlette(lifespan=app_lifespan))
     elif what == "app+automigrator":
         from automigrator import AutoMigrator
