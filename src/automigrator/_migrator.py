@@ -646,7 +646,16 @@ class AutoMigrator:
         started = time.monotonic()
         with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
             try:
-                await self._wait_for_lock(lock, started)
+                failed: Exception | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._prepare_while_waiting)
+                    try:
+                        await self._wait_for_lock(lock, started)
+                    except Exception as exc:  # kept out of an ExceptionGroup
+                        failed = exc
+                        tg.cancel_scope.cancel()
+                if failed is not None:
+                    raise failed
                 waited = time.monotonic() - started
                 logger.info("The migration lock was freed after %.1f s", waited)
                 self._set(state=MigrationState.PENDING, waiting_for=None)
@@ -655,6 +664,14 @@ class AutoMigrator:
                 if self._status.waiting_for == "lock":
                     self._set(waiting_for=None)
         raise self._shutdown_error(signals, "the migration lock", started)
+
+    async def _prepare_while_waiting(self) -> None:
+        # After the wait we check the schema against the scripts' graph:
+        # read it now, while another process migrates, not after.
+        try:
+            await anyio.to_thread.run_sync(self._graph_)
+        except Exception:
+            logger.debug("Reading the scripts while waiting failed", exc_info=True)
 
     async def _wait_for_lock(self, lock: MigrationLock, started: float) -> None:
         deadline = started + self.lock_timeout
