@@ -6,7 +6,10 @@ walk every object in the process: about 50 ms in an application with a 1000
 revision history loaded, measured by ``nox -s bench -- lag``. Objects that
 were alive before the migration began will be alive after it; freezing them
 (``gc.freeze()``) takes them out of those passes, which then walk only what
-the migration made. They are unfrozen after, exactly as they were.
+the migration made. The migrator freezes again after importing the scripts
+and every 100 revisions; cyclic garbage made meanwhile then waits for the
+end of the run to be collected (0.5 MB more peak RSS for 1700 revisions,
+measured). Everything is unfrozen after.
 
 Not done when the application manages freezing itself (a gunicorn
 ``preload`` app calls ``gc.freeze()`` before forking) or has the collector

@@ -72,6 +72,8 @@ _CONNECT_FIRST_DELAY = 0.25
 _CONNECT_DELAY_CAP = 4.0
 # At the end of a failed run we read where the database is, if it answers soon.
 _END_READ_TIMEOUT = 5.0
+# While migrating, freeze what the migration made every so many revisions.
+_REFREEZE_EVERY = 100
 
 T = TypeVar("T")
 
@@ -189,6 +191,7 @@ class AutoMigrator:
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
+        self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         if lock is None:
             logger.warning(
                 "Migration lock disabled (lock=None): concurrent replicas may migrate at "
@@ -349,8 +352,11 @@ class AutoMigrator:
         while True:
             async with self.locked() as waited:
                 if not waited:
-                    with frozen_heap() as heap:  # short GC pauses for the event loop
-                        await self._migrate_locked(heap)
+                    try:
+                        with frozen_heap() as self._heap:  # short GC pauses meanwhile
+                            await self._migrate_locked()
+                    finally:
+                        self._heap = FrozenHeap(owned=False)
                     return
             # We waited while another process held the lock: it has just let
             # go, most likely at head. That needs no lock, so every waiter
@@ -362,12 +368,12 @@ class AutoMigrator:
                 logger.info("Another process brought the schema to head while we waited")
                 return
 
-    async def _migrate_locked(self, heap: FrozenHeap) -> None:
+    async def _migrate_locked(self) -> None:
         # We hold the lock and will most likely upgrade: import the scripts
         # now, and plan on them. Another replica may have migrated since our
         # first plan.
         await anyio.to_thread.run_sync(self._script_)
-        heap.more()
+        self._heap.more()
         plan = await self.plan()
         self._refuse(plan)
         if plan.kind == "at_head":
@@ -600,6 +606,8 @@ class AutoMigrator:
         )
 
     def _applied(self, applied: AppliedRevision) -> None:
+        if len(self._status.applied) % _REFREEZE_EVERY == _REFREEZE_EVERY - 1:
+            self._heap.more()  # what the last revisions made stays out of GC passes too
         self._set(applied=(*self._status.applied, applied))
 
     def _refuse(self, plan: Plan, *, final: bool = True) -> None:
