@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -17,35 +14,10 @@ from automigrator import AutoMigrator, LockTimeoutError, MigrationState
 from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows
+from tests.processes import start_replicas
 from tests.project import EMAIL, SEED, Rev, make_project
 
 REPLICAS = 12
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_replicas(
-    ini: Path, url: URL, count: int, env: dict[str, str] | None = None
-) -> list[subprocess.Popen[str]]:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.replica", str(ini), url.render_as_string(False)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        for _ in range(count)
-    ]
-    for proc in procs:  # wait until each has imported everything and built its migrator
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    return procs
 
 
 @pytest.mark.parametrize("round_", [1, 2])

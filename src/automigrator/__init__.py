@@ -23,7 +23,17 @@ from .locking import (
     SQLiteFileLock,
 )
 from .middleware import AutoMigrateMiddleware
-from .policies import Decision, Fail, Failure, FailurePolicy, LogAndContinue
+from .policies import (
+    Chain,
+    Decision,
+    Fail,
+    Failure,
+    FailurePolicy,
+    LogAndContinue,
+    PurgeAndRetry,
+    RestoreBackup,
+    Retry,
+)
 
 __version__ = "0.1.0"
 
@@ -32,6 +42,7 @@ __all__ = [
     "AutoMigrateMiddleware",
     "AutoMigrator",
     "AutomigratorError",
+    "Chain",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Decision",
@@ -49,6 +60,9 @@ __all__ = [
     "Plan",
     "PostgresAdvisoryLock",
     "ProcessLock",
+    "PurgeAndRetry",
+    "RestoreBackup",
+    "Retry",
     "SQLiteFileLock",
     "STATE_KEY",
     "SchemaAheadError",

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    from ._purge import Purged
+
 logger = logging.getLogger("automigrator")
 
 STATE_KEY = "automigrator"
@@ -192,6 +194,7 @@ class AutoMigrator:
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
+        self._snapshot: Literal["taken", "absent"] | None = None  # RestoreBackup's copy
         if lock is None:
             logger.warning(
                 "Migration lock disabled (lock=None): concurrent replicas may migrate at "
@@ -270,6 +273,7 @@ class AutoMigrator:
         while True:
             attempt += 1
             self._set(attempts=attempt)
+            self._snapshot = None
             try:
                 await self.migrate()
             except ShutdownRequestedError:
@@ -295,7 +299,8 @@ class AutoMigrator:
             except BaseException:
                 await self._end(MigrationState.FAILED, started)
                 raise
-            decision = replace(decision, policy=repr(self.on_failure))
+            # A chain names the member that decided; a lone policy is named here.
+            decision = replace(decision, policy=decision.policy or repr(self.on_failure))
             history.append(decision)
             if decision.action == "retry":
                 logger.warning(
@@ -379,6 +384,9 @@ class AutoMigrator:
         if plan.kind == "at_head":
             logger.info("Another process brought the schema to head before we took the lock")
             return
+        before_upgrade = getattr(self.on_failure, "before_upgrade", None)
+        if before_upgrade is not None:
+            await before_upgrade(self)  # e.g. RestoreBackup's copy
         if plan.kind == "unversioned":
             await self.stamp_baseline()
             plan = await self.plan()
@@ -453,6 +461,71 @@ class AutoMigrator:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lock.release)
             logger.debug("Released the migration lock %r", lock)
+
+    # -- for failure policies ---------------------------------------------------
+
+    async def purge(self, *, backup: bool = True, keep: int = 3) -> Purged:
+        """Back the database up (unless ``backup=False``), then empty it.
+
+        Closes every connection of ours first. Call it under :meth:`locked`.
+        What a backup is on each database: see :class:`~automigrator.PurgeAndRetry`.
+        """
+        from . import _purge
+
+        self._close_connections()
+        return await anyio.to_thread.run_sync(
+            lambda: _purge.backup_and_purge(
+                self._engine, self.version_table, backup=backup, keep=keep
+            )
+        )
+
+    async def snapshot(self) -> None:
+        """SQLite: copy the database aside before migrating (for :class:`RestoreBackup`)."""
+        from . import _purge
+
+        if self.url.get_backend_name() != "sqlite":
+            raise ConfigurationError(
+                f"RestoreBackup works on SQLite files, not on {self.url.get_backend_name()}: "
+                "PostgreSQL rolls a failed run back by itself; on MySQL/MariaDB use "
+                "PurgeAndRetry, or Fail."
+            )
+        self._close_connections()
+        path, copy = _purge.sqlite_path(self.url), _purge.sqlite_snapshot(self.url)
+
+        def take() -> Literal["taken", "absent"]:
+            if not path.exists():
+                copy.unlink(missing_ok=True)
+                return "absent"
+            _purge.sqlite_copy(path, copy)
+            return "taken"
+
+        self._snapshot = await anyio.to_thread.run_sync(take)
+        logger.info("Copied the database aside before migrating: %s", copy)
+
+    async def restore_snapshot(self) -> bool:
+        """Put back the copy :meth:`snapshot` took in this attempt; False if none."""
+        from . import _purge
+
+        state, self._snapshot = self._snapshot, None
+        if state is None:
+            return False
+        self._close_connections()
+        path, copy = _purge.sqlite_path(self.url), _purge.sqlite_snapshot(self.url)
+
+        def put_back() -> None:
+            if state == "taken":
+                _purge.sqlite_restore(self.url, copy)
+            else:  # there was no database: there is none again
+                for file in (path, *(Path(f"{path}{s}") for s in _purge.SQLITE_COMPANIONS)):
+                    file.unlink(missing_ok=True)
+
+        await anyio.to_thread.run_sync(put_back)
+        return True
+
+    def _close_connections(self) -> None:
+        # Nothing of ours may hold the files or the schema while they change.
+        self._engine.dispose()
+        self._script, self._graph = None, None
 
     # -- lifespan -------------------------------------------------------------
 

@@ -19,7 +19,8 @@ decision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from .errors import AutomigratorError, ErrorKind
@@ -27,7 +28,19 @@ from .errors import AutomigratorError, ErrorKind
 if TYPE_CHECKING:
     from ._migrator import AutoMigrator
 
-__all__ = ["Decision", "Fail", "Failure", "FailurePolicy", "LogAndContinue"]
+__all__ = [
+    "Chain",
+    "Decision",
+    "Fail",
+    "Failure",
+    "FailurePolicy",
+    "LogAndContinue",
+    "PurgeAndRetry",
+    "RestoreBackup",
+    "Retry",
+]
+
+logger = logging.getLogger("automigrator")
 
 Action = Literal["fail", "degrade", "retry", "pass"]
 
@@ -138,3 +151,178 @@ class LogAndContinue:
         if self.kinds is None:
             return "LogAndContinue()"
         return f"LogAndContinue(kinds={self.kinds!r})"
+
+
+def _decided_by(history: tuple[Decision, ...], policy: object, action: Action) -> int:
+    """How many times ``policy`` already took ``action`` in this run."""
+    name = repr(policy)
+    return sum(1 for d in history if d.policy == name and d.action == action)
+
+
+class Retry:
+    """Run the migrate step again after a transient failure, with backoff.
+
+    A database that is restarting, a lock held a little too long: worth
+    another try. Every other kind is passed on.
+
+    Args:
+        times: retries at most (after the first attempt).
+        delay: seconds before the first retry; doubled for each next one.
+        max_delay: the cap of that doubling.
+        kinds: the error kinds to retry (default: ``transient`` only).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        *,
+        times: int = 3,
+        delay: float = 1.0,
+        max_delay: float = 30.0,
+        kinds: tuple[ErrorKind, ...] = ("transient",),
+    ) -> None:
+        if times < 1 or delay < 0 or max_delay < delay:
+            raise ValueError(
+                f"Retry(times={times!r}, delay={delay!r}, max_delay={max_delay!r}): times must "
+                "be >= 1 and 0 <= delay <= max_delay."
+            )
+        self.times, self.delay, self.max_delay, self.kinds = times, delay, max_delay, kinds
+
+    async def handle(self, failure: Failure) -> Decision:
+        if failure.kind not in self.kinds:
+            return Decision.pass_on(f"{failure.kind} failure is not retried")
+        done = _decided_by(failure.history, self, "retry")
+        if done >= self.times:
+            return Decision.pass_on(f"retried {done} time(s) already")
+        wait = min(self.delay * 2**done, self.max_delay)
+        return Decision.retry(f"retry {done + 1} of {self.times}", delay=wait)
+
+    def __repr__(self) -> str:
+        return (
+            f"Retry(times={self.times}, delay={self.delay:g}, max_delay={self.max_delay:g}, "
+            f"kinds={self.kinds!r})"
+        )
+
+
+class Chain:
+    """Ask several policies in order; the first that does not pass on decides.
+
+    ``Chain(Retry(), PurgeAndRetry(), LogAndContinue())`` reads as the
+    reference design: retry transient failures, then purge and migrate from
+    scratch once, then start degraded. When every member passes on, the run
+    fails. Each member's decision is logged under that member's name, and
+    members count their own earlier decisions, so each keeps its own limits.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *policies: FailurePolicy) -> None:
+        if not policies or not all(isinstance(p, FailurePolicy) for p in policies):
+            raise ValueError(f"Chain needs failure policies, got {policies!r}")
+        self.policies = policies
+
+    async def handle(self, failure: Failure) -> Decision:
+        for policy in self.policies:
+            decision = await policy.handle(failure)
+            if decision.action != "pass":
+                return replace(decision, policy=decision.policy or repr(policy))
+        return Decision.fail("every policy in the chain passed the failure on")
+
+    async def before_upgrade(self, migrator: AutoMigrator) -> None:
+        for policy in self.policies:
+            hook = getattr(policy, "before_upgrade", None)
+            if hook is not None:
+                await hook(migrator)
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(repr(p) for p in self.policies)})"
+
+
+class PurgeAndRetry:
+    """After a failed migration: back up, empty the database, migrate from scratch.
+
+    For unattended boxes (a kiosk, an appliance, an edge device on SQLite)
+    where start-up must succeed and the data can be rebuilt. Never a default.
+    It acts on ``migration`` failures only: a database ahead of the code,
+    several heads, bad settings, an unreachable database or a lock timeout
+    are passed on, and nothing is touched.
+
+    Under the migration lock it takes a backup (unless ``backup=False``),
+    purges, logs both at CRITICAL, and asks for a retry:
+
+    - SQLite: a copy through the sqlite3 backup API beside the file, then
+      the file and its ``-wal``, ``-shm`` and ``-journal`` are deleted;
+    - PostgreSQL: the schema is renamed to ``<schema>_quarantine_<time>`` and
+      an empty one is created (no row is destroyed);
+    - MySQL/MariaDB: the tables are moved into a new database
+      ``<db>_quarantine_<time>`` (views are dropped).
+
+    Args:
+        max_attempts: purges at most, per run.
+        backup: ``False`` purges without a backup (say so explicitly).
+        keep: backups kept; older ones are deleted.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *, max_attempts: int = 1, backup: bool = True, keep: int = 3) -> None:
+        if max_attempts < 1 or keep < 1:
+            raise ValueError(
+                f"PurgeAndRetry(max_attempts={max_attempts!r}, keep={keep!r}): both must be >= 1."
+            )
+        self.max_attempts, self.backup, self.keep = max_attempts, backup, keep
+
+    async def handle(self, failure: Failure) -> Decision:
+        if failure.kind != "migration":
+            return Decision.pass_on(f"{failure.kind} failure: not the migration's fault")
+        if _decided_by(failure.history, self, "retry") >= self.max_attempts:
+            return Decision.pass_on(f"purged {self.max_attempts} time(s) already")
+        migrator = failure.migrator
+        async with migrator.locked():
+            purged = await migrator.purge(backup=self.backup, keep=self.keep)
+        logger.critical(
+            "Migration failed (%s). PURGED %s; backup: %s. Migrating from scratch.",
+            failure.error.message.strip().splitlines()[0],
+            purged.purged,
+            purged.backup or "none (backup=False)",
+        )
+        return Decision.retry(f"purged {purged.purged}; backup {purged.backup or 'none'}")
+
+    def __repr__(self) -> str:
+        return (
+            f"PurgeAndRetry(max_attempts={self.max_attempts}, backup={self.backup}, "
+            f"keep={self.keep})"
+        )
+
+
+class RestoreBackup:
+    """SQLite: copy the database before migrating; on a migration failure, put it back.
+
+    The database is then exactly as before the attempt (same tables, same
+    rows), and the failure is passed on: alone, start-up fails;
+    ``Chain(RestoreBackup(), LogAndContinue())`` starts degraded on the old
+    schema. The copy (``<db>.before-migration.sqlite``) stays beside the
+    database until the next migration replaces it. Other databases are
+    refused before any DDL: PostgreSQL rolls a failed run back by itself.
+
+    .. versionadded:: 0.1
+    """
+
+    async def before_upgrade(self, migrator: AutoMigrator) -> None:
+        await migrator.snapshot()
+
+    async def handle(self, failure: Failure) -> Decision:
+        if failure.kind != "migration":
+            return Decision.pass_on(f"{failure.kind} failure: nothing to restore")
+        restored = await failure.migrator.restore_snapshot()
+        if not restored:
+            return Decision.pass_on("no copy was taken in this attempt")
+        logger.critical(
+            "Migration failed (%s). The database was put back as it was before the attempt.",
+            failure.error.message.strip().splitlines()[0],
+        )
+        return Decision.pass_on("database restored from the copy taken before migrating")
+
+    def __repr__(self) -> str:
+        return "RestoreBackup()"

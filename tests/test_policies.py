@@ -1,0 +1,382 @@
+"""Failure policies against real faults on real databases."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import (
+    AutoMigrator,
+    AutomigratorError,
+    Chain,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    Decision,
+    Failure,
+    LockTimeoutError,
+    LogAndContinue,
+    MigrationError,
+    MigrationState,
+    MultipleHeadsError,
+    PurgeAndRetry,
+    RestoreBackup,
+    Retry,
+    SchemaAheadError,
+)
+from automigrator._database import VersionTable, create_engine
+from automigrator.locking import lock_for
+from tests.conftest import revisions, rows, server_url
+from tests.processes import start_replicas
+from tests.project import EMAIL, USERS, Rev, make_project, write_revision
+
+# The deploy: a revision that makes part of its DDL, then fails on the rows
+# already there (two users called "ann"). From scratch it works.
+UNIQUE_NAMES = Rev(
+    "r3",
+    "r2",
+    "audit table and unique names",
+    """
+    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
+    op.create_index("ix_users_name", "users", ["name"], unique=True)
+    """,
+)
+# A revision that fails wherever it runs.
+ALWAYS_BROKEN = Rev("r3", "r2", "always broken", 'raise RuntimeError("r3 is broken")')
+
+
+def deployed(tmp_path: Path, url: URL, broken: Rev = UNIQUE_NAMES) -> Path:
+    """A database at r2 holding the application's rows, and a deploy adding ``broken``."""
+    ini = make_project(tmp_path / "proj", (USERS, EMAIL))
+    anyio.run(AutoMigrator(ini, url=url).run)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO users (name, email) VALUES (:n, :e)"),
+            [{"n": "ann", "e": "a@x"}, {"n": "ann", "e": "b@x"}, {"n": "bob", "e": "c@x"}],
+        )
+    engine.dispose()
+    write_revision(ini.parent, broken)
+    return ini
+
+
+def user_rows(url: URL) -> list[tuple[object, ...]]:
+    return rows(url, "SELECT name, email FROM users ORDER BY email")
+
+
+OLD_ROWS = [("ann", "a@x"), ("ann", "b@x"), ("bob", "c@x")]
+
+
+def test_fail_leaves_the_database_as_the_database_left_it(tmp_path: Path, db_url: URL) -> None:
+    ini = deployed(tmp_path, db_url)
+    migrator = AutoMigrator(ini, url=db_url)
+
+    with pytest.raises(MigrationError) as caught:
+        anyio.run(migrator.run)
+
+    assert caught.value.revision == "r3"
+    assert migrator.status.error is not None
+    assert "r3" in migrator.status.error
+    assert migrator.status.state is MigrationState.FAILED
+    assert revisions(db_url) == {"r2"}
+    assert user_rows(db_url) == OLD_ROWS
+
+
+def test_log_and_continue_starts_degraded_with_the_rows(tmp_path: Path, db_url: URL) -> None:
+    ini = deployed(tmp_path, db_url)
+    status = anyio.run(AutoMigrator(ini, url=db_url, on_failure=LogAndContinue()).run)
+
+    assert status.state is MigrationState.DEGRADED
+    assert status.revisions_after == ("r2",)
+    assert user_rows(db_url) == OLD_ROWS
+
+
+def backup_rows(url: URL) -> list[tuple[object, ...]]:
+    """The rows of ``users`` in the newest backup PurgeAndRetry made of ``url``."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = Path(str(url.database))
+        [copy] = sorted(path.parent.glob(f"{path.name}.backup-*.sqlite"))
+        with sqlite3.connect(copy) as db:
+            found = db.execute("SELECT name, email FROM users ORDER BY email").fetchall()
+        db.close()
+        return [tuple(r) for r in found]
+    if backend == "postgresql":
+        [(schema,)] = rows(
+            url,
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'public\\_quarantine\\_%%'",
+        )
+        return rows(url, f"SELECT name, email FROM {schema}.users ORDER BY email")
+    [(database,)] = rows(
+        url,
+        "SELECT schema_name FROM information_schema.schemata "
+        f"WHERE schema_name LIKE '{url.database}\\_quarantine\\_%%'",
+    )
+    try:
+        return rows(url, f"SELECT name, email FROM {database}.users ORDER BY email")
+    finally:
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {database}")
+        engine.dispose()
+
+
+def test_purge_and_retry_backs_up_then_migrates_from_scratch(
+    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    ini = deployed(tmp_path, db_url)
+    migrator = AutoMigrator(ini, url=db_url, on_failure=PurgeAndRetry())
+
+    with caplog.at_level(logging.INFO, logger="automigrator"):
+        status = anyio.run(migrator.run)
+
+    assert status.state is MigrationState.READY
+    assert status.attempts == 2
+    assert revisions(db_url) == {"r3"}
+    assert user_rows(db_url) == []  # a fresh database
+    assert backup_rows(db_url) == OLD_ROWS  # and the old rows are kept aside
+    critical = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1
+    assert "PURGED" in critical[0]
+    assert "backup: " in critical[0]
+
+
+def sqlite_content(url: URL) -> list[str]:
+    with sqlite3.connect(str(url.database)) as conn:
+        dump = list(conn.iterdump())
+    conn.close()
+    return dump
+
+
+def test_restore_backup_puts_the_sqlite_file_back(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = deployed(tmp_path, sqlite_url)
+    before = sqlite_content(sqlite_url)
+    policy = Chain(RestoreBackup(), LogAndContinue())
+
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert status.state is MigrationState.DEGRADED
+    # The partial DDL of r3 (the audit table) is gone: same tables, same rows.
+    assert sqlite_content(sqlite_url) == before
+
+
+def test_restore_backup_alone_fails_after_restoring(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = deployed(tmp_path, sqlite_url)
+    before = sqlite_content(sqlite_url)
+
+    with pytest.raises(MigrationError):
+        anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=RestoreBackup()).run)
+
+    assert sqlite_content(sqlite_url) == before
+
+
+def test_restore_backup_refuses_a_server_before_any_ddl(tmp_path: Path, pg_url: URL) -> None:
+    ini = deployed(tmp_path, pg_url)
+
+    with pytest.raises(ConfigurationError, match="RestoreBackup works on SQLite"):
+        anyio.run(AutoMigrator(ini, url=pg_url, on_failure=RestoreBackup()).run)
+
+    assert revisions(pg_url) == {"r2"}
+    assert "audit" not in {r[0] for r in rows(pg_url, "SELECT tablename FROM pg_tables")}
+
+
+def not_the_migrations_fault(kind: str, ini: Path, url: URL) -> AutoMigrator:
+    """A migrator whose run fails with an error of ``kind`` that is not a migration's."""
+    policy = PurgeAndRetry()
+    if kind == "schema_ahead":
+        (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+        write_revision(ini.parent, Rev("r3", "r2", "ok", "pass"))
+        anyio.run(AutoMigrator(ini, url=url).run)  # the database at r3 ...
+        (ini.parent / "migrations" / "versions" / "r3.py").unlink()  # ... the code at r2
+    elif kind == "multiple_heads":
+        write_revision(ini.parent, Rev("r4", "r2", "a second head", "pass"))
+    elif kind == "configuration":
+        return AutoMigrator(ini, url=url, target="no_such_revision", on_failure=policy)
+    elif kind == "lock_timeout":
+        return AutoMigrator(ini, url=url, lock_timeout=0.5, on_failure=policy)
+    return AutoMigrator(ini, url=url, on_failure=policy)
+
+
+KINDS = {
+    "schema_ahead": SchemaAheadError,
+    "multiple_heads": MultipleHeadsError,
+    "configuration": ConfigurationError,
+    "lock_timeout": LockTimeoutError,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_purge_and_retry_touches_nothing_when_it_is_not_the_migrations_fault(
+    tmp_path: Path, db_url: URL, kind: str
+) -> None:
+    ini = deployed(tmp_path, db_url)
+    migrator = not_the_migrations_fault(kind, ini, db_url)
+    holder = lock_for(create_engine(db_url), VersionTable())
+    if kind == "lock_timeout":
+        assert holder.acquire(0)
+    before = revisions(db_url)
+    try:
+        with pytest.raises(KINDS[kind]):
+            anyio.run(migrator.run)
+    finally:
+        if kind == "lock_timeout":
+            holder.release()
+
+    assert user_rows(db_url) == OLD_ROWS
+    assert revisions(db_url) == before
+    assert migrator.status.attempts == 1  # no purge, no retry
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
+def test_purge_and_retry_touches_nothing_on_bad_credentials_or_no_server(
+    tmp_path: Path, server: str
+) -> None:
+    ini = make_project(tmp_path / "proj", (USERS,))
+    good = server_url(server)
+    for url, error in [
+        (good.set(password="wrong-password", username="nobody_here"), ConfigurationError),
+        (good.set(port=1), DatabaseUnavailableError),
+    ]:
+        migrator = AutoMigrator(ini, url=url, connect_timeout=0, on_failure=PurgeAndRetry())
+        with pytest.raises(error):
+            anyio.run(migrator.run)
+        assert migrator.status.attempts == 1
+
+
+class FailingLock:
+    """A real lock for the database that says "held elsewhere" the first ``busy`` times."""
+
+    def __init__(self, url: URL, busy: int) -> None:
+        self.inner = lock_for(create_engine(url), VersionTable())
+        self.busy = busy
+
+    def acquire(self, timeout: float) -> bool:
+        if self.busy > 0:
+            self.busy -= 1
+            time.sleep(timeout)  # what a held lock does: block up to timeout, then say no
+            return False
+        return self.inner.acquire(timeout)
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def holder(self) -> str | None:
+        return "a test"
+
+
+def test_retry_gets_past_a_transient_failure(tmp_path: Path, db_url: URL) -> None:
+    ini = make_project(tmp_path / "proj", (USERS, EMAIL))
+    # The first attempt times out on the lock (its first try and one slice).
+    lock = FailingLock(db_url, busy=2)
+    migrator = AutoMigrator(
+        ini, url=db_url, lock=lock, lock_timeout=0.2, on_failure=Retry(delay=0.01)
+    )
+
+    status = anyio.run(migrator.run)
+
+    assert status.state is MigrationState.READY
+    assert status.attempts == 2
+    assert revisions(db_url) == {"r2"}
+
+
+def test_retry_gives_up_after_its_times(tmp_path: Path, db_url: URL) -> None:
+    ini = make_project(tmp_path / "proj", (USERS,))
+    lock = FailingLock(db_url, busy=1000)
+    migrator = AutoMigrator(
+        ini, url=db_url, lock=lock, lock_timeout=0.1, on_failure=Retry(times=2, delay=0.01)
+    )
+
+    with pytest.raises(LockTimeoutError):
+        anyio.run(migrator.run)
+
+    assert migrator.status.attempts == 3
+
+
+def test_chain_purges_once_then_continues_degraded(
+    tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reference design: retry, then purge and retry, then log and continue.
+    ini = deployed(tmp_path, sqlite_url, broken=ALWAYS_BROKEN)
+    policy = Chain(Retry(), PurgeAndRetry(), LogAndContinue())
+
+    with caplog.at_level(logging.INFO, logger="automigrator"):
+        status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert status.state is MigrationState.DEGRADED
+    assert status.attempts == 2  # one purge, then the same failure from scratch
+    decisions = [r.getMessage() for r in caplog.records if "decided" in r.getMessage()]
+    assert "PurgeAndRetry(" in decisions[0]
+    assert "decided to retry" in decisions[0]
+    assert "LogAndContinue()" in decisions[1]
+    assert "DEGRADED" in decisions[1]
+    assert backup_rows(sqlite_url) == OLD_ROWS
+
+
+class AlertThenFail:
+    """The documented example of a policy of one's own."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def handle(self, failure: Failure) -> Decision:
+        self.sent.append(f"{failure.kind}: {failure.error}")  # e.g. post to a pager
+        return Decision.fail("alert sent")
+
+
+def test_a_policy_of_ones_own(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = deployed(tmp_path, sqlite_url)
+    policy = AlertThenFail()
+
+    with pytest.raises(AutomigratorError):
+        anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert len(policy.sent) == 1
+    assert policy.sent[0].startswith("migration: ")
+
+
+HANGING_EMAIL = Rev(
+    "r2",
+    "r1",
+    "add email, slowly",
+    """
+    import os
+    import sys
+    import time
+
+    if os.environ.get("AM_HANG"):
+        print("r2 is running", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    op.add_column("users", sa.Column("email", sa.String(100)))
+    """,
+)
+
+
+def test_killed_mid_migration_the_next_start_completes_with_the_rows(
+    tmp_path: Path, db_url: URL
+) -> None:
+    ini = make_project(tmp_path / "proj", (USERS,))
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO users (name) VALUES ('ann'), ('bob')"))
+    engine.dispose()
+    write_revision(ini.parent, HANGING_EMAIL)
+    [proc] = start_replicas(ini, db_url, 1, env={"AM_HANG": "1"})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "r2 is running" in line:
+            break
+    proc.kill()  # SIGKILL, holding the lock, in the middle of the upgrade
+    proc.communicate()
+
+    status = anyio.run(AutoMigrator(ini, url=db_url, lock_timeout=30).run)
+
+    assert status.state is MigrationState.READY
+    assert revisions(db_url) == {"r2"}
+    assert rows(db_url, "SELECT name FROM users ORDER BY name") == [("ann",), ("bob",)]
