@@ -380,3 +380,32 @@ def test_killed_mid_migration_the_next_start_completes_with_the_rows(
     assert status.state is MigrationState.READY
     assert revisions(db_url) == {"r2"}
     assert rows(db_url, "SELECT name FROM users ORDER BY name") == [("ann",), ("bob",)]
+
+
+class PurgingMigrator(AutoMigrator):
+    """The docs' example of the reference design's style (docs/policies.md)."""
+
+    async def migrate(self) -> None:
+        try:
+            await super().migrate()
+        except MigrationError:
+            logging.getLogger("app").exception("Migration failed: purging, from scratch")
+            async with self.locked():
+                await self.purge(backup=True)
+            await super().migrate()
+
+
+@pytest.mark.parametrize(
+    ("broken", "state"),
+    [(UNIQUE_NAMES, MigrationState.READY), (ALWAYS_BROKEN, MigrationState.DEGRADED)],
+)
+def test_the_reference_designs_override_style(
+    tmp_path: Path, sqlite_url: URL, broken: Rev, state: MigrationState
+) -> None:
+    ini = deployed(tmp_path, sqlite_url, broken=broken)
+    migrator = PurgingMigrator(ini, url=sqlite_url, on_failure=LogAndContinue())
+
+    status = anyio.run(migrator.run)
+
+    assert status.state is state
+    assert backup_rows(sqlite_url) == OLD_ROWS
