@@ -29,6 +29,7 @@ from automigrator import (
     RestoreBackup,
     Retry,
     SchemaAheadError,
+    UnversionedDatabaseError,
 )
 from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
@@ -200,6 +201,11 @@ def not_the_migrations_fault(kind: str, ini: Path, url: URL) -> AutoMigrator:
         return AutoMigrator(ini, url=url, target="no_such_revision", on_failure=policy)
     elif kind == "lock_timeout":
         return AutoMigrator(ini, url=url, lock_timeout=0.5, on_failure=policy)
+    elif kind == "unversioned":
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE alembic_version"))
+        engine.dispose()
     return AutoMigrator(ini, url=url, on_failure=policy)
 
 
@@ -208,6 +214,7 @@ KINDS = {
     "multiple_heads": MultipleHeadsError,
     "configuration": ConfigurationError,
     "lock_timeout": LockTimeoutError,
+    "unversioned": UnversionedDatabaseError,
 }
 
 
@@ -409,3 +416,19 @@ def test_the_reference_designs_override_style(
 
     assert status.state is state
     assert backup_rows(sqlite_url) == OLD_ROWS
+
+
+def test_purge_keeps_the_newest_backups_only(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = deployed(tmp_path, sqlite_url, broken=ALWAYS_BROKEN)
+    policy = Chain(PurgeAndRetry(max_attempts=2, keep=1), LogAndContinue())
+
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert status.attempts == 3  # two purges
+    database = Path(str(sqlite_url.database))
+    backups = list(database.parent.glob(f"{database.name}.backup-*.sqlite"))
+    assert len(backups) == 1
+    # The one kept is the newest: the database as the second attempt left it.
+    with sqlite3.connect(backups[0]) as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    db.close()
