@@ -12,9 +12,11 @@ from .errors import (
     MigrationError,
     MultipleHeadsError,
     SchemaAheadError,
+    SchemaBehindError,
     ShutdownRequestedError,
     UnversionedDatabaseError,
 )
+from .health import HealthApp
 from .locking import (
     MigrationLock,
     MySQLLock,
@@ -49,6 +51,7 @@ __all__ = [
     "Fail",
     "Failure",
     "FailurePolicy",
+    "HealthApp",
     "LockTimeoutError",
     "LogAndContinue",
     "MigrationError",
@@ -66,6 +69,7 @@ __all__ = [
     "SQLiteFileLock",
     "STATE_KEY",
     "SchemaAheadError",
+    "SchemaBehindError",
     "ShutdownRequestedError",
     "UnversionedDatabaseError",
 ]

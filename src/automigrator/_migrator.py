@@ -42,6 +42,7 @@ from .errors import (
     MigrationError,
     MultipleHeadsError,
     SchemaAheadError,
+    SchemaBehindError,
     ShutdownRequestedError,
     UnversionedDatabaseError,
 )
@@ -72,6 +73,8 @@ _LOCK_LOG_EVERY = 5.0
 # keeps a database that comes up late from waiting long for our next try.
 _CONNECT_FIRST_DELAY = 0.25
 _CONNECT_DELAY_CAP = 4.0
+# Check mode polls the version table this often.
+_CHECK_EVERY = 0.5
 # At the end of a failed run we read where the database is, if it answers soon.
 _END_READ_TIMEOUT = 5.0
 # While migrating, freeze what the migration made every so many revisions.
@@ -113,6 +116,15 @@ class AutoMigrator:
         baseline: a revision to stamp an *unversioned* database at (tables but
             no version table) before upgrading. Without it such a database is
             refused, untouched.
+        mode: ``"migrate"`` (default), or ``"check"``: never migrate; start
+            when the database is at the target, waiting (one query every
+            0.5 s) up to ``check_timeout`` while another process or a Job
+            migrates it; then :class:`~automigrator.SchemaBehindError`
+            through the failure policy. For replicas that must not migrate.
+        when_disabled: what the switch off means: ``"skip"`` (default: do
+            nothing) or ``"check"`` (check mode).
+        check_timeout: seconds check mode waits for the database to reach
+            the target.
 
     .. versionadded:: 0.1
     """
@@ -133,6 +145,9 @@ class AutoMigrator:
         version_table: str = "alembic_version",
         version_table_schema: str | None = None,
         baseline: str | None = None,
+        mode: Literal["migrate", "check"] = "migrate",
+        when_disabled: Literal["skip", "check"] = "skip",
+        check_timeout: float = 300.0,
     ) -> None:
         if not target or target[0] in "+-" or ":" in target:
             raise ConfigurationError(
@@ -141,6 +156,13 @@ class AutoMigrator:
             )
         if lock_timeout <= 0:
             raise ConfigurationError(f"lock_timeout must be > 0 seconds, got {lock_timeout!r}.")
+        if mode not in ("migrate", "check") or when_disabled not in ("skip", "check"):
+            raise ConfigurationError(
+                f"mode={mode!r}, when_disabled={when_disabled!r}: mode is 'migrate' or "
+                "'check'; when_disabled is 'skip' or 'check'."
+            )
+        if not check_timeout > 0:
+            raise ConfigurationError(f"check_timeout must be > 0 seconds, got {check_timeout!r}.")
         if not connect_timeout >= 0:
             raise ConfigurationError(
                 f"connect_timeout must be >= 0 seconds, got {connect_timeout!r}."
@@ -190,6 +212,10 @@ class AutoMigrator:
         self.connect_timeout = float(connect_timeout)
         self.version_table = VersionTable(version_table, version_table_schema)
         self.baseline = baseline
+        self.mode = mode
+        self.when_disabled = when_disabled
+        self.check_timeout = float(check_timeout)
+        self._checking = mode == "check"
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
@@ -245,10 +271,16 @@ class AutoMigrator:
         (an at-head database costs one query).
         """
         started = time.monotonic()
+        self._checking = self.mode == "check"
         if not self.should_run():
-            self._status = MigrationStatus(state=MigrationState.DISABLED, duration=0.0)
-            logger.info("Migrations disabled (%s): not touching the database", self._switch_source)
-            return self._status
+            if self.when_disabled != "check":
+                self._status = MigrationStatus(state=MigrationState.DISABLED, duration=0.0)
+                logger.info(
+                    "Migrations disabled (%s): not touching the database", self._switch_source
+                )
+                return self._status
+            logger.info("Migrations disabled (%s): checking the schema only", self._switch_source)
+            self._checking = True
         self._status = MigrationStatus(state=MigrationState.PENDING)
         self._script, self._graph = None, None
         try:
@@ -350,6 +382,9 @@ class AutoMigrator:
         (the reference design's ``migrate()`` callback). Raise to report a
         failure; the failure policy sees what you raise.
         """
+        if self._checking:
+            await self.check()
+            return
         plan = await self._record(await self._reachable(self._first_plan_sync))
         self._refuse(plan, final=False)
         if plan.kind == "at_head":
@@ -394,6 +429,53 @@ class AutoMigrator:
                 return
         await self.upgrade(plan)
         await self.verify()
+
+    async def check(self) -> None:
+        """Check mode: never migrate; wait until the database is at the target.
+
+        Polls with one query every 0.5 s for up to ``check_timeout`` seconds
+        (state ``waiting``, ``waiting_for="migration"``), then raises
+        :class:`~automigrator.SchemaBehindError`. A database ahead of the
+        code, several heads or an unversioned database are refused at once.
+        """
+        started = time.monotonic()
+        plan = await self.plan()
+        self._refuse(plan)
+        if plan.kind == "at_head":
+            return
+        logger.info(
+            "Check mode: the database is at %s, not at %s; waiting up to %g s for another "
+            "process to migrate it",
+            ", ".join(plan.db_revisions) or "base",
+            ", ".join(plan.heads),
+            self.check_timeout,
+        )
+        self._set(state=MigrationState.WAITING, waiting_for="migration")
+        deadline, next_log = started + self.check_timeout, started + _LOCK_LOG_EVERY
+        with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
+            while (now := time.monotonic()) < deadline:
+                await anyio.sleep(min(_CHECK_EVERY, deadline - now))
+                plan = await self.plan()
+                self._refuse(plan)
+                if plan.kind == "at_head":
+                    logger.info("Check mode: the database reached %s", ", ".join(plan.heads))
+                    self._set(state=MigrationState.PENDING, waiting_for=None)
+                    return
+                if time.monotonic() >= next_log:
+                    logger.info(
+                        "Check mode: still waiting for %s (the database is at %s)",
+                        ", ".join(plan.heads),
+                        ", ".join(plan.db_revisions) or "base",
+                    )
+                    next_log += _LOCK_LOG_EVERY
+        if signals:
+            raise self._shutdown_error(signals, "another process's migration", started)
+        raise SchemaBehindError(
+            f"Check mode: after {self.check_timeout:g} s the database is still at "
+            f"{', '.join(plan.db_revisions) or 'base'}, not at {', '.join(plan.heads)}. "
+            "Nothing here migrates it: run the migration Job (or a replica in migrate mode), "
+            "or raise check_timeout."
+        )
 
     async def plan(self) -> Plan:
         """Read the database's revisions (one short connection) and classify them.

@@ -69,8 +69,9 @@ class MigrationStatus:
     error_kind: ErrorKind | None = None
     attempts: int = 0
     """How many times the migrate step ran (retries included)."""
-    waiting_for: Literal["database", "lock"] | None = None
-    """In state ``waiting``: whether for the database to accept connections, or for the lock."""
+    waiting_for: Literal["database", "lock", "migration"] | None = None
+    """In state ``waiting``: for the database to accept connections, for the lock, or
+    (check mode) for another process to migrate."""
 
     @property
     def ready(self) -> bool:

@@ -6,6 +6,7 @@ AutomigratorError                 every error the library raises
 ├── DatabaseUnavailableError      kind "transient": the database cannot be reached
 ├── LockTimeoutError              kind "transient": another replica held the lock too long
 ├── SchemaAheadError              kind "schema_ahead": the database is newer than the code
+├── SchemaBehindError             kind "transient": check mode waited, nobody migrated
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
 ├── MigrationError                kind "migration": a revision failed, or did not stick
@@ -33,6 +34,7 @@ __all__ = [
     "MigrationError",
     "MultipleHeadsError",
     "SchemaAheadError",
+    "SchemaBehindError",
     "ShutdownRequestedError",
     "UnversionedDatabaseError",
 ]
@@ -93,6 +95,16 @@ class SchemaAheadError(AutomigratorError):
     def revision(self) -> str:
         """The first unknown revision found in the database."""
         return self.revisions[0]
+
+
+class SchemaBehindError(AutomigratorError):
+    """Check mode: the database stayed behind the code for ``check_timeout`` seconds.
+
+    Transient: another replica or a migration Job may still bring it up;
+    ``Retry`` waits again, a destructive policy never acts on it.
+    """
+
+    kind: ErrorKind = "transient"
 
 
 class MultipleHeadsError(AutomigratorError):

@@ -11,6 +11,7 @@ import logging
 from ._migrator import STATE_KEY, AutoMigrator
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import AutomigratorError
+from .health import HealthApp
 
 logger = logging.getLogger("automigrator")
 
@@ -31,23 +32,40 @@ class AutoMigrateMiddleware:
     Args:
         app: the ASGI application to wrap.
         migrator: the :class:`~automigrator.AutoMigrator` to run.
+        health_path: a path the middleware answers itself with the migration
+            status (a :class:`~automigrator.HealthApp`); off by default.
+        health: the :class:`~automigrator.HealthApp` for that path, to set its
+            options; default ``HealthApp(migrator)``.
 
     Usable as ``Middleware(AutoMigrateMiddleware, migrator=...)`` in Starlette.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, app: ASGIApp, *, migrator: AutoMigrator) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        migrator: AutoMigrator,
+        health_path: str | None = None,
+        health: HealthApp | None = None,
+    ) -> None:
         if not isinstance(migrator, AutoMigrator):
             raise TypeError(f"migrator= must be an AutoMigrator, got {migrator!r}")
+        if health_path is not None and not health_path.startswith("/"):
+            raise ValueError(f"health_path must start with '/', got {health_path!r}")
         self.app = app
         self.migrator = migrator
+        self.health_path = health_path
+        self.health = health if health is not None else HealthApp(migrator)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif scope["type"] == "http" and scope.get("path") == self.health_path:
+            await self.health(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        await self._lifespan(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
