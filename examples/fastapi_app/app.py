@@ -6,6 +6,8 @@ Settings are read here, at the application's edge:
 - ``DATABASE_URL``: default a SQLite file in ``examples/fastapi_app/data/``.
 - ``RUN_MIGRATIONS``: 1/0 (read by automigrator; unset means on).
 - ``ON_MIGRATION_FAILURE``: ``fail`` (default) or ``continue`` (degraded).
+- ``BLOCK_STARTUP``: 1 (default: serve once the schema is ready) or 0 (serve at
+  once; requests get 503 until the schema is ready, ``/livez`` always answers).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse
 from models import Author, Book
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from automigrator import AutoMigrator, Fail, FailurePolicy, LogAndContinue
+from automigrator import AutoMigrator, Fail, FailurePolicy, LogAndContinue, ReadinessGate
 
 HERE = Path(__file__).resolve().parent
 logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
@@ -46,7 +48,12 @@ def failure_policy() -> FailurePolicy:
     return policies[choice]
 
 
-migrator = AutoMigrator(HERE / "alembic.ini", url=database_url(), on_failure=failure_policy())
+migrator = AutoMigrator(
+    HERE / "alembic.ini",
+    url=database_url(),
+    on_failure=failure_policy(),
+    block_startup=os.environ.get("BLOCK_STARTUP", "1") != "0",
+)
 
 
 @asynccontextmanager
@@ -58,6 +65,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 
 
 app = FastAPI(title="automigrator example", lifespan=migrator.wrap_lifespan(lifespan))
+# With BLOCK_STARTUP=0: 503 until the schema is ready; the liveness probe passes.
+app.add_middleware(ReadinessGate, migrator=migrator, exempt=["/livez"])
+
+
+@app.get("/livez")
+async def livez() -> dict[str, str]:
+    return {"status": "alive"}
 
 
 @app.get("/books")

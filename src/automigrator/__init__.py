@@ -16,6 +16,7 @@ from .errors import (
     ShutdownRequestedError,
     UnversionedDatabaseError,
 )
+from .gate import ReadinessGate
 from .health import HealthApp
 from .locking import (
     MigrationLock,
@@ -64,6 +65,7 @@ __all__ = [
     "PostgresAdvisoryLock",
     "ProcessLock",
     "PurgeAndRetry",
+    "ReadinessGate",
     "RestoreBackup",
     "Retry",
     "SQLiteFileLock",

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from configparser import Error as ConfigParserError
 from pathlib import Path
 from typing import Any
@@ -177,17 +177,35 @@ def _is_ancestor_of(script: ScriptDirectory, target: str, current: Sequence[str]
 class _Recorder:
     """Collects the revisions applied during one upgrade, and logs each one."""
 
-    def __init__(self, on_applied: OnApplied, version_table: VersionTable) -> None:
+    def __init__(
+        self,
+        on_applied: OnApplied,
+        version_table: VersionTable,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.on_applied = on_applied
+        self.should_stop = should_stop
         self.version_table = version_table
         self.steps: list[RevisionStep] = []
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self._mark = time.perf_counter()
 
-    def planned(self, steps: Iterable[Any]) -> list[Any]:
+    def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
         self.steps = list(steps)
-        return self.steps
+        return self._until_stopped()
+
+    def _until_stopped(self) -> Iterator[Any]:
+        # Alembic iterates over the steps once, each in its own transaction
+        # where DDL is not transactional: ending the iteration between two
+        # steps ends the run cleanly, with every applied revision recorded.
+        # (Raising from on_version_apply instead would roll back the version
+        # row of a revision whose DDL stays.)
+        for index, step in enumerate(self.steps):
+            if index and self.should_stop():
+                logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
+                return
+            yield step
 
     def started(self) -> None:
         self._mark = time.perf_counter()
@@ -272,11 +290,14 @@ def upgrade(
     url: URL,
     version_table: VersionTable,
     on_applied: OnApplied,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[AppliedRevision, ...]:
     """Run ``alembic upgrade <target>`` through the user's env.py, in this thread.
 
     This is ``alembic.command.upgrade`` with the script directory built once
     (by the caller, shared with plan and verify) and a recorder attached.
+    ``should_stop`` is asked before each revision after the first: when it
+    says so, the run ends there, cleanly (Alembic commits what it applied).
     """
     return _run_env(
         cfg,
@@ -284,7 +305,7 @@ def upgrade(
         lambda rev: script._upgrade_revs(target, rev),
         destination=target,
         url=url,
-        recorder=_Recorder(on_applied, version_table),
+        recorder=_Recorder(on_applied, version_table, should_stop),
     )
 
 
@@ -311,7 +332,7 @@ def _run_env(
     url: URL,
     recorder: _Recorder,
 ) -> tuple[AppliedRevision, ...]:
-    def steps(rev: Any, context: MigrationContext) -> list[Any]:
+    def steps(rev: Any, context: MigrationContext) -> Iterator[Any]:
         return recorder.planned(make_steps(rev))
 
     with _RUN_LOCK, LoggingGuard() as guard:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from sqlalchemy.engine import URL, Engine
@@ -125,6 +126,14 @@ class AutoMigrator:
             nothing) or ``"check"`` (check mode).
         check_timeout: seconds check mode waits for the database to reach
             the target.
+        block_startup: ``True`` (default): the application starts once the
+            schema is ready. ``False``: it starts at once and migrations run
+            in the background; put a :class:`~automigrator.ReadinessGate` in
+            front (``AutoMigrateMiddleware`` has one) so requests get 503
+            until then.
+        shutdown_timeout: with ``block_startup=False``, how long a shutdown
+            waits for the running revision to finish; the run stops before
+            the next one.
 
     .. versionadded:: 0.1
     """
@@ -148,6 +157,8 @@ class AutoMigrator:
         mode: Literal["migrate", "check"] = "migrate",
         when_disabled: Literal["skip", "check"] = "skip",
         check_timeout: float = 300.0,
+        block_startup: bool = True,
+        shutdown_timeout: float = 30.0,
     ) -> None:
         if not target or target[0] in "+-" or ":" in target:
             raise ConfigurationError(
@@ -216,6 +227,11 @@ class AutoMigrator:
         self.when_disabled = when_disabled
         self.check_timeout = float(check_timeout)
         self._checking = mode == "check"
+        self.block_startup = block_startup
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._done: anyio.Event | None = None  # set when a run ends, for wait_ready()
+        self._stop_requested = False  # a shutdown asked the background run to stop
+        self._background: anyio.abc.TaskGroup | None = None  # running() in the background
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
@@ -283,6 +299,8 @@ class AutoMigrator:
             self._checking = True
         self._status = MigrationStatus(state=MigrationState.PENDING)
         self._script, self._graph = None, None
+        if self._done is None or self._done.is_set():
+            self._done = anyio.Event()
         try:
             return await self._attempts(started)
         except ShutdownRequestedError as exc:
@@ -297,6 +315,8 @@ class AutoMigrator:
                 self._set(error="Stopped before the run finished", error_kind="shutdown")
                 self._finish(MigrationState.FAILED, started)
             raise
+        finally:
+            self._done.set()
 
     async def _attempts(self, started: float) -> MigrationStatus:
         history: list[Decision] = []
@@ -616,10 +636,82 @@ class AutoMigrator:
         """An ASGI lifespan: migrate, then let the application start.
 
         The migrator is published in the lifespan state under ``"automigrator"``
-        (``request.state.automigrator.status`` in a handler).
+        (``request.state.automigrator.status`` in a handler). With
+        ``block_startup=False`` the application starts at once; see
+        :meth:`running`.
         """
-        await self.run()
-        yield {STATE_KEY: self}
+        async with self.running():
+            yield {STATE_KEY: self}
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Migrate for the block: before it (``block_startup``) or beside it.
+
+        In the background, a failure is logged at CRITICAL and the status
+        says ``failed`` (a server cannot be stopped from here); leaving the
+        block lets the running revision finish (up to ``shutdown_timeout``)
+        and stops before the next one.
+        """
+        if self.block_startup:
+            await self.run()
+            yield
+            return
+        self._stop_requested = False
+        self._done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            self._background = tg
+            tg.start_soon(self._run_in_background)
+            try:
+                yield
+            finally:
+                await self._stop_background()
+                self._background = None
+
+    async def wait_ready(self, timeout: float | None = None) -> MigrationStatus:  # noqa: ASYNC109
+        """Wait until the run has ended (ready, degraded or failed); return the status.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        if self._done is None:
+            self._done = anyio.Event()  # the run has not started yet
+        with anyio.fail_after(timeout):
+            await self._done.wait()
+        return self._status
+
+    async def _run_in_background(self) -> None:
+        try:
+            await self.run()
+        except ShutdownRequestedError:
+            pass  # logged by run()
+        except Exception as exc:
+            logger.critical(
+                "Migrations failed in the background (%s): the application keeps "
+                "answering 503 until it is restarted. Fix the cause and restart it.",
+                _one_line(exc) if isinstance(exc, AutomigratorError) else repr(exc),
+            )
+
+    async def _stop_background(self) -> None:
+        tg = self._background
+        if tg is None or self._done is None or self._done.is_set():
+            return
+        if self._status.state is not MigrationState.MIGRATING:
+            tg.cancel_scope.cancel()  # waiting or planning: nothing to finish
+            return
+        self._stop_requested = True
+        logger.warning(
+            "Shutting down during a migration: waiting up to %g s for the running revision "
+            "to finish; the run stops before the next one",
+            self.shutdown_timeout,
+        )
+        with anyio.move_on_after(self.shutdown_timeout):
+            await self._done.wait()
+        if not self._done.is_set():
+            logger.error(
+                "The running revision did not finish within shutdown_timeout=%g s; leaving it "
+                "to the process's exit (transactional DDL rolls it back)",
+                self.shutdown_timeout,
+            )
+            tg.cancel_scope.cancel()
 
     def wrap_lifespan(self, app_lifespan: AppLifespan) -> Callable[[Any], Any]:
         """Migrate first, then enter the application's own lifespan.
@@ -746,7 +838,15 @@ class AutoMigrator:
             url=self.url,
             version_table=self.version_table,
             on_applied=self._applied,
+            should_stop=lambda: self._stop_requested,
         )
+        if self._stop_requested:
+            done = self._status.applied[-1].revision if self._status.applied else "none"
+            raise ShutdownRequestedError(
+                f"The application is shutting down: the migration stopped after revision "
+                f"{done}, before the next one. The next start continues from there.",
+                signal=0,
+            )
 
     def _stamp_sync(self) -> None:
         assert self.baseline is not None

@@ -6,11 +6,14 @@ every other scope goes straight to the application.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Sequence
 
 from ._migrator import STATE_KEY, AutoMigrator
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import AutomigratorError
+from .gate import ReadinessGate
 from .health import HealthApp
 
 logger = logging.getLogger("automigrator")
@@ -36,6 +39,10 @@ class AutoMigrateMiddleware:
             status (a :class:`~automigrator.HealthApp`); off by default.
         health: the :class:`~automigrator.HealthApp` for that path, to set its
             options; default ``HealthApp(migrator)``.
+        exempt: with the migrator's ``block_startup=False``, paths that pass
+            while migrations run (a liveness probe); every other request gets
+            503 (WebSocket: close code 1013) until the schema is ready. See
+            :class:`~automigrator.ReadinessGate`.
 
     Usable as ``Middleware(AutoMigrateMiddleware, migrator=...)`` in Starlette.
 
@@ -49,6 +56,7 @@ class AutoMigrateMiddleware:
         migrator: AutoMigrator,
         health_path: str | None = None,
         health: HealthApp | None = None,
+        exempt: Sequence[str] = (),
     ) -> None:
         if not isinstance(migrator, AutoMigrator):
             raise TypeError(f"migrator= must be an AutoMigrator, got {migrator!r}")
@@ -58,25 +66,35 @@ class AutoMigrateMiddleware:
         self.migrator = migrator
         self.health_path = health_path
         self.health = health if health is not None else HealthApp(migrator)
+        self.gate = ReadinessGate(app, migrator=migrator, exempt=exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
         elif scope["type"] == "http" and scope.get("path") == self.health_path:
             await self.health(scope, receive, send)
-        else:
+        elif self.migrator.block_startup:
             await self.app(scope, receive, send)
+        else:
+            await self.gate(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
         if startup["type"] != "lifespan.startup":  # not a server we understand: stay out
             await self.app(scope, _Replay(startup, receive), send)
             return
-        try:
-            await self.migrator.run()
-        except Exception as exc:
-            await send({"type": "lifespan.startup.failed", "message": _reason(exc)})
-            raise
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                # Blocking: migrates here. Otherwise starts the run beside the app.
+                await stack.enter_async_context(self.migrator.running())
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": _reason(exc)})
+                raise
+            await self._serve_lifespan(scope, startup, receive, send)
+
+    async def _serve_lifespan(
+        self, scope: Scope, startup: Message, receive: Receive, send: Send
+    ) -> None:
         if "state" in scope:
             scope["state"][STATE_KEY] = self.migrator
 
@@ -85,6 +103,9 @@ class AutoMigrateMiddleware:
 
         async def app_send(message: Message) -> None:
             app_sent.add(message["type"])
+            if message["type"] == "lifespan.shutdown.complete":
+                # Not before a background migration has stopped (between revisions).
+                await self.migrator._stop_background()
             await send(message)
 
         try:
@@ -111,11 +132,11 @@ class AutoMigrateMiddleware:
                 return
         await self._complete_alone(receive, send)
 
-    @staticmethod
-    async def _complete_alone(receive: Receive, send: Send) -> None:
+    async def _complete_alone(self, receive: Receive, send: Send) -> None:
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass
+        await self.migrator._stop_background()
         await send({"type": "lifespan.shutdown.complete"})
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 from sqlalchemy.engine import URL
 
 from tests.conftest import revisions
@@ -120,3 +122,62 @@ def test_middleware_completes_lifespan_for_an_app_without_it(ini: Path, sqlite_u
 
     assert response.text == "served"
     assert revisions(sqlite_url) == {"r3"}
+
+
+SLOW_0005 = '''"""wait for the test's release file
+
+Revision ID: 0005
+Revises: 0004
+"""
+import os
+import time
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    while not os.path.exists(os.environ["AM_RELEASE"]):
+        time.sleep(0.01)
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_serving_at_once_with_503_until_the_schema_is_ready(
+    example: tuple[Path, URL], tmp_path: Path
+) -> None:
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_slow.py").write_text(SLOW_0005)
+    release = tmp_path / "release"
+    env = {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "BLOCK_STARTUP": "0",
+        "AM_RELEASE": str(release),
+    }
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        assert server.wait_for("Applied 4/5"), server.log  # now inside 0005
+        during = server.get("/books")
+        live = server.get("/livez")
+        ws_url = server.url.replace("http://", "ws://") + "/books/feed"
+        with (
+            websockets.sync.client.connect(ws_url, open_timeout=10) as ws,
+            pytest.raises(websockets.exceptions.ConnectionClosed) as closed,
+        ):
+            ws.recv(timeout=10)
+        release.touch()
+        assert server.wait_for("Schema ready at 0005"), server.log
+        after = server.get("/books")
+
+    assert during.status_code == 503
+    assert during.headers["retry-after"] == "5"
+    assert live.status_code == 200
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013  # try again later
+    assert after.status_code == 200
+    assert len(after.json()) == 2

@@ -1,0 +1,251 @@
+"""Start at once, migrate in the background: the readiness gate, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy.engine import URL
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from automigrator import (
+    AutoMigrateMiddleware,
+    AutoMigrator,
+    LogAndContinue,
+    MigrationState,
+    ReadinessGate,
+)
+from tests.conftest import revisions
+from tests.project import Rev, make_project
+from tests.test_waiting import HANG_GUARD, watching
+
+# A migration that runs until the test lets it finish (a file appears): the
+# test decides when it ends, nothing depends on timing.
+WAITING_USERS = Rev(
+    "r1",
+    None,
+    "create users, when released",
+    """
+    import os
+    import time
+
+    release = os.environ["AM_RELEASE"]
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("name", sa.String(50)), sa.Column("email", sa.String(100)))
+    """,
+)
+
+
+class Hits:
+    """Counts the requests that reach a handler, and those that came too early."""
+
+    def __init__(self, migrator: AutoMigrator) -> None:
+        self.migrator = migrator
+        self.total = 0
+        self.early = 0
+
+    async def items(self, request: Request) -> PlainTextResponse:
+        self.total += 1
+        if not self.migrator.status.ready:
+            self.early += 1
+        return PlainTextResponse("items")
+
+
+def make_app(migrator: AutoMigrator, hits: Hits) -> Starlette:
+    async def live(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("alive")
+
+    return Starlette(routes=[Route("/items", hits.items), Route("/livez", live)])
+
+
+@pytest.fixture
+def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "release"
+    monkeypatch.setenv("AM_RELEASE", str(path))
+    return path
+
+
+@asynccontextmanager
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+async def websocket_messages(app: Any, path: str) -> list[dict[str, Any]]:
+    """Open a WebSocket on the raw ASGI app; what the app sends back."""
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": path, "headers": [], "query_string": b""}
+    with anyio.fail_after(HANG_GUARD):
+        await app(scope, receive, send)
+    return sent
+
+
+def test_requests_wait_behind_the_gate_until_the_schema_is_ready(
+    tmp_path: Path, sqlite_url: URL, release: Path
+) -> None:
+    ini = make_project(tmp_path / "p", (WAITING_USERS, Rev("r2", "r1", "then this", "pass")))
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
+    hits = Hits(migrator)
+    app = AutoMigrateMiddleware(make_app(migrator, hits), migrator=migrator, exempt=["/livez"])
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with (
+            watching("Migrating from") as log,
+            LifespanManager(app),  # start-up completes at once
+            client(app) as c,
+        ):
+            await log.event.wait()
+            seen["during"] = await c.get("/items")
+            seen["live"] = await c.get("/livez")
+            seen["ws"] = await websocket_messages(app, "/items")
+            # 1000 requests from 50 clients at a time while migrating: every
+            # one is turned away, none reaches the handler.
+            codes: list[int] = []
+            limit = anyio.CapacityLimiter(50)
+
+            async def one() -> None:
+                async with limit:
+                    codes.append((await c.get("/items")).status_code)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(1000):
+                    tg.start_soon(one)
+            seen["burst"] = codes
+            await anyio.Path(release).touch()
+            status = await migrator.wait_ready(timeout=HANG_GUARD)
+            seen["state"] = status.state
+            after: list[int] = []
+
+            async def again() -> None:
+                async with limit:
+                    after.append((await c.get("/items")).status_code)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(1000):
+                    tg.start_soon(again)
+            seen["after"] = after
+
+    anyio.run(main)
+
+    assert seen["during"].status_code == 503
+    assert seen["during"].headers["retry-after"] == "5"
+    assert seen["live"].status_code == 200
+    assert [m["type"] for m in seen["ws"]] == ["websocket.accept", "websocket.close"]
+    assert seen["ws"][1]["code"] == 1013
+    assert seen["burst"] == [503] * 1000
+    assert seen["state"] is MigrationState.READY
+    assert seen["after"] == [200] * 1000
+    assert hits.early == 0
+    assert hits.total == 1000
+    assert revisions(sqlite_url) == {"r2"}
+
+
+def test_a_failed_background_migration_keeps_the_gate_shut(
+    tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    ini = make_project(tmp_path / "p", (Rev("r1", None, "broken", "raise RuntimeError('no')"),))
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
+    hits = Hits(migrator)
+    app = AutoMigrateMiddleware(make_app(migrator, hits), migrator=migrator)
+
+    async def main() -> int:
+        async with LifespanManager(app), client(app) as c:
+            status = await migrator.wait_ready(timeout=HANG_GUARD)
+            assert status.state is MigrationState.FAILED
+            return (await c.get("/items")).status_code
+
+    assert anyio.run(main) == 503
+    assert hits.total == 0
+    assert "Migrations failed in the background" in caplog.text
+
+
+def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(
+    tmp_path: Path, sqlite_url: URL, release: Path
+) -> None:
+    ini = make_project(tmp_path / "p", (WAITING_USERS, Rev("r2", "r1", "the next", "pass")))
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False, shutdown_timeout=HANG_GUARD)
+    app = AutoMigrateMiddleware(make_app(migrator, Hits(migrator)), migrator=migrator)
+
+    async def main() -> None:
+        async with (
+            watching("Shutting down during a migration") as stopping,
+            watching("Migrating from") as migrating,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def release_when_stopping() -> None:
+                await stopping.event.wait()
+                await anyio.Path(release).touch()  # the revision may now finish
+
+            tg.start_soon(release_when_stopping)
+            async with LifespanManager(app, shutdown_timeout=HANG_GUARD):
+                await migrating.event.wait()
+            # leaving the block is the server's shutdown
+
+    anyio.run(main)
+
+    assert migrator.status.state is MigrationState.FAILED
+    assert migrator.status.error_kind == "shutdown"
+    assert revisions(sqlite_url) == {"r1"}  # r1 finished, r2 never started
+
+
+def test_an_app_with_lifespan_gates_with_readiness_gate(
+    tmp_path: Path, sqlite_url: URL, release: Path
+) -> None:
+    ini = make_project(tmp_path / "p", (WAITING_USERS,))
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
+    hits = Hits(migrator)
+    starlette_app = Starlette(routes=[Route("/items", hits.items)], lifespan=migrator.lifespan)
+    app = ReadinessGate(starlette_app, migrator=migrator)
+
+    async def main() -> list[int]:
+        codes = []
+        async with watching("Migrating from") as log, LifespanManager(app), client(app) as c:
+            await log.event.wait()
+            codes.append((await c.get("/items")).status_code)
+            await anyio.Path(release).touch()
+            await migrator.wait_ready(timeout=HANG_GUARD)
+            codes.append((await c.get("/items")).status_code)
+        return codes
+
+    assert anyio.run(main) == [503, 200]
+    assert hits.early == 0
+
+
+def test_log_and_continue_opens_the_gate_degraded(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = make_project(tmp_path / "p", (Rev("r1", None, "broken", "raise RuntimeError('no')"),))
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False, on_failure=LogAndContinue())
+    hits = Hits(migrator)
+    app = AutoMigrateMiddleware(make_app(migrator, hits), migrator=migrator)
+
+    async def main() -> int:
+        async with LifespanManager(app), client(app) as c:
+            await migrator.wait_ready(timeout=HANG_GUARD)
+            return (await c.get("/items")).status_code
+
+    assert anyio.run(main) == 200
+    assert migrator.status.state is MigrationState.DEGRADED
