@@ -1,0 +1,222 @@
+"""``automigrator``: the same plan, lock and policies as the library, for Jobs and init containers.
+
+Exit codes (also in ``automigrator --help``):
+
+====  ==========================================================
+0     done: the database is at the target
+1     a migration failed
+2     bad settings or usage (config, URL, credentials, target)
+10    the database is behind the code (``check``; ``wait`` timed out)
+11    the database is ahead of the code (a rollback deploy?)
+12    the scripts have several heads
+13    the database could not be reached, or the lock not taken in time
+14    tables but no version table (pass ``--baseline``)
+130   stopped by SIGINT/SIGTERM while waiting
+====  ==========================================================
+
+Settings come from flags, else ``AUTOMIGRATOR_*`` environment variables
+(``AUTOMIGRATOR_CONFIG``, ``AUTOMIGRATOR_URL``, ``AUTOMIGRATOR_TARGET``), else
+the Alembic config. Passwords are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from ._database import display
+from ._migrator import AutoMigrator
+from .errors import (
+    AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    LockTimeoutError,
+    MigrationError,
+    MultipleHeadsError,
+    SchemaAheadError,
+    SchemaBehindError,
+    ShutdownRequestedError,
+    UnversionedDatabaseError,
+)
+from .policies import Chain, Fail, FailurePolicy, LogAndContinue, PurgeAndRetry, Retry
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_CODES: dict[type[AutomigratorError], int] = {
+    MigrationError: 1,
+    ConfigurationError: 2,
+    SchemaBehindError: 10,
+    SchemaAheadError: 11,
+    MultipleHeadsError: 12,
+    DatabaseUnavailableError: 13,
+    LockTimeoutError: 13,
+    UnversionedDatabaseError: 14,
+    ShutdownRequestedError: 130,
+}
+BEHIND = 10
+
+POLICIES: dict[str, FailurePolicy] = {
+    "fail": Fail(),
+    "continue": LogAndContinue(),
+    "retry": Chain(Retry(), Fail()),
+    "purge": Chain(Retry(), PurgeAndRetry(), Fail()),
+}
+
+EPILOG = """\
+commands:
+  upgrade   plan, lock, migrate, verify (the library's code path)
+  check     exit 0 at head, 10 behind, 11 ahead, 12 several heads, 13 unreachable
+  status    revisions, heads and pending revisions (--json for machines)
+  wait      block until another process has migrated (init containers)
+
+examples:
+  automigrator -c alembic.ini upgrade
+  AUTOMIGRATOR_URL=postgresql+psycopg://app@db/app automigrator check
+  automigrator status --json
+  automigrator wait --timeout 600
+
+exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
+12 several heads, 13 unreachable or lock timeout, 14 unversioned, 130 stopped
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="automigrator",
+        description="Bring a database to the Alembic scripts' head, safely; or check it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    env = os.environ.get
+    root.add_argument(
+        "-c",
+        "--config",
+        default=env("AUTOMIGRATOR_CONFIG", "alembic.ini"),
+        help="alembic.ini or pyproject.toml (default: $AUTOMIGRATOR_CONFIG or alembic.ini)",
+    )
+    root.add_argument(
+        "--url", default=env("AUTOMIGRATOR_URL"), help="database URL (default: the config's)"
+    )
+    root.add_argument(
+        "--target", default=env("AUTOMIGRATOR_TARGET", "head"), help="head, heads or a revision"
+    )
+    root.add_argument("--lock-timeout", type=float, default=300.0, help="seconds (300)")
+    root.add_argument("--connect-timeout", type=float, default=60.0, help="seconds (60)")
+    root.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    commands = root.add_subparsers(dest="command", required=True, metavar="command")
+    upgrade = commands.add_parser("upgrade", help="migrate to the target")
+    upgrade.add_argument(
+        "--on-failure",
+        choices=sorted(POLICIES),
+        default="fail",
+        help="fail (default), continue (exit 0, degraded), retry (transient), "
+        "purge (back up, purge, migrate from scratch: unattended SQLite boxes)",
+    )
+    upgrade.add_argument("--baseline", help="stamp an unversioned database at this revision")
+    commands.add_parser("check", help="is the database at the target?")
+    status = commands.add_parser("status", help="revisions, heads, pending")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    wait = commands.add_parser("wait", help="block until the database is at the target")
+    wait.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = parser().parse_args(argv)
+    _logging(quiet=args.quiet)
+    try:
+        return anyio.run(_command, args)
+    except AutomigratorError as exc:
+        code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
+        print(f"automigrator: {exc.message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _command(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "url": args.url,
+        "target": args.target,
+        "enabled": True,
+        "lock_timeout": args.lock_timeout,
+        "connect_timeout": args.connect_timeout,
+    }
+    if args.command == "upgrade":
+        migrator = AutoMigrator(
+            args.config, on_failure=POLICIES[args.on_failure], baseline=args.baseline, **options
+        )
+        status = await migrator.run()
+        return 0 if status.state.value in ("ready", "degraded") else 1
+    if args.command == "wait":
+        migrator = AutoMigrator(args.config, mode="check", check_timeout=args.timeout, **options)
+        await migrator.run()
+        return 0
+    migrator = AutoMigrator(args.config, **options)
+    plan = await migrator.plan()
+    if args.command == "check":
+        migrator._refuse(plan)  # ahead, several heads, unversioned: their own codes
+        if plan.kind == "at_head":
+            return 0
+        print(
+            f"automigrator: behind: the database is at {', '.join(plan.db_revisions) or 'base'}, "
+            f"the target is {', '.join(plan.heads)} ({len(plan.pending)} revision(s) pending)",
+            file=sys.stderr,
+        )
+        return BEHIND
+    report = {
+        "database": display(migrator.url),
+        "plan": plan.kind,
+        "revisions": list(plan.db_revisions),
+        "heads": list(plan.heads),
+        "pending": list(plan.pending),
+        "unknown": list(plan.unknown),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(len(k) for k in report)
+        for key, value in report.items():
+            shown = ", ".join(value) if isinstance(value, list) else value
+            print(f"{key:<{width}}  {shown or '-'}")
+    return 0
+
+
+class _Progress(logging.Handler):
+    """Our log lines on stderr; on a terminal, the applied revisions overwrite one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.open_line = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        elapsed = time.monotonic() - self.started
+        if self.tty and message.startswith("Applied "):
+            # "Applied 3/40 r3 add email in 0.01 s" -> one line, rewritten.
+            sys.stderr.write(f"\r\x1b[2K[{elapsed:6.1f} s] {message}")
+            self.open_line = True
+        else:
+            if self.open_line:
+                sys.stderr.write("\n")
+                self.open_line = False
+            sys.stderr.write(f"[{elapsed:6.1f} s] {message}\n")
+        sys.stderr.flush()
+
+
+def _logging(*, quiet: bool) -> None:
+    logger = logging.getLogger("automigrator")
+    logger.addHandler(_Progress())
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    logger.propagate = False

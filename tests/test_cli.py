@@ -1,0 +1,170 @@
+"""The ``automigrator`` command, end to end: real processes, real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator._headcache import FILE_NAME
+from tests.conftest import revisions
+from tests.project import Rev, write_revision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(ini: Path, url: URL | str, *args: str) -> subprocess.CompletedProcess[str]:
+    target = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return subprocess.run(
+        [sys.executable, "-m", "automigrator", "-c", str(ini), "--url", target, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_upgrade_check_and_status(ini: Path, db_url: URL) -> None:
+    behind = cli(ini, db_url, "check")
+    before = cli(ini, db_url, "status", "--json")
+    upgrade = cli(ini, db_url, "upgrade")
+    at_head = cli(ini, db_url, "check")
+    after = cli(ini, db_url, "status", "--json")
+
+    assert behind.returncode == 10
+    assert "behind" in behind.stderr
+    assert json.loads(before.stdout)["pending"] == ["r1", "r2", "r3"]
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "Applied 3/3 r3" in upgrade.stderr
+    assert at_head.returncode == 0
+    report = json.loads(after.stdout)
+    assert report["revisions"] == ["r3"]
+    assert report["pending"] == []
+    assert report["plan"] == "at_head"
+    assert revisions(db_url) == {"r3"}
+
+
+def test_status_for_people(ini: Path, sqlite_url: URL) -> None:
+    out = cli(ini, sqlite_url, "status")
+    assert out.returncode == 0
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines())
+    assert lines["pending"] == "r1, r2, r3"
+    assert lines["revisions"] == "-"
+
+
+def test_distinct_exit_codes(ini: Path, sqlite_url: URL) -> None:
+    assert cli(ini, sqlite_url, "upgrade").returncode == 0
+    write_revision(ini.parent, Rev("r4", "r2", "a second head", "pass"))
+    several_heads = cli(ini, sqlite_url, "check")
+    (ini.parent / "migrations" / "versions" / "r4.py").unlink()
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    for cache in ini.parent.rglob(FILE_NAME):
+        cache.unlink()
+    ahead = cli(ini, sqlite_url, "check")
+    unreachable = cli(
+        ini,
+        "postgresql+psycopg://app:s3cr3t-pw@127.0.0.1:1/app",
+        "--connect-timeout",
+        "0",
+        "check",
+    )
+    bad_config = cli(ini.parent / "missing.ini", sqlite_url, "check")
+
+    assert several_heads.returncode == 12
+    assert ahead.returncode == 11
+    assert unreachable.returncode == 13
+    assert "s3cr3t-pw" not in unreachable.stderr + unreachable.stdout
+    assert bad_config.returncode == 2
+    assert "not found" in bad_config.stderr
+
+
+def test_wait_returns_when_another_process_has_migrated(ini: Path, db_url: URL) -> None:
+    target = db_url.render_as_string(hide_password=False)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "automigrator", "-c", str(ini), "--url", target, "wait"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert waiting.stderr is not None
+    for line in waiting.stderr:  # it has looked and found the database behind
+        if "Check mode: the database is at" in line:
+            break
+    assert waiting.poll() is None
+    assert cli(ini, db_url, "upgrade").returncode == 0
+
+    rest = waiting.communicate(timeout=60)[1]
+    assert waiting.returncode == 0, rest
+    assert "Check mode: the database reached r3" in rest
+    assert revisions(db_url) == {"r3"}
+
+
+def test_wait_times_out_behind(ini: Path, sqlite_url: URL) -> None:
+    assert cli(ini, sqlite_url, "wait", "--timeout", "0.5").returncode == 10
+
+
+def test_progress_on_a_terminal(ini: Path, sqlite_url: URL) -> None:
+    # A pseudo-terminal: the applied revisions rewrite one line.
+    primary, secondary = pty.openpty()
+    target = sqlite_url.render_as_string(hide_password=False)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "automigrator", "-c", str(ini), "--url", target, "upgrade"],
+        cwd=ROOT,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(primary)
+    assert process.wait(timeout=60) == 0
+
+    text = output.decode()
+    assert "\r\x1b[2K" in text  # rewritten in place
+    assert "Applied 3/3 r3" in text
+    assert "Schema ready at r3" in text
+
+
+def test_help_shows_examples_and_exit_codes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "automigrator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert "examples:" in out.stdout
+    assert "exit codes:" in out.stdout
+
+
+def test_settings_from_the_environment(ini: Path, sqlite_url: URL) -> None:
+    env = {
+        **os.environ,
+        "AUTOMIGRATOR_CONFIG": str(ini),
+        "AUTOMIGRATOR_URL": sqlite_url.render_as_string(hide_password=False),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "automigrator", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert sa.inspect(sa.create_engine(sqlite_url)).has_table("users")
