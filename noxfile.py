@@ -44,6 +44,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs-material + mkdocstrings), warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", "site", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Run the example app: migrations applied to SQLite at start-up, served by uvicorn."""
     session.install("-e", ".[example]")

@@ -112,8 +112,9 @@ class AutoMigrator:
             connections at start (it is still starting); retries back off
             from 0.25 s to 4 s. ``0`` fails on the first refusal. Bad
             credentials and unknown databases are never retried.
-        version_table, version_table_schema: where env.py keeps the revisions,
-            if not Alembic's default ``alembic_version`` in the default schema.
+        version_table: where env.py keeps the revisions, if not Alembic's
+            default ``alembic_version``.
+        version_table_schema: the schema of that table, if not the default.
         baseline: a revision to stamp an *unversioned* database at (tables but
             no version table) before upgrading. Without it such a database is
             refused, untouched.
