@@ -16,6 +16,7 @@ from .errors import (
     ShutdownRequestedError,
     UnversionedDatabaseError,
 )
+from .events import Event
 from .gate import ReadinessGate
 from .health import HealthApp
 from .locking import (
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Decision",
+    "Event",
     "Fail",
     "Failure",
     "FailurePolicy",

@@ -47,6 +47,7 @@ from .errors import (
     ShutdownRequestedError,
     UnversionedDatabaseError,
 )
+from .events import STATE_EVENTS, Event, Listener
 from .locking import MigrationLock, lock_for
 from .policies import Decision, Fail, Failure, FailurePolicy
 
@@ -233,6 +234,7 @@ class AutoMigrator:
         self._done: anyio.Event | None = None  # set when a run ends, for wait_ready()
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._background: anyio.abc.TaskGroup | None = None  # running() in the background
+        self._listeners: list[Listener] = []
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
@@ -292,6 +294,7 @@ class AutoMigrator:
         if not self.should_run():
             if self.when_disabled != "check":
                 self._status = MigrationStatus(state=MigrationState.DISABLED, duration=0.0)
+                self._emit(Event("disabled", self._status))
                 logger.info(
                     "Migrations disabled (%s): not touching the database", self._switch_source
                 )
@@ -299,6 +302,7 @@ class AutoMigrator:
             logger.info("Migrations disabled (%s): checking the schema only", self._switch_source)
             self._checking = True
         self._status = MigrationStatus(state=MigrationState.PENDING)
+        self._emit(Event("start", self._status))
         self._script, self._graph = None, None
         if self._done is None or self._done.is_set():
             self._done = anyio.Event()
@@ -355,6 +359,7 @@ class AutoMigrator:
             # A chain names the member that decided; a lone policy is named here.
             decision = replace(decision, policy=decision.policy or repr(self.on_failure))
             history.append(decision)
+            self._emit(Event("decision", self._status, decision=decision))
             if decision.action == "retry":
                 logger.warning(
                     "Migration failed (%s: %s); %s decided to retry in %.1f s: %s",
@@ -732,7 +737,25 @@ class AutoMigrator:
 
     def _set(self, **changes: Any) -> None:
         # One atomic attribute swap: readers on other threads see a whole snapshot.
+        before = self._status.state
         self._status = replace(self._status, **changes)
+        if self._status.state is not before:
+            self._emit(Event(STATE_EVENTS[self._status.state], self._status))
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every :class:`~automigrator.Event`; returns an unsubscribe.
+
+        See :mod:`automigrator.events` for the events and where they are called.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _emit(self, event: Event) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("An event listener (%r) failed on %s", listener, event.name)
 
     def _finish(self, state: MigrationState, started: float) -> None:
         self._set(state=state, duration=time.monotonic() - started)
@@ -865,6 +888,7 @@ class AutoMigrator:
         if len(self._status.applied) % _REFREEZE_EVERY == _REFREEZE_EVERY - 1:
             self._heap.more()  # what the last revisions made stays out of GC passes too
         self._set(applied=(*self._status.applied, applied))
+        self._emit(Event("revision_applied", self._status, revision=applied))
 
     def _refuse(self, plan: Plan, *, final: bool = True) -> None:
         # "Unversioned" is only final under the lock (final=True): without it
