@@ -8,6 +8,10 @@ Settings are read here, at the application's edge:
 - ``ON_MIGRATION_FAILURE``: ``fail`` (default) or ``continue`` (degraded).
 - ``BLOCK_STARTUP``: 1 (default: serve once the schema is ready) or 0 (serve at
   once; requests get 503 until the schema is ready, ``/livez`` always answers).
+- ``WHEN_DISABLED``: what ``RUN_MIGRATIONS=0`` means: ``skip`` (default) or
+  ``check`` (wait until another process, e.g. a Job, has migrated).
+
+The manifests in ``deploy/kubernetes/`` run this app.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ migrator = AutoMigrator(
     url=database_url(),
     on_failure=failure_policy(),
     block_startup=os.environ.get("BLOCK_STARTUP", "1") != "0",
+    when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip",
 )
 
 
