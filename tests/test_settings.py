@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, MigrationState
 from tests.conftest import revisions
-from tests.project import CHAIN, write_revision
+from tests.project import CHAIN, make_project, write_revision
 
 
 def test_pyproject_toml_config(tmp_path: Path, sqlite_url: URL) -> None:
@@ -48,4 +48,18 @@ def test_relative_script_location_is_read_from_the_working_folder(
     status = anyio.run(AutoMigrator("alembic.ini", url=sqlite_url).run)
 
     assert status.state is MigrationState.READY
+    assert revisions(sqlite_url) == {"r3"}
+
+
+def test_a_config_built_in_code_without_an_ini(tmp_path: Path, sqlite_url: URL) -> None:
+    project = make_project(tmp_path / "proj", CHAIN).parent
+    (project / "alembic.ini").unlink()  # env.py and the scripts only
+    cfg = Config()  # no file at all
+    cfg.set_main_option("script_location", str(project / "migrations"))
+
+    first = anyio.run(AutoMigrator(cfg, url=sqlite_url).run)
+    again = anyio.run(AutoMigrator(cfg, url=sqlite_url).run)
+
+    assert len(first.applied) == 3
+    assert again.state is MigrationState.READY
     assert revisions(sqlite_url) == {"r3"}

@@ -1,0 +1,57 @@
+"""Every driver users pick first, sync and async, with Alembic's own templates.
+
+The migration runs through the driver in the URL (env.py's engine); our own
+reads and the lock use the synchronous sibling of an async driver (see
+``automigrator._database.sync_url``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator
+from automigrator._database import sync_url
+from tests.conftest import make_db_url, revisions
+from tests.project import CHAIN, make_project
+
+DRIVERS = [
+    # (backend, driver, Alembic template)
+    ("sqlite", "pysqlite", "generic"),
+    ("sqlite", "aiosqlite", "async"),
+    ("postgresql", "psycopg", "generic"),
+    ("postgresql", "psycopg2", "generic"),
+    ("postgresql", "psycopg_async", "async"),
+    ("postgresql", "asyncpg", "async"),
+    ("mariadb", "pymysql", "generic"),
+    ("mariadb", "asyncmy", "async"),
+]
+
+
+@pytest.mark.parametrize(("backend", "driver", "template"), DRIVERS)
+def test_driver_migrates_and_locks(
+    tmp_path: Path, backend: str, driver: str, template: str
+) -> None:
+    databases = make_db_url(backend, tmp_path)
+    plain = next(databases)
+    try:
+        dialect = "mysql" if backend == "mariadb" else backend
+        url: URL = plain.set(drivername=f"{dialect}+{driver}")
+        ini = make_project(tmp_path / "p", CHAIN, template=template)
+        migrator = AutoMigrator(ini, url=url)
+
+        status = anyio.run(migrator.run)
+        again = anyio.run(AutoMigrator(ini, url=url).run)
+
+        assert status.revisions_after == ("r3",)
+        assert again.applied == ()
+        assert revisions(sync_url(url)) == {"r3"}
+        lock = migrator._make_lock()
+        assert lock is not None
+        assert lock.acquire(0)  # the lock works through this driver's sibling
+        lock.release()
+    finally:
+        databases.close()
