@@ -19,16 +19,22 @@ from tests.project import Rev, write_revision
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(ini: Path, url: URL | str, *args: str) -> subprocess.CompletedProcess[str]:
-    target = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m automigrator ARGS`` as a process; its exit code, stdout and stderr."""
     return subprocess.run(
-        [sys.executable, "-m", "automigrator", "-c", str(ini), "--url", target, *args],
+        [sys.executable, "-m", "automigrator", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env=env,
         timeout=120,
         check=False,
     )
+
+
+def cli(ini: Path, url: URL | str, *args: str) -> subprocess.CompletedProcess[str]:
+    target = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return run_cli("-c", str(ini), "--url", target, *args)
 
 
 def test_upgrade_check_and_status(ini: Path, db_url: URL) -> None:
@@ -141,13 +147,8 @@ def test_progress_on_a_terminal(ini: Path, sqlite_url: URL) -> None:
 
 
 def test_help_shows_examples_and_exit_codes() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "automigrator", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
+    out = run_cli("--help")
+    assert out.returncode == 0
     assert "examples:" in out.stdout
     assert "exit codes:" in out.stdout
 
@@ -158,13 +159,6 @@ def test_settings_from_the_environment(ini: Path, sqlite_url: URL) -> None:
         "AUTOMIGRATOR_CONFIG": str(ini),
         "AUTOMIGRATOR_URL": sqlite_url.render_as_string(hide_password=False),
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "automigrator", "upgrade"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
+    out = run_cli("upgrade", env=env)
     assert out.returncode == 0, out.stderr
     assert sa.inspect(sa.create_engine(sqlite_url)).has_table("users")

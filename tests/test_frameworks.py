@@ -5,21 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
-import httpx
-from asgi_lifespan import LifespanManager
 from litestar import Litestar, get
 from quart import Quart
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrateMiddleware, AutoMigrator
+from tests.asgi import get_during_lifespan
 from tests.conftest import revisions
-
-
-async def fetch(app: object, path: str) -> httpx.Response:
-    async with LifespanManager(app) as manager:  # type: ignore[arg-type]
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.get(path)
 
 
 def test_litestar_lifespan(ini: Path, sqlite_url: URL) -> None:
@@ -31,7 +23,7 @@ def test_litestar_lifespan(ini: Path, sqlite_url: URL) -> None:
 
     app = Litestar(route_handlers=[state], lifespan=[migrator.lifespan])
 
-    response = anyio.run(fetch, app, "/state")
+    response = anyio.run(get_during_lifespan, app, "/state")
 
     assert response.json() == {"state": "ready"}
     assert revisions(sqlite_url) == {"r3"}
@@ -48,7 +40,7 @@ def test_quart_with_the_middleware(ini: Path, sqlite_url: URL) -> None:
     wrapped = AutoMigrateMiddleware(app.asgi_app, migrator=migrator)  # type: ignore[arg-type]
     app.asgi_app = wrapped  # type: ignore[method-assign,assignment]
 
-    response = anyio.run(fetch, app, "/state")
+    response = anyio.run(get_during_lifespan, app, "/state")
 
     assert response.json() == {"state": "ready"}
     assert revisions(sqlite_url) == {"r3"}

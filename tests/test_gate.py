@@ -103,6 +103,21 @@ async def websocket_messages(app: Any, path: str) -> list[dict[str, Any]]:
     return sent
 
 
+async def burst(c: httpx.AsyncClient, path: str, count: int = 1000) -> list[int]:
+    """The status codes of ``count`` GETs from 50 concurrent clients."""
+    codes: list[int] = []
+    limit = anyio.CapacityLimiter(50)
+
+    async def one() -> None:
+        async with limit:
+            codes.append((await c.get(path)).status_code)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(one)
+    return codes
+
+
 def test_requests_wait_behind_the_gate_until_the_schema_is_ready(
     tmp_path: Path, sqlite_url: URL, release: Path
 ) -> None:
@@ -124,30 +139,11 @@ def test_requests_wait_behind_the_gate_until_the_schema_is_ready(
             seen["ws"] = await websocket_messages(app, "/items")
             # 1000 requests from 50 clients at a time while migrating: every
             # one is turned away, none reaches the handler.
-            codes: list[int] = []
-            limit = anyio.CapacityLimiter(50)
-
-            async def one() -> None:
-                async with limit:
-                    codes.append((await c.get("/items")).status_code)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(1000):
-                    tg.start_soon(one)
-            seen["burst"] = codes
+            seen["burst"] = await burst(c, "/items")
             await anyio.Path(release).touch()
             status = await migrator.wait_ready(timeout=HANG_GUARD)
             seen["state"] = status.state
-            after: list[int] = []
-
-            async def again() -> None:
-                async with limit:
-                    after.append((await c.get("/items")).status_code)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(1000):
-                    tg.start_soon(again)
-            seen["after"] = after
+            seen["after"] = await burst(c, "/items")
 
     anyio.run(main)
 

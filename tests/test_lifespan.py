@@ -7,10 +7,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 import sqlalchemy as sa
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
 from sqlalchemy.engine import URL
 from starlette.applications import Starlette
@@ -18,14 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from automigrator import AutoMigrator, MigrationError
+from tests.asgi import get_during_lifespan
 from tests.project import BROKEN, EMAIL, USERS, make_project
-
-
-async def get(app: object, path: str) -> httpx.Response:
-    async with LifespanManager(app) as manager:  # type: ignore[arg-type]
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await client.get(path)
 
 
 def test_fastapi_lifespan_migrates_and_publishes_status(ini: Path, db_url: URL) -> None:
@@ -36,7 +28,7 @@ def test_fastapi_lifespan_migrates_and_publishes_status(ini: Path, db_url: URL) 
     async def status(request: Request) -> dict[str, object]:
         return request.state.automigrator.status.to_dict()  # type: ignore[no-any-return]
 
-    response = anyio.run(get, app, "/status")
+    response = anyio.run(get_during_lifespan, app, "/status")
 
     body = response.json()
     assert body["state"] == "ready"
@@ -52,7 +44,7 @@ def test_starlette_lifespan(ini: Path, sqlite_url: URL) -> None:
 
     app = Starlette(routes=[Route("/", home)], lifespan=migrator.lifespan)
 
-    assert anyio.run(get, app, "/").json() == {"heads": ["r3"]}
+    assert anyio.run(get_during_lifespan, app, "/").json() == {"heads": ["r3"]}
 
 
 def test_wrap_lifespan_runs_the_apps_lifespan_after_migrations(ini: Path, sqlite_url: URL) -> None:
@@ -76,7 +68,7 @@ def test_wrap_lifespan_runs_the_apps_lifespan_after_migrations(ini: Path, sqlite
             "state": request.state.automigrator.status.state.value,
         }
 
-    assert anyio.run(get, app, "/").json() == {"admins": 1, "state": "ready"}
+    assert anyio.run(get_during_lifespan, app, "/").json() == {"admins": 1, "state": "ready"}
 
 
 def test_failed_migration_fails_the_lifespan_and_skips_the_apps(
@@ -94,5 +86,5 @@ def test_failed_migration_fails_the_lifespan_and_skips_the_apps(
     app = FastAPI(lifespan=migrator.wrap_lifespan(lifespan))
 
     with pytest.raises(MigrationError, match="r3"):
-        anyio.run(get, app, "/")
+        anyio.run(get_during_lifespan, app, "/")
     assert entered == []

@@ -46,30 +46,26 @@ OnApplied = Callable[[AppliedRevision], None]
 
 
 def load_config(source: str | os.PathLike[str] | Config) -> Config:
-    """An Alembic Config from a path to alembic.ini (or pyproject.toml), or as given."""
-    if isinstance(source, Config):
-        cfg = source
-    else:
+    """An Alembic Config: built from a file ``_settings`` has read and checked, or as given.
+
+    A given ``Config`` is checked here: it must name a ``script_location``.
+    """
+    if not isinstance(source, Config):
         path = Path(source)
-        if not path.is_file():
-            raise ConfigurationError(
-                f"Alembic config file {str(path)!r} not found (looked from {os.getcwd()!r}). "
-                "Pass the path to your alembic.ini, or an alembic.config.Config."
-            )
-        cfg = Config(toml_file=path) if path.suffix == ".toml" else Config(path)
+        return Config(toml_file=path) if path.suffix == ".toml" else Config(path)
     try:
-        location = _alembic_option(cfg, "script_location")
+        location = _alembic_option(source, "script_location")
     except ConfigParserError as exc:
         raise ConfigurationError(
-            f"Could not read the Alembic config {cfg.config_file_name!r}: {exc}".strip()
+            f"Could not read the Alembic config {source.config_file_name!r}: {exc}".strip()
         ) from exc
     if not location:
         raise ConfigurationError(
-            f"The Alembic config {cfg.config_file_name or cfg.toml_file_name!r} has no "
+            f"The Alembic config {source.config_file_name or source.toml_file_name!r} has no "
             "'script_location'. Add 'script_location = <folder with env.py>' to its "
             "[alembic] section."
         )
-    return cfg
+    return source
 
 
 def _alembic_option(cfg: Config, name: str) -> str | None:

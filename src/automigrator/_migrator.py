@@ -1061,12 +1061,13 @@ class AutoMigrator:
     def _shutdown_error(
         self, signals: list[int], waited_for: str, started: float
     ) -> ShutdownRequestedError:
-        name = signal.Signals(signals[0]).name if signals else "cancelled"
+        # Only our signal handler cancels a wait's scope, so a signal is recorded.
+        number = signals[0]
         return ShutdownRequestedError(
-            f"The server is shutting down ({name}) while automigrator waited "
-            f"{time.monotonic() - started:.1f} s for {waited_for}: stopped waiting. Nothing "
-            "was changed.",
-            signal=signals[0] if signals else 0,
+            f"The server is shutting down ({signal.Signals(number).name}) while automigrator "
+            f"waited {time.monotonic() - started:.1f} s for {waited_for}: stopped waiting. "
+            "Nothing was changed.",
+            signal=number,
         )
 
 
