@@ -60,18 +60,20 @@ class Graph:
         return tuple(sorted(self.script.get_heads()))
 
 
-def load(cfg: Config) -> Graph | None:
+def load(cfg: Config, before_import: Callable[[], None] | None = None) -> Graph | None:
     """The revision graph, read without importing the files; None if Alembic fails.
 
     Good for planning (heads, pending revisions, ancestry), never for running:
     its modules hold only the four names. On failure (a broken graph, a
     missing folder) the caller imports the scripts, and reports the problem.
+    ``before_import`` is called once, before the first file that has to be
+    imported after all (the application's set-up hook).
     """
     try:
         script = ScriptDirectory.from_config(cfg)
         if not all(Path(location).is_dir() for location in script._version_locations):
             return None  # Alembic would see "no revisions": let the full load refuse
-        with _reading_statically():
+        with _reading_statically(before_import):
             script.get_heads()  # builds and memoizes the whole revision map
             plain = _local.imported == 0
     except Exception:
@@ -86,12 +88,13 @@ def heads(cfg: Config) -> tuple[str, ...] | None:
 
 
 @contextmanager
-def _reading_statically() -> Iterator[None]:
+def _reading_statically(before_import: Callable[[], None] | None) -> Iterator[None]:
     # The patch is process-wide, but it answers only the thread that set
     # _local.active; every other caller gets Alembic's own loader.
     with _patch_lock:
         alembic.util.load_python_file = _load_python_file
         _local.active, _local.imported = True, 0
+        _local.before_import = before_import
         try:
             yield
         finally:
@@ -106,6 +109,8 @@ def _load_python_file(dir_: Any, filename: Any) -> types.ModuleType:
             module = read_module(path)
             if module is not None:
                 return module
+        if _local.imported == 0 and _local.before_import is not None:
+            _local.before_import()
         _local.imported += 1
     return _original_loader(dir_, filename)
 

@@ -6,8 +6,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -66,6 +72,7 @@ STATE_KEY = "automigrator"
 
 LockOption = MigrationLock | Literal["auto"] | None
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
 
 # How long one blocking lock attempt may keep a worker thread; between slices
 # we log, check the deadline and notice cancellation (shutdown).
@@ -136,6 +143,16 @@ class AutoMigrator:
         shutdown_timeout: with ``block_startup=False``, how long a shutdown
             waits for the running revision to finish; the run stops before
             the next one.
+        before_scripts: for scripts that need the application set up first
+            (its settings loaded, a Flask app context). Called in the worker
+            thread just before env.py or revision files are imported or run;
+            it may return a context manager, which the work then runs inside
+            (``lambda: flask_app.app_context()``). Called again for each such
+            piece of work (the import under the lock, the upgrade), since
+            each may run on another thread: one-off set-up should be
+            idempotent. Never called at head when the revision files state
+            their ids plainly, as Alembic writes them. If it raises, the run
+            fails with a :class:`~automigrator.ConfigurationError`.
 
     .. versionadded:: 0.1
     """
@@ -161,6 +178,7 @@ class AutoMigrator:
         check_timeout: float = 300.0,
         block_startup: bool = True,
         shutdown_timeout: float = 30.0,
+        before_scripts: BeforeScripts | None = None,
     ) -> None:
         if not target or target[0] in "+-" or ":" in target:
             raise ConfigurationError(
@@ -184,6 +202,11 @@ class AutoMigrator:
             raise ConfigurationError(
                 f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
                 "acquire(timeout), release() and holder()."
+            )
+        if before_scripts is not None and not callable(before_scripts):
+            raise ConfigurationError(
+                f"before_scripts={before_scripts!r} is not callable: pass a function that "
+                "sets the application up (it may return a context manager)."
             )
         if on_failure is not None and not isinstance(on_failure, FailurePolicy):
             raise ConfigurationError(
@@ -231,6 +254,7 @@ class AutoMigrator:
         self._checking = mode == "check"
         self.block_startup = block_startup
         self.shutdown_timeout = float(shutdown_timeout)
+        self.before_scripts = before_scripts
         self._done: anyio.Event | None = None  # set when a run ends, for wait_ready()
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._background: anyio.abc.TaskGroup | None = None  # running() in the background
@@ -781,8 +805,30 @@ class AutoMigrator:
         if self._script is None:
             from . import _alembic
 
-            self._script = _alembic.load_script(self.config)
+            with self._app_set_up():
+                self._script = _alembic.load_script(self.config)
         return self._script
+
+    def _set_up_app(self, stack: ExitStack) -> None:
+        """Run ``before_scripts`` in this (worker) thread; enter what it returns."""
+        if self.before_scripts is None:
+            return
+        try:
+            entered = self.before_scripts()
+            if entered is not None:
+                stack.enter_context(entered)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"before_scripts ({self.before_scripts!r}) failed: {type(exc).__name__}: "
+                f"{exc}. It sets the application up for the migration scripts; fix it, "
+                "or the set-up it needs."
+            ) from exc
+
+    @contextmanager
+    def _app_set_up(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            self._set_up_app(stack)
+            yield
 
     def _plan_sync(self, *, first: bool = False) -> Plan:
         remembered = self._remembered_heads()
@@ -842,7 +888,9 @@ class AutoMigrator:
         if self._graph is None:
             from . import _fastheads
 
-            graph = _fastheads.load(self.config)
+            with ExitStack() as stack:
+                # The hook runs only if a file must be imported after all.
+                graph = _fastheads.load(self.config, lambda: self._set_up_app(stack))
             if graph is None:
                 self._graph = self._script_()
             else:
@@ -855,15 +903,17 @@ class AutoMigrator:
     def _upgrade_sync(self) -> None:
         from . import _alembic
 
-        _alembic.upgrade(
-            self.config,
-            self._script_(),
-            self.target,
-            url=self.url,
-            version_table=self.version_table,
-            on_applied=self._applied,
-            should_stop=lambda: self._stop_requested,
-        )
+        script = self._script_()
+        with self._app_set_up():
+            _alembic.upgrade(
+                self.config,
+                script,
+                self.target,
+                url=self.url,
+                version_table=self.version_table,
+                on_applied=self._applied,
+                should_stop=lambda: self._stop_requested,
+            )
         if self._stop_requested:
             done = self._status.applied[-1].revision if self._status.applied else "none"
             raise ShutdownRequestedError(
@@ -876,13 +926,11 @@ class AutoMigrator:
         assert self.baseline is not None
         from . import _alembic
 
-        _alembic.stamp(
-            self.config,
-            self._script_(),
-            self.baseline,
-            url=self.url,
-            version_table=self.version_table,
-        )
+        script = self._script_()
+        with self._app_set_up():
+            _alembic.stamp(
+                self.config, script, self.baseline, url=self.url, version_table=self.version_table
+            )
 
     def _applied(self, applied: AppliedRevision) -> None:
         if len(self._status.applied) % _REFREEZE_EVERY == _REFREEZE_EVERY - 1:

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import pkgutil
 import sys
 import time
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "--target", default=env("AUTOMIGRATOR_TARGET", "head"), help="head, heads or a revision"
     )
+    root.add_argument(
+        "--before-scripts",
+        default=env("AUTOMIGRATOR_BEFORE_SCRIPTS"),
+        metavar="MODULE:FUNCTION",
+        help="a function that sets the app up before the scripts load (see before_scripts=)",
+    )
     root.add_argument("--lock-timeout", type=float, default=300.0, help="seconds (300)")
     root.add_argument("--connect-timeout", type=float, default=60.0, help="seconds (60)")
     root.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -150,6 +157,7 @@ async def _command(args: argparse.Namespace) -> int:
         "enabled": True,
         "lock_timeout": args.lock_timeout,
         "connect_timeout": args.connect_timeout,
+        "before_scripts": _resolve(args.before_scripts),
     }
     if args.command == "upgrade":
         migrator = AutoMigrator(
@@ -189,6 +197,20 @@ async def _command(args: argparse.Namespace) -> int:
             shown = ", ".join(value) if isinstance(value, list) else value
             print(f"{key:<{width}}  {shown or '-'}")
     return 0
+
+
+def _resolve(name: str | None) -> Any:
+    if not name:
+        return None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as 'python -m' would: the app's own package
+    try:
+        return pkgutil.resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"--before-scripts {name!r}: {type(exc).__name__}: {exc}. Give it as "
+            "'package.module:function', importable from the working folder."
+        ) from exc
 
 
 class _Progress(logging.Handler):
