@@ -78,6 +78,14 @@ def pg_url(tmp_path: Path) -> Iterator[URL]:
 
 
 @pytest.fixture
+def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file whose creation lets a waiting revision (tests/test_gate.py) finish."""
+    path = tmp_path / "release"
+    monkeypatch.setenv("AM_RELEASE", str(path))
+    return path
+
+
+@pytest.fixture
 def ini(tmp_path: Path) -> Path:
     """An Alembic project from the generic template with the r1-r3 chain."""
     return make_project(tmp_path / "proj", CHAIN)

@@ -21,6 +21,7 @@ from automigrator import (
     AutoMigrateMiddleware,
     AutoMigrator,
     LogAndContinue,
+    MigrationRunner,
     MigrationState,
     ReadinessGate,
 )
@@ -50,7 +51,7 @@ WAITING_USERS = Rev(
 class Hits:
     """Counts the requests that reach a handler, and those that came too early."""
 
-    def __init__(self, migrator: AutoMigrator) -> None:
+    def __init__(self, migrator: MigrationRunner) -> None:
         self.migrator = migrator
         self.total = 0
         self.early = 0
@@ -62,18 +63,11 @@ class Hits:
         return PlainTextResponse("items")
 
 
-def make_app(migrator: AutoMigrator, hits: Hits) -> Starlette:
+def make_app(migrator: MigrationRunner, hits: Hits) -> Starlette:
     async def live(request: Request) -> PlainTextResponse:
         return PlainTextResponse("alive")
 
     return Starlette(routes=[Route("/items", hits.items), Route("/livez", live)])
-
-
-@pytest.fixture
-def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "release"
-    monkeypatch.setenv("AM_RELEASE", str(path))
-    return path
 
 
 @asynccontextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ._migrator import STATE_KEY, AutoMigrator
+from ._group import MigratorGroup
+from ._migrator import AutoMigrator
+from ._runner import STATE_KEY, MigrationRunner
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
 from .errors import (
     AutomigratorError,
@@ -59,8 +61,10 @@ __all__ = [
     "LogAndContinue",
     "MigrationError",
     "MigrationLock",
+    "MigrationRunner",
     "MigrationState",
     "MigrationStatus",
+    "MigratorGroup",
     "MultipleHeadsError",
     "MySQLLock",
     "Plan",

@@ -75,12 +75,14 @@ def _alembic_option(cfg: Config, name: str) -> str | None:
     return value
 
 
-def set_url(cfg: Config, url: URL) -> None:
-    """Make ``url`` the ``sqlalchemy.url`` that env.py reads."""
+def set_url(cfg: Config, url: URL, *, section: str | None = None) -> None:
+    """Make ``url`` the ``sqlalchemy.url`` that env.py reads (in ``section``, for multidb)."""
     # ConfigParser interpolates '%': a percent-encoded password must be doubled.
-    cfg.set_main_option(
-        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
-    )
+    value = url.render_as_string(hide_password=False).replace("%", "%%")
+    if section is None:
+        cfg.set_main_option("sqlalchemy.url", value)
+    else:
+        cfg.set_section_option(section, "sqlalchemy.url", value)
 
 
 def config_url(cfg: Config) -> str | None:

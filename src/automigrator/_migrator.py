@@ -6,9 +6,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
-    AbstractAsyncContextManager,
     AbstractContextManager,
     ExitStack,
     asynccontextmanager,
@@ -37,6 +36,7 @@ from ._database import (
     translate_error,
 )
 from ._gcfreeze import FrozenHeap, frozen_heap
+from ._runner import MigrationRunner, one_line
 from ._settings import Settings, read_settings
 from ._shutdown import cancelled_by_shutdown
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan, PlanKind
@@ -67,11 +67,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("automigrator")
 
-STATE_KEY = "automigrator"
-"""The key under which the lifespan publishes the migrator in the lifespan state."""
-
 LockOption = MigrationLock | Literal["auto"] | None
-AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
 
 # How long one blocking lock attempt may keep a worker thread; between slices
@@ -92,7 +88,7 @@ _REFREEZE_EVERY = 100
 T = TypeVar("T")
 
 
-class AutoMigrator:
+class AutoMigrator(MigrationRunner):
     """Brings the database schema to the scripts' head when the application starts.
 
     Use ``lifespan=migrator.lifespan`` (FastAPI, Starlette) or wrap any ASGI app
@@ -215,6 +211,9 @@ class AutoMigrator:
             )
         self._settings: Settings | None = None
         self._config: Config | None = None
+        # A member of MigratorGroup.from_multidb: the multidb template's
+        # database (its ini section) that this migrator, and env.py, handle.
+        self._multidb_name: str | None = None
         if isinstance(config, (str, os.PathLike)):
             self._settings = read_settings(config)
             config_url, self._config_name = self._settings.url, str(config)
@@ -255,15 +254,16 @@ class AutoMigrator:
         self.block_startup = block_startup
         self.shutdown_timeout = float(shutdown_timeout)
         self.before_scripts = before_scripts
-        self._done: anyio.Event | None = None  # set when a run ends, for wait_ready()
         self._stop_requested = False  # a shutdown asked the background run to stop
-        self._background: anyio.abc.TaskGroup | None = None  # running() in the background
         self._listeners: list[Listener] = []
         self._status = MigrationStatus()
         self._script: ScriptDirectory | None = None
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         self._snapshot: Literal["taken", "absent"] | None = None  # RestoreBackup's copy
+        # A MigratorGroup plans every database before any changes: its plan
+        # (or why there is none) is this run's first.
+        self._preplanned: Plan | AutomigratorError | None = None
         if lock is None:
             logger.warning(
                 "Migration lock disabled (lock=None): concurrent replicas may migrate at "
@@ -303,7 +303,34 @@ class AutoMigrator:
     def _apply_url(self, config: Config) -> None:
         from . import _alembic
 
-        _alembic.set_url(config, self.url)
+        if self._multidb_name is None:
+            _alembic.set_url(config, self.url)
+        else:  # the multidb template's env.py migrates the databases listed here
+            _alembic.set_url(config, self.url, section=self._multidb_name)
+            config.set_main_option("databases", self._multidb_name)
+
+    async def _preflight(self) -> bool:
+        """Plan ahead of :meth:`run` (for MigratorGroup); False when it cannot go ahead.
+
+        The plan, or the error that stops it (unreachable, ahead of the
+        code, several heads), becomes the first attempt's, so the failure
+        policy sees it and the database is not asked twice.
+        """
+        self._preplanned = None
+        if not self.should_run() or self.mode == "check":
+            return True
+        try:
+            plan = await self._reachable(self._first_plan_sync)
+            self._refuse(plan, final=False)
+        except ShutdownRequestedError:
+            raise
+        except AutomigratorError as exc:
+            self._preplanned = exc
+            return False
+        finally:
+            self._set(state=MigrationState.PENDING, waiting_for=None)
+        self._preplanned = plan
+        return True
 
     # -- the run --------------------------------------------------------------
 
@@ -328,13 +355,13 @@ class AutoMigrator:
         self._status = MigrationStatus(state=MigrationState.PENDING)
         self._emit(Event("start", self._status))
         self._script, self._graph = None, None
-        if self._done is None or self._done.is_set():
-            self._done = anyio.Event()
+        self._stop_requested = False
+        done = self._begin()
         try:
             return await self._attempts(started)
         except ShutdownRequestedError as exc:
             logger.warning("%s", exc.message)
-            self._set(error=_one_line(exc), error_kind=exc.kind)
+            self._set(error=one_line(exc), error_kind=exc.kind)
             self._finish(MigrationState.FAILED, started)
             raise
         except BaseException:
@@ -345,7 +372,7 @@ class AutoMigrator:
                 self._finish(MigrationState.FAILED, started)
             raise
         finally:
-            self._done.set()
+            done.set()
 
     async def _attempts(self, started: float) -> MigrationStatus:
         history: list[Decision] = []
@@ -373,7 +400,7 @@ class AutoMigrator:
                     self._status.duration or 0.0,
                 )
                 return self._status
-            self._set(error=_one_line(error), error_kind=error.kind)
+            self._set(error=one_line(error), error_kind=error.kind)
             failure = Failure(error=error, attempt=attempt, history=tuple(history), migrator=self)
             try:
                 decision = await self.on_failure.handle(failure)
@@ -388,7 +415,7 @@ class AutoMigrator:
                 logger.warning(
                     "Migration failed (%s: %s); %s decided to retry in %.1f s: %s",
                     error.kind,
-                    _one_line(error),
+                    one_line(error),
                     decision.policy,
                     decision.delay,
                     decision.reason,
@@ -403,7 +430,7 @@ class AutoMigrator:
                     "Migration failed (%s: %s); %s decided to continue DEGRADED: %s. The "
                     "application is starting on a schema that may not match its code.",
                     error.kind,
-                    _one_line(error),
+                    one_line(error),
                     decision.policy,
                     decision.reason,
                 )
@@ -411,7 +438,7 @@ class AutoMigrator:
             logger.error(
                 "Migration failed (%s: %s); %s decided to fail start-up: %s",
                 error.kind,
-                _one_line(error),
+                one_line(error),
                 decision.policy,
                 decision.reason,
             )
@@ -435,7 +462,12 @@ class AutoMigrator:
         if self._checking:
             await self.check()
             return
-        plan = await self._record(await self._reachable(self._first_plan_sync))
+        planned, self._preplanned = self._preplanned, None
+        if isinstance(planned, AutomigratorError):
+            raise planned
+        if planned is None:
+            planned = await self._reachable(self._first_plan_sync)
+        plan = await self._record(planned)
         self._refuse(plan, final=False)
         if plan.kind == "at_head":
             return
@@ -659,103 +691,8 @@ class AutoMigrator:
         self._engine.dispose()
         self._script, self._graph = None, None
 
-    # -- lifespan -------------------------------------------------------------
-
-    @asynccontextmanager
-    async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
-        """An ASGI lifespan: migrate, then let the application start.
-
-        The migrator is published in the lifespan state under ``"automigrator"``
-        (``request.state.automigrator.status`` in a handler). With
-        ``block_startup=False`` the application starts at once; see
-        :meth:`running`.
-        """
-        async with self.running():
-            yield {STATE_KEY: self}
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Migrate for the block: before it (``block_startup``) or beside it.
-
-        In the background, a failure is logged at CRITICAL and the status
-        says ``failed`` (a server cannot be stopped from here); leaving the
-        block lets the running revision finish (up to ``shutdown_timeout``)
-        and stops before the next one.
-        """
-        if self.block_startup:
-            await self.run()
-            yield
-            return
-        self._stop_requested = False
-        self._done = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            self._background = tg
-            tg.start_soon(self._run_in_background)
-            try:
-                yield
-            finally:
-                await self._stop_background()
-                self._background = None
-
-    async def wait_ready(self, timeout: float | None = None) -> MigrationStatus:  # noqa: ASYNC109
-        """Wait until the run has ended (ready, degraded or failed); return the status.
-
-        Raises ``TimeoutError`` after ``timeout`` seconds.
-        """
-        if self._done is None:
-            self._done = anyio.Event()  # the run has not started yet
-        with anyio.fail_after(timeout):
-            await self._done.wait()
-        return self._status
-
-    async def _run_in_background(self) -> None:
-        try:
-            await self.run()
-        except ShutdownRequestedError:
-            pass  # logged by run()
-        except Exception as exc:
-            logger.critical(
-                "Migrations failed in the background (%s): the application keeps "
-                "answering 503 until it is restarted. Fix the cause and restart it.",
-                _one_line(exc) if isinstance(exc, AutomigratorError) else repr(exc),
-            )
-
-    async def _stop_background(self) -> None:
-        tg = self._background
-        if tg is None or self._done is None or self._done.is_set():
-            return
-        if self._status.state is not MigrationState.MIGRATING:
-            tg.cancel_scope.cancel()  # waiting or planning: nothing to finish
-            return
+    def _request_stop(self) -> None:
         self._stop_requested = True
-        logger.warning(
-            "Shutting down during a migration: waiting up to %g s for the running revision "
-            "to finish; the run stops before the next one",
-            self.shutdown_timeout,
-        )
-        with anyio.move_on_after(self.shutdown_timeout):
-            await self._done.wait()
-        if not self._done.is_set():
-            logger.error(
-                "The running revision did not finish within shutdown_timeout=%g s; leaving it "
-                "to the process's exit (transactional DDL rolls it back)",
-                self.shutdown_timeout,
-            )
-            tg.cancel_scope.cancel()
-
-    def wrap_lifespan(self, app_lifespan: AppLifespan) -> Callable[[Any], Any]:
-        """Migrate first, then enter the application's own lifespan.
-
-        ``FastAPI(lifespan=migrator.wrap_lifespan(lifespan))``; the two state
-        dicts are merged.
-        """
-
-        @asynccontextmanager
-        async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-            async with self.lifespan(app) as ours, app_lifespan(app) as theirs:
-                yield {**ours, **(theirs or {})}
-
-        return lifespan
 
     # -- internals ------------------------------------------------------------
 
@@ -1129,8 +1066,3 @@ def _at(heads: tuple[str, ...], revisions: tuple[str, ...] | None, target: str) 
 
 
 _FINAL = (MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED)
-
-
-def _one_line(error: AutomigratorError) -> str:
-    text = error.message.strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,36 @@ def _read_toml(path: Path, here: str) -> tuple[str | None, str | None]:
         return None, None
     # Alembic keeps sqlalchemy.url out of pyproject.toml: env.py finds the URL.
     return location.replace("%(here)s", here), None
+
+
+def read_multidb(source: str | os.PathLike[str]) -> dict[str, str | None]:
+    """The multidb template's databases: ``databases = a, b`` and each ``[a] sqlalchemy.url``.
+
+    In the order the config lists them; a URL is None where the section has none.
+    """
+    path = Path(source)
+    read_settings(path)  # the file exists and is an Alembic config
+    if path.suffix == ".toml":
+        raise ConfigurationError(
+            f"{str(path)!r}: the multidb template keeps its databases in an alembic.ini "
+            "('databases = ...' and one section per database); pass that file."
+        )
+    parser = configparser.ConfigParser({"here": path.absolute().parent.as_posix()})
+    try:
+        parser.read(path, encoding="utf-8")
+        listed = parser.get(SECTION, "databases", fallback="")
+        names = [name for name in re.split(r",\s*", listed.strip()) if name]
+        if not names:
+            raise ConfigurationError(
+                f"The Alembic config {str(path)!r} has no 'databases = ...' in [{SECTION}]: "
+                "it is not from the multidb template. Use AutoMigrator for one database, or "
+                "MigratorGroup({...}) for several configs."
+            )
+        return {
+            name: parser.get(name, "sqlalchemy.url", fallback=None) or None
+            if parser.has_section(name)
+            else None
+            for name in names
+        }
+    except configparser.Error as exc:
+        raise ConfigurationError(f"Could not read {str(path)!r}: {exc}".strip()) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,6 +73,8 @@ class MigrationStatus:
     waiting_for: Literal["database", "lock", "migration"] | None = None
     """In state ``waiting``: for the database to accept connections, for the lock, or
     (check mode) for another process to migrate."""
+    databases: Mapping[str, MigrationStatus] | None = None
+    """A :class:`~automigrator.MigratorGroup`'s members' statuses, by name; None otherwise."""
 
     @property
     def ready(self) -> bool:
@@ -79,8 +82,8 @@ class MigrationStatus:
         return self.state is MigrationState.READY
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the snapshot."""
-        return {
+        """A JSON-ready dict of the snapshot (with ``databases`` for a group)."""
+        data: dict[str, Any] = {
             "state": self.state.value,
             "revisions_before": list(self.revisions_before)
             if self.revisions_before is not None
@@ -99,6 +102,9 @@ class MigrationStatus:
             "attempts": self.attempts,
             "waiting_for": self.waiting_for,
         }
+        if self.databases is not None:
+            data["databases"] = {name: s.to_dict() for name, s in self.databases.items()}
+        return data
 
 
 PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]

@@ -34,7 +34,9 @@ from typing import Any
 import anyio
 
 from ._database import display
+from ._group import MigratorGroup
 from ._migrator import AutoMigrator
+from ._settings import read_multidb
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -160,43 +162,68 @@ async def _command(args: argparse.Namespace) -> int:
         "before_scripts": _resolve(args.before_scripts),
     }
     if args.command == "upgrade":
-        migrator = AutoMigrator(
-            args.config, on_failure=POLICIES[args.on_failure], baseline=args.baseline, **options
-        )
-        status = await migrator.run()
+        options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)
+        status = await _runner(args.config, options).run()
         return 0 if status.state.value in ("ready", "degraded") else 1
     if args.command == "wait":
-        migrator = AutoMigrator(args.config, mode="check", check_timeout=args.timeout, **options)
-        await migrator.run()
+        options.update(mode="check", check_timeout=args.timeout)
+        await _runner(args.config, options).run()
         return 0
-    migrator = AutoMigrator(args.config, **options)
-    plan = await migrator.plan()
+    runner = _runner(args.config, options)
+    members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
+    reports: dict[str, dict[str, Any]] = {}
+    behind: list[str] = []
+    for name, migrator in members.items():
+        plan = await migrator.plan()
+        if args.command == "check":
+            migrator._refuse(plan)  # ahead, several heads, unversioned: their own codes
+            if plan.kind != "at_head":
+                behind.append(
+                    f"{name + ': ' if name else ''}the database is at "
+                    f"{', '.join(plan.db_revisions) or 'base'}, the target is "
+                    f"{', '.join(plan.heads)} ({len(plan.pending)} revision(s) pending)"
+                )
+            continue
+        reports[name] = {
+            "database": display(migrator.url),
+            "plan": plan.kind,
+            "revisions": list(plan.db_revisions),
+            "heads": list(plan.heads),
+            "pending": list(plan.pending),
+            "unknown": list(plan.unknown),
+        }
     if args.command == "check":
-        migrator._refuse(plan)  # ahead, several heads, unversioned: their own codes
-        if plan.kind == "at_head":
-            return 0
-        print(
-            f"automigrator: behind: the database is at {', '.join(plan.db_revisions) or 'base'}, "
-            f"the target is {', '.join(plan.heads)} ({len(plan.pending)} revision(s) pending)",
-            file=sys.stderr,
-        )
-        return BEHIND
-    report = {
-        "database": display(migrator.url),
-        "plan": plan.kind,
-        "revisions": list(plan.db_revisions),
-        "heads": list(plan.heads),
-        "pending": list(plan.pending),
-        "unknown": list(plan.unknown),
-    }
+        for line in behind:
+            print(f"automigrator: behind: {line}", file=sys.stderr)
+        return BEHIND if behind else 0
     if args.json:
-        print(json.dumps(report))
-    else:
+        print(json.dumps(reports.get("", {"databases": reports})))
+        return 0
+    for name, report in reports.items():
+        if name:
+            print(f"[{name}]")
         width = max(len(k) for k in report)
         for key, value in report.items():
             shown = ", ".join(value) if isinstance(value, list) else value
             print(f"{key:<{width}}  {shown or '-'}")
     return 0
+
+
+def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGroup:
+    # The multidb template's config lists its databases; with --url there is
+    # one database, as the user said.
+    if options["url"] is None and _is_multidb(config):
+        options = {k: v for k, v in options.items() if k != "url"}
+        return MigratorGroup.from_multidb(config, **options)
+    return AutoMigrator(config, **options)
+
+
+def _is_multidb(config: str) -> bool:
+    try:
+        read_multidb(config)
+    except ConfigurationError:
+        return False
+    return True
 
 
 def _resolve(name: str | None) -> Any:

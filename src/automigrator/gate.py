@@ -22,7 +22,7 @@ from ._state import MigrationState
 from ._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._migrator import AutoMigrator
+    from ._runner import MigrationRunner
 
 __all__ = ["ReadinessGate"]
 
@@ -51,7 +51,7 @@ class ReadinessGate:
         self,
         app: ASGIApp,
         *,
-        migrator: AutoMigrator,
+        migrator: MigrationRunner,
         exempt: Iterable[str] = (),
         retry_after: int = 5,
     ) -> None:

@@ -19,7 +19,7 @@ from ._state import MigrationState
 from ._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._migrator import AutoMigrator
+    from ._runner import MigrationRunner
 
 __all__ = ["HealthApp"]
 
@@ -42,7 +42,7 @@ class HealthApp:
     """
 
     def __init__(
-        self, migrator: AutoMigrator, *, degraded_ok: bool = True, show_error: bool = True
+        self, migrator: MigrationRunner, *, degraded_ok: bool = True, show_error: bool = True
     ) -> None:
         self.migrator = migrator
         self.degraded_ok = degraded_ok

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from ._migrator import STATE_KEY, AutoMigrator
+from ._runner import STATE_KEY, MigrationRunner
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import AutomigratorError
 from .gate import ReadinessGate
@@ -34,7 +34,8 @@ class AutoMigrateMiddleware:
 
     Args:
         app: the ASGI application to wrap.
-        migrator: the :class:`~automigrator.AutoMigrator` to run.
+        migrator: the :class:`~automigrator.AutoMigrator` (or
+            :class:`~automigrator.MigratorGroup`) to run.
         health_path: a path the middleware answers itself with the migration
             status (a :class:`~automigrator.HealthApp`); off by default.
         health: the :class:`~automigrator.HealthApp` for that path, to set its
@@ -53,13 +54,15 @@ class AutoMigrateMiddleware:
         self,
         app: ASGIApp,
         *,
-        migrator: AutoMigrator,
+        migrator: MigrationRunner,
         health_path: str | None = None,
         health: HealthApp | None = None,
         exempt: Sequence[str] = (),
     ) -> None:
-        if not isinstance(migrator, AutoMigrator):
-            raise TypeError(f"migrator= must be an AutoMigrator, got {migrator!r}")
+        if not isinstance(migrator, MigrationRunner):
+            raise TypeError(
+                f"migrator= must be an AutoMigrator or a MigratorGroup, got {migrator!r}"
+            )
         if health_path is not None and not health_path.startswith("/"):
             raise ValueError(f"health_path must start with '/', got {health_path!r}")
         self.app = app

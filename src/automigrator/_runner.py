@@ -1,0 +1,163 @@
+"""``MigrationRunner``: what a server needs from a migrator, for one database or several.
+
+The lifespan, the background run behind a readiness gate, ``wait_ready`` and
+the stop on shutdown are the same for :class:`~automigrator.AutoMigrator`
+and :class:`~automigrator.MigratorGroup`; each brings its own ``run()``,
+``status`` and way to stop before the next revision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._state import MigrationState, MigrationStatus
+from .errors import AutomigratorError, ShutdownRequestedError
+
+logger = logging.getLogger("automigrator")
+
+STATE_KEY = "automigrator"
+"""The key under which the lifespan publishes the migrator in the lifespan state."""
+
+AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+
+class MigrationRunner:
+    """The part of a migrator that servers use: lifespan, background run, readiness.
+
+    :class:`~automigrator.AutoMigrateMiddleware`, :class:`~automigrator.ReadinessGate`
+    and :class:`~automigrator.HealthApp` take any runner: an
+    :class:`~automigrator.AutoMigrator` or a :class:`~automigrator.MigratorGroup`.
+
+    .. versionadded:: 0.1
+    """
+
+    block_startup: bool = True
+    shutdown_timeout: float = 30.0
+    _done: anyio.Event | None = None  # set when a run ends, for wait_ready()
+    _background: anyio.abc.TaskGroup | None = None  # running() in the background
+
+    @property
+    def status(self) -> MigrationStatus:
+        """The latest snapshot."""
+        raise NotImplementedError
+
+    async def run(self) -> MigrationStatus:
+        """Migrate once, applying the failure policy; returns the final status."""
+        raise NotImplementedError
+
+    def _request_stop(self) -> None:
+        """Ask a running migration to stop before its next revision."""
+        raise NotImplementedError
+
+    def _begin(self) -> anyio.Event:
+        """A run starts: the event that ``wait_ready`` waits for."""
+        if self._done is None or self._done.is_set():
+            self._done = anyio.Event()
+        return self._done
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """An ASGI lifespan: migrate, then let the application start.
+
+        The migrator is published in the lifespan state under ``"automigrator"``
+        (``request.state.automigrator.status`` in a handler). With
+        ``block_startup=False`` the application starts at once; see
+        :meth:`running`.
+        """
+        async with self.running():
+            yield {STATE_KEY: self}
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Migrate for the block: before it (``block_startup``) or beside it.
+
+        In the background, a failure is logged at CRITICAL and the status
+        says ``failed`` (a server cannot be stopped from here); leaving the
+        block lets the running revision finish (up to ``shutdown_timeout``)
+        and stops before the next one.
+        """
+        if self.block_startup:
+            await self.run()
+            yield
+            return
+        self._done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            self._background = tg
+            tg.start_soon(self._run_in_background)
+            try:
+                yield
+            finally:
+                await self._stop_background()
+                self._background = None
+
+    async def wait_ready(self, timeout: float | None = None) -> MigrationStatus:  # noqa: ASYNC109
+        """Wait until the run has ended (ready, degraded or failed); return the status.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        if self._done is None:
+            self._done = anyio.Event()  # the run has not started yet
+        with anyio.fail_after(timeout):
+            await self._done.wait()
+        return self.status
+
+    def wrap_lifespan(self, app_lifespan: AppLifespan) -> Callable[[Any], Any]:
+        """Migrate first, then enter the application's own lifespan.
+
+        ``FastAPI(lifespan=migrator.wrap_lifespan(lifespan))``; the two state
+        dicts are merged.
+        """
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+            async with self.lifespan(app) as ours, app_lifespan(app) as theirs:
+                yield {**ours, **(theirs or {})}
+
+        return lifespan
+
+    async def _run_in_background(self) -> None:
+        try:
+            await self.run()
+        except ShutdownRequestedError:
+            pass  # logged by run()
+        except Exception as exc:
+            logger.critical(
+                "Migrations failed in the background (%s): the application keeps "
+                "answering 503 until it is restarted. Fix the cause and restart it.",
+                one_line(exc) if isinstance(exc, AutomigratorError) else repr(exc),
+            )
+
+    async def _stop_background(self) -> None:
+        tg = self._background
+        if tg is None or self._done is None or self._done.is_set():
+            return
+        if self.status.state is not MigrationState.MIGRATING:
+            tg.cancel_scope.cancel()  # waiting or planning: nothing to finish
+            return
+        self._request_stop()
+        logger.warning(
+            "Shutting down during a migration: waiting up to %g s for the running revision "
+            "to finish; the run stops before the next one",
+            self.shutdown_timeout,
+        )
+        with anyio.move_on_after(self.shutdown_timeout):
+            await self._done.wait()
+        if not self._done.is_set():
+            logger.error(
+                "The running revision did not finish within shutdown_timeout=%g s; leaving it "
+                "to the process's exit (transactional DDL rolls it back)",
+                self.shutdown_timeout,
+            )
+            tg.cancel_scope.cancel()
+
+
+def one_line(error: AutomigratorError) -> str:
+    """``ErrorClass: first line of the message``, for logs and the status."""
+    text = error.message.strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
