@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve
-from tests.project import BROKEN, EMAIL, USERS, make_project
+from tests.project import BROKEN, CHAIN, EMAIL, USERS, make_project
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +122,35 @@ def test_middleware_completes_lifespan_for_an_app_without_it(ini: Path, sqlite_u
 
     assert response.text == "served"
     assert revisions(sqlite_url) == {"r3"}
+
+
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+def test_django_asgi_handler_behind_the_middleware(
+    ini: Path, sqlite_url: URL, lifespan: str
+) -> None:
+    env = {"AM_INI": str(ini), "DATABASE_URL": str(sqlite_url)}
+    args = ["uvicorn", "tests.e2e.django_app:app", "--lifespan", lifespan]
+    with serve(args, env=env, cwd=Path(__file__).resolve().parents[2]) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        status = server.get("/status")
+        health = server.get("/health")
+
+    assert status.json()["state"] == "ready"  # served by a Django view
+    assert [a["revision"] for a in status.json()["applied"]] == ["r1", "r2", "r3"]
+    assert health.status_code == 200
+    assert revisions(sqlite_url) == {"r3"}
+
+
+def test_django_with_a_failing_migration_stops_uvicorn(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = make_project(tmp_path / "p", (*CHAIN[:2], BROKEN))
+    env = {"AM_INI": str(ini), "DATABASE_URL": str(sqlite_url)}
+    args = ["uvicorn", "tests.e2e.django_app:app"]
+    with serve(args, env=env, cwd=Path(__file__).resolve().parents[2]) as server:
+        code = server.wait_exit()
+
+    assert code != 0
+    assert "Migration r3 (half done then broken) failed" in server.log
+    assert "Application startup complete." not in server.log
 
 
 SLOW_0005 = '''"""wait for the test's release file
