@@ -16,6 +16,34 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# The version matrix, on demand (CI runs the tests session: the latest set).
+# ``nox -s matrix`` runs all of it; one cell:
+# ``nox -s "matrix-3.10(sqlalchemy='2.0', alembic='oldest')"``; pytest
+# arguments after ``--`` (e.g. ``-- -m "not e2e"``).
+MATRIX_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+SQLALCHEMY = {"2.0": "sqlalchemy[asyncio]>=2.0,<2.1", "latest": "sqlalchemy[asyncio]"}
+# The oldest Alembic that pyproject.toml's dependencies admit.
+ALEMBIC = {"oldest": "alembic==1.13.0", "latest": "alembic"}
+
+
+@nox.session(python=MATRIX_PYTHONS, default=False)
+@nox.parametrize("alembic", list(ALEMBIC))
+@nox.parametrize("sqlalchemy", list(SQLALCHEMY))
+def matrix(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
+    """The tests on one Python with SQLAlchemy 2.0 or latest, Alembic oldest or latest."""
+    session.install("-e", ".[test]")
+    session.install("--upgrade", SQLALCHEMY[sqlalchemy], ALEMBIC[alembic])
+    session.run("python", "-c", _VERSIONS)
+    session.run("pytest", *session.posargs)
+
+
+_VERSIONS = (
+    "import sys, alembic, sqlalchemy; "
+    "print('matrix: Python', sys.version.split()[0], '| SQLAlchemy', sqlalchemy.__version__, "
+    "'| Alembic', alembic.__version__)"
+)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
