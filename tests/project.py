@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import textwrap
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+
+ALEMBIC = tuple(int(part) for part in version("alembic").split(".")[:2])
+"""The installed Alembic's (major, minor): a few settings differ before 1.16."""
 
 REVISION_TEMPLATE = '''"""{message}
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator, MigrationState, SchemaAheadError
 from automigrator._fastheads import heads, read_names
 from tests.conftest import revisions
-from tests.project import CHAIN, Rev, write_revision
+from tests.project import ALEMBIC, CHAIN, Rev, write_revision
 
 # How a revision file can state its names. The last styles are not plain
 # (computed, or shown again in the docstring): the fast path must import those.
@@ -139,7 +139,8 @@ def write_project(
             source.unlink()
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", str(root))
-    cfg.set_main_option("path_separator", "os")
+    # Alembic 1.16 renamed the option that splits version_locations.
+    cfg.set_main_option("path_separator" if ALEMBIC >= (1, 16) else "version_path_separator", "os")
     cfg.set_main_option("version_locations", ":".join(str(p) for p in locations))
     cfg.set_main_option("recursive_version_locations", str(recursive).lower())
     cfg.set_main_option("sourceless", str(sourceless).lower())

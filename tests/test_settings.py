@@ -13,9 +13,12 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, MigrationState
 from tests.conftest import revisions
-from tests.project import CHAIN, make_project, write_revision
+from tests.project import ALEMBIC, CHAIN, make_project, write_revision
 
 
+@pytest.mark.skipif(
+    ALEMBIC < (1, 16), reason="Alembic's pyproject template and toml configs are new in 1.16"
+)
 def test_pyproject_toml_config(tmp_path: Path, sqlite_url: URL) -> None:
     # Alembic's own "pyproject" template: script_location in [tool.alembic].
     root = tmp_path / "proj"

@@ -52,7 +52,15 @@ def load_config(source: str | os.PathLike[str] | Config) -> Config:
     """
     if not isinstance(source, Config):
         path = Path(source)
-        return Config(toml_file=path) if path.suffix == ".toml" else Config(path)
+        if path.suffix != ".toml":
+            return Config(path)
+        try:
+            return Config(toml_file=path)
+        except TypeError as exc:  # Alembic before 1.16 has no toml_file
+            raise ConfigurationError(
+                f"{str(path)!r}: Alembic settings in pyproject.toml need Alembic 1.16 or "
+                "newer. Upgrade Alembic, or pass an alembic.ini."
+            ) from exc
     try:
         location = _alembic_option(source, "script_location")
     except ConfigParserError as exc:
