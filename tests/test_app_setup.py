@@ -18,7 +18,7 @@ import flask
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, ConfigurationError, MigrationState
+from automigrator import AutoMigrator, ConfigurationError, MigrationError, MigrationState
 from tests.conftest import revisions, tables
 from tests.project import make_project
 from tests.test_cli import run_cli
@@ -194,7 +194,7 @@ def test_flask_app_context_around_the_run(flask_project: Path, db_url: URL) -> N
 def test_flask_revision_fails_outside_an_app_context(flask_project: Path, sqlite_url: URL) -> None:
     migrator = AutoMigrator(flask_project, url=sqlite_url)
 
-    with pytest.raises(Exception, match="application context"):
+    with pytest.raises(MigrationError, match="Working outside of application context"):
         anyio.run(migrator.run)
     assert revisions(sqlite_url) == set()
 

@@ -202,18 +202,24 @@ def test_one_lock_each_taken_in_turn(tmp_path: Path, db_url: URL, billing_url: U
     assert revisions(billing_url) == {"b1"}
 
 
-def test_in_the_background_behind_the_gate_with_health_per_database(
-    tmp_path: Path, sqlite_url: URL, billing_url: URL, release: Path
-) -> None:
+def background_group(tmp_path: Path, users_url: URL, billing_url: URL) -> MigratorGroup:
+    """In the background: users' r1 runs until the test creates the release file."""
     users = make_project(tmp_path / "users", (WAITING_USERS, Rev("r2", "r1", "then this", "pass")))
     billing = make_project(tmp_path / "billing_proj", (INVOICES,))
-    group = MigratorGroup(
+    return MigratorGroup(
         {
-            "users": AutoMigrator(users, url=sqlite_url),
+            "users": AutoMigrator(users, url=users_url),
             "billing": AutoMigrator(billing, url=billing_url),
         },
         block_startup=False,
+        shutdown_timeout=HANG_GUARD,
     )
+
+
+def test_in_the_background_behind_the_gate_with_health_per_database(
+    tmp_path: Path, sqlite_url: URL, billing_url: URL, release: Path
+) -> None:
+    group = background_group(tmp_path, sqlite_url, billing_url)
     hits = Hits(group)
     app = AutoMigrateMiddleware(make_app(group, hits), migrator=group, health_path="/health")
     seen: dict[str, Any] = {}
@@ -245,16 +251,7 @@ def test_in_the_background_behind_the_gate_with_health_per_database(
 def test_shutdown_during_the_first_database_leaves_the_next_alone(
     tmp_path: Path, sqlite_url: URL, billing_url: URL, release: Path
 ) -> None:
-    users = make_project(tmp_path / "users", (WAITING_USERS, Rev("r2", "r1", "then this", "pass")))
-    billing = make_project(tmp_path / "billing_proj", (INVOICES,))
-    group = MigratorGroup(
-        {
-            "users": AutoMigrator(users, url=sqlite_url),
-            "billing": AutoMigrator(billing, url=billing_url),
-        },
-        block_startup=False,
-        shutdown_timeout=HANG_GUARD,
-    )
+    group = background_group(tmp_path, sqlite_url, billing_url)
 
     async def main() -> None:
         async with (
