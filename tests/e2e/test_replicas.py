@@ -13,6 +13,7 @@ from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve
+from tests.e2e.test_uvicorn import BROKEN_0005
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +83,15 @@ def test_sigterm_while_waiting_for_the_lock_stops_the_server(
     assert "(SIGTERM) while automigrator waited" in server.log
     assert STARTED not in server.log
     assert revisions(sync_url(url)) == set()
+
+
+def test_gunicorn_exits_non_zero_when_a_migration_fails(example: tuple[Path, URL]) -> None:
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    with serve(gunicorn(app_dir, 2), env=env) as server:
+        code = server.wait_exit()
+
+    assert code != 0
+    assert "Migration 0005 (add a column, then break) failed" in server.log
+    assert STARTED not in server.log
