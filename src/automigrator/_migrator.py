@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import (
@@ -41,11 +40,11 @@ from ._settings import Settings, read_settings
 from ._shutdown import cancelled_by_shutdown
 from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan, PlanKind
 from ._switch import read_switch
+from ._waits import LOG_EVERY, LockOption, Waits
 from .errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
-    LockTimeoutError,
     MigrationError,
     MultipleHeadsError,
     SchemaAheadError,
@@ -54,7 +53,7 @@ from .errors import (
     UnversionedDatabaseError,
 )
 from .events import STATE_EVENTS, Event, Listener
-from .locking import MigrationLock, lock_for
+from .locking import MigrationLock
 from .policies import Decision, Fail, Failure, FailurePolicy
 
 if TYPE_CHECKING:
@@ -67,17 +66,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("automigrator")
 
-LockOption = MigrationLock | Literal["auto"] | None
 BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
 
-# How long one blocking lock attempt may keep a worker thread; between slices
-# we log, check the deadline and notice cancellation (shutdown).
-_LOCK_SLICE = 1.0
-_LOCK_LOG_EVERY = 5.0
-# Waiting for the database: 0.25 s, 0.5 s, 1 s, 2 s, then every 4 s. The cap
-# keeps a database that comes up late from waiting long for our next try.
-_CONNECT_FIRST_DELAY = 0.25
-_CONNECT_DELAY_CAP = 4.0
 # Check mode polls the version table this often.
 _CHECK_EVERY = 0.5
 # At the end of a failed run we read where the database is, if it answers soon.
@@ -88,7 +78,7 @@ _REFREEZE_EVERY = 100
 T = TypeVar("T")
 
 
-class AutoMigrator(MigrationRunner):
+class AutoMigrator(Waits, MigrationRunner):
     """Brings the database schema to the scripts' head when the application starts.
 
     Use ``lifespan=migrator.lifespan`` (FastAPI, Starlette) or wrap any ASGI app
@@ -533,7 +523,7 @@ class AutoMigrator(MigrationRunner):
             self.check_timeout,
         )
         self._set(state=MigrationState.WAITING, waiting_for="migration")
-        deadline, next_log = started + self.check_timeout, started + _LOCK_LOG_EVERY
+        deadline, next_log = started + self.check_timeout, started + LOG_EVERY
         with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
             while (now := time.monotonic()) < deadline:
                 await anyio.sleep(min(_CHECK_EVERY, deadline - now))
@@ -549,7 +539,7 @@ class AutoMigrator(MigrationRunner):
                         ", ".join(plan.heads),
                         ", ".join(plan.db_revisions) or "base",
                     )
-                    next_log += _LOCK_LOG_EVERY
+                    next_log += LOG_EVERY
         if signals:
             raise self._shutdown_error(signals, "another process's migration", started)
         raise SchemaBehindError(
@@ -902,158 +892,6 @@ class AutoMigrator(MigrationRunner):
                 "table elsewhere, pass version_table=/version_table_schema=. Nothing was "
                 "changed."
             )
-
-    def _make_lock(self) -> MigrationLock | None:
-        if self.lock_option is None:
-            return None
-        if self.lock_option == "auto":
-            return lock_for(self._engine, self.version_table)
-        return self.lock_option
-
-    async def _acquire(self, lock: MigrationLock) -> bool:
-        """Take the lock; True when another process held it and we waited."""
-        # First a try that does not block: most runs never wait.
-        if await self._try_acquire(lock, 0.0):
-            self._set(state=MigrationState.MIGRATING)
-            return False
-        started = time.monotonic()
-        with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
-            try:
-                failed: Exception | None = None
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._prepare_while_waiting)
-                    try:
-                        await self._wait_for_lock(lock, started)
-                    except Exception as exc:  # kept out of an ExceptionGroup
-                        failed = exc
-                        tg.cancel_scope.cancel()
-                if failed is not None:
-                    raise failed
-                waited = time.monotonic() - started
-                logger.info("The migration lock was freed after %.1f s", waited)
-                self._set(state=MigrationState.PENDING, waiting_for=None)
-                return True
-            finally:
-                if self._status.waiting_for == "lock":
-                    self._set(waiting_for=None)
-        raise self._shutdown_error(signals, "the migration lock", started)
-
-    async def _prepare_while_waiting(self) -> None:
-        # After the wait we check the schema against the scripts' graph:
-        # read it now, while another process migrates, not after.
-        try:
-            await anyio.to_thread.run_sync(self._graph_)
-        except Exception:
-            logger.debug("Reading the scripts while waiting failed", exc_info=True)
-
-    async def _wait_for_lock(self, lock: MigrationLock, started: float) -> None:
-        deadline = started + self.lock_timeout
-        next_log = started
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise LockTimeoutError(
-                    f"Gave up waiting for the migration lock after {self.lock_timeout:g} s "
-                    f"({lock!r}). Another process is migrating, or one hung holding it: check "
-                    "it, or raise lock_timeout for long migrations.",
-                    timeout=self.lock_timeout,
-                )
-            if now >= next_log:
-                self._set(state=MigrationState.WAITING, waiting_for="lock")
-                holder = await anyio.to_thread.run_sync(lock.holder)
-                logger.info(
-                    "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
-                    lock,
-                    f", held by {holder}" if holder else ", held by another process",
-                    deadline - now,
-                )
-                next_log = now + _LOCK_LOG_EVERY
-            if await self._try_acquire(lock, min(_LOCK_SLICE, deadline - now)):
-                return
-
-    async def _try_acquire(self, lock: MigrationLock, wait: float) -> bool:
-        try:
-            # Shielded: a lock won just as we are cancelled must still be released.
-            with anyio.CancelScope(shield=True):
-                got = await anyio.to_thread.run_sync(lock.acquire, wait)
-        except DBAPIError as exc:
-            raise translate_error(exc, self.url, doing="taking the migration lock") from exc
-        # A cancel that arrived during the shielded slice lands here, at once.
-        try:
-            await anyio.lowlevel.checkpoint()
-        except BaseException:
-            if got:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(lock.release)
-            raise
-        return got
-
-    async def _reachable(self, work: Callable[[], T]) -> T:
-        """Run ``work`` (which connects) in a thread; wait while the database is down."""
-        # Abandoned on cancel: a connect to a silent host must not hold up a shutdown.
-        try:
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except DatabaseUnavailableError as exc:
-            if self.connect_timeout <= 0:
-                raise
-            error = exc
-        started = time.monotonic()
-        deadline = started + self.connect_timeout
-        delay = _CONNECT_FIRST_DELAY
-        attempt = 1
-        state = self._status.state
-        self._set(state=MigrationState.WAITING, waiting_for="database")
-        try:
-            with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
-                while (left := deadline - time.monotonic()) > 0:
-                    pause = min(delay, left)
-                    logger.warning(
-                        "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s "
-                        "left before connect_timeout",
-                        attempt,
-                        error.message,
-                        pause,
-                        left,
-                    )
-                    await anyio.sleep(pause)
-                    delay = min(delay * 2, _CONNECT_DELAY_CAP)
-                    attempt += 1
-                    # A connect that hangs is bounded by the deadline too.
-                    with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
-                        try:
-                            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-                        except DatabaseUnavailableError as exc:
-                            error = exc
-                            continue
-                        logger.info(
-                            "The database accepted connections after %.1f s (attempt %d)",
-                            time.monotonic() - started,
-                            attempt,
-                        )
-                        return result
-            if signals:
-                raise self._shutdown_error(signals, "the database", started)
-        finally:
-            if self._status.waiting_for == "database":
-                self._set(state=state, waiting_for=None)
-        raise DatabaseUnavailableError(
-            f"{error.message} Gave up after {attempt} attempts in "
-            f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
-            "start the database first, check the host and port in the URL, or raise "
-            "connect_timeout."
-        ) from error
-
-    def _shutdown_error(
-        self, signals: list[int], waited_for: str, started: float
-    ) -> ShutdownRequestedError:
-        # Only our signal handler cancels a wait's scope, so a signal is recorded.
-        number = signals[0]
-        return ShutdownRequestedError(
-            f"The server is shutting down ({signal.Signals(number).name}) while automigrator "
-            f"waited {time.monotonic() - started:.1f} s for {waited_for}: stopped waiting. "
-            "Nothing was changed.",
-            signal=number,
-        )
 
 
 def _at(heads: tuple[str, ...], revisions: tuple[str, ...] | None, target: str) -> bool:
