@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import logging
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,9 @@ def sqlite_path(url: URL) -> Path:
 
 def sqlite_copy(source: Path, destination: Path) -> None:
     """A consistent copy through the sqlite3 backup API (safe with a writer open)."""
-    with sqlite3.connect(source) as src, sqlite3.connect(destination) as dst:
+    # closing(): sqlite3's own context manager commits but never closes.
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(destination)) as dst:
         src.backup(dst)
-    src.close()
-    dst.close()
 
 
 def backup_and_purge(engine: Engine, table: VersionTable, *, backup: bool, keep: int) -> Purged:
