@@ -23,7 +23,7 @@ def tests(session: nox.Session) -> None:
 MATRIX_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 SQLALCHEMY = {"2.0": "sqlalchemy[asyncio]>=2.0,<2.1", "latest": "sqlalchemy[asyncio]"}
 # The oldest Alembic that pyproject.toml's dependencies admit.
-ALEMBIC = {"oldest": "alembic==1.13.0", "latest": "alembic"}
+ALEMBIC = {"oldest": "alembic==1.13.2", "latest": "alembic"}
 
 
 @nox.session(python=MATRIX_PYTHONS, default=False)
