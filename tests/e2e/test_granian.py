@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import URL
 
@@ -13,7 +14,7 @@ from automigrator._database import VersionTable, create_engine, sync_url
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.e2e.server import serve
-from tests.e2e.test_uvicorn import BROKEN_0005
+from tests.e2e.test_uvicorn import BROKEN_0005, SLOW_0005
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +90,25 @@ def test_sigterm_while_waiting_for_the_lock_stops_the_server(example: tuple[Path
 
     assert "ShutdownRequestedError: The server is shutting down (SIGTERM)" in server.log
     assert revisions(sync_url(url)) == set()
+
+
+def test_no_request_is_served_before_the_migration_ends(
+    example: tuple[Path, URL], release: Path
+) -> None:
+    # granian prints "Listening at" before the worker's lifespan has run: a
+    # request during the migration must still not reach the app.
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_slow.py").write_text(SLOW_0005)
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False), "AM_RELEASE": str(release)}
+    with serve(granian(app_dir), env=env) as server:
+        assert server.wait_for("Migrating from"), server.log
+        try:
+            early: httpx.Response | None = httpx.get(server.url + "/books", timeout=2)
+        except httpx.TransportError:
+            early = None  # refused or unanswered: not served
+        release.touch()
+        assert server.wait_for("Schema ready at 0005"), server.log
+        books = server.get("/books")
+
+    assert early is None
+    assert books.status_code == 200
