@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,28 @@ def test_a_failed_background_migration_keeps_the_gate_shut(
     assert "Migrations failed in the background" in caplog.text
 
 
+async def shut_down_while_migrating(
+    running: Callable[[], AbstractAsyncContextManager[object]], release: Path
+) -> None:
+    """Enter ``running()``; once a migration runs, leave it (the server's shutdown).
+
+    The waiting revision is let finish only once the shutdown has begun.
+    """
+    async with (
+        watching("Shutting down during a migration") as stopping,
+        watching("Migrating from") as migrating,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def release_when_stopping() -> None:
+            await stopping.event.wait()
+            await anyio.Path(release).touch()  # the revision may now finish
+
+        tg.start_soon(release_when_stopping)
+        async with running():
+            await migrating.event.wait()
+
+
 def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(
     tmp_path: Path, sqlite_url: URL, release: Path
 ) -> None:
@@ -180,23 +202,11 @@ def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(
     migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False, shutdown_timeout=HANG_GUARD)
     app = AutoMigrateMiddleware(make_app(migrator, Hits(migrator)), migrator=migrator)
 
-    async def main() -> None:
-        async with (
-            watching("Shutting down during a migration") as stopping,
-            watching("Migrating from") as migrating,
-            anyio.create_task_group() as tg,
-        ):
-
-            async def release_when_stopping() -> None:
-                await stopping.event.wait()
-                await anyio.Path(release).touch()  # the revision may now finish
-
-            tg.start_soon(release_when_stopping)
-            async with LifespanManager(app, shutdown_timeout=HANG_GUARD):
-                await migrating.event.wait()
-            # leaving the block is the server's shutdown
-
-    anyio.run(main)
+    anyio.run(
+        shut_down_while_migrating,
+        lambda: LifespanManager(app, shutdown_timeout=HANG_GUARD),
+        release,
+    )
 
     assert migrator.status.state is MigrationState.FAILED
     assert migrator.status.error_kind == "shutdown"

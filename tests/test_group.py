@@ -33,7 +33,7 @@ from tests.asgi import get_during_lifespan
 from tests.conftest import make_db_url, revisions, tables
 from tests.project import BROKEN, CHAIN, USERS, Rev, make_project
 from tests.test_cli import run_cli
-from tests.test_gate import WAITING_USERS, Hits, client, make_app
+from tests.test_gate import WAITING_USERS, Hits, client, make_app, shut_down_while_migrating
 from tests.test_waiting import HANG_GUARD, held_lock, watching
 
 INVOICES = Rev(
@@ -253,23 +253,7 @@ def test_shutdown_during_the_first_database_leaves_the_next_alone(
 ) -> None:
     group = background_group(tmp_path, sqlite_url, billing_url)
 
-    async def main() -> None:
-        async with (
-            watching("Shutting down during a migration") as stopping,
-            watching("Migrating from") as migrating,
-            anyio.create_task_group() as tg,
-        ):
-
-            async def release_when_stopping() -> None:
-                await stopping.event.wait()
-                await anyio.Path(release).touch()  # r1 may now finish
-
-            tg.start_soon(release_when_stopping)
-            async with group.running():
-                await migrating.event.wait()
-            # leaving the block is the server's shutdown
-
-    anyio.run(main)
+    anyio.run(shut_down_while_migrating, group.running, release)
 
     assert revisions(sqlite_url) == {"r1"}
     assert tables(billing_url) == set()

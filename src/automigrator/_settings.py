@@ -15,6 +15,8 @@ import configparser
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def read_settings(source: str | os.PathLike[str]) -> Settings:
     if path.suffix == ".toml":
         location, url = _read_toml(path, here)
     else:
-        location, url = _read_ini(path, here)
+        location, url = _read_ini(path)
     if not location:
         raise ConfigurationError(
             f"The Alembic config {str(path)!r} has no 'script_location'. Add "
@@ -65,8 +67,10 @@ def read_settings(source: str | os.PathLike[str]) -> Settings:
     return Settings(path, location, url or None)
 
 
-def _read_ini(path: Path, here: str) -> tuple[str | None, str | None]:
-    parser = configparser.ConfigParser({"here": here})
+@contextmanager
+def _ini(path: Path) -> Iterator[configparser.ConfigParser]:
+    """The ini file parsed as Alembic parses it; any error reading it is a ConfigurationError."""
+    parser = configparser.ConfigParser({"here": path.absolute().parent.as_posix()})
     try:
         parser.read(path, encoding="utf-8")
         if not parser.has_section(SECTION):
@@ -74,12 +78,17 @@ def _read_ini(path: Path, here: str) -> tuple[str | None, str | None]:
                 f"The Alembic config {str(path)!r} has no [{SECTION}] section. Is it an "
                 "alembic.ini?"
             )
-        location = parser.get(SECTION, "script_location", fallback=None)
-        url = parser.get(SECTION, "sqlalchemy.url", fallback=None)
+        yield parser
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigurationError(
             f"Could not read the Alembic config {str(path)!r}: {exc}".strip()
         ) from exc
+
+
+def _read_ini(path: Path) -> tuple[str | None, str | None]:
+    with _ini(path) as parser:
+        location = parser.get(SECTION, "script_location", fallback=None)
+        url = parser.get(SECTION, "sqlalchemy.url", fallback=None)
     return location, url
 
 
@@ -108,9 +117,7 @@ def read_multidb(source: str | os.PathLike[str]) -> dict[str, str | None]:
             f"{str(path)!r}: the multidb template keeps its databases in an alembic.ini "
             "('databases = ...' and one section per database); pass that file."
         )
-    parser = configparser.ConfigParser({"here": path.absolute().parent.as_posix()})
-    try:
-        parser.read(path, encoding="utf-8")
+    with _ini(path) as parser:
         listed = parser.get(SECTION, "databases", fallback="")
         names = [name for name in re.split(r",\s*", listed.strip()) if name]
         if not names:
@@ -125,5 +132,3 @@ def read_multidb(source: str | os.PathLike[str]) -> dict[str, str | None]:
             else None
             for name in names
         }
-    except configparser.Error as exc:
-        raise ConfigurationError(f"Could not read {str(path)!r}: {exc}".strip()) from exc
