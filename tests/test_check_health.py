@@ -141,6 +141,16 @@ def test_health_in_each_state(tmp_path: Path, sqlite_url: URL) -> None:
     assert body["state"] == "disabled"
 
 
+def test_health_retry_after_is_the_apps_own(ini: Path, sqlite_url: URL) -> None:
+    pending = AutoMigrator(ini, url=sqlite_url)  # not run: 503
+
+    default = anyio.run(get, HealthApp(pending))
+    chosen = anyio.run(get, HealthApp(pending, retry_after=30))
+
+    assert (default.status_code, default.headers["retry-after"]) == (503, "5")
+    assert (chosen.status_code, chosen.headers["retry-after"]) == (503, "30")
+
+
 def test_health_never_shows_a_secret(ini: Path) -> None:
     url = sa.make_url("postgresql+psycopg://app:s3cr3t-pw@127.0.0.1:1/app")
     migrator = AutoMigrator(ini, url=url, connect_timeout=0, on_failure=LogAndContinue())

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from ._database import VersionTable
 from ._group import MigratorGroup
+from ._lifespan import STATE_KEY, MigrationRunner
 from ._migrator import AutoMigrator
-from ._runner import STATE_KEY, MigrationRunner
-from ._state import AppliedRevision, MigrationState, MigrationStatus, Plan
+from ._options import LockOption
+from ._plan import Plan
+from ._purge import Purged
+from ._scripts import BeforeScripts
+from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -30,9 +35,11 @@ from .locking import (
 )
 from .middleware import AutoMigrateMiddleware
 from .policies import (
+    BeforeUpgrade,
     Chain,
     Decision,
     Fail,
+    FailedMigrator,
     Failure,
     FailurePolicy,
     LogAndContinue,
@@ -48,15 +55,19 @@ __all__ = [
     "AutoMigrateMiddleware",
     "AutoMigrator",
     "AutomigratorError",
+    "BeforeScripts",
+    "BeforeUpgrade",
     "Chain",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "Decision",
     "Event",
     "Fail",
+    "FailedMigrator",
     "Failure",
     "FailurePolicy",
     "HealthApp",
+    "LockOption",
     "LockTimeoutError",
     "LogAndContinue",
     "MigrationError",
@@ -71,6 +82,7 @@ __all__ = [
     "PostgresAdvisoryLock",
     "ProcessLock",
     "PurgeAndRetry",
+    "Purged",
     "ReadinessGate",
     "RestoreBackup",
     "Retry",
@@ -80,4 +92,5 @@ __all__ = [
     "SchemaBehindError",
     "ShutdownRequestedError",
     "UnversionedDatabaseError",
+    "VersionTable",
 ]

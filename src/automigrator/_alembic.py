@@ -1,4 +1,7 @@
-"""The only module that calls Alembic.
+"""Calling Alembic: the config, the scripts, the plan, and running env.py.
+
+With ``_scripts.py`` (which calls it) the only module that calls Alembic;
+its private API is reached through ``_alembic_compat.py`` alone.
 
 It loads the config and the script directory, plans an upgrade against the
 revisions read from the database, and runs the upgrade through the user's own
@@ -26,14 +29,17 @@ from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, display, first_line, redact, translate_error
+from ._alembic_compat import stamp_steps, upgrade_steps, version_locations
+from ._database import VersionTable, display, redact, translate_error
 from ._logguard import LoggingGuard
-from ._state import AppliedRevision, Plan
+from ._plan import Plan
+from ._status import AppliedRevision
 from .errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
     MigrationError,
+    first_line,
 )
 
 logger = logging.getLogger("automigrator")
@@ -109,7 +115,7 @@ def load_script(cfg: Config) -> ScriptDirectory:
         ) from exc
     # Alembic treats a missing versions folder as "no revisions", which would
     # make an empty database look up to date.
-    for location in script._version_locations:
+    for location in version_locations(script):
         if not Path(location).is_dir():
             raise ConfigurationError(
                 f"The versions folder {str(location)!r} does not exist. Create it, or fix "
@@ -145,7 +151,7 @@ def make_plan(
         return Plan("unversioned", current, heads)
     try:
         targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
-        steps = script._upgrade_revs(target, current)  # type: ignore[arg-type]
+        steps = upgrade_steps(script, target, current)
     except (CommandError, RevisionError) as exc:
         if _is_ancestor_of(script, target, current):
             # The database is already past a pinned target: nothing to do,
@@ -308,7 +314,7 @@ def upgrade(
     return _run_env(
         cfg,
         script,
-        lambda rev: script._upgrade_revs(target, rev),
+        lambda rev: upgrade_steps(script, target, rev),
         destination=target,
         url=url,
         recorder=_Recorder(on_applied, version_table, should_stop),
@@ -322,7 +328,7 @@ def stamp(
     _run_env(
         cfg,
         script,
-        lambda rev: script._stamp_revs(revision, rev),
+        lambda rev: stamp_steps(script, revision, rev),
         destination=revision,
         url=url,
         recorder=_Recorder(lambda _: None, version_table),

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
-from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError
+from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError, first_line
 
 # Async drivers cannot serve our synchronous reads; each maps to the sync
 # drivers of the same database, in order of preference.
@@ -98,6 +98,14 @@ def create_engine(url: URL) -> Engine:
             f"The driver for {display(sync)!r} is not installed ({exc}). Install it, or "
             "name an installed one in the URL (e.g. postgresql+psycopg://...)."
         ) from exc
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    """An in-memory SQLite database: private to its process, no file to lock or copy."""
+    database = url.database
+    return url.get_backend_name() == "sqlite" and (
+        not database or database == ":memory:" or database.startswith("file::memory:")
+    )
 
 
 @dataclass(frozen=True)
@@ -186,9 +194,3 @@ def _is_configuration(exc: DBAPIError) -> bool:
         return True
     text = str(orig).lower()
     return any(marker in text for marker in _CONFIG_MARKERS)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a driver error (or of any exception), for one-line messages."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

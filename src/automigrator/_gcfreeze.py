@@ -2,14 +2,14 @@
 
 A migration runs in a worker thread, but a full (generation 2) collection
 stops every thread, the event loop's included, for as long as it takes to
-walk every object in the process: about 50 ms in an application with a 1000
-revision history loaded, measured by ``nox -s bench -- lag``. Objects that
+walk every object in the process: tens of milliseconds in an application with
+a long history loaded (``nox -s bench -- lag``; docs/performance.md). Objects that
 were alive before the migration began will be alive after it; freezing them
 (``gc.freeze()``) takes them out of those passes, which then walk only what
 the migration made. The migrator freezes again after importing the scripts
 and every 100 revisions; cyclic garbage made meanwhile then waits for the
-end of the run to be collected (0.5 MB more peak RSS for 1700 revisions,
-measured). Everything is unfrozen after.
+end of the run to be collected (a little more peak memory; measured in
+docs/performance.md). Everything is unfrozen after.
 
 Not done when the application manages freezing itself (a gunicorn
 ``preload`` app calls ``gc.freeze()`` before forking) or has the collector
@@ -26,6 +26,8 @@ from contextlib import contextmanager
 
 # Frozen before the application could freeze anything (the interpreter's own).
 _AT_IMPORT = gc.get_freeze_count()
+# While migrating, freeze what the migration made every so many revisions.
+_REFREEZE_EVERY = 100
 
 
 class FrozenHeap:
@@ -35,9 +37,14 @@ class FrozenHeap:
         self.owned = owned
 
     def more(self) -> None:
-        # E.g. the revision modules just imported: alive until the run ends.
+        """Freeze what was made since (e.g. the revision modules just imported)."""
         if self.owned:
             gc.freeze()
+
+    def after_revision(self, applied: int) -> None:
+        """``applied`` revisions are done: every 100, what they made stays out of GC passes."""
+        if applied % _REFREEZE_EVERY == 0:
+            self.more()
 
 
 @contextmanager

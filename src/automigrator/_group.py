@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from ._configfile import read_multidb
 from ._database import display
+from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
-from ._runner import MigrationRunner
-from ._settings import read_multidb
-from ._state import MigrationState, MigrationStatus
+from ._status import MigrationState, MigrationStatus
 from .errors import ConfigurationError, ShutdownRequestedError
 from .events import Listener
 
@@ -57,8 +57,6 @@ class MigratorGroup(MigrationRunner):
         block_startup: as for :class:`~automigrator.AutoMigrator`; the
             members' own ``block_startup`` is not used.
         shutdown_timeout: as for :class:`~automigrator.AutoMigrator`.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -88,9 +86,8 @@ class MigratorGroup(MigrationRunner):
                     "version_table=."
                 )
             seen[where] = name
+        super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
         self.migrators: dict[str, AutoMigrator] = dict(migrators)
-        self.block_startup = block_startup
-        self.shutdown_timeout = float(shutdown_timeout)
         self._stopping = False
         self._duration: float | None = None
 
@@ -128,9 +125,7 @@ class MigratorGroup(MigrationRunner):
                     f"No URL for the database {name!r}: set sqlalchemy.url in the [{name}] "
                     f"section of {str(config)!r}, or pass urls={{{name!r}: ...}}."
                 )
-            member = AutoMigrator(config, url=url, **options)
-            member._multidb_name = name
-            members[name] = member
+            members[name] = AutoMigrator(config, url=url, multidb_name=name, **options)
         return cls(members, block_startup=block_startup, shutdown_timeout=shutdown_timeout)
 
     def __repr__(self) -> str:
@@ -197,7 +192,7 @@ class MigratorGroup(MigrationRunner):
         done = self._begin()
         self._stopping, self._duration = False, None
         try:
-            blocked = [name for name, m in self.migrators.items() if not await m._preflight()]
+            blocked = [name for name, m in self.migrators.items() if not await m.preflight()]
             if blocked:
                 logger.warning(
                     "Database(s) %s cannot be migrated as planned: handling them first, "
@@ -219,7 +214,8 @@ class MigratorGroup(MigrationRunner):
             self._duration = time.monotonic() - started
             done.set()
 
-    def _request_stop(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the run to stop: the running member before its next revision, no member after."""
         self._stopping = True
         for migrator in self.migrators.values():
-            migrator._request_stop()
+            migrator.request_stop()

@@ -1,8 +1,8 @@
 """The scripts' heads remembered between starts, keyed on the files themselves.
 
-Reading the graph from 1000 revision files costs about 0.1 s (and importing
-Alembic another 0.1 s and 11 MB); listing the files costs about 2 ms. So the
-heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
+Reading the graph from the revision files' text costs far more than listing
+them (docs/performance.md has the figures), and importing Alembic more again.
+So the heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
 (beside env.py's own bytecode), with everything Alembic's answer depended on:
 
 - the config: the config file's bytes, the working folder (Alembic resolves a
@@ -112,7 +112,9 @@ def remember(
     cache_file: Path, config: str, script: ScriptDirectory, heads: tuple[str, ...]
 ) -> None:
     """Keep the heads of a graph read from ``script`` for the next start."""
-    locations = [str(location) for location in script._version_locations]
+    from ._alembic_compat import version_locations  # the caller has Alembic loaded
+
+    locations = version_locations(script)
     sourceless, recursive = bool(script.sourceless), bool(script.recursive_version_locations)
     key = files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:

@@ -20,14 +20,16 @@ from __future__ import annotations
 import datetime
 import logging
 import sqlite3
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from ._database import VersionTable
+from ._database import VersionTable, is_memory_sqlite
 from .errors import ConfigurationError
 
 logger = logging.getLogger("automigrator")
@@ -35,12 +37,18 @@ logger = logging.getLogger("automigrator")
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
+Snapshot = Literal["taken", "absent"]
+"""What RestoreBackup's copy holds: the database, or the fact that there was none."""
+
+
 @dataclass(frozen=True)
 class Purged:
     """What a purge did: where the backup is (None: none taken) and what went."""
 
     backup: str | None
+    """The backup's file, schema or database, or None when none was taken."""
     purged: str
+    """What was emptied, in words."""
 
 
 def stamp() -> str:
@@ -49,8 +57,9 @@ def stamp() -> str:
 
 
 def sqlite_path(url: URL) -> Path:
+    """The SQLite database's file; ConfigurationError if it has none."""
     database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if is_memory_sqlite(url) or not database or database.startswith("file:"):
         raise ConfigurationError(
             f"The SQLite database {database or ':memory:'!r} is not a file: there is "
             "nothing to back up or restore."
@@ -84,17 +93,26 @@ def _sqlite(url: URL, *, backup: bool, keep: int) -> Purged:
     if backup and path.exists():
         copy = path.with_name(f"{path.name}.backup-{stamp()}.sqlite")
         sqlite_copy(path, copy)
-        _keep_newest(sorted(path.parent.glob(f"{path.name}.backup-*.sqlite")), keep)
-    gone = [p for p in (path, *(Path(f"{path}{s}") for s in SQLITE_COMPANIONS)) if p.exists()]
-    for file in gone:
-        file.unlink()
+        olds = sorted(str(p) for p in path.parent.glob(f"{path.name}.backup-*.sqlite"))
+        _prune(olds, keep, lambda old: Path(old).unlink(), "backup")
+    gone = remove_sqlite_files(path)
     return Purged(str(copy) if copy else None, ", ".join(str(p) for p in gone) or "nothing")
 
 
-def _keep_newest(paths: list[Path], keep: int) -> None:
-    for old in paths[: max(0, len(paths) - keep)]:
-        old.unlink()
-        logger.info("Deleted an old backup beyond keep=%d: %s", keep, old)
+def remove_sqlite_files(path: Path, *, database: bool = True) -> list[Path]:
+    """Delete the database file (unless ``database=False``) and its -wal/-shm/-journal."""
+    files = [Path(f"{path}{suffix}") for suffix in SQLITE_COMPANIONS]
+    gone = [file for file in ([path] if database else []) + files if file.exists()]
+    for file in gone:
+        file.unlink()
+    return gone
+
+
+def _prune(names: Sequence[str], keep: int, drop: Callable[[str], object], what: str) -> None:
+    """Drop all but the newest ``keep`` of ``names`` (sorted oldest first)."""
+    for old in names[: max(0, len(names) - keep)]:
+        drop(old)
+        logger.info("Deleted an old %s beyond keep=%d: %s", what, keep, old)
 
 
 def _postgresql(conn: Connection, table: VersionTable, *, backup: bool, keep: int) -> Purged:
@@ -112,19 +130,9 @@ def _postgresql(conn: Connection, table: VersionTable, *, backup: bool, keep: in
         )
     )
     conn.execute(sa.text(f"CREATE SCHEMA {quoted}"))
-    olds = (
-        conn.execute(
-            sa.text(
-                "SELECT nspname FROM pg_namespace WHERE nspname LIKE :pattern ORDER BY nspname"
-            ),
-            {"pattern": f"{schema}\\_quarantine\\_%"},
-        )
-        .scalars()
-        .all()
+    _rotate(
+        conn, "SELECT nspname FROM pg_namespace", "nspname", schema, keep, "DROP SCHEMA {} CASCADE"
     )
-    for old in olds[: max(0, len(olds) - keep)]:
-        conn.execute(sa.text(f"DROP SCHEMA {quote(old)} CASCADE"))
-        logger.info("Dropped an old backup schema beyond keep=%d: %s", keep, old)
     return Purged(f"schema {quarantine}", f"schema {schema} (moved aside, an empty one made)")
 
 
@@ -155,19 +163,27 @@ def _mysql(conn: Connection, url: URL, *, backup: bool, keep: int) -> Purged:
             f"{quote(database)}.{quote(t)} TO {quote(quarantine)}.{quote(t)}" for t in tables
         )
         conn.execute(sa.text(f"RENAME TABLE {moves}"))
+    _rotate(
+        conn,
+        "SELECT schema_name FROM information_schema.schemata",
+        "schema_name",
+        database,
+        keep,
+        "DROP DATABASE {}",
+    )
+    return Purged(f"database {quarantine}", f"{len(tables)} table(s) of {database} (moved)")
+
+
+def _rotate(conn: Connection, catalog: str, column: str, name: str, keep: int, drop: str) -> None:
+    """Keep the newest ``keep`` quarantines of ``name`` listed in ``catalog``; drop the rest."""
+    quote = conn.dialect.identifier_preparer.quote
     olds = sorted(
         conn.execute(
-            sa.text(
-                "SELECT schema_name FROM information_schema.schemata "
-                "WHERE schema_name LIKE :pattern"
-            ),
-            {"pattern": f"{database}\\_quarantine\\_%"},
+            sa.text(f"{catalog} WHERE {column} LIKE :pattern"),
+            {"pattern": f"{name}\\_quarantine\\_%"},
         ).scalars()
     )
-    for old in olds[: max(0, len(olds) - keep)]:
-        conn.execute(sa.text(f"DROP DATABASE {quote(old)}"))
-        logger.info("Dropped an old backup database beyond keep=%d: %s", keep, old)
-    return Purged(f"database {quarantine}", f"{len(tables)} table(s) of {database} (moved)")
+    _prune(olds, keep, lambda old: conn.execute(sa.text(drop.format(quote(old)))), "backup")
 
 
 def sqlite_snapshot(url: URL) -> Path:
@@ -176,9 +192,65 @@ def sqlite_snapshot(url: URL) -> Path:
     return path.with_name(f"{path.name}.before-migration.sqlite")
 
 
-def sqlite_restore(url: URL, snapshot: Path) -> None:
-    """Put the snapshot back: the database's content is as it was before."""
+def take_snapshot(url: URL) -> Snapshot:
+    """Copy the SQLite database aside before migrating (or note that there is none)."""
+    path, copy = sqlite_path(url), sqlite_snapshot(url)
+    if not path.exists():
+        copy.unlink(missing_ok=True)
+        return "absent"
+    sqlite_copy(path, copy)
+    return "taken"
+
+
+def restore_snapshot(url: URL, snapshot: Snapshot) -> None:
+    """Put the database back as :func:`take_snapshot` found it."""
     path = sqlite_path(url)
-    for companion in SQLITE_COMPANIONS:
-        Path(f"{path}{companion}").unlink(missing_ok=True)
-    sqlite_copy(snapshot, path)
+    if snapshot == "absent":  # there was no database: there is none again
+        remove_sqlite_files(path)
+        return
+    remove_sqlite_files(path, database=False)
+    sqlite_copy(sqlite_snapshot(url), path)
+
+
+class Backups:
+    """One migrator's backups: purge, and RestoreBackup's copy of this attempt.
+
+    Every method runs in a worker thread, with our connections closed.
+    """
+
+    def __init__(self, engine: Engine, table: VersionTable) -> None:
+        self.engine = engine
+        self.table = table
+        self._snapshot: Snapshot | None = None
+
+    def purge(self, *, backup: bool, keep: int) -> Purged:
+        """Back the database up (unless ``backup`` is False), then empty it."""
+        return backup_and_purge(self.engine, self.table, backup=backup, keep=keep)
+
+    def check_snapshot_possible(self) -> None:
+        """Refuse (before any DDL) a database that RestoreBackup cannot copy."""
+        backend = self.engine.url.get_backend_name()
+        if backend != "sqlite":
+            raise ConfigurationError(
+                f"RestoreBackup works on SQLite files, not on {backend}: PostgreSQL rolls a "
+                "failed run back by itself; on MySQL/MariaDB use PurgeAndRetry, or Fail."
+            )
+
+    def snapshot(self) -> None:
+        """Copy the SQLite database aside before migrating."""
+        self._snapshot = take_snapshot(self.engine.url)
+        logger.info(
+            "Copied the database aside before migrating: %s", sqlite_snapshot(self.engine.url)
+        )
+
+    def restore(self) -> bool:
+        """Put back this attempt's copy; False if none was taken."""
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None:
+            return False
+        restore_snapshot(self.engine.url, snapshot)
+        return True
+
+    def forget_snapshot(self) -> None:
+        """A new attempt: the last one's copy is not this one's."""
+        self._snapshot = None

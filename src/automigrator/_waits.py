@@ -1,9 +1,11 @@
-"""Waiting, for ``AutoMigrator``: for the database to accept connections, and for the lock.
+"""Bounded waits: one loop with a deadline, a log line every so often, and a stop on SIGTERM.
 
-Both waits are bounded (``connect_timeout``, ``lock_timeout``), say what they
-wait for in the status and in a log line every few seconds, and stop at once
-on SIGTERM/SIGINT (``_shutdown.py``) or on cancellation: a replica must
-never sit out a rolling update's stop signal.
+Every wait of a run (for the database to accept connections, for the
+migration lock, and in check mode for another process's migration) goes
+through :func:`poll`: it says what it waits for in the status, logs while it
+waits, gives up at its deadline, and stops at once on SIGTERM/SIGINT
+(``_signals.py``) or on cancellation: a replica must never sit out a rolling
+update's stop signal.
 """
 
 from __future__ import annotations
@@ -11,125 +13,249 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, translate_error
-from ._shutdown import cancelled_by_shutdown
-from ._state import MigrationState, MigrationStatus
-from .errors import DatabaseUnavailableError, LockTimeoutError, ShutdownRequestedError
-from .locking import MigrationLock, lock_for
-
-if TYPE_CHECKING:
-    from alembic.script import ScriptDirectory
+from ._database import translate_error
+from ._plan import Plan
+from ._reporting import Reporter
+from ._signals import cancelled_by_shutdown
+from ._status import MigrationState
+from .errors import (
+    DatabaseUnavailableError,
+    LockTimeoutError,
+    SchemaBehindError,
+    ShutdownRequestedError,
+)
+from .locking import MigrationLock
 
 logger = logging.getLogger("automigrator")
 
 T = TypeVar("T")
-LockOption = MigrationLock | Literal["auto"] | None
 
+LOG_EVERY = 5.0
+# Check mode polls the version table this often.
+_CHECK_EVERY = 0.5
 # How long one blocking lock attempt may keep a worker thread; between slices
 # we log, check the deadline and notice cancellation (shutdown).
 _LOCK_SLICE = 1.0
-LOG_EVERY = 5.0
 # Waiting for the database: 0.25 s, 0.5 s, 1 s, 2 s, then every 4 s. The cap
 # keeps a database that comes up late from waiting long for our next try.
 _CONNECT_FIRST_DELAY = 0.25
 _CONNECT_DELAY_CAP = 4.0
 
 
-class Waits:
-    """The waits of a run, mixed into :class:`~automigrator.AutoMigrator` (its settings)."""
+async def poll(
+    attempt: Callable[[float], Awaitable[T | None]],
+    *,
+    limit: float,
+    waiting_for: str,
+    pause: Callable[[int], float] = lambda tries: 0.0,
+    log: Callable[[int, float], Awaitable[None] | None] | None = None,
+    log_every: float = LOG_EVERY,
+    log_at_once: bool = True,
+) -> T | None:
+    """Call ``attempt(seconds_left)`` until it returns a result; None after ``limit`` seconds.
 
-    url: URL
-    lock_option: LockOption
-    lock_timeout: float
-    connect_timeout: float
-    version_table: VersionTable
-    _engine: Engine
-    _status: MigrationStatus
+    Each round: ``log(tries, seconds_left)`` if ``log_every`` seconds have
+    passed since the last (at once if ``log_at_once``; every round if 0),
+    then a sleep of ``pause(tries)``, then the attempt. ``tries`` counts the
+    attempts made so far. SIGTERM or SIGINT raises
+    :class:`ShutdownRequestedError` naming ``waiting_for``.
+    """
+    started = time.monotonic()
+    deadline = started + limit
+    next_log = started if log_at_once else started + log_every
+    tries = 0
+    with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
+        while (left := deadline - time.monotonic()) > 0:
+            if log is not None and time.monotonic() >= next_log:
+                said = log(tries, left)
+                if said is not None:
+                    await said
+                next_log = time.monotonic() + log_every
+            wait = min(pause(tries), left)
+            if wait > 0:
+                await anyio.sleep(wait)
+            tries += 1
+            result = await attempt(max(deadline - time.monotonic(), 0.0))
+            if result is not None:
+                return result
+    if signals:
+        # Only our signal handler cancels the scope, so a signal is recorded.
+        number = signals[0]
+        raise ShutdownRequestedError(
+            f"The server is shutting down ({signal.Signals(number).name}) while automigrator "
+            f"waited {time.monotonic() - started:.1f} s for {waiting_for}: stopped waiting. "
+            "Nothing was changed.",
+            signal=number,
+        )
+    return None
 
-    def _set(self, **changes: Any) -> None:
-        raise NotImplementedError
 
-    def _graph_(self) -> ScriptDirectory:
-        raise NotImplementedError
+class Waiter:
+    """The two waits of a migrator: for the database, and for the migration lock."""
 
-    def _make_lock(self) -> MigrationLock | None:
-        if self.lock_option is None:
+    def __init__(
+        self, reporter: Reporter, *, url: URL, connect_timeout: float, lock_timeout: float
+    ) -> None:
+        self.reporter = reporter
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.lock_timeout = lock_timeout
+
+    async def reachable(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which connects) in a thread; wait while the database is down.
+
+        Retries back off from 0.25 s to 4 s, each try bounded by the deadline,
+        up to ``connect_timeout``.
+        """
+        # Abandoned on cancel: a connect to a silent host must not hold up a shutdown.
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except DatabaseUnavailableError as exc:
+            if self.connect_timeout <= 0:
+                raise
+            error = exc
+        started = time.monotonic()
+        tried = 1
+
+        def pause(tries: int) -> float:
+            return min(_CONNECT_FIRST_DELAY * 2.0**tries, _CONNECT_DELAY_CAP)
+
+        def log(tries: int, left: float) -> None:
+            logger.warning(
+                "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
+                "before connect_timeout",
+                tries + 1,
+                error.message,
+                min(pause(tries), left),
+                left,
+            )
+
+        async def attempt(left: float) -> tuple[T] | None:
+            nonlocal error, tried
+            tried += 1
+            # A connect that hangs is bounded by the deadline too.
+            with anyio.move_on_after(left):
+                try:
+                    return (await anyio.to_thread.run_sync(work, abandon_on_cancel=True),)
+                except DatabaseUnavailableError as exc:
+                    error = exc
             return None
-        if self.lock_option == "auto":
-            return lock_for(self._engine, self.version_table)
-        return self.lock_option
 
-    async def _acquire(self, lock: MigrationLock) -> bool:
-        """Take the lock; True when another process held it and we waited."""
-        # First a try that does not block: most runs never wait.
-        if await self._try_acquire(lock, 0.0):
-            self._set(state=MigrationState.MIGRATING)
+        state = self.reporter.status.state
+        self.reporter.set(state=MigrationState.WAITING, waiting_for="database")
+        try:
+            result = await poll(
+                attempt,
+                limit=self.connect_timeout,
+                waiting_for="the database",
+                pause=pause,
+                log=log,
+                log_every=0.0,
+            )
+        finally:
+            if self.reporter.status.waiting_for == "database":
+                self.reporter.set(state=state, waiting_for=None)
+        if result is None:
+            raise DatabaseUnavailableError(
+                f"{error.message} Gave up after {tried} attempts in "
+                f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
+                "start the database first, check the host and port in the URL, or raise "
+                "connect_timeout."
+            ) from error
+        logger.info(
+            "The database accepted connections after %.1f s (attempt %d)",
+            time.monotonic() - started,
+            tried,
+        )
+        return result[0]
+
+    @asynccontextmanager
+    async def holding(
+        self, lock: MigrationLock | None, *, read_ahead: Callable[[], object]
+    ) -> AsyncIterator[bool]:
+        """Hold ``lock`` (None: no lock) for the block; yields whether we waited for it.
+
+        The release is shielded: it happens whatever ends the block.
+        """
+        if lock is None:
+            yield False
+            return
+        waited = await self.acquire(lock, read_ahead=read_ahead)
+        try:
+            yield waited
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lock.release)
+            logger.debug("Released the migration lock %r", lock)
+
+    async def acquire(self, lock: MigrationLock, *, read_ahead: Callable[[], object]) -> bool:
+        """Take the lock; True when another process held it and we waited.
+
+        A try that does not block first (most runs never wait); then tries of
+        at most 1 s each, up to ``lock_timeout``, with ``read_ahead()`` run in
+        a thread beside the wait (its failure is only logged).
+        """
+        if await self._try(lock, 0.0):
+            self.reporter.set(state=MigrationState.MIGRATING)
             return False
         started = time.monotonic()
-        with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
-            try:
-                failed: Exception | None = None
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._prepare_while_waiting)
-                    try:
-                        await self._wait_for_lock(lock, started)
-                    except Exception as exc:  # kept out of an ExceptionGroup
-                        failed = exc
-                        tg.cancel_scope.cancel()
-                if failed is not None:
-                    raise failed
-                waited = time.monotonic() - started
-                logger.info("The migration lock was freed after %.1f s", waited)
-                self._set(state=MigrationState.PENDING, waiting_for=None)
-                return True
-            finally:
-                if self._status.waiting_for == "lock":
-                    self._set(waiting_for=None)
-        raise self._shutdown_error(signals, "the migration lock", started)
 
-    async def _prepare_while_waiting(self) -> None:
-        # After the wait we check the schema against the scripts' graph:
-        # read it now, while another process migrates, not after.
+        async def log(tries: int, left: float) -> None:
+            self.reporter.set(state=MigrationState.WAITING, waiting_for="lock")
+            holder = await anyio.to_thread.run_sync(lock.holder)
+            logger.info(
+                "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
+                lock,
+                f", held by {holder}" if holder else ", held by another process",
+                left,
+            )
+
+        async def attempt(left: float) -> Literal[True] | None:
+            return True if await self._try(lock, min(_LOCK_SLICE, left)) else None
+
+        got: bool | None = None
+        failed: Exception | None = None
         try:
-            await anyio.to_thread.run_sync(self._graph_)
-        except Exception:
-            logger.debug("Reading the scripts while waiting failed", exc_info=True)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_quietly, read_ahead)
+                try:
+                    got = await poll(
+                        attempt,
+                        limit=self.lock_timeout,
+                        waiting_for="the migration lock",
+                        log=log,
+                    )
+                except Exception as exc:  # kept out of an ExceptionGroup
+                    failed = exc
+                if got is None:  # no lock: the reading ahead is of no use
+                    tg.cancel_scope.cancel()
+        finally:
+            if self.reporter.status.waiting_for == "lock":
+                self.reporter.set(waiting_for=None)
+        if failed is not None:
+            raise failed
+        if got is None:
+            raise LockTimeoutError(
+                f"Gave up waiting for the migration lock after {self.lock_timeout:g} s "
+                f"({lock!r}). Another process is migrating, or one hung holding it: check "
+                "it, or raise lock_timeout for long migrations.",
+                timeout=self.lock_timeout,
+            )
+        logger.info("The migration lock was freed after %.1f s", time.monotonic() - started)
+        self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
+        return True
 
-    async def _wait_for_lock(self, lock: MigrationLock, started: float) -> None:
-        deadline = started + self.lock_timeout
-        next_log = started
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise LockTimeoutError(
-                    f"Gave up waiting for the migration lock after {self.lock_timeout:g} s "
-                    f"({lock!r}). Another process is migrating, or one hung holding it: check "
-                    "it, or raise lock_timeout for long migrations.",
-                    timeout=self.lock_timeout,
-                )
-            if now >= next_log:
-                self._set(state=MigrationState.WAITING, waiting_for="lock")
-                holder = await anyio.to_thread.run_sync(lock.holder)
-                logger.info(
-                    "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
-                    lock,
-                    f", held by {holder}" if holder else ", held by another process",
-                    deadline - now,
-                )
-                next_log = now + LOG_EVERY
-            if await self._try_acquire(lock, min(_LOCK_SLICE, deadline - now)):
-                return
-
-    async def _try_acquire(self, lock: MigrationLock, wait: float) -> bool:
+    async def _try(self, lock: MigrationLock, wait: float) -> bool:
         try:
             # Shielded: a lock won just as we are cancelled must still be released.
             with anyio.CancelScope(shield=True):
@@ -146,69 +272,61 @@ class Waits:
             raise
         return got
 
-    async def _reachable(self, work: Callable[[], T]) -> T:
-        """Run ``work`` (which connects) in a thread; wait while the database is down."""
-        # Abandoned on cancel: a connect to a silent host must not hold up a shutdown.
-        try:
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except DatabaseUnavailableError as exc:
-            if self.connect_timeout <= 0:
-                raise
-            error = exc
-        started = time.monotonic()
-        deadline = started + self.connect_timeout
-        delay = _CONNECT_FIRST_DELAY
-        attempt = 1
-        state = self._status.state
-        self._set(state=MigrationState.WAITING, waiting_for="database")
-        try:
-            with anyio.CancelScope() as scope, cancelled_by_shutdown(scope) as signals:
-                while (left := deadline - time.monotonic()) > 0:
-                    pause = min(delay, left)
-                    logger.warning(
-                        "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s "
-                        "left before connect_timeout",
-                        attempt,
-                        error.message,
-                        pause,
-                        left,
-                    )
-                    await anyio.sleep(pause)
-                    delay = min(delay * 2, _CONNECT_DELAY_CAP)
-                    attempt += 1
-                    # A connect that hangs is bounded by the deadline too.
-                    with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
-                        try:
-                            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-                        except DatabaseUnavailableError as exc:
-                            error = exc
-                            continue
-                        logger.info(
-                            "The database accepted connections after %.1f s (attempt %d)",
-                            time.monotonic() - started,
-                            attempt,
-                        )
-                        return result
-            if signals:
-                raise self._shutdown_error(signals, "the database", started)
-        finally:
-            if self._status.waiting_for == "database":
-                self._set(state=state, waiting_for=None)
-        raise DatabaseUnavailableError(
-            f"{error.message} Gave up after {attempt} attempts in "
-            f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
-            "start the database first, check the host and port in the URL, or raise "
-            "connect_timeout."
-        ) from error
+    async def migration(
+        self,
+        plan: Plan,
+        replan: Callable[[], Awaitable[Plan]],
+        refuse: Callable[[Plan], None],
+        limit: float,
+    ) -> None:
+        """Check mode: wait until another process brings the database to the target.
 
-    def _shutdown_error(
-        self, signals: list[int], waited_for: str, started: float
-    ) -> ShutdownRequestedError:
-        # Only our signal handler cancels a wait's scope, so a signal is recorded.
-        number = signals[0]
-        return ShutdownRequestedError(
-            f"The server is shutting down ({signal.Signals(number).name}) while automigrator "
-            f"waited {time.monotonic() - started:.1f} s for {waited_for}: stopped waiting. "
-            "Nothing was changed.",
-            signal=number,
+        One plan every 0.5 s; ``refuse(plan)`` raises for a plan that waiting
+        cannot fix. After ``limit`` seconds, :class:`SchemaBehindError`.
+        """
+        logger.info(
+            "Check mode: the database is at %s, not at %s; waiting up to %g s for another "
+            "process to migrate it",
+            ", ".join(plan.db_revisions) or "base",
+            ", ".join(plan.heads),
+            limit,
         )
+        self.reporter.set(state=MigrationState.WAITING, waiting_for="migration")
+
+        async def at_target(left: float) -> Plan | None:
+            nonlocal plan
+            plan = await replan()
+            refuse(plan)
+            return plan if plan.kind == "at_head" else None
+
+        def still_waiting(tries: int, left: float) -> None:
+            logger.info(
+                "Check mode: still waiting for %s (the database is at %s)",
+                ", ".join(plan.heads),
+                ", ".join(plan.db_revisions) or "base",
+            )
+
+        reached = await poll(
+            at_target,
+            limit=limit,
+            waiting_for="another process's migration",
+            pause=lambda tries: _CHECK_EVERY,
+            log=still_waiting,
+            log_at_once=False,
+        )
+        if reached is None:
+            raise SchemaBehindError(
+                f"Check mode: after {limit:g} s the database is still at "
+                f"{', '.join(plan.db_revisions) or 'base'}, not at {', '.join(plan.heads)}. "
+                "Nothing here migrates it: run the migration Job (or a replica in migrate "
+                "mode), or raise check_timeout."
+            )
+        logger.info("Check mode: the database reached %s", ", ".join(reached.heads))
+        self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
+
+
+async def _quietly(work: Callable[[], object]) -> None:
+    try:
+        await anyio.to_thread.run_sync(work)
+    except Exception:
+        logger.debug("Reading the scripts while waiting failed", exc_info=True)

@@ -33,10 +33,10 @@ from typing import Any
 
 import anyio
 
+from ._configfile import read_multidb
 from ._database import display
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
-from ._settings import read_multidb
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -176,7 +176,11 @@ async def _command(args: argparse.Namespace) -> int:
     for name, migrator in members.items():
         plan = await migrator.plan()
         if args.command == "check":
-            migrator._refuse(plan)  # ahead, several heads, unversioned: their own codes
+            refusal = plan.refusal(
+                baseline=migrator.baseline, version_table=str(migrator.version_table)
+            )
+            if refusal is not None:  # ahead, several heads, unversioned: their own codes
+                raise refusal
             if plan.kind != "at_head":
                 behind.append(
                     f"{name + ': ' if name else ''}the database is at "

@@ -37,6 +37,7 @@ __all__ = [
     "SchemaBehindError",
     "ShutdownRequestedError",
     "UnversionedDatabaseError",
+    "first_line",
 ]
 
 ErrorKind = Literal[
@@ -58,6 +59,10 @@ class AutomigratorError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def summary(self) -> str:
+        """``ErrorClass: first line of the message``, for logs and the status."""
+        return f"{type(self).__name__}: {first_line(self.message)}"
 
 
 class ConfigurationError(AutomigratorError):
@@ -87,8 +92,14 @@ class SchemaAheadError(AutomigratorError):
 
     kind: ErrorKind = "schema_ahead"
 
-    def __init__(self, message: str, *, revisions: tuple[str, ...]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, *, revisions: tuple[str, ...]) -> None:
+        super().__init__(
+            message
+            or f"The database is at revision {', '.join(revisions)}, which these migration "
+            "scripts do not know: this deploy is older than the database (a rollback?). "
+            "Deploy code that contains that revision, or downgrade the database with the "
+            "newer code first. Nothing was changed."
+        )
         self.revisions = revisions
 
     @property
@@ -112,8 +123,14 @@ class MultipleHeadsError(AutomigratorError):
 
     kind: ErrorKind = "multiple_heads"
 
-    def __init__(self, message: str, *, heads: tuple[str, ...]) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, *, heads: tuple[str, ...]) -> None:
+        super().__init__(
+            message
+            or f"The migration scripts have {len(heads)} heads ({', '.join(heads)}) and the "
+            "target is 'head': usually two branches each added a revision on the same parent. "
+            "Run 'alembic merge heads' and deploy the merge revision, or pass target='heads' "
+            "if the branches are deliberate. Nothing was changed."
+        )
         self.heads = heads
 
 
@@ -121,6 +138,16 @@ class UnversionedDatabaseError(AutomigratorError):
     """The database has tables but no version table, and no baseline was given."""
 
     kind: ErrorKind = "unversioned"
+
+    def __init__(self, message: str | None = None, *, version_table: str = "") -> None:
+        super().__init__(
+            message
+            or f"The database has tables but no version table {version_table!r}: these "
+            "migrations did not create it. If its schema matches a revision, pass "
+            "baseline='<revision>' to stamp it there first; if env.py keeps the version "
+            "table elsewhere, pass version_table=/version_table_schema=. Nothing was changed."
+        )
+        self.version_table = version_table
 
 
 class MigrationError(AutomigratorError):
@@ -131,6 +158,16 @@ class MigrationError(AutomigratorError):
     def __init__(self, message: str, *, revision: str | None = None) -> None:
         super().__init__(message)
         self.revision = revision
+
+    @classmethod
+    def not_recorded(cls, revisions: tuple[str, ...], heads: tuple[str, ...]) -> MigrationError:
+        """The upgrade ran, but the version table does not say the target."""
+        return cls(
+            f"After the upgrade the database is at {', '.join(revisions) or 'base'}, not at "
+            f"{', '.join(heads)}: env.py did not record the revisions (does it call "
+            "context.run_migrations() inside a transaction that is committed, and with the "
+            "same version table?)."
+        )
 
 
 class ShutdownRequestedError(AutomigratorError):
@@ -144,3 +181,25 @@ class ShutdownRequestedError(AutomigratorError):
     def __init__(self, message: str, *, signal: int) -> None:
         super().__init__(message)
         self.signal = signal
+
+    @classmethod
+    def between_revisions(cls, last: object | None) -> ShutdownRequestedError:
+        """A background run stopped by a shutdown after revision ``last`` (None: none)."""
+        done = getattr(last, "revision", None) or "none"
+        return cls(
+            f"The application is shutting down: the migration stopped after revision {done}, "
+            "before the next one. The next start continues from there.",
+            signal=0,
+        )
+
+
+def first_line(text: str | BaseException) -> str:
+    """The first line of a message or of an exception's text (its class name if empty)."""
+    if isinstance(text, BaseException):
+        # A driver error wrapped by SQLAlchemy: the driver's own words.
+        exc = text
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        if not text:
+            return type(exc).__name__
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""

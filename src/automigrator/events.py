@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ._state import AppliedRevision, MigrationState, MigrationStatus
+from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .policies import Decision
 
 __all__ = ["Event", "EventName", "Listener"]
@@ -50,10 +50,7 @@ STATE_EVENTS: dict[MigrationState, EventName] = {
 
 @dataclass(frozen=True)
 class Event:
-    """One thing a run did.
-
-    .. versionadded:: 0.1
-    """
+    """One thing a run did."""
 
     name: EventName
     status: MigrationStatus

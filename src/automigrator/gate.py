@@ -18,11 +18,11 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._state import MigrationState
+from ._status import MigrationState
 from ._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._runner import MigrationRunner
+    from ._lifespan import MigrationRunner
 
 __all__ = ["ReadinessGate"]
 
@@ -43,8 +43,6 @@ class ReadinessGate:
             CRITICAL line).
         exempt: paths that always pass (exact, or a prefix ending in ``/``).
         retry_after: seconds, for the ``Retry-After`` header.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ._state import MigrationState
+from ._status import MigrationState
 from ._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._runner import MigrationRunner
+    from ._lifespan import MigrationRunner
 
 __all__ = ["HealthApp"]
 
@@ -37,16 +37,21 @@ class HealthApp:
             old schema after ``LogAndContinue``). Default True: the app is up
             and says so in the body; False to keep it out of the load balancer.
         show_error: include the one-line error (never a secret). Default True.
-
-    .. versionadded:: 0.1
+        retry_after: seconds, for the ``Retry-After`` header of a 503.
     """
 
     def __init__(
-        self, migrator: MigrationRunner, *, degraded_ok: bool = True, show_error: bool = True
+        self,
+        migrator: MigrationRunner,
+        *,
+        degraded_ok: bool = True,
+        show_error: bool = True,
+        retry_after: int = 5,
     ) -> None:
         self.migrator = migrator
         self.degraded_ok = degraded_ok
         self.show_error = show_error
+        self.retry_after = retry_after
 
     def body(self) -> tuple[int, dict[str, Any]]:
         """The status code and the JSON body for the current status."""
@@ -72,7 +77,7 @@ class HealthApp:
             (b"cache-control", b"no-store"),
         ]
         if code == 503:
-            headers.append((b"retry-after", b"5"))
+            headers.append((b"retry-after", str(self.retry_after).encode()))
         await send({"type": "http.response.start", "status": code, "headers": headers})
         body = b"" if scope.get("method") == "HEAD" else payload
         await send({"type": "http.response.body", "body": body})

@@ -29,7 +29,7 @@ from filelock import Timeout as FileLockTimeout
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable
+from ._database import VersionTable, is_memory_sqlite
 from .errors import ConfigurationError
 
 __all__ = [
@@ -44,10 +44,7 @@ __all__ = [
 
 @runtime_checkable
 class MigrationLock(Protocol):
-    """What the migrator needs of a lock; pass any object like this as ``lock=``.
-
-    .. versionadded:: 0.1
-    """
+    """What the migrator needs of a lock; pass any object like this as ``lock=``."""
 
     def acquire(self, timeout: float) -> bool:
         """Block at most ``timeout`` seconds; True when the lock is now held."""
@@ -103,10 +100,7 @@ class _ServerLock:
 
 
 class PostgresAdvisoryLock(_ServerLock):
-    """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection.
-
-    .. versionadded:: 0.1
-    """
+    """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection."""
 
     _unlock_sql = "SELECT pg_advisory_unlock(:key)"
 
@@ -165,10 +159,7 @@ class PostgresAdvisoryLock(_ServerLock):
 
 
 class MySQLLock(_ServerLock):
-    """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection.
-
-    .. versionadded:: 0.1
-    """
+    """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection."""
 
     _unlock_sql = "SELECT RELEASE_LOCK(:name)"
 
@@ -210,10 +201,7 @@ class MySQLLock(_ServerLock):
 
 
 class SQLiteFileLock:
-    """An OS file lock beside the SQLite database file.
-
-    .. versionadded:: 0.1
-    """
+    """An OS file lock beside the SQLite database file."""
 
     def __init__(self, database: str | Path) -> None:
         self.path = Path(f"{Path(database).resolve()}.automigrator.lock")
@@ -237,10 +225,7 @@ class SQLiteFileLock:
 
 
 class ProcessLock:
-    """A lock within this process only: for ``:memory:`` SQLite and for tests.
-
-    .. versionadded:: 0.1
-    """
+    """A lock within this process only: for ``:memory:`` SQLite and for tests."""
 
     _locks: ClassVar[dict[str, threading.Lock]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
@@ -273,10 +258,9 @@ def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
     if backend in ("mysql", "mariadb"):
         return MySQLLock(engine, table)
     if backend == "sqlite":
-        database = engine.url.database
-        if not database or database == ":memory:" or database.startswith("file::memory:"):
+        if is_memory_sqlite(engine.url):
             return ProcessLock(f"sqlite-memory:{table}")
-        return SQLiteFileLock(database)
+        return SQLiteFileLock(engine.url.database or "")
     raise ConfigurationError(
         f"No cross-process migration lock is available for the {backend!r} dialect. Pass "
         "lock=<an object with acquire(timeout), release() and holder()> (see "

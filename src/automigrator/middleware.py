@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from ._runner import STATE_KEY, MigrationRunner
+from ._lifespan import STATE_KEY, MigrationRunner
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import AutomigratorError
 from .gate import ReadinessGate
@@ -46,8 +46,6 @@ class AutoMigrateMiddleware:
             :class:`~automigrator.ReadinessGate`.
 
     Usable as ``Middleware(AutoMigrateMiddleware, migrator=...)`` in Starlette.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -108,7 +106,7 @@ class AutoMigrateMiddleware:
             app_sent.add(message["type"])
             if message["type"] == "lifespan.shutdown.complete":
                 # Not before a background migration has stopped (between revisions).
-                await self.migrator._stop_background()
+                await self.migrator.stop()
             await send(message)
 
         try:
@@ -139,7 +137,7 @@ class AutoMigrateMiddleware:
         await send({"type": "lifespan.startup.complete"})
         while (await receive())["type"] != "lifespan.shutdown":
             pass
-        await self.migrator._stop_background()
+        await self.migrator.stop()
         await send({"type": "lifespan.shutdown.complete"})
 
 

@@ -20,18 +20,23 @@ decision.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from .errors import AutomigratorError, ErrorKind
+from sqlalchemy.engine import URL
 
-if TYPE_CHECKING:
-    from ._migrator import AutoMigrator
+from ._plan import Plan
+from ._purge import Purged
+from ._status import MigrationStatus
+from .errors import AutomigratorError, ErrorKind, first_line
 
 __all__ = [
+    "BeforeUpgrade",
     "Chain",
     "Decision",
     "Fail",
+    "FailedMigrator",
     "Failure",
     "FailurePolicy",
     "LogAndContinue",
@@ -47,10 +52,7 @@ Action = Literal["fail", "degrade", "retry", "pass"]
 
 @dataclass(frozen=True)
 class Decision:
-    """A policy's answer to a failure.
-
-    .. versionadded:: 0.1
-    """
+    """A policy's answer to a failure."""
 
     action: Action
     reason: str
@@ -82,19 +84,55 @@ class Decision:
         return cls("pass", reason)
 
 
+class FailedMigrator(Protocol):
+    """What a failure policy may use of the migrator whose run failed.
+
+    :class:`~automigrator.AutoMigrator` is one; the Protocol keeps policies
+    free of the migrator's module (policies sit below it).
+    """
+
+    @property
+    def url(self) -> URL:
+        """The database URL (render it with ``hide_password=True``)."""
+        ...
+
+    @property
+    def status(self) -> MigrationStatus:
+        """The run's status so far."""
+        ...
+
+    def locked(self) -> AbstractAsyncContextManager[bool]:
+        """Hold the migration lock for a block; yields whether it had to wait."""
+        ...
+
+    async def plan(self) -> Plan:
+        """Read the database's revisions and classify them against the scripts."""
+        ...
+
+    async def purge(self, *, backup: bool = True, keep: int = 3) -> Purged:
+        """Back the database up (unless ``backup=False``), then empty it."""
+        ...
+
+    async def snapshot(self) -> None:
+        """SQLite: copy the database aside before migrating."""
+        ...
+
+    async def restore_snapshot(self) -> bool:
+        """Put back the copy :meth:`snapshot` took in this attempt; False if none."""
+        ...
+
+
 @dataclass(frozen=True)
 class Failure:
-    """What a policy is told about a failed run.
-
-    .. versionadded:: 0.1
-    """
+    """What a policy is told about a failed run."""
 
     error: AutomigratorError
     attempt: int
     """1 for the first run of the migrate step, 2 after one retry, and so on."""
     history: tuple[Decision, ...]
     """Decisions already taken in this run, oldest first."""
-    migrator: AutoMigrator
+    migrator: FailedMigrator
+    """The migrator whose run failed (an :class:`~automigrator.AutoMigrator`)."""
 
     @property
     def kind(self) -> ErrorKind:
@@ -104,21 +142,28 @@ class Failure:
 
 @runtime_checkable
 class FailurePolicy(Protocol):
-    """Decides what happens after a failed migration run.
-
-    .. versionadded:: 0.1
-    """
+    """Decides what happens after a failed migration run."""
 
     async def handle(self, failure: Failure) -> Decision:
         """Return what to do about ``failure``; may act first (alert, back up)."""
         ...
 
 
-class Fail:
-    """Re-raise the error so that start-up fails (the default).
+@runtime_checkable
+class BeforeUpgrade(Protocol):
+    """A policy that acts before the first DDL of each attempt (optional).
 
-    .. versionadded:: 0.1
+    Called under the migration lock, after the re-plan, before any stamp or
+    upgrade: :class:`RestoreBackup` copies the database aside here.
     """
+
+    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+        """Prepare for the upgrade that is about to run."""
+        ...
+
+
+class Fail:
+    """Re-raise the error so that start-up fails (the default)."""
 
     async def handle(self, failure: Failure) -> Decision:
         return Decision.fail(f"{failure.kind} failure: start-up fails")
@@ -135,8 +180,6 @@ class LogAndContinue:
 
     Args:
         kinds: the error kinds to continue on; others fail. Default: all.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(self, *, kinds: tuple[ErrorKind, ...] | None = None) -> None:
@@ -170,8 +213,6 @@ class Retry:
         delay: seconds before the first retry; doubled for each next one.
         max_delay: the cap of that doubling.
         kinds: the error kinds to retry (default: ``transient`` only).
-
-    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -213,8 +254,6 @@ class Chain:
     scratch once, then start degraded. When every member passes on, the run
     fails. Each member's decision is logged under that member's name, and
     members count their own earlier decisions, so each keeps its own limits.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(self, *policies: FailurePolicy) -> None:
@@ -229,11 +268,11 @@ class Chain:
                 return replace(decision, policy=decision.policy or repr(policy))
         return Decision.fail("every policy in the chain passed the failure on")
 
-    async def before_upgrade(self, migrator: AutoMigrator) -> None:
+    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+        """Each member's own ``before_upgrade``, in order."""
         for policy in self.policies:
-            hook = getattr(policy, "before_upgrade", None)
-            if hook is not None:
-                await hook(migrator)
+            if isinstance(policy, BeforeUpgrade):
+                await policy.before_upgrade(migrator)
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(repr(p) for p in self.policies)})"
@@ -262,8 +301,6 @@ class PurgeAndRetry:
         max_attempts: purges at most, per run.
         backup: ``False`` purges without a backup (say so explicitly).
         keep: backups kept; older ones are deleted.
-
-    .. versionadded:: 0.1
     """
 
     def __init__(self, *, max_attempts: int = 1, backup: bool = True, keep: int = 3) -> None:
@@ -283,7 +320,7 @@ class PurgeAndRetry:
             purged = await migrator.purge(backup=self.backup, keep=self.keep)
         logger.critical(
             "Migration failed (%s). PURGED %s; backup: %s. Migrating from scratch.",
-            failure.error.message.strip().splitlines()[0],
+            first_line(failure.error.message),
             purged.purged,
             purged.backup or "none (backup=False)",
         )
@@ -305,11 +342,10 @@ class RestoreBackup:
     schema. The copy (``<db>.before-migration.sqlite``) stays beside the
     database until the next migration replaces it. Other databases are
     refused before any DDL: PostgreSQL rolls a failed run back by itself.
-
-    .. versionadded:: 0.1
     """
 
-    async def before_upgrade(self, migrator: AutoMigrator) -> None:
+    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+        """Copy the database aside before the first DDL."""
         await migrator.snapshot()
 
     async def handle(self, failure: Failure) -> Decision:
@@ -320,7 +356,7 @@ class RestoreBackup:
             return Decision.pass_on("no copy was taken in this attempt")
         logger.critical(
             "Migration failed (%s). The database was put back as it was before the attempt.",
-            failure.error.message.strip().splitlines()[0],
+            first_line(failure.error.message),
         )
         return Decision.pass_on("database restored from the copy taken before migrating")
 

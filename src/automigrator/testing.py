@@ -24,9 +24,9 @@ import anyio
 from sqlalchemy import MetaData
 
 from ._group import MigratorGroup
+from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
-from ._runner import MigrationRunner
-from ._state import MigrationStatus
+from ._status import MigrationStatus
 
 __all__ = ["assert_at_head", "assert_models_match", "upgrade"]
 
@@ -74,7 +74,7 @@ def assert_models_match(migrator: AutoMigrator, metadata: MetaData) -> None:
     from alembic.runtime.migration import MigrationContext
 
     table = migrator.version_table
-    with migrator._engine.connect() as conn:
+    with migrator.engine.connect() as conn:
         context = MigrationContext.configure(
             conn,
             opts={

@@ -1,4 +1,4 @@
-"""The revision graph without importing the revision files: plans cost no imports.
+"""The revision graph read from the files' text, without importing them.
 
 Alembic imports every revision file to learn four names: ``revision``,
 ``down_revision``, ``branch_labels`` and ``depends_on``. Real revision files
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import alembic.util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-NAMES = ("revision", "down_revision", "branch_labels", "depends_on")
+from ._alembic_compat import Loader, loading_modules_with, version_locations
+
 _REQUIRED = ("revision", "down_revision")
 # Any line that assigns one of the names, at any indentation, with or without
 # an annotation or an augmented operator: we accept exactly one per name, at
@@ -43,8 +43,9 @@ _ASSIGN = re.compile(
 _MAX_VALUE_LINES = 30
 
 _local = threading.local()
-_patch_lock = threading.Lock()
-_original_loader: Callable[..., types.ModuleType] = alembic.util.load_python_file
+# The loader in place when our patch went in: the answer for every file we
+# decline, and for every other thread while the patch is in.
+_previous: Loader | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Graph:
 
     @property
     def heads(self) -> tuple[str, ...]:
+        """The scripts' heads, sorted."""
         return tuple(sorted(self.script.get_heads()))
 
 
@@ -71,7 +73,7 @@ def load(cfg: Config, before_import: Callable[[], None] | None = None) -> Graph 
     """
     try:
         script = ScriptDirectory.from_config(cfg)
-        if not all(Path(location).is_dir() for location in script._version_locations):
+        if not all(Path(location).is_dir() for location in version_locations(script)):
             return None  # Alembic would see "no revisions": let the full load refuse
         with _reading_statically(before_import):
             script.get_heads()  # builds and memoizes the whole revision map
@@ -81,38 +83,33 @@ def load(cfg: Config, before_import: Callable[[], None] | None = None) -> Graph 
     return Graph(script, plain)
 
 
-def heads(cfg: Config) -> tuple[str, ...] | None:
-    """The scripts' heads, as Alembic computes them, sorted; None if Alembic fails."""
-    graph = load(cfg)
-    return None if graph is None else graph.heads
-
-
 @contextmanager
 def _reading_statically(before_import: Callable[[], None] | None) -> Iterator[None]:
     # The patch is process-wide, but it answers only the thread that set
-    # _local.active; every other caller gets Alembic's own loader.
-    with _patch_lock:
-        alembic.util.load_python_file = _load_python_file
-        _local.active, _local.imported = True, 0
-        _local.before_import = before_import
+    # _local.active; every other caller gets the loader that was in place.
+    global _previous
+    with loading_modules_with(_load_python_file) as _previous:
+        _local.active, _local.imported, _local.before_import = True, 0, before_import
         try:
             yield
         finally:
-            _local.active = False
-            alembic.util.load_python_file = _original_loader
+            # Nothing of this run stays behind in the thread-local.
+            _local.active, _local.before_import = False, None
 
 
 def _load_python_file(dir_: Any, filename: Any) -> types.ModuleType:
-    if getattr(_local, "active", False):
-        path = Path(dir_) / Path(filename).name
-        if path.suffix == ".py":
-            module = read_module(path)
-            if module is not None:
-                return module
-        if _local.imported == 0 and _local.before_import is not None:
-            _local.before_import()
-        _local.imported += 1
-    return _original_loader(dir_, filename)
+    assert _previous is not None  # only installed by _reading_statically
+    if not getattr(_local, "active", False):
+        return _previous(dir_, filename)
+    path = Path(dir_) / Path(filename).name
+    if path.suffix == ".py":
+        module = read_module(path)
+        if module is not None:
+            return module
+    if _local.imported == 0 and _local.before_import is not None:
+        _local.before_import()
+    _local.imported += 1
+    return _previous(dir_, filename)
 
 
 def read_module(path: Path) -> types.ModuleType | None:

@@ -1,13 +1,14 @@
-"""``MigrationRunner``: what a server needs from a migrator, for one database or several.
+"""The server-facing lifespan of a migrator: before the app, or beside it behind a gate.
 
-The lifespan, the background run behind a readiness gate, ``wait_ready`` and
-the stop on shutdown are the same for :class:`~automigrator.AutoMigrator`
-and :class:`~automigrator.MigratorGroup`; each brings its own ``run()``,
-``status`` and way to stop before the next revision.
+``MigrationRunner`` is the one base of :class:`~automigrator.AutoMigrator`
+and :class:`~automigrator.MigratorGroup`: the lifespan, the background run
+behind a readiness gate, ``wait_ready`` and the stop on shutdown are the same
+for both; each brings its own ``run()``, ``status`` and ``request_stop()``.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -16,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._state import MigrationState, MigrationStatus
+from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
 
 logger = logging.getLogger("automigrator")
@@ -27,33 +28,39 @@ STATE_KEY = "automigrator"
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 
-class MigrationRunner:
+class MigrationRunner(abc.ABC):
     """The part of a migrator that servers use: lifespan, background run, readiness.
 
     :class:`~automigrator.AutoMigrateMiddleware`, :class:`~automigrator.ReadinessGate`
     and :class:`~automigrator.HealthApp` take any runner: an
     :class:`~automigrator.AutoMigrator` or a :class:`~automigrator.MigratorGroup`.
+    A subclass gives :attr:`status`, :meth:`run` and :meth:`request_stop`.
 
-    .. versionadded:: 0.1
+    Args:
+        block_startup: start the application once the schema is ready
+            (True), or at once with the run in the background (False).
+        shutdown_timeout: in the background, how long a shutdown waits for
+            the running revision to finish.
     """
 
-    block_startup: bool = True
-    shutdown_timeout: float = 30.0
-    _done: anyio.Event | None = None  # set when a run ends, for wait_ready()
-    _background: anyio.abc.TaskGroup | None = None  # running() in the background
+    def __init__(self, *, block_startup: bool, shutdown_timeout: float) -> None:
+        self.block_startup = block_startup
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._done: anyio.Event | None = None  # set when a run ends, for wait_ready()
+        self._background: anyio.abc.TaskGroup | None = None  # running() in the background
 
     @property
+    @abc.abstractmethod
     def status(self) -> MigrationStatus:
         """The latest snapshot."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def run(self) -> MigrationStatus:
         """Migrate once, applying the failure policy; returns the final status."""
-        raise NotImplementedError
 
-    def _request_stop(self) -> None:
+    @abc.abstractmethod
+    def request_stop(self) -> None:
         """Ask a running migration to stop before its next revision."""
-        raise NotImplementedError
 
     def _begin(self) -> anyio.Event:
         """A run starts: the event that ``wait_ready`` waits for."""
@@ -93,7 +100,7 @@ class MigrationRunner:
             try:
                 yield
             finally:
-                await self._stop_background()
+                await self.stop()
                 self._background = None
 
     async def wait_ready(self, timeout: float | None = None) -> MigrationStatus:  # noqa: ASYNC109
@@ -130,17 +137,22 @@ class MigrationRunner:
             logger.critical(
                 "Migrations failed in the background (%s): the application keeps "
                 "answering 503 until it is restarted. Fix the cause and restart it.",
-                one_line(exc) if isinstance(exc, AutomigratorError) else repr(exc),
+                exc.summary() if isinstance(exc, AutomigratorError) else repr(exc),
             )
 
-    async def _stop_background(self) -> None:
+    async def stop(self) -> None:
+        """Stop a background run: at once while it waits, between revisions while it migrates.
+
+        Waits up to ``shutdown_timeout`` for the running revision. Does
+        nothing when no background run is going on.
+        """
         tg = self._background
         if tg is None or self._done is None or self._done.is_set():
             return
         if self.status.state is not MigrationState.MIGRATING:
             tg.cancel_scope.cancel()  # waiting or planning: nothing to finish
             return
-        self._request_stop()
+        self.request_stop()
         logger.warning(
             "Shutting down during a migration: waiting up to %g s for the running revision "
             "to finish; the run stops before the next one",
@@ -155,9 +167,3 @@ class MigrationRunner:
                 self.shutdown_timeout,
             )
             tg.cancel_scope.cancel()
-
-
-def one_line(error: AutomigratorError) -> str:
-    """``ErrorClass: first line of the message``, for logs and the status."""
-    text = error.message.strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"

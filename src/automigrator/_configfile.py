@@ -1,7 +1,7 @@
-"""The few Alembic settings read at construction, without importing Alembic.
+"""The Alembic config file (alembic.ini or pyproject.toml) read without importing Alembic.
 
-Importing Alembic costs about 0.1 s and 11 MB (its package imports its whole
-runtime), and a start at head does not need it: the database's revisions and
+Importing Alembic is costly (its package imports its whole runtime; see
+docs/performance.md), and a start at head does not need it: the database's revisions and
 the remembered heads decide. So ``AutoMigrator("alembic.ini")`` reads
 ``script_location`` and ``sqlalchemy.url`` here, the way Alembic's ``Config``
 does (``ConfigParser`` with ``here`` set to the file's folder; ``[tool.alembic]``

@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, MigrationState, SchemaAheadError
-from automigrator._fastheads import heads, read_names
+from automigrator._textgraph import load, read_names
 from tests.conftest import revisions
 from tests.project import ALEMBIC, CHAIN, Rev, write_revision
 
@@ -156,7 +157,9 @@ def test_heads_equal_alembics_for_random_graphs(
     with tempfile.TemporaryDirectory() as tmp:
         cfg = write_project(Path(tmp), revs, recursive, folders, sourceless)
         expected = tuple(sorted(ScriptDirectory.from_config(cfg).get_heads()))
-        assert heads(cfg) == expected
+        read = load(cfg)
+        assert read is not None
+        assert read.heads == expected
 
 
 def test_plain_files_are_read_not_imported() -> None:
@@ -289,3 +292,41 @@ def test_an_at_head_start_with_remembered_heads_does_not_import_alembic(
     assert start() == "ready True"  # migrates: Alembic runs env.py
     assert start() == "ready True"  # at head, reads the graph and remembers its heads
     assert start() == "ready False"  # at head: one query, Alembic never imported
+
+
+def test_a_loader_patched_by_someone_else_is_kept_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another library wraps Alembic's loader after automigrator was imported:
+    # reading the graph must hand it the files it cannot read plainly, and
+    # leave it in place afterwards.
+    import alembic.util
+
+    ini = make_project_with(tmp_path, "computed")
+    theirs_seen: list[str] = []
+    alembic_loader = alembic.util.load_python_file
+
+    def theirs(dir_: Any, filename: Any) -> Any:
+        theirs_seen.append(str(filename))
+        return alembic_loader(dir_, filename)
+
+    monkeypatch.setattr(alembic.util, "load_python_file", theirs)
+
+    graph = load(Config(str(ini)))
+
+    assert graph is not None
+    assert graph.heads == ("r3",)
+    assert theirs_seen == ["r3.py"]  # the one computed file, through their loader
+    assert alembic.util.load_python_file is theirs
+
+
+def make_project_with(root: Path, style: str) -> Path:
+    from tests.project import make_project
+
+    ini = make_project(root / "p", CHAIN)
+    if style == "computed":  # r3 names its parent through an expression
+        path = ini.parent / "migrations" / "versions" / "r3.py"
+        path.write_text(
+            path.read_text().replace("down_revision = 'r2'", "down_revision = 'r' + '2'")
+        )
+    return ini

@@ -1,4 +1,4 @@
-"""The migration state machine, the status snapshot, and the plan."""
+"""The migration state machine and the status snapshot that everyone reads."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ class MigrationState(str, enum.Enum):
     ``pending -> [waiting ->] [migrating ->] ready | degraded | failed``, or
     ``disabled`` when the switch is off. ``waiting`` is for the database to
     accept connections or for another process's lock (``status.waiting_for``).
-
-    .. versionadded:: 0.1
     """
 
     PENDING = "pending"
@@ -34,10 +32,7 @@ class MigrationState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class AppliedRevision:
-    """One revision that an upgrade applied.
-
-    .. versionadded:: 0.1
-    """
+    """One revision that an upgrade applied."""
 
     revision: str
     message: str
@@ -51,8 +46,6 @@ class MigrationStatus:
 
     It holds no URL, SQL statement or traceback, so it is safe to show in a
     health endpoint or a log.
-
-    .. versionadded:: 0.1
     """
 
     state: MigrationState = MigrationState.PENDING
@@ -105,24 +98,3 @@ class MigrationStatus:
         if self.databases is not None:
             data["databases"] = {name: s.to_dict() for name, s in self.databases.items()}
         return data
-
-
-PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the database holds compared with the scripts, and what an upgrade would do.
-
-    .. versionadded:: 0.1
-    """
-
-    kind: PlanKind
-    db_revisions: tuple[str, ...]
-    """The version table's rows; empty when there is no version table."""
-    heads: tuple[str, ...]
-    """The revisions the target resolves to."""
-    pending: tuple[str, ...] = ()
-    """Revisions an upgrade would apply, in order."""
-    unknown: tuple[str, ...] = ()
-    """Database revisions the scripts do not know (``ahead_of_code``)."""

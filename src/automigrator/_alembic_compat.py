@@ -1,0 +1,64 @@
+"""Every use of Alembic's private API, in one place, with the versions it was checked on.
+
+Checked against Alembic 1.13.2 (the oldest we admit) and 1.20.1. Each of
+these has been stable since Alembic 1.x's ``ScriptDirectory``; a change
+shows up in the matrix (``nox -s matrix``) as a failing test of the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import alembic.util
+from alembic.script import ScriptDirectory
+
+Loader = Callable[[Any, Any], types.ModuleType]
+
+_patch_lock = threading.Lock()
+
+
+def version_locations(script: ScriptDirectory) -> list[str]:
+    """The version folders as Alembic resolved them (``ScriptDirectory._version_locations``).
+
+    Public Alembic has only the config's raw ``version_locations`` string;
+    we need the resolved folders (relative to ``script_location``, with the
+    default ``versions`` folder when none is set).
+    """
+    return [str(location) for location in script._version_locations]
+
+
+def upgrade_steps(script: ScriptDirectory, target: str, current: Any) -> Iterable[Any]:
+    """Alembic's own upgrade steps from ``current`` to ``target`` (``_upgrade_revs``).
+
+    The same list ``command.upgrade`` hands to env.py's run; public Alembic
+    offers it only from inside a running env.py.
+    """
+    return script._upgrade_revs(target, current)
+
+
+def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) -> Iterable[Any]:
+    """Alembic's own stamp steps (``_stamp_revs``), as ``command.stamp`` uses them."""
+    return script._stamp_revs(revision, current)  # type: ignore[arg-type]
+
+
+@contextmanager
+def loading_modules_with(loader: Loader) -> Iterator[Loader]:
+    """Answer Alembic's ``util.load_python_file`` with ``loader`` for the block.
+
+    ``ScriptDirectory`` imports each revision file through that module
+    attribute (``alembic/script/base.py``). Yields the loader that was in
+    place, for the files ``loader`` declines; that one (not the one seen at
+    import time) is put back after, so a patch someone else made is kept.
+    The patch is process-wide: ``loader`` must answer only its own thread.
+    """
+    with _patch_lock:
+        previous: Loader = alembic.util.load_python_file
+        alembic.util.load_python_file = loader  # type: ignore[assignment]
+        try:
+            yield previous
+        finally:
+            alembic.util.load_python_file = previous  # type: ignore[assignment]

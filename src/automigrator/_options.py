@@ -1,0 +1,69 @@
+"""Checks of ``AutoMigrator``'s arguments: each wrong one is a named error, raised at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+from .locking import MigrationLock
+from .policies import FailurePolicy
+
+logger = logging.getLogger("automigrator")
+
+LockOption = MigrationLock | Literal["auto"] | None
+"""The ``lock=`` argument: ``"auto"`` (the database's own lock), a lock, or None."""
+
+
+def check_options(
+    *,
+    target: str,
+    lock: Any,
+    lock_timeout: float,
+    connect_timeout: float,
+    mode: str,
+    when_disabled: str,
+    check_timeout: float,
+    before_scripts: Any,
+    on_failure: Any,
+) -> None:
+    """Raise :class:`ConfigurationError` naming the first argument that is wrong.
+
+    A risky but valid choice (``lock=None``) is logged as a warning.
+    """
+    if not target or target[0] in "+-" or ":" in target:
+        raise ConfigurationError(
+            f"target={target!r} is not a start-up target. Use 'head', 'heads', a revision "
+            "id or a branch label; relative targets and ranges would move on every start."
+        )
+    if lock_timeout <= 0:
+        raise ConfigurationError(f"lock_timeout must be > 0 seconds, got {lock_timeout!r}.")
+    if mode not in ("migrate", "check") or when_disabled not in ("skip", "check"):
+        raise ConfigurationError(
+            f"mode={mode!r}, when_disabled={when_disabled!r}: mode is 'migrate' or "
+            "'check'; when_disabled is 'skip' or 'check'."
+        )
+    if not check_timeout > 0:
+        raise ConfigurationError(f"check_timeout must be > 0 seconds, got {check_timeout!r}.")
+    if not connect_timeout >= 0:
+        raise ConfigurationError(f"connect_timeout must be >= 0 seconds, got {connect_timeout!r}.")
+    if not (lock is None or lock == "auto" or isinstance(lock, MigrationLock)):
+        raise ConfigurationError(
+            f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
+            "acquire(timeout), release() and holder()."
+        )
+    if before_scripts is not None and not callable(before_scripts):
+        raise ConfigurationError(
+            f"before_scripts={before_scripts!r} is not callable: pass a function that "
+            "sets the application up (it may return a context manager)."
+        )
+    if on_failure is not None and not isinstance(on_failure, FailurePolicy):
+        raise ConfigurationError(
+            f"on_failure={on_failure!r} is not a failure policy: it needs "
+            "'async def handle(self, failure) -> Decision'."
+        )
+    if lock is None:
+        logger.warning(
+            "Migration lock disabled (lock=None): concurrent replicas may migrate at the same "
+            "time and fail."
+        )

@@ -1,0 +1,140 @@
+"""The status and the events of one migrator: the one place the status changes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from ._plan import Plan
+from ._status import AppliedRevision, MigrationState, MigrationStatus
+from .errors import AutomigratorError, ShutdownRequestedError
+from .events import STATE_EVENTS, Event, Listener
+from .policies import Decision
+
+logger = logging.getLogger("automigrator")
+
+_FINAL = (MigrationState.READY, MigrationState.DEGRADED, MigrationState.FAILED)
+
+
+class Reporter:
+    """Holds the latest :class:`MigrationStatus` and tells the listeners what changed.
+
+    The status is a frozen snapshot swapped whole (one attribute store), so
+    readers on any thread see a consistent one without a lock. Each change of
+    state is announced as its event (``STATE_EVENTS``).
+    """
+
+    def __init__(self) -> None:
+        self.status = MigrationStatus()
+        self._listeners: list[Listener] = []
+
+    def set(self, **changes: Any) -> None:
+        """Change fields of the status; a new state is announced."""
+        before = self.status.state
+        self.status = replace(self.status, **changes)
+        if self.status.state is not before:
+            self.emit(Event(STATE_EVENTS[self.status.state], self.status))
+
+    def planned(self, plan: Plan) -> Plan:
+        """A plan was read: the revisions before (the first plan's) and now, the heads."""
+        before = self.status.revisions_before
+        self.set(
+            revisions_before=plan.db_revisions if before is None else before,
+            revisions_after=plan.db_revisions,
+            heads=plan.heads,
+        )
+        logger.debug("Plan: %s", plan)
+        return plan
+
+    def migrating(self, plan: Plan) -> None:
+        """The upgrade of ``plan`` begins."""
+        self.set(state=MigrationState.MIGRATING)
+        logger.info(
+            "Migrating from %s to %s: %d revision(s) to apply",
+            ", ".join(plan.db_revisions) or "an empty database",
+            ", ".join(plan.heads),
+            len(plan.pending),
+        )
+
+    def reset(self, status: MigrationStatus) -> None:
+        """A run begins (``pending``) or is skipped (``disabled``): a whole new status."""
+        self.status = status
+        self.emit(Event(STATE_EVENTS[status.state], status))
+
+    def finish(self, state: MigrationState, started: float) -> None:
+        """The run ends in ``state``; it started at ``started`` (monotonic)."""
+        self.set(state=state, duration=time.monotonic() - started)
+        if state is MigrationState.READY:
+            logger.info(
+                "Schema ready at %s (%d revision(s) applied in %.2f s)",
+                ", ".join(self.status.revisions_after or ()) or "base",
+                len(self.status.applied),
+                self.status.duration or 0.0,
+            )
+
+    @contextmanager
+    def failed_if_interrupted(self, started: float) -> Iterator[None]:
+        """Around a run: a shutdown or a cancellation leaves the status ``failed``.
+
+        Never ``waiting`` or ``migrating`` behind a run that ended.
+        """
+        try:
+            yield
+        except ShutdownRequestedError as exc:
+            logger.warning("%s", exc.message)
+            self.set(error=exc.summary(), error_kind=exc.kind)
+            self.finish(MigrationState.FAILED, started)
+            raise
+        except BaseException:
+            if self.status.state not in _FINAL:
+                # Cancelled by the server or the caller: say so.
+                self.set(error="Stopped before the run finished", error_kind="shutdown")
+                self.finish(MigrationState.FAILED, started)
+            raise
+
+    def applied(self, revision: AppliedRevision) -> None:
+        """One more revision applied (called from the migration's worker thread)."""
+        self.set(applied=(*self.status.applied, revision))
+        self.emit(Event("revision_applied", self.status, revision=revision))
+
+    def decided(self, decision: Decision, error: AutomigratorError) -> None:
+        """A failure policy decided what to do about ``error``: say so, and announce it."""
+        self.emit(Event("decision", self.status, decision=decision))
+        said = (error.kind, error.summary(), decision.policy)
+        if decision.action == "retry":
+            logger.warning(
+                "Migration failed (%s: %s); %s decided to retry in %.1f s: %s",
+                *said,
+                decision.delay,
+                decision.reason,
+            )
+        elif decision.action == "degrade":
+            logger.critical(
+                "Migration failed (%s: %s); %s decided to continue DEGRADED: %s. The "
+                "application is starting on a schema that may not match its code.",
+                *said,
+                decision.reason,
+            )
+        else:
+            logger.error(
+                "Migration failed (%s: %s); %s decided to fail start-up: %s",
+                *said,
+                decision.reason,
+            )
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every listener; a failing listener is logged, never raised."""
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("An event listener (%r) failed on %s", listener, event.name)

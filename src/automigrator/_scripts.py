@@ -1,0 +1,205 @@
+"""The migration scripts of one migrator: config, Alembic's Config, the graph, remembered heads.
+
+The one place, with ``_alembic.py``, that reaches Alembic. Alembic itself is
+imported only when a graph is needed: a start at head with remembered heads
+does without it. The graph is read from the files' text for planning
+(``_textgraph``) and imported, as Alembic does, only to run the scripts.
+``before_scripts`` runs in the worker thread around each import or run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import URL
+
+from . import _headcache
+from ._configfile import Settings, read_settings
+from ._database import VersionTable, parse_url
+from ._status import AppliedRevision
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
+"""A function that sets the application up for its migration scripts (``before_scripts=``)."""
+
+
+class Scripts:
+    """One migrator's scripts: where they are, what their heads are, and running them.
+
+    Args:
+        config: path to alembic.ini / pyproject.toml, or an Alembic ``Config``.
+        url: the URL that env.py sees, if not the config's ``sqlalchemy.url``.
+        multidb_name: the multidb template's database (ini section) to serve.
+        before_scripts: called in the worker thread around each import or run.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | Config,
+        *,
+        url: str | URL | None,
+        multidb_name: str | None,
+        before_scripts: BeforeScripts | None,
+    ) -> None:
+        self.before_scripts = before_scripts
+        self.multidb_name = multidb_name
+        self._settings: Settings | None = None
+        self._config: Config | None = None
+        if isinstance(config, (str, os.PathLike)):
+            self._settings = read_settings(config)
+            config_url, self.name = self._settings.url, str(config)
+        else:
+            from . import _alembic
+
+            self._config = _alembic.load_config(config)
+            config_url = _alembic.config_url(self._config)
+            self.name = self._config.config_file_name or "<Config>"
+        raw_url = url if url is not None else config_url
+        if raw_url is None:
+            raise ConfigurationError(
+                "No database URL: pass url= to AutoMigrator or set sqlalchemy.url in "
+                f"{self.name!r}."
+            )
+        self.url: URL = parse_url(raw_url)
+        self._url_given = url is not None
+        if self._config is not None and self._url_given:
+            self._apply_url(self._config)
+        self._script: ScriptDirectory | None = None  # imported: to run
+        self._graph: ScriptDirectory | None = None  # read, not imported: for plans
+
+    @property
+    def config(self) -> Config:
+        """The Alembic config env.py sees (with the URL applied); built on first use."""
+        if self._config is None:
+            from . import _alembic
+
+            assert self._settings is not None
+            config = _alembic.load_config(self._settings.path)
+            if self._url_given:
+                self._apply_url(config)
+            self._config = config
+        return self._config
+
+    def _apply_url(self, config: Config) -> None:
+        from . import _alembic
+
+        if self.multidb_name is None:
+            _alembic.set_url(config, self.url)
+        else:  # the multidb template's env.py migrates the databases listed here
+            _alembic.set_url(config, self.url, section=self.multidb_name)
+            config.set_main_option("databases", self.multidb_name)
+
+    def forget(self) -> None:
+        """Drop the graph and the imported scripts: read them again next time."""
+        self._script, self._graph = None, None
+
+    def remembered_heads(self, target: str) -> tuple[str, ...] | None:
+        """The heads remembered from an earlier start, if the files are unchanged."""
+        if target not in ("head", "heads") or self._graph or self._script:
+            return None  # a pinned target, or the graph is at hand anyway
+        where = self._cache_place()
+        return None if where is None else _headcache.recall(*where)
+
+    def _cache_place(self) -> tuple[Path, str] | None:
+        # Remembered heads need the config as a file we can read ourselves:
+        # a Config object built in code has nothing to key them on.
+        if self._settings is None:
+            return None
+        folder = self._settings.script_folder()
+        key = _headcache.config_key(self._settings.path)
+        if folder is None or key is None:
+            return None
+        return folder / "__pycache__" / _headcache.FILE_NAME, key
+
+    def graph(self) -> ScriptDirectory:
+        """The revision graph, for planning: read from the files' text where it can be.
+
+        Imported (as Alembic does) when the files cannot be read plainly.
+        """
+        if self._script is not None:
+            return self._script
+        if self._graph is None:
+            from . import _textgraph
+
+            with ExitStack() as stack:
+                # The hook runs only if a file must be imported after all.
+                graph = _textgraph.load(self.config, lambda: self._enter_set_up(stack))
+            if graph is None:
+                self._graph = self.imported()
+            else:
+                self._graph = graph.script
+                where = self._cache_place()
+                if graph.plain and where is not None:
+                    _headcache.remember(*where, graph.script, graph.heads)
+        return self._graph
+
+    def imported(self) -> ScriptDirectory:
+        """The scripts imported and checked, ready to run (once per attempt)."""
+        if self._script is None:
+            from . import _alembic
+
+            with self.set_up():
+                self._script = _alembic.load_script(self.config)
+        return self._script
+
+    def upgrade(
+        self,
+        target: str,
+        *,
+        version_table: VersionTable,
+        on_applied: Callable[[AppliedRevision], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Run env.py's upgrade to ``target`` in this (worker) thread."""
+        from . import _alembic
+
+        script = self.imported()
+        with self.set_up():
+            _alembic.upgrade(
+                self.config,
+                script,
+                target,
+                url=self.url,
+                version_table=version_table,
+                on_applied=on_applied,
+                should_stop=should_stop,
+            )
+
+    def stamp(self, revision: str, *, version_table: VersionTable) -> None:
+        """Run env.py's stamp at ``revision`` in this (worker) thread."""
+        from . import _alembic
+
+        script = self.imported()
+        with self.set_up():
+            _alembic.stamp(
+                self.config, script, revision, url=self.url, version_table=version_table
+            )
+
+    @contextmanager
+    def set_up(self) -> Iterator[None]:
+        """Run ``before_scripts`` in this thread, inside what it returns."""
+        with ExitStack() as stack:
+            self._enter_set_up(stack)
+            yield
+
+    def _enter_set_up(self, stack: ExitStack) -> None:
+        if self.before_scripts is None:
+            return
+        try:
+            entered = self.before_scripts()
+            if entered is not None:
+                stack.enter_context(entered)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"before_scripts ({self.before_scripts!r}) failed: {type(exc).__name__}: "
+                f"{exc}. It sets the application up for the migration scripts; fix it, "
+                "or the set-up it needs."
+            ) from exc
