@@ -418,17 +418,17 @@ def test_the_reference_designs_override_style(
     assert backup_rows(sqlite_url) == OLD_ROWS
 
 
-def test_purge_keeps_the_newest_backups_only(tmp_path: Path, sqlite_url: URL) -> None:
+def test_a_second_purge_before_any_success_is_refused_and_keeps_the_rows(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # Purging the fresh database again could only throw away the one backup
+    # that matters (keep=1): the second purge is refused, naming it.
     ini = deployed(tmp_path, sqlite_url, broken=ALWAYS_BROKEN)
     policy = Chain(PurgeAndRetry(max_attempts=2, keep=1), LogAndContinue())
+    migrator = AutoMigrator(ini, url=sqlite_url, on_failure=policy)
 
-    status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+    status = anyio.run(migrator.run)
 
-    assert status.attempts == 3  # two purges
-    database = Path(str(sqlite_url.database))
-    backups = list(database.parent.glob(f"{database.name}.backup-*.sqlite"))
-    assert len(backups) == 1
-    # The one kept is the newest: the database as the second attempt left it.
-    with sqlite3.connect(backups[0]) as db:
-        assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
-    db.close()
+    assert status.attempts == 2  # one purge, then the refusal
+    assert backup_rows(sqlite_url) == OLD_ROWS
+    assert migrator.status.state is MigrationState.DEGRADED

@@ -12,6 +12,7 @@ from ._purge import Purged
 from ._scripts import BeforeScripts
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .errors import (
+    AlreadyPurgedError,
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
@@ -51,6 +52,7 @@ from .policies import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyPurgedError",
     "AppliedRevision",
     "AutoMigrateMiddleware",
     "AutoMigrator",

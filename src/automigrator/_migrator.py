@@ -372,10 +372,11 @@ class AutoMigrator(MigrationRunner):
         if plan.kind == "unversioned":
             await self.stamp_baseline()
             plan = await self.plan()
-            if plan.kind == "at_head":
-                return
-        await self.upgrade(plan)
-        await self.verify()
+        if plan.kind != "at_head":
+            await self.upgrade(plan)
+            await self.verify()
+        # A purge's fresh database, or RestoreBackup's pending copy, is done with.
+        await anyio.to_thread.run_sync(self._backups.settle)
 
     async def check(self) -> None:
         """Check mode: never migrate; wait until the database is at the target.
@@ -472,6 +473,9 @@ class AutoMigrator(MigrationRunner):
 
         Closes every connection of ours first. Call it under :meth:`locked`.
         What a backup is on each database: see :class:`~automigrator.PurgeAndRetry`.
+        A database purged before and not migrated successfully since is not
+        purged again: :class:`~automigrator.errors.AlreadyPurgedError` names
+        the backup (a crash loop purges once).
         """
         self._close_connections()
         return await anyio.to_thread.run_sync(

@@ -4,21 +4,34 @@ Every function here runs in a worker thread, under the migration lock, after
 every connection of ours is closed. What "backup" means per database:
 
 - SQLite: a consistent copy through the sqlite3 backup API, beside the file:
-  ``<db>.backup-<UTC time>.sqlite``.
+  ``<db>.backup-<UTC time>.sqlite``, written under a temporary name and
+  renamed, so a kill mid-copy never leaves a partial backup.
 - PostgreSQL: the version table's schema is renamed to
-  ``<schema>_quarantine_<UTC time>`` and an empty one created in its place:
-  no row is touched.
+  ``<schema>_quarantine_<UTC time>`` and an empty one created in its place,
+  in one transaction: no row is touched, and no kill leaves the schema gone.
 - MySQL/MariaDB: every table is moved (one atomic ``RENAME TABLE``) into a new
   database ``<db>_quarantine_<UTC time>``; views are dropped (they are
   schema, and the migrations make them again).
 
-The last ``keep`` backups are kept; older ones are deleted.
+Each purge leaves a marker saying that the database is now a fresh one made
+by a purge: a file ``<db>.automigrator-purged.json`` beside SQLite, a comment
+on the new PostgreSQL schema, a table ``automigrator_purge`` in the MySQL
+quarantine. While it is there no second purge is made: a crash loop purges
+once. A migration that succeeds removes it (:meth:`Backups.settle`).
+
+The newest ``keep`` backups are kept; older ones are deleted. Every backup is
+therefore taken of a database that migrated successfully since its last purge
+(pre-failure data), and the newest is never deleted. Names of other databases
+and schemas are never matched: every ``LIKE`` is escaped.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -30,12 +43,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
 from ._database import VersionTable, is_memory_sqlite
-from .errors import ConfigurationError
+from .errors import AlreadyPurgedError, ConfigurationError
 
 logger = logging.getLogger("automigrator")
 
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-
+_MARKER = "automigrator purge"  # how our PostgreSQL schema comment starts
+_STAMP_LENGTH = len("20261130t103000123456")
+# Longest identifiers: PostgreSQL 63 bytes, MySQL/MariaDB 64 characters.
+_NAME_LIMITS = {"postgresql": 63, "mysql": 64, "mariadb": 64}
 
 Snapshot = Literal["taken", "absent"]
 """What RestoreBackup's copy holds: the database, or the fact that there was none."""
@@ -56,6 +72,28 @@ def stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dt%H%M%S%f")
 
 
+def quarantine_prefix(name: str, backend: str) -> str:
+    """The start of every quarantine name of ``name``: fits the server's limit with a stamp.
+
+    A name too long to keep whole is cut and given a hash of the whole, so the
+    prefix stays unique to it.
+    """
+    limit = _NAME_LIMITS.get(backend, 63) - _STAMP_LENGTH
+    prefix = f"{name}_quarantine_"
+    if len(prefix.encode()) <= limit:
+        return prefix
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    tail = f"_{digest}_quarantine_"
+    head = name.encode()[: limit - len(tail)].decode(errors="ignore")
+    return f"{head}{tail}"
+
+
+def like_prefix(prefix: str) -> str:
+    """A ``LIKE ... ESCAPE '!'`` pattern matching names that start with ``prefix`` only."""
+    escaped = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"{escaped}%"
+
+
 def sqlite_path(url: URL) -> Path:
     """The SQLite database's file; ConfigurationError if it has none."""
     database = url.database
@@ -68,35 +106,18 @@ def sqlite_path(url: URL) -> Path:
 
 
 def sqlite_copy(source: Path, destination: Path) -> None:
-    """A consistent copy through the sqlite3 backup API (safe with a writer open)."""
+    """A consistent copy through the sqlite3 backup API, whole or not at all.
+
+    Written to a temporary name, synced, then renamed over ``destination``.
+    """
+    partial = destination.with_name(f".{destination.name}.partial")
+    partial.unlink(missing_ok=True)
     # closing(): sqlite3's own context manager commits but never closes.
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(destination)) as dst:
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
         src.backup(dst)
-
-
-def backup_and_purge(engine: Engine, table: VersionTable, *, backup: bool, keep: int) -> Purged:
-    """Back the database up (unless ``backup`` is False), then empty it."""
-    backend = engine.url.get_backend_name()
-    if backend == "sqlite":
-        return _sqlite(engine.url, backup=backup, keep=keep)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        if backend == "postgresql":
-            return _postgresql(conn, table, backup=backup, keep=keep)
-        if backend in ("mysql", "mariadb"):
-            return _mysql(conn, engine.url, backup=backup, keep=keep)
-    raise ConfigurationError(f"Purging a {backend!r} database is not supported.")
-
-
-def _sqlite(url: URL, *, backup: bool, keep: int) -> Purged:
-    path = sqlite_path(url)
-    copy = None
-    if backup and path.exists():
-        copy = path.with_name(f"{path.name}.backup-{stamp()}.sqlite")
-        sqlite_copy(path, copy)
-        olds = sorted(str(p) for p in path.parent.glob(f"{path.name}.backup-*.sqlite"))
-        _prune(olds, keep, lambda old: Path(old).unlink(), "backup")
-    gone = remove_sqlite_files(path)
-    return Purged(str(copy) if copy else None, ", ".join(str(p) for p in gone) or "nothing")
+    with open(partial, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(partial, destination)
 
 
 def remove_sqlite_files(path: Path, *, database: bool = True) -> list[Path]:
@@ -115,105 +136,8 @@ def _prune(names: Sequence[str], keep: int, drop: Callable[[str], object], what:
         logger.info("Deleted an old %s beyond keep=%d: %s", what, keep, old)
 
 
-def _postgresql(conn: Connection, table: VersionTable, *, backup: bool, keep: int) -> Purged:
-    schema = table.schema or conn.execute(sa.text("SELECT current_schema()")).scalar_one()
-    quote = conn.dialect.identifier_preparer.quote
-    quoted = quote(schema)
-    if not backup:
-        conn.execute(sa.text(f"DROP SCHEMA {quoted} CASCADE"))
-        conn.execute(sa.text(f"CREATE SCHEMA {quoted}"))
-        return Purged(None, f"schema {schema} (dropped and created again)")
-    quarantine = f"{schema}_quarantine_{stamp()}"[:63]
-    conn.execute(
-        sa.text(
-            f"ALTER SCHEMA {quoted} RENAME TO {conn.dialect.identifier_preparer.quote(quarantine)}"
-        )
-    )
-    conn.execute(sa.text(f"CREATE SCHEMA {quoted}"))
-    _rotate(
-        conn, "SELECT nspname FROM pg_namespace", "nspname", schema, keep, "DROP SCHEMA {} CASCADE"
-    )
-    return Purged(f"schema {quarantine}", f"schema {schema} (moved aside, an empty one made)")
-
-
-def _mysql(conn: Connection, url: URL, *, backup: bool, keep: int) -> Purged:
-    database = url.database
-    if not database:
-        raise ConfigurationError("The MySQL URL names no database: nothing to purge.")
-    quote = conn.dialect.identifier_preparer.quote
-    rows = conn.execute(
-        sa.text(
-            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = :db"
-        ),
-        {"db": database},
-    ).all()
-    tables = [name for name, kind in rows if kind == "BASE TABLE"]
-    for view in (name for name, kind in rows if kind == "VIEW"):
-        conn.execute(sa.text(f"DROP VIEW {quote(database)}.{quote(view)}"))
-    if not backup:
-        conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
-        for name in tables:
-            conn.execute(sa.text(f"DROP TABLE {quote(database)}.{quote(name)}"))
-        conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
-        return Purged(None, f"{len(tables)} table(s) of {database} (dropped)")
-    quarantine = f"{database}_quarantine_{stamp()}"[:64]
-    conn.execute(sa.text(f"CREATE DATABASE {quote(quarantine)}"))
-    if tables:
-        moves = ", ".join(
-            f"{quote(database)}.{quote(t)} TO {quote(quarantine)}.{quote(t)}" for t in tables
-        )
-        conn.execute(sa.text(f"RENAME TABLE {moves}"))
-    _rotate(
-        conn,
-        "SELECT schema_name FROM information_schema.schemata",
-        "schema_name",
-        database,
-        keep,
-        "DROP DATABASE {}",
-    )
-    return Purged(f"database {quarantine}", f"{len(tables)} table(s) of {database} (moved)")
-
-
-def _rotate(conn: Connection, catalog: str, column: str, name: str, keep: int, drop: str) -> None:
-    """Keep the newest ``keep`` quarantines of ``name`` listed in ``catalog``; drop the rest."""
-    quote = conn.dialect.identifier_preparer.quote
-    olds = sorted(
-        conn.execute(
-            sa.text(f"{catalog} WHERE {column} LIKE :pattern"),
-            {"pattern": f"{name}\\_quarantine\\_%"},
-        ).scalars()
-    )
-    _prune(olds, keep, lambda old: conn.execute(sa.text(drop.format(quote(old)))), "backup")
-
-
-def sqlite_snapshot(url: URL) -> Path:
-    """The copy RestoreBackup takes before migrating (one per database, replaced)."""
-    path = sqlite_path(url)
-    return path.with_name(f"{path.name}.before-migration.sqlite")
-
-
-def take_snapshot(url: URL) -> Snapshot:
-    """Copy the SQLite database aside before migrating (or note that there is none)."""
-    path, copy = sqlite_path(url), sqlite_snapshot(url)
-    if not path.exists():
-        copy.unlink(missing_ok=True)
-        return "absent"
-    sqlite_copy(path, copy)
-    return "taken"
-
-
-def restore_snapshot(url: URL, snapshot: Snapshot) -> None:
-    """Put the database back as :func:`take_snapshot` found it."""
-    path = sqlite_path(url)
-    if snapshot == "absent":  # there was no database: there is none again
-        remove_sqlite_files(path)
-        return
-    remove_sqlite_files(path, database=False)
-    sqlite_copy(sqlite_snapshot(url), path)
-
-
 class Backups:
-    """One migrator's backups: purge, and RestoreBackup's copy of this attempt.
+    """One migrator's backups: purge (once per failure), settle, RestoreBackup's copy.
 
     Every method runs in a worker thread, with our connections closed.
     """
@@ -221,30 +145,201 @@ class Backups:
     def __init__(self, engine: Engine, table: VersionTable) -> None:
         self.engine = engine
         self.table = table
+        self.backend = engine.url.get_backend_name()
         self._snapshot: Snapshot | None = None
 
+    # -- purge --------------------------------------------------------------
+
     def purge(self, *, backup: bool, keep: int) -> Purged:
-        """Back the database up (unless ``backup`` is False), then empty it."""
-        return backup_and_purge(self.engine, self.table, backup=backup, keep=keep)
+        """Back the database up (unless ``backup`` is False), then empty it.
+
+        Raises :class:`AlreadyPurgedError` while an earlier purge is unsettled.
+        """
+        if self.backend == "sqlite":
+            return self._purge_sqlite(backup=backup, keep=keep)
+        if self.backend == "postgresql":
+            with self.engine.begin() as conn:  # one transaction: all of it or none
+                return self._purge_postgresql(conn, backup=backup, keep=keep)
+        if self.backend in ("mysql", "mariadb"):
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                return self._purge_mysql(conn, backup=backup, keep=keep)
+        raise ConfigurationError(f"Purging a {self.backend!r} database is not supported.")
+
+    def settle(self) -> None:
+        """A migration succeeded: the database is no longer a purge's fresh one.
+
+        Also drops RestoreBackup's copy: the next attempt takes a new one.
+        """
+        if self.backend == "sqlite":
+            if is_memory_sqlite(self.engine.url):
+                return
+            path = sqlite_path(self.engine.url)
+            _marker(path).unlink(missing_ok=True)
+            for copy in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
+                copy.unlink(missing_ok=True)
+        elif self.backend == "postgresql":
+            with self.engine.begin() as conn:
+                schema = self._schema(conn)
+                if _schema_comment(conn, schema).startswith(_MARKER):
+                    conn.execute(sa.text(f"COMMENT ON SCHEMA {_quote(conn, schema)} IS NULL"))
+        elif self.backend in ("mysql", "mariadb"):
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                newest = _newest_mysql_marker(conn, self._mysql_database())
+                if newest is not None and not newest[1]:
+                    conn.execute(
+                        sa.text(
+                            f"UPDATE {_quote(conn, newest[0])}.automigrator_purge SET settled = 1"
+                        )
+                    )
+
+    def _purge_sqlite(self, *, backup: bool, keep: int) -> Purged:
+        path = sqlite_path(self.engine.url)
+        marker = _marker(path)
+        if marker.exists():
+            raise AlreadyPurgedError(_read_marker(marker))
+        copy = None
+        if backup and path.exists():
+            copy = path.with_name(f"{path.name}.backup-{stamp()}.sqlite")
+            sqlite_copy(path, copy)
+            olds = sorted(str(p) for p in path.parent.glob(f"{path.name}.backup-*.sqlite"))
+            _prune(olds, keep, lambda old: Path(old).unlink(), "backup")
+        _write_atomically(marker, json.dumps({"backup": str(copy) if copy else None}))
+        gone = remove_sqlite_files(path)
+        return Purged(str(copy) if copy else None, ", ".join(str(p) for p in gone) or "nothing")
+
+    def _schema(self, conn: Connection) -> str:
+        schema = self.table.schema or conn.execute(sa.text("SELECT current_schema()")).scalar()
+        if schema is None:
+            raise ConfigurationError(
+                "The database has no current schema (search_path names none that exists): "
+                f"{lost_schema_hint(conn)}"
+            )
+        return str(schema)
+
+    def _purge_postgresql(self, conn: Connection, *, backup: bool, keep: int) -> Purged:
+        schema = self._schema(conn)
+        comment = _schema_comment(conn, schema)
+        if comment.startswith(_MARKER):
+            raise AlreadyPurgedError(comment.partition("; backup ")[2] or None)
+        quoted = _quote(conn, schema)
+        quarantine = None
+        if backup:
+            quarantine = quarantine_prefix(schema, "postgresql") + stamp()
+            conn.execute(sa.text(f"ALTER SCHEMA {quoted} RENAME TO {_quote(conn, quarantine)}"))
+        else:
+            conn.execute(sa.text(f"DROP SCHEMA {quoted} CASCADE"))
+        conn.execute(sa.text(f"CREATE SCHEMA {quoted}"))
+        note = f"{_MARKER} at {stamp()}; backup schema {quarantine}" if quarantine else _MARKER
+        literal = sa.String().literal_processor(conn.dialect)
+        assert literal is not None
+        conn.execute(sa.text(f"COMMENT ON SCHEMA {quoted} IS {literal(note)}"))
+        if quarantine is None:
+            return Purged(None, f"schema {schema} (dropped and created again)")
+        _rotate(
+            conn,
+            "SELECT nspname FROM pg_namespace",
+            "nspname",
+            quarantine_prefix(schema, "postgresql"),
+            keep,
+            "DROP SCHEMA {} CASCADE",
+        )
+        return Purged(f"schema {quarantine}", f"schema {schema} (moved aside, an empty one made)")
+
+    def _mysql_database(self) -> str:
+        database = self.engine.url.database
+        if not database:
+            raise ConfigurationError("The MySQL URL names no database: nothing to purge.")
+        return database
+
+    def _purge_mysql(self, conn: Connection, *, backup: bool, keep: int) -> Purged:
+        database = self._mysql_database()
+        newest = _newest_mysql_marker(conn, database)
+        if newest is not None and not newest[1]:
+            raise AlreadyPurgedError(f"database {newest[0]}")
+        quote = conn.dialect.identifier_preparer.quote
+        rows = conn.execute(
+            sa.text(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE table_schema = :db"
+            ),
+            {"db": database},
+        ).all()
+        tables = [name for name, kind in rows if kind == "BASE TABLE"]
+        for view in (name for name, kind in rows if kind == "VIEW"):
+            conn.execute(sa.text(f"DROP VIEW {quote(database)}.{quote(view)}"))
+        # The quarantine holds the marker even without a backup: a purge is
+        # remembered either way.
+        quarantine = quarantine_prefix(database, "mysql") + stamp()
+        conn.execute(sa.text(f"CREATE DATABASE {quote(quarantine)}"))
+        if tables and backup:
+            moves = ", ".join(
+                f"{quote(database)}.{quote(t)} TO {quote(quarantine)}.{quote(t)}" for t in tables
+            )
+            conn.execute(sa.text(f"RENAME TABLE {moves}"))
+        elif tables:
+            conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
+            for name in tables:
+                conn.execute(sa.text(f"DROP TABLE {quote(database)}.{quote(name)}"))
+            conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
+        conn.execute(
+            sa.text(f"CREATE TABLE {quote(quarantine)}.automigrator_purge (settled BOOL NOT NULL)")
+        )
+        conn.execute(sa.text(f"INSERT INTO {quote(quarantine)}.automigrator_purge VALUES (0)"))
+        _rotate(
+            conn,
+            "SELECT schema_name FROM information_schema.schemata",
+            "schema_name",
+            quarantine_prefix(database, "mysql"),
+            keep,
+            "DROP DATABASE {}",
+        )
+        if not backup:
+            return Purged(None, f"{len(tables)} table(s) of {database} (dropped)")
+        return Purged(f"database {quarantine}", f"{len(tables)} table(s) of {database} (moved)")
+
+    # -- RestoreBackup's copy ---------------------------------------------------
 
     def check_snapshot_possible(self) -> None:
         """Refuse (before any DDL) a database that RestoreBackup cannot copy."""
-        backend = self.engine.url.get_backend_name()
-        if backend != "sqlite":
+        if self.backend != "sqlite":
             raise ConfigurationError(
-                f"RestoreBackup works on SQLite files, not on {backend}: PostgreSQL rolls a "
-                "failed run back by itself; on MySQL/MariaDB use PurgeAndRetry, or Fail."
+                f"RestoreBackup works on SQLite files, not on {self.backend}: PostgreSQL rolls "
+                "a failed run back by itself; on MySQL/MariaDB use PurgeAndRetry, or Fail."
             )
 
     def snapshot(self) -> None:
-        """Copy the SQLite database aside before migrating."""
-        self._snapshot = take_snapshot(self.engine.url)
-        logger.info(
-            "Copied the database aside before migrating: %s", sqlite_snapshot(self.engine.url)
+        """Copy the SQLite database aside before migrating, unless a copy is pending.
+
+        A copy still there means an earlier attempt never succeeded (it
+        failed, or was killed mid-revision or mid-restore): the database may
+        be damaged, so it is put back from that copy first, and the copy is
+        kept. Only a successful migration (:meth:`settle`) drops it.
+        """
+        url = self.engine.url
+        path, copy, absent = (
+            sqlite_path(url),
+            sqlite_snapshot(url),
+            _absent_marker(sqlite_path(url)),
         )
+        if copy.exists() or absent.exists():
+            logger.warning(
+                "An earlier migration attempt did not finish; putting the database back as it "
+                "was before it, from %s",
+                copy if copy.exists() else "nothing (there was no database)",
+            )
+            self._snapshot = "taken" if copy.exists() else "absent"
+            restore_snapshot(url, self._snapshot)
+            return
+        if path.exists():
+            sqlite_copy(path, copy)
+            self._snapshot = "taken"
+        else:
+            _write_atomically(absent, "")
+            self._snapshot = "absent"
+        logger.info("Copied the database aside before migrating: %s", copy)
 
     def restore(self) -> bool:
-        """Put back this attempt's copy; False if none was taken."""
+        """Put back this attempt's copy (kept for the next attempt); False if none."""
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return False
@@ -252,5 +347,122 @@ class Backups:
         return True
 
     def forget_snapshot(self) -> None:
-        """A new attempt: the last one's copy is not this one's."""
+        """A new attempt: the last one's copy is not this one's (it stays on disk)."""
         self._snapshot = None
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return str(conn.dialect.identifier_preparer.quote(name))
+
+
+def _schema_comment(conn: Connection, schema: str) -> str:
+    found = conn.execute(
+        sa.text(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :s"
+        ),
+        {"s": schema},
+    ).scalar()
+    return str(found or "")
+
+
+def lost_schema_hint(conn: Connection) -> str:
+    """What to do when the schema is gone: names any quarantine schemas found."""
+    found = (
+        conn.execute(
+            sa.text(
+                "SELECT nspname FROM pg_namespace "
+                "WHERE nspname LIKE '%!_quarantine!_%' ESCAPE '!' ORDER BY nspname"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not found:
+        return "create the schema, or fix search_path."
+    return (
+        f"found the quarantine schema(s) {', '.join(found)} left by a purge: rename the "
+        "newest back (ALTER SCHEMA ... RENAME TO ...), or create an empty schema."
+    )
+
+
+def _newest_mysql_marker(conn: Connection, database: str) -> tuple[str, bool] | None:
+    """The newest quarantine database of ``database`` and whether its purge is settled."""
+    names = (
+        conn.execute(
+            sa.text(
+                "SELECT schema_name FROM information_schema.schemata "
+                "WHERE schema_name LIKE :pattern ESCAPE '!' ORDER BY schema_name DESC"
+            ),
+            {"pattern": like_prefix(quarantine_prefix(database, "mysql"))},
+        )
+        .scalars()
+        .all()
+    )
+    for name in names:
+        has_marker = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = :db AND table_name = 'automigrator_purge'"
+            ),
+            {"db": name},
+        ).scalar()
+        if has_marker:
+            settled = conn.execute(
+                sa.text(f"SELECT min(settled) FROM {_quote(conn, name)}.automigrator_purge")
+            ).scalar()
+            return str(name), bool(settled)
+    return None
+
+
+def _rotate(
+    conn: Connection, catalog: str, column: str, prefix: str, keep: int, drop: str
+) -> None:
+    """Keep the newest ``keep`` quarantines named ``prefix...`` in ``catalog``; drop the rest."""
+    olds = sorted(
+        conn.execute(
+            sa.text(f"{catalog} WHERE {column} LIKE :pattern ESCAPE '!'"),
+            {"pattern": like_prefix(prefix)},
+        ).scalars()
+    )
+    _prune(olds, keep, lambda old: conn.execute(sa.text(drop.format(_quote(conn, old)))), "backup")
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f"{path.name}.automigrator-purged.json")
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        backup = json.loads(marker.read_text(encoding="utf-8")).get("backup")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(backup) if backup else None
+
+
+def _absent_marker(path: Path) -> Path:
+    return path.with_name(f"{path.name}.before-migration.absent")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def sqlite_snapshot(url: URL) -> Path:
+    """The copy RestoreBackup takes before migrating (kept until a migration succeeds)."""
+    path = sqlite_path(url)
+    return path.with_name(f"{path.name}.before-migration.sqlite")
+
+
+def restore_snapshot(url: URL, snapshot: Snapshot) -> None:
+    """Put the database back as the copy holds it; the copy itself stays.
+
+    A kill at any point leaves the copy intact, so the next start restores again.
+    """
+    path = sqlite_path(url)
+    if snapshot == "absent":  # there was no database: there is none again
+        remove_sqlite_files(path)
+        return
+    remove_sqlite_files(path, database=False)
+    sqlite_copy(sqlite_snapshot(url), path)

@@ -10,6 +10,7 @@ AutomigratorError                 every error the library raises
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
 ├── MigrationError                kind "migration": a revision failed, or did not stick
+│   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
 └── ShutdownRequestedError        kind "shutdown": the server stopped us while we waited
 ```
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 from typing import Literal
 
 __all__ = [
+    "AlreadyPurgedError",
     "AutomigratorError",
     "ConfigurationError",
     "DatabaseUnavailableError",
@@ -168,6 +170,25 @@ class MigrationError(AutomigratorError):
             "context.run_migrations() inside a transaction that is committed, and with the "
             "same version table?)."
         )
+
+
+class AlreadyPurgedError(MigrationError):
+    """A purge was refused: the database was purged already and has not migrated since.
+
+    Purging again could only throw away the fresh database: the data from
+    before the failure is in the backup this error names.
+    """
+
+    kind: ErrorKind = "migration"
+
+    def __init__(self, backup: str | None) -> None:
+        where = f"the data from before it is in {backup}" if backup else "no backup was taken"
+        super().__init__(
+            "Not purging again: this database was already purged after a failed migration, "
+            f"and no migration has succeeded since ({where}). Fix the failing revision; to "
+            "start over by hand, restore or drop the backup and remove the purge marker."
+        )
+        self.backup = backup
 
 
 class ShutdownRequestedError(AutomigratorError):

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 from ._plan import Plan
 from ._purge import Purged
 from ._status import MigrationStatus
-from .errors import AutomigratorError, ErrorKind, first_line
+from .errors import AlreadyPurgedError, AutomigratorError, ErrorKind, first_line
 
 __all__ = [
     "BeforeUpgrade",
@@ -262,11 +262,16 @@ class Chain:
         self.policies = policies
 
     async def handle(self, failure: Failure) -> Decision:
+        passed = []
         for policy in self.policies:
             decision = await policy.handle(failure)
             if decision.action != "pass":
                 return replace(decision, policy=decision.policy or repr(policy))
-        return Decision.fail("every policy in the chain passed the failure on")
+            passed.append(f"{type(policy).__name__}: {decision.reason}")
+        # Why each passed: "not purging again, the data is in ..." must reach the log.
+        return Decision.fail(
+            f"every policy in the chain passed the failure on ({'; '.join(passed)})"
+        )
 
     async def before_upgrade(self, migrator: FailedMigrator) -> None:
         """Each member's own ``before_upgrade``, in order."""
@@ -317,7 +322,17 @@ class PurgeAndRetry:
             return Decision.pass_on(f"purged {self.max_attempts} time(s) already")
         migrator = failure.migrator
         async with migrator.locked():
-            purged = await migrator.purge(backup=self.backup, keep=self.keep)
+            # Decided again under the lock: another process may have brought
+            # the database to the target (and served on it) since we failed.
+            plan = await migrator.plan()
+            if plan.kind == "at_head":
+                return Decision.retry("another process migrated the database; nothing purged")
+            if plan.kind not in ("behind", "empty", "unversioned"):
+                return Decision.pass_on(f"the database is now {plan.kind}; nothing purged")
+            try:
+                purged = await migrator.purge(backup=self.backup, keep=self.keep)
+            except AlreadyPurgedError as exc:
+                return Decision.pass_on(exc.message)
         logger.critical(
             "Migration failed (%s). PURGED %s; backup: %s. Migrating from scratch.",
             first_line(failure.error.message),
