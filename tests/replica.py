@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import anyio
 
-from automigrator import AutoMigrator
+from automigrator import AutoMigrator, Chain, LogAndContinue, PurgeAndRetry, Retry
+from automigrator.policies import FailurePolicy
+
+# AM_POLICY=appliance: the documented recipe for unattended boxes.
+POLICIES: dict[str, FailurePolicy] = {
+    "appliance": Chain(Retry(delay=0.1), PurgeAndRetry(keep=3), LogAndContinue()),
+}
 
 
 def main() -> None:
     ini, url = sys.argv[1], sys.argv[2]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    migrator = AutoMigrator(ini, url=url)
+    policy = POLICIES.get(os.environ.get("AM_POLICY", ""))
+    migrator = AutoMigrator(ini, url=url, on_failure=policy)
     print("ready", flush=True)
     sys.stdin.readline()  # the start gate: every replica is released at once
     status = anyio.run(migrator.run)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import anyio.to_thread
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, create_engine, display, redact
+from ._database import VersionTable, create_engine, display, redact, translate_error
 from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
 from ._options import LockOption, check_options
@@ -337,24 +338,30 @@ class AutoMigrator(MigrationRunner):
         self._raise_refusal(plan, final=False)
         if plan.kind == "at_head":
             return
-        while True:
-            async with self.locked() as waited:
-                if not waited:
-                    try:
-                        with frozen_heap() as self._heap:  # short GC pauses meanwhile
-                            await self._migrate_locked()
-                    finally:
-                        self._heap = FrozenHeap(owned=False)
-                    return
-            # We waited while another process held the lock: it has just let
-            # go, most likely at head. That needs no lock, so every waiter
-            # checks at once instead of taking the lock in turn; a database
-            # still behind (the holder failed) sends us back for the lock.
-            plan = await self.plan()
-            self._raise_refusal(plan, final=False)
-            if plan.kind == "at_head":
-                logger.info("Another process brought the schema to head while we waited")
+        async with self.locked() as waited:
+            if not waited:
+                await self._migrate_frozen()
                 return
+        # We waited while another process held the lock: it has just let go,
+        # most likely at head. That needs no lock, so every waiter checks at
+        # once instead of taking the lock in turn.
+        plan = await self.plan()
+        self._raise_refusal(plan, final=False)
+        if plan.kind == "at_head":
+            logger.info("Another process brought the schema to head while we waited")
+            return
+        # Still behind: the holder failed. Take the lock and keep it, even if
+        # we wait for it again: waiters that let go whenever they had waited
+        # would hand the lock round forever while no one migrates.
+        async with self.locked():
+            await self._migrate_frozen()
+
+    async def _migrate_frozen(self) -> None:
+        try:
+            with frozen_heap() as self._heap:  # short GC pauses meanwhile
+                await self._migrate_locked()
+        finally:
+            self._heap = FrozenHeap(owned=False)
 
     async def _migrate_locked(self) -> None:
         # We hold the lock and will most likely upgrade: import the scripts
@@ -478,9 +485,12 @@ class AutoMigrator(MigrationRunner):
         the backup (a crash loop purges once).
         """
         self._close_connections()
-        return await anyio.to_thread.run_sync(
-            lambda: self._backups.purge(backup=backup, keep=keep)
-        )
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: self._backups.purge(backup=backup, keep=keep)
+            )
+        except DBAPIError as exc:
+            raise translate_error(exc, self.url, doing="purging the database") from exc
 
     async def snapshot(self) -> None:
         """SQLite: copy the database aside before migrating (for :class:`RestoreBackup`)."""

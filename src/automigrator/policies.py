@@ -262,13 +262,15 @@ class Chain:
         self.policies = policies
 
     async def handle(self, failure: Failure) -> Decision:
-        passed = []
+        passed: list[str] = []
         for policy in self.policies:
             decision = await policy.handle(failure)
             if decision.action != "pass":
-                return replace(decision, policy=decision.policy or repr(policy))
-            passed.append(f"{type(policy).__name__}: {decision.reason}")
-        # Why each passed: "not purging again, the data is in ..." must reach the log.
+                # Why the others passed ("not purging again: the data is in
+                # ...") reaches the log line with the decision.
+                reason = "; ".join([decision.reason, *passed])
+                return replace(decision, policy=decision.policy or repr(policy), reason=reason)
+            passed.append(f"{type(policy).__name__} passed: {decision.reason}")
         return Decision.fail(
             f"every policy in the chain passed the failure on ({'; '.join(passed)})"
         )
@@ -333,6 +335,9 @@ class PurgeAndRetry:
                 purged = await migrator.purge(backup=self.backup, keep=self.keep)
             except AlreadyPurgedError as exc:
                 return Decision.pass_on(exc.message)
+            except AutomigratorError as exc:  # the database refused: nothing was purged
+                logger.error("The purge failed, nothing was purged: %s", exc.summary())
+                return Decision.pass_on(f"the purge failed ({exc.summary()})")
         logger.critical(
             "Migration failed (%s). PURGED %s; backup: %s. Migrating from scratch.",
             first_line(failure.error.message),

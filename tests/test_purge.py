@@ -1,0 +1,207 @@
+"""Nothing lost: the destructive policies under crash loops, crowds and look-alike names.
+
+Real databases and real processes. Each test injects the fault the guarantee
+is about (a restart loop, 16 processes at once, a name that LIKE would match
+unescaped, a failure between the PostgreSQL rename and create) and checks
+the rows from before the failure are still in a backup.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, MigrationError, PurgeAndRetry
+from automigrator._purge import like_prefix, quarantine_prefix
+from tests.conftest import revisions, rows, server_url
+from tests.processes import start_replicas
+from tests.test_cli import cli
+from tests.test_policies import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, deployed, user_rows
+
+
+def backups(url: URL) -> list[str]:
+    """Every backup automigrator made of ``url``: files, schemas or databases, oldest first."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = Path(str(url.database))
+        return sorted(str(p) for p in path.parent.glob(f"{path.name}.backup-*.sqlite"))
+    if backend == "postgresql":
+        catalog, column, name = "pg_namespace", "nspname", "public"
+    else:
+        catalog, column, name = "information_schema.schemata", "schema_name", str(url.database)
+    pattern = like_prefix(quarantine_prefix(name, backend)).replace("%", "%%")
+    found = rows(url, f"SELECT {column} FROM {catalog} WHERE {column} LIKE '{pattern}' ESCAPE '!'")
+    return sorted(str(r[0]) for r in found)
+
+
+def rows_in(url: URL, backup: str) -> list[tuple[object, ...]]:
+    """The users in one backup."""
+    if url.get_backend_name() == "sqlite":
+        with sqlite3.connect(backup) as db:
+            found = db.execute("SELECT name, email FROM users ORDER BY email").fetchall()
+        db.close()
+        return [tuple(r) for r in found]
+    return rows(url, f"SELECT name, email FROM {backup}.users ORDER BY email")
+
+
+@pytest.fixture
+def quarantines_dropped(db_url: URL) -> Iterator[URL]:
+    """db_url, with MariaDB quarantine databases dropped afterwards (they are databases)."""
+    yield db_url
+    if db_url.get_backend_name() in ("mysql", "mariadb"):
+        engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+        with engine.begin() as conn:
+            for name in backups(db_url):
+                conn.exec_driver_sql(f"DROP DATABASE `{name}`")
+        engine.dispose()
+
+
+def test_a_crash_loop_purges_once_and_the_rows_stay_in_the_backup(
+    tmp_path: Path, quarantines_dropped: URL
+) -> None:
+    url = quarantines_dropped
+    ini = deployed(tmp_path, url, broken=ALWAYS_BROKEN)
+
+    # An unattended box restarting its command four times (keep=3 by default).
+    runs = [cli(ini, url, "upgrade", "--on-failure", "purge") for _ in range(4)]
+
+    assert [run.returncode for run in runs] == [1, 1, 1, 1]
+    [backup] = backups(url)  # one purge in all
+    assert rows_in(url, backup) == OLD_ROWS
+    for run in runs[1:]:
+        assert "Not purging again" in run.stderr
+        assert backup.rsplit("/", 1)[-1] in run.stderr  # the message names the backup
+
+
+def test_sixteen_processes_with_a_failing_revision_purge_once(
+    tmp_path: Path, quarantines_dropped: URL
+) -> None:
+    url = quarantines_dropped
+    ini = deployed(tmp_path, url, broken=ALWAYS_BROKEN)
+
+    procs = start_replicas(ini, url, 16, env={"AM_POLICY": "appliance"})
+    results = [proc.communicate(timeout=240) for proc in procs]
+
+    statuses = [json.loads(out) for out, _ in results]
+    assert [proc.returncode for proc in procs] == [0] * 16
+    # Every process says what the database holds: r3 is broken, so r2 (or
+    # nothing, where PostgreSQL rolled the whole fresh run back).
+    at = () if url.get_backend_name() == "postgresql" else ("r2",)
+    assert {(s["state"], tuple(s["revisions_after"])) for s in statuses} == {("degraded", at)}
+    assert revisions(url) == set(at)
+    [backup] = backups(url)
+    assert rows_in(url, backup) == OLD_ROWS
+
+
+def test_a_purge_after_another_process_migrated_purges_nothing(
+    tmp_path: Path, quarantines_dropped: URL
+) -> None:
+    # This process failed; by the time its policy holds the lock, another
+    # process has brought the database to the target (and served on it).
+    url = quarantines_dropped
+    ini = deployed(tmp_path, url, broken=ALWAYS_BROKEN)
+    migrator = AutoMigrator(ini, url=url, on_failure=PurgeAndRetry())
+
+    class MigratedMeanwhile(PurgeAndRetry):
+        async def handle(self, failure):  # type: ignore[no-untyped-def]
+            fixed = ini.parent / "migrations" / "versions" / "r3.py"
+            fixed.write_text(
+                fixed.read_text().replace('raise RuntimeError("r3 is broken")', "pass")
+            )
+            await AutoMigrator(ini, url=url).run()  # the other process
+            return await super().handle(failure)
+
+    migrator.on_failure = MigratedMeanwhile()
+    status = anyio.run(migrator.run)
+
+    assert status.ready
+    assert backups(url) == []
+    assert user_rows(url) == OLD_ROWS
+
+
+def test_rotation_never_touches_a_look_alike_database(tmp_path: Path) -> None:
+    # 'am_x' and 'amXx' match the same unescaped LIKE 'am_x%'.
+    admin = sa.create_engine(server_url("mariadb"), isolation_level="AUTOCOMMIT")
+    name = f"am_{uuid.uuid4().hex[:8]}"
+    look_alike = f"{name.replace('_', 'X')}_quarantine_20000101t000000000000"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        conn.exec_driver_sql(f"CREATE DATABASE {look_alike}")
+        conn.exec_driver_sql(f"CREATE TABLE {look_alike}.precious (id INT)")
+    url = server_url("mariadb").set(database=name)
+    try:
+        ini = deployed(tmp_path, url)  # r3 fails on the rows, works from scratch
+        anyio.run(AutoMigrator(ini, url=url, on_failure=PurgeAndRetry(keep=1)).run)
+
+        assert len(backups(url)) == 1
+        assert rows(url, f"SELECT count(*) FROM {look_alike}.precious") == [(0,)]
+    finally:
+        with admin.connect() as conn:
+            for each in [name, look_alike, *backups(url)]:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {each}")
+        admin.dispose()
+
+
+def test_mariadb_quarantine_names_fit_64_characters_and_stay_unique(tmp_path: Path) -> None:
+    admin = sa.create_engine(server_url("mariadb"), isolation_level="AUTOCOMMIT")
+    name = f"am_{uuid.uuid4().hex}_" + "x" * 26  # 62 characters
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = server_url("mariadb").set(database=name)
+    try:
+        ini = deployed(tmp_path, url)
+        for _ in range(2):  # two purges the same day, each followed by a success
+            migrator = AutoMigrator(ini, url=url, on_failure=PurgeAndRetry())
+            assert anyio.run(migrator.run).ready
+            engine = sa.create_engine(url, poolclass=sa.NullPool)
+            with engine.begin() as conn:  # back to a database r3 fails on
+                conn.exec_driver_sql("DROP TABLE audit")
+                conn.exec_driver_sql("DROP INDEX ix_users_name ON users")
+                conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'r2'")
+                conn.exec_driver_sql(
+                    "INSERT INTO users (name, email) VALUES ('ann', 'a@x'), ('ann', 'b@x')"
+                )
+            engine.dispose()
+
+        found = backups(url)
+        assert len(found) == 2
+        assert all(len(each) <= 64 for each in found)
+    finally:
+        with admin.connect() as conn:
+            for each in [name, *backups(url)]:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{each}`")
+        admin.dispose()
+
+
+def test_a_failure_between_the_postgresql_rename_and_create_keeps_the_schema(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    ini = deployed(tmp_path, pg_url, broken=UNIQUE_NAMES)
+    # The fault: CREATE SCHEMA fails (an event trigger on this test's own
+    # database), right after the schema was renamed away.
+    engine = sa.create_engine(pg_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION no_new_schema() RETURNS event_trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'injected: no CREATE SCHEMA'; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE EVENT TRIGGER no_new_schema ON ddl_command_start "
+            "WHEN TAG IN ('CREATE SCHEMA') EXECUTE FUNCTION no_new_schema()"
+        )
+    engine.dispose()
+
+    with pytest.raises(MigrationError):
+        anyio.run(AutoMigrator(ini, url=pg_url, on_failure=PurgeAndRetry()).run)
+
+    assert backups(pg_url) == []  # the rename was rolled back with the create
+    assert user_rows(pg_url) == OLD_ROWS
+    assert revisions(pg_url) == {"r2"}
