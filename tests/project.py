@@ -96,3 +96,27 @@ def make_project(
     for rev in revisions:
         write_revision(root, rev)
     return ini
+
+
+def waiting(rev_id: str, down: str | None, then: str = "pass") -> Rev:
+    """A revision that says it runs, waits for the test's signal, then runs ``then``.
+
+    It creates ``$AM_SIGNALS/<id>.running`` and waits for ``$AM_SIGNALS/<id>.go``
+    (up to 120 s, then fails): the test injects its fault in between.
+    """
+    body = f"""
+    import os
+    import time
+    from pathlib import Path
+
+    signals = Path(os.environ["AM_SIGNALS"])
+    (signals / "{rev_id}.running").touch()
+    for _ in range(12000):
+        if (signals / "{rev_id}.go").exists():
+            break
+        time.sleep(0.01)
+    else:
+        raise RuntimeError("the test never said go")
+    {then}
+    """
+    return Rev(rev_id, down, f"{rev_id} waits for the test", body)

@@ -201,6 +201,7 @@ class _Recorder:
         self.steps: list[RevisionStep] = []
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
+        self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -217,6 +218,7 @@ class _Recorder:
             if index and self.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
+            self.yielded = index + 1
             yield step
 
     def started(self) -> None:
@@ -246,11 +248,12 @@ class _Recorder:
         )
         self.on_applied(applied)
 
-    def failing_revision(self) -> str | None:
-        index = len(self.applied)
-        if index < len(self.steps):
-            return str(self.steps[index].revision.revision)
-        return None
+    def running_revision(self) -> str | None:
+        """The revision that was running when the run failed; None before the first."""
+        if not self.yielded:
+            return None
+        index = min(len(self.applied), self.yielded - 1)  # the last one: at its commit
+        return str(self.steps[index].revision.revision)
 
 
 def _environment(
@@ -360,18 +363,20 @@ def _run_env(
 
 
 def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> AutomigratorError:
-    revision = recorder.failing_revision()
-    if isinstance(exc, DBAPIError) and (revision is None or exc.connection_invalidated):
-        # Failed before the first revision ran (env.py could not connect),
-        # or the connection dropped: not the migration's fault.
+    revision = recorder.running_revision()
+    if isinstance(exc, DBAPIError) and (revision is None or _connection_lost(exc)):
+        # Failed before the first revision ran (env.py could not connect), or
+        # the connection dropped: not the migration's fault.
         error = translate_error(exc, url, doing="running env.py")
         if isinstance(error, (ConfigurationError, DatabaseUnavailableError)):
             return error
     detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
     if revision is None:
-        return MigrationError(
-            f"env.py failed before any revision ran, against {display(url)}: {detail}",
-            revision=None,
+        # env.py itself failed (an import, the app's settings) before any
+        # revision ran: nothing was changed, and no retry or purge will fix it.
+        return ConfigurationError(
+            f"env.py failed before any revision ran, against {display(url)}: {detail}. "
+            "Fix env.py or what it imports; nothing was changed."
         )
     message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
     done = len(recorder.applied)
@@ -382,3 +387,8 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         "its partial changes may remain.",
         revision=revision,
     )
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """The driver lost its connection: SQLAlchemy's dialect recognised a disconnect."""
+    return bool(exc.connection_invalidated)

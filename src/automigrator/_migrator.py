@@ -272,6 +272,9 @@ class AutoMigrator(MigrationRunner):
                 raise
             except AutomigratorError as exc:
                 error: AutomigratorError = exc
+            except DBAPIError as exc:  # outside a revision: the database's, not ours
+                error = translate_error(exc, self.url, doing="migrating")
+                error.__cause__ = exc
             except Exception as exc:
                 error = MigrationError(redact(f"{type(exc).__name__}: {exc}", self.url))
                 error.__cause__ = exc

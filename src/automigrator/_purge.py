@@ -230,9 +230,9 @@ class Backups:
             conn.execute(sa.text(f"DROP SCHEMA {quoted} CASCADE"))
         conn.execute(sa.text(f"CREATE SCHEMA {quoted}"))
         note = f"{_MARKER} at {stamp()}; backup schema {quarantine}" if quarantine else _MARKER
-        literal = sa.String().literal_processor(conn.dialect)
-        assert literal is not None
-        conn.execute(sa.text(f"COMMENT ON SCHEMA {quoted} IS {literal(note)}"))
+        # COMMENT takes no bound parameter: a literal, quotes doubled.
+        literal = "'" + note.replace("'", "''") + "'"
+        conn.execute(sa.text(f"COMMENT ON SCHEMA {quoted} IS {literal}"))
         if quarantine is None:
             return Purged(None, f"schema {schema} (dropped and created again)")
         _rotate(

@@ -33,6 +33,7 @@ from .errors import (
     LockTimeoutError,
     SchemaBehindError,
     ShutdownRequestedError,
+    first_line,
 )
 from .locking import MigrationLock
 
@@ -195,8 +196,7 @@ class Waiter:
             yield waited
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lock.release)
-            logger.debug("Released the migration lock %r", lock)
+                await _release(lock)
 
     async def acquire(self, lock: MigrationLock, *, read_ahead: Callable[[], object]) -> bool:
         """Take the lock; True when another process held it and we waited.
@@ -330,3 +330,20 @@ async def _quietly(work: Callable[[], object]) -> None:
         await anyio.to_thread.run_sync(work)
     except Exception:
         logger.debug("Reading the scripts while waiting failed", exc_info=True)
+
+
+async def _release(lock: MigrationLock) -> None:
+    # A release that fails (its connection died) must not replace the error
+    # that ended the block, nor fail a run that succeeded: a session lock
+    # dies with its connection, so nothing is left held.
+    try:
+        await anyio.to_thread.run_sync(lock.release)
+    except Exception as exc:
+        logger.warning(
+            "Releasing the migration lock %r failed (%s: %s); it went with its connection",
+            lock,
+            type(exc).__name__,
+            first_line(exc),
+        )
+    else:
+        logger.debug("Released the migration lock %r", lock)

@@ -1,0 +1,133 @@
+"""Truthful kinds: only an error raised by a revision is ``migration``.
+
+A connection cut mid-revision, a lock lost or a release that fails are
+``transient``; env.py failing before any revision is ``configuration``. The
+destructive policies act on ``migration`` alone, so each fault below is
+injected under ``PurgeAndRetry`` and must purge nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import (
+    AutoMigrator,
+    AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PurgeAndRetry,
+)
+from tests.conftest import make_db_url, revisions
+from tests.faults import Proxy
+from tests.project import write_revision
+from tests.test_policies import OLD_ROWS, deployed, user_rows
+from tests.test_purge import backups
+
+
+@pytest.fixture
+def signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder where waiting revisions and the test signal each other."""
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    monkeypatch.setenv("AM_SIGNALS", str(folder))
+    return folder
+
+
+def wait_for(path: Path, seconds: float = 60) -> None:
+    """Block until ``path`` exists (a revision said it runs)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+
+
+class Background:
+    """``migrator.run()`` in a thread of its own; ``result()`` gives the error or status."""
+
+    def __init__(self, migrator: AutoMigrator) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(migrator,))
+        self.thread.start()
+
+    def _run(self, migrator: AutoMigrator) -> None:
+        try:
+            anyio.run(migrator.run)
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> BaseException | None:
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+        return self.error
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    yield from make_db_url(request.param, tmp_path)
+
+
+def through(proxy: Proxy, url: URL) -> URL:
+    return url.set(host="127.0.0.1", port=proxy.port)
+
+
+def test_a_connection_cut_mid_revision_is_transient_and_purges_nothing(
+    tmp_path: Path, server_db: URL, signals: Path
+) -> None:
+    from tests.project import waiting
+
+    ini = deployed(tmp_path, server_db, broken=waiting("r3", "r2", 'op.execute("SELECT 1")'))
+    with Proxy(server_db.host or "127.0.0.1", server_db.port or 0) as proxy:
+        migrator = AutoMigrator(
+            ini, url=through(proxy, server_db), connect_timeout=0, on_failure=PurgeAndRetry()
+        )
+        run = Background(migrator)
+        wait_for(signals / "r3.running")
+        proxy.drop()  # every connection: the migration's and the lock's
+        (signals / "r3.go").touch()
+        error = run.result()
+
+    assert isinstance(error, DatabaseUnavailableError), repr(error)
+    assert migrator.status.error_kind == "transient"
+    assert migrator.status.attempts == 1  # no purge, no retry
+    assert backups(server_db) == []
+    assert user_rows(server_db) == OLD_ROWS
+    assert revisions(server_db) == {"r2"}
+
+
+ENV_IMPORT_ERROR = "from myapp.models import Base  # the app's models, not importable\n"
+
+
+def test_env_py_failing_before_any_revision_is_configuration_and_purges_nothing(
+    tmp_path: Path, db_url: URL
+) -> None:
+    ini = deployed(tmp_path, db_url)
+    env_py = ini.parent / "migrations" / "env.py"
+    env_py.write_text(ENV_IMPORT_ERROR + env_py.read_text())
+    migrator = AutoMigrator(ini, url=db_url, on_failure=PurgeAndRetry())
+
+    with pytest.raises(ConfigurationError, match=r"env\.py"):
+        anyio.run(migrator.run)
+
+    assert migrator.status.attempts == 1
+    assert backups(db_url) == []
+    assert user_rows(db_url) == OLD_ROWS
+
+
+def test_a_revision_that_raises_is_still_migration(tmp_path: Path, sqlite_url: URL) -> None:
+    # The other side of the line: the revision's own error keeps its kind.
+    ini = deployed(tmp_path, sqlite_url)
+    write_revision(ini.parent, __import__("tests.test_policies").test_policies.ALWAYS_BROKEN)
+
+    with pytest.raises(AutomigratorError) as caught:
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+    assert caught.value.kind == "migration"
+    assert sa.inspect is not None
