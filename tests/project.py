@@ -101,8 +101,9 @@ def make_project(
 def waiting(rev_id: str, down: str | None, then: str = "pass") -> Rev:
     """A revision that says it runs, waits for the test's signal, then runs ``then``.
 
-    It creates ``$AM_SIGNALS/<id>.running`` and waits for ``$AM_SIGNALS/<id>.go``
-    (up to 120 s, then fails): the test injects its fault in between.
+    It adds a line (its process id) to ``$AM_SIGNALS/<id>.running`` and waits
+    for ``$AM_SIGNALS/<id>.go`` (up to 120 s, then fails): the test injects its
+    fault in between.
     """
     body = f"""
     import os
@@ -110,7 +111,8 @@ def waiting(rev_id: str, down: str | None, then: str = "pass") -> Rev:
     from pathlib import Path
 
     signals = Path(os.environ["AM_SIGNALS"])
-    (signals / "{rev_id}.running").touch()
+    with open(signals / "{rev_id}.running", "a") as running:
+        running.write(f"{{os.getpid()}}\\n")
     for _ in range(12000):
         if (signals / "{rev_id}.go").exists():
             break

@@ -38,9 +38,11 @@ from .errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
+    LockLostError,
     MigrationError,
     first_line,
 )
+from .locking import HeldLock
 
 logger = logging.getLogger("automigrator")
 
@@ -194,9 +196,11 @@ class _Recorder:
         on_applied: OnApplied,
         version_table: VersionTable,
         should_stop: Callable[[], bool] = lambda: False,
+        lock: object = None,
     ) -> None:
         self.on_applied = on_applied
         self.should_stop = should_stop
+        self.lock = lock if isinstance(lock, HeldLock) else None
         self.version_table = version_table
         self.steps: list[RevisionStep] = []
         self.applied: list[AppliedRevision] = []
@@ -218,8 +222,27 @@ class _Recorder:
             if index and self.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
+            self.check_lock(f"before revision {step.revision.revision}")
             self.yielded = index + 1
             yield step
+
+    def check_lock(self, when: str) -> None:
+        """Raise LockLostError if the migration lock is no longer ours."""
+        if self.lock is not None and not self.lock.held():
+            raise LockLostError(
+                f"The migration lock was lost {when} (its connection was closed: a server "
+                "timeout, a pooler or the network). The run stopped there; another process "
+                "may be migrating. The next start continues from what was committed."
+            )
+
+    def take_guard(self, connection: Any) -> None:
+        """Take the lock's transaction-level guard on the migration's connection."""
+        if self.lock is not None and not self.lock.guard(connection):
+            raise LockLostError(
+                "Another process holds the migration's transaction guard: it is migrating "
+                "this database although our lock said otherwise (the lock was lost). Stopped "
+                "before any revision."
+            )
 
     def started(self) -> None:
         self._mark = time.perf_counter()
@@ -231,6 +254,10 @@ class _Recorder:
         if step.is_stamp:
             logger.info("Stamped the database at %s", ", ".join(step.up_revision_ids))
             return
+        if ctx.impl.transactional_ddl:
+            # Still inside the transaction: a lost lock rolls the revision back.
+            # (Without transactional DDL its changes are made: keep the row.)
+            self.check_lock(f"before revision {step.up_revision_id} committed")
         applied = AppliedRevision(
             revision=step.up_revision_id or "",
             message=str(getattr(step.up_revision, "doc", "") or "").strip(),
@@ -289,6 +316,9 @@ def _environment(
         configure(*args, **kwargs)
 
     def run_migrations_with_recorder(**kw: Any) -> None:
+        connection = env.get_context().connection
+        if connection is not None and connection.in_transaction():
+            recorder.take_guard(connection)  # before Alembic reads the version table
         recorder.started()
         run_migrations(**kw)
 
@@ -306,6 +336,7 @@ def upgrade(
     version_table: VersionTable,
     on_applied: OnApplied,
     should_stop: Callable[[], bool] = lambda: False,
+    lock: object = None,
 ) -> tuple[AppliedRevision, ...]:
     """Run ``alembic upgrade <target>`` through the user's env.py, in this thread.
 
@@ -313,6 +344,9 @@ def upgrade(
     (by the caller, shared with plan and verify) and a recorder attached.
     ``should_stop`` is asked before each revision after the first: when it
     says so, the run ends there, cleanly (Alembic commits what it applied).
+    A ``lock`` that is a :class:`~automigrator.locking.HeldLock` is checked
+    before each revision and before a transactional one commits, and its
+    guard is taken on the migration's connection.
     """
     return _run_env(
         cfg,
@@ -320,7 +354,7 @@ def upgrade(
         lambda rev: upgrade_steps(script, target, rev),
         destination=target,
         url=url,
-        recorder=_Recorder(on_applied, version_table, should_stop),
+        recorder=_Recorder(on_applied, version_table, should_stop, lock),
     )
 
 

@@ -166,6 +166,7 @@ class AutoMigrator(MigrationRunner):
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         self._backups = Backups(self._engine, self.version_table)
+        self._holding: MigrationLock | None = None  # the lock held, while held
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
         self._preplanned: Plan | AutomigratorError | None = None
@@ -429,6 +430,7 @@ class AutoMigrator(MigrationRunner):
                 version_table=self.version_table,
                 on_applied=self._applied,
                 should_stop=lambda: self._stop_requested,
+                lock=self._holding,
             )
 
         await anyio.to_thread.run_sync(run)
@@ -466,10 +468,13 @@ class AutoMigrator(MigrationRunner):
         """
         # After a wait we check the schema against the scripts' graph: read
         # it while another process migrates, not after.
-        async with self._waiter.holding(
-            self._make_lock(), read_ahead=self.scripts.graph
-        ) as waited:
-            yield waited
+        lock = self._make_lock()
+        async with self._waiter.holding(lock, read_ahead=self.scripts.graph) as waited:
+            self._holding = lock  # checked by the upgrade before each revision
+            try:
+                yield waited
+            finally:
+                self._holding = None
 
     def _make_lock(self) -> MigrationLock | None:
         if self.lock_option == "auto":

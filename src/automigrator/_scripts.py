@@ -157,8 +157,9 @@ class Scripts:
         version_table: VersionTable,
         on_applied: Callable[[AppliedRevision], None],
         should_stop: Callable[[], bool],
+        lock: object = None,
     ) -> None:
-        """Run env.py's upgrade to ``target`` in this (worker) thread."""
+        """Run env.py's upgrade to ``target`` in this (worker) thread, checking ``lock``."""
         from . import _alembic
 
         script = self.imported()
@@ -171,6 +172,7 @@ class Scripts:
                 version_table=version_table,
                 on_applied=on_applied,
                 should_stop=should_stop,
+                lock=lock,
             )
 
     def stamp(self, revision: str, *, version_table: VersionTable) -> None:

@@ -41,6 +41,7 @@ from .errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
+    LockLostError,
     LockTimeoutError,
     MigrationError,
     MultipleHeadsError,
@@ -61,6 +62,7 @@ EXIT_CODES: dict[type[AutomigratorError], int] = {
     MultipleHeadsError: 12,
     DatabaseUnavailableError: 13,
     LockTimeoutError: 13,
+    LockLostError: 13,
     UnversionedDatabaseError: 14,
     ShutdownRequestedError: 130,
 }

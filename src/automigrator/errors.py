@@ -5,6 +5,7 @@ AutomigratorError                 every error the library raises
 ├── ConfigurationError            kind "configuration": fix the settings
 ├── DatabaseUnavailableError      kind "transient": the database cannot be reached
 ├── LockTimeoutError              kind "transient": another replica held the lock too long
+├── LockLostError                 kind "transient": the lock went away during the run
 ├── SchemaAheadError              kind "schema_ahead": the database is newer than the code
 ├── SchemaBehindError             kind "transient": check mode waited, nobody migrated
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "ErrorKind",
+    "LockLostError",
     "LockTimeoutError",
     "MigrationError",
     "MultipleHeadsError",
@@ -87,6 +89,16 @@ class LockTimeoutError(AutomigratorError):
     def __init__(self, message: str, *, timeout: float) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+class LockLostError(AutomigratorError):
+    """The migration lock was lost while migrating (its connection died): the run stopped.
+
+    Another process may have taken it; nothing more was applied after the loss
+    was seen, and on PostgreSQL the running transaction was rolled back.
+    """
+
+    kind: ErrorKind = "transient"
 
 
 class SchemaAheadError(AutomigratorError):

@@ -33,6 +33,7 @@ from ._database import VersionTable, is_memory_sqlite
 from .errors import ConfigurationError
 
 __all__ = [
+    "HeldLock",
     "MigrationLock",
     "MySQLLock",
     "PostgresAdvisoryLock",
@@ -59,6 +60,26 @@ class MigrationLock(Protocol):
         ...
 
 
+@runtime_checkable
+class HeldLock(Protocol):
+    """A lock that can say whether it is still held (optional, beside ``MigrationLock``).
+
+    The migration asks before each revision, and before a transactional
+    run commits; a lock that was lost stops the run (``LockLostError``).
+    """
+
+    def held(self) -> bool:
+        """True while this process still holds the lock (a dead connection: False)."""
+        ...
+
+    def guard(self, connection: Connection) -> bool:
+        """Take a second, transaction-scoped guard on the migration's own connection.
+
+        False when another process holds it. Backends without one return True.
+        """
+        ...
+
+
 _DEFAULT_TABLE = VersionTable()
 
 
@@ -80,8 +101,28 @@ class _ServerLock:
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # The lock lives as long as this session: no server idle timeout
+            # may end it while the migration runs on another connection.
+            conn.execute(sa.text(self._keep_alive_sql))
+            self._conn = conn
         return self._conn
+
+    _keep_alive_sql = "SELECT 1"
+    _held_sql = ""
+
+    def held(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            return bool(
+                self._conn.execute(sa.text(self._held_sql), self._unlock_params()).scalar()
+            )
+        except DBAPIError:
+            return False  # the connection is gone, and the lock with it
+
+    def guard(self, connection: Connection) -> bool:
+        return True
 
     def _unlock_params(self) -> dict[str, object]:
         raise NotImplementedError
@@ -103,6 +144,14 @@ class PostgresAdvisoryLock(_ServerLock):
     """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection."""
 
     _unlock_sql = "SELECT pg_advisory_unlock(:key)"
+    _keep_alive_sql = (
+        "SELECT set_config(name, '0', false) FROM pg_settings "
+        "WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
+    )
+    _held_sql = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND pid = pg_backend_pid() AND classid = :hi AND objid = :lo AND objsubid = 1"
+    )
 
     def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
         super().__init__(engine)
@@ -111,7 +160,17 @@ class PostgresAdvisoryLock(_ServerLock):
         self.key = int.from_bytes(digest, "big", signed=True)
 
     def _unlock_params(self) -> dict[str, object]:
-        return {"key": self.key}
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+
+    def guard(self, connection: Connection) -> bool:
+        # A transaction-level lock on a second key, on the migration's own
+        # connection: two migrations cannot overlap even if a session lock
+        # was lost, since each holds this one until its transaction ends.
+        found = connection.execute(
+            sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": self.key ^ _GUARD_BITS}
+        )
+        return bool(found.scalar())
 
     def acquire(self, timeout: float) -> bool:
         conn = self._connection()
@@ -138,8 +197,7 @@ class PostgresAdvisoryLock(_ServerLock):
             "WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
         )
-        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
-        params = {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+        params = self._unlock_params()
         try:
             with self._engine.connect() as conn:
                 row = conn.execute(query, params).first()
@@ -162,6 +220,9 @@ class MySQLLock(_ServerLock):
     """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection."""
 
     _unlock_sql = "SELECT RELEASE_LOCK(:name)"
+    # The longest wait_timeout the server takes (a year): never idle-closed.
+    _keep_alive_sql = "SET SESSION wait_timeout = 31536000"
+    _held_sql = "SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"
 
     def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
         super().__init__(engine)
@@ -217,6 +278,12 @@ class SQLiteFileLock:
     def release(self) -> None:
         self._lock.release()
 
+    def held(self) -> bool:
+        return bool(self._lock.is_locked)
+
+    def guard(self, connection: Connection) -> bool:
+        return True
+
     def holder(self) -> str | None:
         return None
 
@@ -266,6 +333,10 @@ def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
         "lock=<an object with acquire(timeout), release() and holder()> (see "
         "automigrator.MigrationLock), or lock=None if only one process ever migrates."
     )
+
+
+# Flips bits of the session key: the guard's key, distinct from it.
+_GUARD_BITS = 0x5A5A5A5A5A5A5A5A
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
