@@ -30,9 +30,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ._alembic_compat import stamp_steps, upgrade_steps, version_locations
-from ._database import VersionTable, display, redact, translate_error
+from ._configfile import config_error_text
+from ._database import VersionTable, display, translate_error
 from ._logguard import LoggingGuard
 from ._plan import Plan
+from ._redaction import redact
 from ._status import AppliedRevision
 from .errors import (
     AutomigratorError,
@@ -73,7 +75,8 @@ def load_config(source: str | os.PathLike[str] | Config) -> Config:
         location = _alembic_option(source, "script_location")
     except ConfigParserError as exc:
         raise ConfigurationError(
-            f"Could not read the Alembic config {source.config_file_name!r}: {exc}".strip()
+            f"Could not read the Alembic config {source.config_file_name!r}: "
+            f"{config_error_text(exc)}"
         ) from exc
     if not location:
         raise ConfigurationError(
@@ -404,7 +407,10 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         error = translate_error(exc, url, doing="running env.py")
         if isinstance(error, (ConfigurationError, DatabaseUnavailableError)):
             return error
-    detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
+    if isinstance(exc, ConfigParserError):  # env.py reading the ini: never echo the value
+        detail = f"{type(exc).__name__}: {config_error_text(exc)}"
+    else:
+        detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
     if revision is None:
         # env.py itself failed (an import, the app's settings) before any
         # revision ran: nothing was changed, and no retry or purge will fix it.

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._redaction import mask_credentials
 from .errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -81,8 +82,18 @@ def _ini(path: Path) -> Iterator[configparser.ConfigParser]:
         yield parser
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigurationError(
-            f"Could not read the Alembic config {str(path)!r}: {exc}".strip()
+            f"Could not read the Alembic config {str(path)!r}: {config_error_text(exc)}"
         ) from exc
+
+
+def config_error_text(exc: Exception) -> str:
+    """What went wrong reading an ini, without the value (it may be a password)."""
+    if isinstance(exc, configparser.InterpolationError):
+        return (
+            f"the value of {exc.option!r} in [{exc.section}] has a '%' that is neither '%%' "
+            "nor '%(name)s'. Write a literal % as %% (a percent-encoded password too)."
+        )
+    return mask_credentials(str(exc)).strip()
 
 
 def _read_ini(path: Path) -> tuple[str | None, str | None]:

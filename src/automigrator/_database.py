@@ -7,7 +7,6 @@ what automigrator reads (plan, verify) and for the lock backends.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
+from ._redaction import mask_credentials, redact
 from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError, first_line
 
 # Async drivers cannot serve our synchronous reads; each maps to the sync
@@ -53,20 +53,13 @@ def parse_url(raw: str | URL) -> URL:
 
 def _mask_unparsed(raw: str) -> str:
     # The URL did not parse, so SQLAlchemy cannot mask it: hide anything that
-    # looks like "user:password@" ourselves.
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+    # looks like "user:password@" ourselves, with or without a "://" before.
+    return mask_credentials(raw)
 
 
 def display(url: URL) -> str:
     """The URL with its password replaced by ``***``, for logs and messages."""
     return url.render_as_string(hide_password=True)
-
-
-def redact(text: str, url: URL | None) -> str:
-    """Remove the URL's password from text that came from a driver or a revision."""
-    if url is not None and url.password:
-        text = text.replace(str(url.password), "***")
-    return text
 
 
 def sync_url(url: URL) -> URL:

@@ -214,6 +214,10 @@ class MigratorGroup(MigrationRunner):
             self._duration = time.monotonic() - started
             done.set()
 
+    def database_urls(self) -> tuple[URL, ...]:
+        """Every member's database URL."""
+        return tuple(m.url for m in self.migrators.values())
+
     def request_stop(self) -> None:
         """Ask the run to stop: the running member before its next revision, no member after."""
         self._stopping = True

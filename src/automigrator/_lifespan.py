@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from sqlalchemy.engine import URL
 
 from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
@@ -61,6 +62,10 @@ class MigrationRunner(abc.ABC):
     @abc.abstractmethod
     def request_stop(self) -> None:
         """Ask a running migration to stop before its next revision."""
+
+    def database_urls(self) -> tuple[URL, ...]:
+        """The databases this runner migrates (the health endpoint hides their names)."""
+        return ()
 
     def _begin(self) -> anyio.Event:
         """A run starts: the event that ``wait_ready`` waits for."""

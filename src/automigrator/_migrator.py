@@ -15,13 +15,14 @@ import anyio.to_thread
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, create_engine, display, redact, translate_error
+from ._database import VersionTable, create_engine, display, translate_error
 from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
 from ._options import LockOption, check_options
 from ._plan import Plan
 from ._planner import read_plan, revisions_soon
 from ._purge import Backups, Purged
+from ._redaction import redact
 from ._reporting import Reporter
 from ._scripts import BeforeScripts, Scripts
 from ._status import AppliedRevision, MigrationState, MigrationStatus
@@ -202,6 +203,10 @@ class AutoMigrator(MigrationRunner):
         See :mod:`automigrator.events` for the events and where they are called.
         """
         return self._reporter.subscribe(listener)
+
+    def database_urls(self) -> tuple[URL, ...]:
+        """This migrator's database URL."""
+        return (self.url,)
 
     def request_stop(self) -> None:
         """Ask a running migration to stop before its next revision (a shutdown)."""

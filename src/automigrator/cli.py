@@ -29,7 +29,7 @@ import pkgutil
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -37,6 +37,7 @@ from ._configfile import read_multidb
 from ._database import display
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
+from ._redaction import mask_credentials
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -93,8 +94,16 @@ exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, minus the passwords: a usage error may quote ``--url`` back."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {mask_credentials(message)}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="automigrator",
         description="Bring a database to the Alembic scripts' head, safely; or check it.",
         epilog=EPILOG,

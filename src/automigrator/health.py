@@ -5,9 +5,10 @@
 ``app.mount(...)``), or let :class:`~automigrator.AutoMigrateMiddleware`
 answer one path with it (``health_path=``).
 
-The body comes from :class:`~automigrator.MigrationStatus`, which holds no
-URL, password, SQL statement or traceback; the one-line error can be left out
-too (``show_error=False``).
+The endpoint is anonymous by nature, so by default its body says the state,
+the revisions and the error's *kind*, and not the error's text. With
+``show_error=True`` the one-line error is added, with every URL, user, host,
+port, database name and quoted value (names, row data) taken out.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import URL
+
+from ._redaction import anonymize
 from ._status import MigrationState
 from ._types import Receive, Scope, Send
 
@@ -36,7 +40,8 @@ class HealthApp:
         degraded_ok: answer 200 in the *degraded* state (the app serves on an
             old schema after ``LogAndContinue``). Default True: the app is up
             and says so in the body; False to keep it out of the load balancer.
-        show_error: include the one-line error (never a secret). Default True.
+        show_error: add the one-line error, anonymized (no URL, user, host,
+            port, database name or quoted data). Default False: the kind only.
         retry_after: seconds, for the ``Retry-After`` header of a 503.
     """
 
@@ -45,7 +50,7 @@ class HealthApp:
         migrator: MigrationRunner,
         *,
         degraded_ok: bool = True,
-        show_error: bool = True,
+        show_error: bool = False,
         retry_after: int = 5,
     ) -> None:
         self.migrator = migrator
@@ -62,8 +67,7 @@ class HealthApp:
         data = status.to_dict()
         data["database_revisions"] = data.pop("revisions_after")
         data["applied"] = len(status.applied)
-        if not self.show_error:
-            data.pop("error")
+        _errors(data, tuple(self.migrator.database_urls()), shown=self.show_error)
         return (200 if ok else 503), data
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,3 +85,12 @@ class HealthApp:
         await send({"type": "http.response.start", "status": code, "headers": headers})
         body = b"" if scope.get("method") == "HEAD" else payload
         await send({"type": "http.response.body", "body": body})
+
+
+def _errors(data: dict[str, Any], urls: tuple[URL, ...], *, shown: bool) -> None:
+    """Drop (or anonymize) the error text here and in each member's status."""
+    error = data.pop("error", None)
+    if shown:
+        data["error"] = anonymize(error, urls) if error else None
+    for member in (data.get("databases") or {}).values():
+        _errors(member, urls, shown=shown)
