@@ -180,3 +180,64 @@ def test_ini_without_an_alembic_section(tmp_path: Path) -> None:
     ini.write_text("[loggers]\nkeys = root\n")
     with pytest.raises(ConfigurationError, match=r"no \[alembic\] section"):
         AutoMigrator(ini, url="sqlite://")
+
+
+def test_a_folder_given_as_the_config_is_named_as_a_folder(ini: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"is a folder: pass the alembic\.ini"):
+        AutoMigrator(ini.parent, url="sqlite://")
+
+
+def test_scripts_with_no_revision_never_make_a_database_ready(ini: Path, db_url: URL) -> None:
+    # env.py choosing a per-dialect folder at run time, or a wrong
+    # version_locations: Alembic sees no revision at all.
+    empty = ini.parent / "migrations" / "versions_elsewhere"
+    empty.mkdir()
+    ini.write_text(
+        ini.read_text().replace("[alembic]\n", f"[alembic]\nversion_locations = {empty}\n", 1)
+    )
+    migrator = AutoMigrator(ini, url=db_url)
+
+    with pytest.raises(ConfigurationError, match="No revision file was found in") as caught:
+        anyio.run(migrator.run)
+
+    assert str(empty) in caught.value.message
+    assert migrator.status.state is MigrationState.FAILED
+    assert tables(db_url) == set()  # not even a version table
+
+
+def test_the_command_does_not_call_scripts_without_revisions_up_to_date(
+    ini: Path, sqlite_url: URL
+) -> None:
+    from tests.test_cli import cli
+
+    empty = ini.parent / "migrations" / "none_here"
+    empty.mkdir()
+    ini.write_text(
+        ini.read_text().replace("[alembic]\n", f"[alembic]\nversion_locations = {empty}\n", 1)
+    )
+
+    run = cli(ini, sqlite_url, "check")
+
+    assert run.returncode == 2
+    assert "No revision file was found" in run.stderr
+
+
+def test_base_is_not_a_start_up_target(ini: Path) -> None:
+    with pytest.raises(ConfigurationError, match="only upgrades"):
+        AutoMigrator(ini, url="sqlite://", target="base")
+
+
+def test_a_target_older_than_the_database_is_said_plainly(
+    ini: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.test_cli import cli
+
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)  # at r3
+    with caplog.at_level(logging.WARNING, logger="automigrator"):
+        status = anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
+
+    assert status.state is MigrationState.READY  # nothing to do: never a downgrade
+    assert any("past the target r1" in r.getMessage() for r in caplog.records)
+    run = cli(ini, sqlite_url, "--target", "r1", "check")
+    assert run.returncode == 0
+    assert "past the target r1" in run.stderr

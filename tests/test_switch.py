@@ -35,7 +35,8 @@ def test_anything_else_is_an_error_not_false(value: str) -> None:
 
 def test_unset_means_the_callers_default() -> None:
     assert read_switch("X", default=True, environ={}) == (True, "X is unset; default on")
-    assert read_switch("X", default=False, environ={"X": ""})[0] is False
+    with pytest.raises(ConfigurationError, match="X=''"):  # set but empty: a mistake
+        read_switch("X", default=False, environ={"X": ""})
 
 
 def test_env_var_name_and_explicit_override(ini: Path, monkeypatch: pytest.MonkeyPatch) -> None:

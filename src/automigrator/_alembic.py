@@ -127,14 +127,26 @@ def load_script(cfg: Config) -> ScriptDirectory:
                 "'script_location' / 'version_locations' in the Alembic config."
             )
     try:
-        script.get_heads()
+        heads = script.get_heads()
     except (RevisionError, CommandError) as exc:
         raise ConfigurationError(f"The revision graph is broken: {exc}") from exc
     except Exception as exc:
         raise ConfigurationError(
             f"A revision file failed to import: {type(exc).__name__}: {exc}"
         ) from exc
+    if not heads:
+        raise no_revisions(script)
     return script
+
+
+def no_revisions(script: ScriptDirectory) -> ConfigurationError:
+    """Scripts without one revision: a wrong folder, never "ready at base"."""
+    folders = ", ".join(repr(folder) for folder in version_locations(script))
+    return ConfigurationError(
+        f"No revision file was found in {folders}: an empty database would look up to "
+        "date. Point 'script_location' / 'version_locations' at the folder holding the "
+        "revisions (if env.py chooses a folder at run time, set version_locations to it)."
+    )
 
 
 def make_plan(
@@ -146,6 +158,8 @@ def make_plan(
 ) -> Plan:
     """Compare the database's revisions with the scripts; no DDL, no env.py."""
     heads = tuple(sorted(script.get_heads()))
+    if not heads:
+        raise no_revisions(script)
     current = db_revisions or ()
     if target == "head" and len(heads) > 1:
         return Plan("multiple_heads", current, heads)
@@ -160,15 +174,15 @@ def make_plan(
     except (CommandError, RevisionError) as exc:
         if _is_ancestor_of(script, target, current):
             # The database is already past a pinned target: nothing to do,
-            # and we never downgrade.
-            return Plan("at_head", current, targets)
+            # and we never downgrade (said plainly by the migrator).
+            return Plan("at_head", current, targets, past_target=True)
         raise ConfigurationError(
             f"Unknown migration target {target!r}: {exc}. Use 'head', 'heads', a revision "
             "id or a branch label the scripts define."
         ) from exc
     pending = tuple(step.revision.revision for step in steps)
     if not pending:
-        return Plan("at_head", current, targets)
+        return Plan("at_head", current, targets, past_target=set(current) != set(targets))
     return Plan("behind" if current else "empty", current, targets, pending=pending)
 
 
@@ -225,7 +239,7 @@ class _Recorder:
             if index and self.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
-            self.check_lock(f"before revision {step.revision.revision}")
+            self.check_lock(f"before {_step_name(step)}")
             self.yielded = index + 1
             yield step
 
@@ -284,6 +298,12 @@ class _Recorder:
             return None
         index = min(len(self.applied), self.yielded - 1)  # the last one: at its commit
         return str(self.steps[index].revision.revision)
+
+
+def _step_name(step: Any) -> str:
+    # A RevisionStep names its revision; a StampStep (baseline) does not.
+    revision = getattr(getattr(step, "revision", None), "revision", None)
+    return f"revision {revision}" if revision else "the stamp"
 
 
 def _environment(

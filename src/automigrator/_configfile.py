@@ -50,6 +50,11 @@ class Settings:
 def read_settings(source: str | os.PathLike[str]) -> Settings:
     """Read an alembic.ini (or a pyproject.toml with ``[tool.alembic]``)."""
     path = Path(source)
+    if path.is_dir():
+        raise ConfigurationError(
+            f"Alembic config {str(path)!r} is a folder: pass the alembic.ini (or "
+            f"pyproject.toml) inside it, e.g. {str(path / 'alembic.ini')!r}."
+        )
     if not path.is_file():
         raise ConfigurationError(
             f"Alembic config file {str(path)!r} not found (looked from {os.getcwd()!r}). "

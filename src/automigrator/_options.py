@@ -31,6 +31,12 @@ def check_options(
 
     A risky but valid choice (``lock=None``) is logged as a warning.
     """
+    if target == "base":
+        raise ConfigurationError(
+            "target='base' would mean a downgrade to nothing: automigrator only upgrades. "
+            "Use 'head', 'heads', a revision id or a branch label; downgrade with the "
+            "Alembic CLI."
+        )
     if not target or target[0] in "+-" or ":" in target:
         raise ConfigurationError(
             f"target={target!r} is not a start-up target. Use 'head', 'heads', a revision "

@@ -29,6 +29,8 @@ class Plan:
     """Revisions an upgrade would apply, in order."""
     unknown: tuple[str, ...] = ()
     """Database revisions the scripts do not know (``ahead_of_code``)."""
+    past_target: bool = False
+    """``at_head`` because the database is already past a pinned target (never downgraded)."""
 
     def refusal(
         self, *, final: bool = True, baseline: str | None = None, version_table: str = ""

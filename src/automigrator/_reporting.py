@@ -48,6 +48,13 @@ class Reporter:
             heads=plan.heads,
         )
         logger.debug("Plan: %s", plan)
+        if plan.past_target:
+            logger.warning(
+                "The database is at %s, past the target %s: automigrator never downgrades, "
+                "so nothing is done. Downgrade with the Alembic CLI if that is what you meant.",
+                ", ".join(plan.db_revisions),
+                ", ".join(plan.heads),
+            )
         return plan
 
     def migrating(self, plan: Plan) -> None:

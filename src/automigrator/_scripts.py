@@ -137,7 +137,7 @@ class Scripts:
             else:
                 self._graph = graph.script
                 where = self._cache_place()
-                if graph.plain and where is not None:
+                if graph.plain and graph.heads and where is not None:
                     _headcache.remember(*where, graph.script, graph.heads)
         return self._graph
 

@@ -30,6 +30,8 @@ def read_switch(
     """The switch from the environment, and a phrase saying where it came from."""
     env = os.environ if environ is None else environ
     raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    if raw is None:
         return default, f"{name} is unset; default {'on' if default else 'off'}"
+    # Set but empty is not unset: "RUN_MIGRATIONS=" is a mistake to name, as
+    # the docs promise for anything but the switch words.
     return parse_switch(name, raw), f"{name}={raw.strip()}"

@@ -192,6 +192,13 @@ async def _command(args: argparse.Namespace) -> int:
             )
             if refusal is not None:  # ahead, several heads, unversioned: their own codes
                 raise refusal
+            if plan.past_target:
+                print(
+                    f"automigrator: {name + ': ' if name else ''}the database is at "
+                    f"{', '.join(plan.db_revisions)}, past the target {', '.join(plan.heads)}: "
+                    "nothing to do (automigrator never downgrades)",
+                    file=sys.stderr,
+                )
             if plan.kind != "at_head":
                 behind.append(
                     f"{name + ': ' if name else ''}the database is at "
