@@ -85,7 +85,7 @@ def create_engine(url: URL) -> Engine:
     """
     sync = sync_url(url)
     try:
-        return sa.create_engine(sync, poolclass=NullPool)
+        return sa.create_engine(sync, poolclass=NullPool, connect_args=_bounded(sync))
     except ImportError as exc:
         raise ConfigurationError(
             f"The driver for {display(sync)!r} is not installed ({exc}). Install it, or "
@@ -99,6 +99,30 @@ def is_memory_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and (
         not database or database == ":memory:" or database.startswith("file::memory:")
     )
+
+
+# Every connection of ours has a deadline on connecting, and a dead peer is
+# noticed: libpq's keepalives and TCP user timeout end a connection whose
+# server vanished (no FIN, no RST) within about 30 s; PyMySQL/mysqlclient
+# time out reads and writes. A value the URL sets itself is kept.
+_BOUNDS: dict[str, dict[str, object]] = {
+    "psycopg": {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30000,
+    },
+    "pymysql": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
+    "mysqldb": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
+}
+_BOUNDS["psycopg2"] = _BOUNDS["psycopg"]
+
+
+def _bounded(url: URL) -> dict[str, object]:
+    bounds = _BOUNDS.get(url.get_driver_name(), {})
+    return {key: value for key, value in bounds.items() if key not in url.query}
 
 
 @dataclass(frozen=True)

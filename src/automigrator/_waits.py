@@ -23,7 +23,7 @@ import anyio.to_thread
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ._database import translate_error
+from ._database import display, translate_error
 from ._plan import Plan
 from ._reporting import Reporter
 from ._signals import cancelled_by_shutdown
@@ -50,7 +50,9 @@ _LOCK_SLICE = 1.0
 # Waiting for the database: 0.25 s, 0.5 s, 1 s, 2 s, then every 4 s. The cap
 # keeps a database that comes up late from waiting long for our next try.
 _CONNECT_FIRST_DELAY = 0.25
-_CONNECT_DELAY_CAP = 4.0
+_CAP = 4.0
+# With connect_timeout=0 (no retry) the one try still has a bound.
+_ONE_TRY = 10.0
 
 
 async def poll(
@@ -115,49 +117,52 @@ class Waiter:
     async def reachable(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which connects) in a thread; wait while the database is down.
 
-        Retries back off from 0.25 s to 4 s, each try bounded by the deadline,
-        up to ``connect_timeout``.
+        Every try, the first included, is bounded by the deadline
+        (``connect_timeout``; one try of at most 10 s when it is 0) and stops
+        on SIGTERM: a server that accepts connections and never answers
+        cannot hold a start-up. Retries back off from 0.25 s to 4 s.
         """
-        # Abandoned on cancel: a connect to a silent host must not hold up a shutdown.
-        try:
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except DatabaseUnavailableError as exc:
-            if self.connect_timeout <= 0:
-                raise
-            error = exc
         started = time.monotonic()
-        tried = 1
+        limit = self.connect_timeout if self.connect_timeout > 0 else _ONE_TRY
+        tried = 0
+        error: DatabaseUnavailableError | None = None
+        state = self.reporter.status.state
 
         def pause(tries: int) -> float:
-            return min(_CONNECT_FIRST_DELAY * 2.0**tries, _CONNECT_DELAY_CAP)
+            return 0.0 if tries == 0 else min(_CONNECT_FIRST_DELAY * 2.0 ** (tries - 1), _CAP)
 
         def log(tries: int, left: float) -> None:
-            logger.warning(
-                "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
-                "before connect_timeout",
-                tries + 1,
-                error.message,
-                min(pause(tries), left),
-                left,
-            )
+            if error is not None:  # nothing to say before the first failure
+                logger.warning(
+                    "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
+                    "before connect_timeout",
+                    tries,
+                    error.message,
+                    min(pause(tries), left),
+                    left,
+                )
 
         async def attempt(left: float) -> tuple[T] | None:
             nonlocal error, tried
             tried += 1
-            # A connect that hangs is bounded by the deadline too.
+            # Abandoned when the deadline or a shutdown comes: a connect to a
+            # silent host must hold up neither (the driver's own connect
+            # timeout ends the thread later).
             with anyio.move_on_after(left):
                 try:
                     return (await anyio.to_thread.run_sync(work, abandon_on_cancel=True),)
                 except DatabaseUnavailableError as exc:
+                    if self.connect_timeout <= 0:
+                        raise
                     error = exc
+                    if self.reporter.status.waiting_for != "database":
+                        self.reporter.set(state=MigrationState.WAITING, waiting_for="database")
             return None
 
-        state = self.reporter.status.state
-        self.reporter.set(state=MigrationState.WAITING, waiting_for="database")
         try:
             result = await poll(
                 attempt,
-                limit=self.connect_timeout,
+                limit=limit,
                 waiting_for="the database",
                 pause=pause,
                 log=log,
@@ -166,18 +171,26 @@ class Waiter:
         finally:
             if self.reporter.status.waiting_for == "database":
                 self.reporter.set(state=state, waiting_for=None)
+        if result is None and error is None:
+            raise DatabaseUnavailableError(
+                f"The database at {display(self.url)} did not answer within {limit:g} s: it "
+                "accepts connections but never replies, or the network drops its answers. "
+                "Check the host and port in the URL, or raise connect_timeout."
+            )
         if result is None:
+            assert error is not None
             raise DatabaseUnavailableError(
                 f"{error.message} Gave up after {tried} attempts in "
                 f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
                 "start the database first, check the host and port in the URL, or raise "
                 "connect_timeout."
             ) from error
-        logger.info(
-            "The database accepted connections after %.1f s (attempt %d)",
-            time.monotonic() - started,
-            tried,
-        )
+        if tried > 1:
+            logger.info(
+                "The database accepted connections after %.1f s (attempt %d)",
+                time.monotonic() - started,
+                tried,
+            )
         return result[0]
 
     @asynccontextmanager

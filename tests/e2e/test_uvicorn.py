@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,29 @@ def test_serving_at_once_with_503_until_the_schema_is_ready(
     assert closed.value.rcvd.code == 1013  # try again later
     assert after.status_code == 200
     assert len(after.json()) == 2
+
+
+def test_sigterm_stops_a_start_stuck_connecting_to_a_silent_server(tmp_path: Path) -> None:
+    # The first connect goes to a server that accepts TCP and never answers:
+    # uvicorn ignores SIGTERM until its lifespan start-up ends, so the wait
+    # itself must stop on it.
+    import shutil
+
+    from tests.conftest import server_url
+    from tests.e2e.conftest import EXAMPLE
+    from tests.faults import Proxy
+
+    app_dir = tmp_path / "example"
+    shutil.copytree(EXAMPLE, app_dir, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    real = server_url("postgresql")
+    with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
+        proxy.blackhole()
+        silent = real.set(host="127.0.0.1", port=proxy.port, database="app")
+        env = {"DATABASE_URL": silent.render_as_string(hide_password=False)}
+        with serve(uvicorn(app_dir), env=env) as server:
+            assert server.wait_for("Checking the schema of"), server.log
+            server.process.send_signal(signal.SIGTERM)
+            code = server.wait_exit(deadline=30)
+
+    assert code != 0
+    assert "(SIGTERM) while automigrator waited" in server.log
