@@ -118,3 +118,12 @@ def rows(url: URL, sql: str) -> list[tuple[object, ...]]:
             return [tuple(r) for r in conn.exec_driver_sql(sql)]
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder where waiting revisions and the test signal each other."""
+    folder = tmp_path / "signals"
+    folder.mkdir()
+    monkeypatch.setenv("AM_SIGNALS", str(folder))
+    return folder

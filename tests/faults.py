@@ -11,6 +11,9 @@ connection to the real server. While it runs, a test can:
   nor answer (a server that accepts TCP and hangs).
 
 Only loopback traffic; every thread stops when the proxy is closed.
+
+Also: ``wait_for`` (a revision's signal file) and ``Background`` (a run in a
+thread of its own, joined with a bound).
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import select
 import socket
 import struct
 import threading
+import time
+from pathlib import Path
 from types import TracebackType
+
+import anyio
+
+from automigrator import AutoMigrator
 
 
 class Proxy:
@@ -122,3 +131,31 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def wait_for(path: Path, seconds: float = 60) -> None:
+    """Block until ``path`` exists (a revision said it runs)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.01)
+
+
+class Background:
+    """``migrator.run()`` in a thread of its own; ``result()`` gives the error or status."""
+
+    def __init__(self, migrator: AutoMigrator) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(migrator,))
+        self.thread.start()
+
+    def _run(self, migrator: AutoMigrator) -> None:
+        try:
+            anyio.run(migrator.run)
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self) -> BaseException | None:
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+        return self.error

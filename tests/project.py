@@ -98,10 +98,10 @@ def make_project(
     return ini
 
 
-def waiting(rev_id: str, down: str | None, then: str = "pass") -> Rev:
+def waiting(rev_id: str, down: str | None, then: str = "pass", before: str = "pass") -> Rev:
     """A revision that says it runs, waits for the test's signal, then runs ``then``.
 
-    It adds a line (its process id) to ``$AM_SIGNALS/<id>.running`` and waits
+    It runs ``before``, adds a line (its process id) to ``$AM_SIGNALS/<id>.running`` and waits
     for ``$AM_SIGNALS/<id>.go`` (up to 120 s, then fails): the test injects its
     fault in between.
     """
@@ -110,6 +110,7 @@ def waiting(rev_id: str, down: str | None, then: str = "pass") -> Rev:
     import time
     from pathlib import Path
 
+    {before}
     signals = Path(os.environ["AM_SIGNALS"])
     with open(signals / "{rev_id}.running", "a") as running:
         running.write(f"{{os.getpid()}}\\n")

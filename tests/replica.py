@@ -9,12 +9,20 @@ import sys
 
 import anyio
 
-from automigrator import AutoMigrator, Chain, LogAndContinue, PurgeAndRetry, Retry
+from automigrator import (
+    AutoMigrator,
+    Chain,
+    LogAndContinue,
+    PurgeAndRetry,
+    RestoreBackup,
+    Retry,
+)
 from automigrator.policies import FailurePolicy
 
 # AM_POLICY=appliance: the documented recipe for unattended boxes.
 POLICIES: dict[str, FailurePolicy] = {
     "appliance": Chain(Retry(delay=0.1), PurgeAndRetry(keep=3), LogAndContinue()),
+    "restore": RestoreBackup(),
 }
 
 

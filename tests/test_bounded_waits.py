@@ -13,8 +13,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, DatabaseUnavailableError
 from tests.conftest import server_url
-from tests.faults import Proxy
-from tests.test_error_kinds import Background
+from tests.faults import Background, Proxy
 
 
 @pytest.mark.parametrize("server", ["postgresql", "mariadb"])

@@ -8,8 +8,6 @@ injected under ``PurgeAndRetry`` and must purge nothing.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,47 +24,10 @@ from automigrator import (
     PurgeAndRetry,
 )
 from tests.conftest import make_db_url, revisions
-from tests.faults import Proxy
+from tests.faults import Background, Proxy, wait_for
 from tests.project import write_revision
 from tests.test_policies import OLD_ROWS, deployed, user_rows
 from tests.test_purge import backups
-
-
-@pytest.fixture
-def signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The folder where waiting revisions and the test signal each other."""
-    folder = tmp_path / "signals"
-    folder.mkdir()
-    monkeypatch.setenv("AM_SIGNALS", str(folder))
-    return folder
-
-
-def wait_for(path: Path, seconds: float = 60) -> None:
-    """Block until ``path`` exists (a revision said it runs)."""
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
-        time.sleep(0.01)
-
-
-class Background:
-    """``migrator.run()`` in a thread of its own; ``result()`` gives the error or status."""
-
-    def __init__(self, migrator: AutoMigrator) -> None:
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(migrator,))
-        self.thread.start()
-
-    def _run(self, migrator: AutoMigrator) -> None:
-        try:
-            anyio.run(migrator.run)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self) -> BaseException | None:
-        self.thread.join(120)
-        assert not self.thread.is_alive()
-        return self.error
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])

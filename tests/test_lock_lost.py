@@ -26,9 +26,9 @@ from automigrator import (
 from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
 from tests.conftest import revisions
+from tests.faults import Background, wait_for
 from tests.processes import start_replicas
 from tests.project import Rev, waiting, write_revision
-from tests.test_error_kinds import Background, signals, wait_for  # noqa: F401
 from tests.test_policies import OLD_ROWS, deployed, user_rows
 from tests.test_purge import backups
 
@@ -59,7 +59,7 @@ def line_with(proc: subprocess.Popen[str], *words: str, seconds: float = 60) -> 
 def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
     tmp_path: Path,
     pg_url: URL,
-    signals: Path,  # noqa: F811
+    signals: Path,
 ) -> None:
     ini = deployed(tmp_path, pg_url, broken=waiting("r3", "r2"))
     execute(pg_url, f"ALTER DATABASE {pg_url.database} SET idle_session_timeout = '1s'")
@@ -118,7 +118,7 @@ def server_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[
 def test_a_lock_lost_mid_run_stops_the_run_and_purges_nothing(
     tmp_path: Path,
     server_url: URL,
-    signals: Path,  # noqa: F811
+    signals: Path,
 ) -> None:
     ini = deployed(tmp_path, server_url, broken=waiting("r3", "r2"))
     write_revision(ini.parent, R4)

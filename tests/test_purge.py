@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationError, PurgeAndRetry
+from automigrator import AutoMigrator, MigrationError, PurgeAndRetry, RestoreBackup
 from automigrator._purge import like_prefix, quarantine_prefix
 from tests.conftest import revisions, rows, server_url
+from tests.faults import wait_for
 from tests.processes import start_replicas
+from tests.project import Rev, waiting
 from tests.test_cli import cli
 from tests.test_policies import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, deployed, user_rows
+
+DROPS_THEN_FAILS = Rev(
+    "r3", "r2", "drops the table, then fails", 'op.drop_table("users")\nraise RuntimeError("r3")'
+)
 
 
 def backups(url: URL) -> list[str]:
@@ -205,3 +212,51 @@ def test_a_failure_between_the_postgresql_rename_and_create_keeps_the_schema(
     assert backups(pg_url) == []  # the rename was rolled back with the create
     assert user_rows(pg_url) == OLD_ROWS
     assert revisions(pg_url) == {"r2"}
+
+
+def test_restore_backup_keeps_the_rows_after_a_sigkill_mid_revision(
+    tmp_path: Path,
+    sqlite_url: URL,
+    signals: Path,
+) -> None:
+    # r3 drops the table (SQLite commits that at once), then the process is
+    # killed: the next start must not take the damaged file for the good copy.
+    r3 = waiting(
+        "r3", "r2", then='raise RuntimeError("r3 fails")', before='op.drop_table("users")'
+    )
+    ini = deployed(tmp_path, sqlite_url, broken=r3)
+    [first] = start_replicas(ini, sqlite_url, 1, env={"AM_POLICY": "restore"})
+    wait_for(signals / "r3.running")
+    first.kill()  # SIGKILL, mid-revision, the table already gone
+    first.communicate()
+    (signals / "r3.go").touch()
+
+    with pytest.raises(MigrationError):
+        anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=RestoreBackup()).run)
+
+    assert user_rows(sqlite_url) == OLD_ROWS
+    assert revisions(sqlite_url) == {"r2"}
+
+
+def test_restore_backup_keeps_the_rows_after_a_sigkill_mid_restore(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    ini = deployed(tmp_path, sqlite_url, broken=DROPS_THEN_FAILS)
+    with sqlite3.connect(str(sqlite_url.database)) as db:  # a copy that takes a while
+        db.execute("CREATE TABLE bulk (data BLOB)")
+        db.executemany("INSERT INTO bulk VALUES (randomblob(1048576))", [()] * 48)
+    db.close()
+    [first] = start_replicas(ini, sqlite_url, 1, env={"AM_POLICY": "restore"})
+    database = Path(str(sqlite_url.database))
+    partial = database.with_name(f".{database.name}.partial")  # the restore's copy, under way
+    while not partial.exists():
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.001)
+    first.kill()  # SIGKILL in the middle of putting the database back
+    first.communicate()
+
+    with pytest.raises(MigrationError):
+        anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=RestoreBackup()).run)
+
+    assert user_rows(sqlite_url) == OLD_ROWS
+    assert rows(sqlite_url, "SELECT count(*) FROM bulk") == [(48,)]
