@@ -54,7 +54,9 @@ def frozen_heap() -> Iterator[FrozenHeap]:
         yield FrozenHeap(owned=False)
         return
     gc.freeze()
+    heap = FrozenHeap(owned=True)
     try:
-        yield FrozenHeap(owned=True)
+        yield heap
     finally:
+        heap.owned = False  # a handle kept past the block freezes nothing more
         gc.unfreeze()

@@ -167,7 +167,6 @@ class AutoMigrator(MigrationRunner):
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         self._backups = Backups(self._engine, self.version_table)
-        self._holding: MigrationLock | None = None  # the lock held, while held
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
         self._preplanned: Plan | AutomigratorError | None = None
@@ -191,11 +190,6 @@ class AutoMigrator(MigrationRunner):
         Built, importing Alembic, on first use: a start at head never needs it.
         """
         return self.scripts.config
-
-    @property
-    def engine(self) -> Engine:
-        """Our own engine for short reads (a synchronous driver, no pool)."""
-        return self._engine
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(event)`` for every :class:`~automigrator.Event`; returns an unsubscribe.
@@ -349,8 +343,7 @@ class AutoMigrator(MigrationRunner):
             return
         async with self.locked() as waited:
             if not waited:
-                await self._migrate_frozen()
-                return
+                return await self._migrate_locked()
         # We waited while another process held the lock: it has just let go,
         # most likely at head. That needs no lock, so every waiter checks at
         # once instead of taking the lock in turn.
@@ -363,16 +356,13 @@ class AutoMigrator(MigrationRunner):
         # we wait for it again: waiters that let go whenever they had waited
         # would hand the lock round forever while no one migrates.
         async with self.locked():
+            await self._migrate_locked()
+
+    async def _migrate_locked(self) -> None:
+        with frozen_heap() as self._heap:  # short GC pauses meanwhile
             await self._migrate_frozen()
 
     async def _migrate_frozen(self) -> None:
-        try:
-            with frozen_heap() as self._heap:  # short GC pauses meanwhile
-                await self._migrate_locked()
-        finally:
-            self._heap = FrozenHeap(owned=False)
-
-    async def _migrate_locked(self) -> None:
         # We hold the lock and will most likely upgrade: import the scripts
         # now, and plan on them. Another replica may have migrated since our
         # first plan.
@@ -395,12 +385,10 @@ class AutoMigrator(MigrationRunner):
         await anyio.to_thread.run_sync(self._backups.settle)
 
     async def check(self) -> None:
-        """Check mode: never migrate; wait until the database is at the target.
+        """Check mode: never migrate; wait up to ``check_timeout`` for the target.
 
-        Polls with one query every 0.5 s for up to ``check_timeout`` seconds
-        (state ``waiting``, ``waiting_for="migration"``), then raises
-        :class:`~automigrator.SchemaBehindError`. A database ahead of the
-        code, several heads or an unversioned database are refused at once.
+        Then :class:`~automigrator.SchemaBehindError`; what waiting cannot fix
+        (ahead of the code, several heads, unversioned) is refused at once.
         """
         plan = await self.plan()
         self._raise_refusal(plan)
@@ -435,7 +423,7 @@ class AutoMigrator(MigrationRunner):
                 version_table=self.version_table,
                 on_applied=self._applied,
                 should_stop=lambda: self._stop_requested,
-                lock=self._holding,
+                lock=self._waiter.held,  # checked before each revision
             )
 
         await anyio.to_thread.run_sync(run)
@@ -475,35 +463,25 @@ class AutoMigrator(MigrationRunner):
         # it while another process migrates, not after.
         lock = self._make_lock()
         async with self._waiter.holding(lock, read_ahead=self.scripts.graph) as waited:
-            self._holding = lock  # checked by the upgrade before each revision
-            try:
-                yield waited
-            finally:
-                self._holding = None
+            yield waited
 
     def _make_lock(self) -> MigrationLock | None:
-        if self.lock_option == "auto":
-            return lock_for(self._engine, self.version_table)
-        return self.lock_option
+        option = self.lock_option
+        return lock_for(self._engine, self.version_table) if option == "auto" else option
 
     # -- for failure policies ---------------------------------------------------
 
     async def purge(self, *, backup: bool = True, keep: int = 3) -> Purged:
         """Back the database up (unless ``backup=False``), then empty it.
 
-        Closes every connection of ours first. Call it under :meth:`locked`.
-        What a backup is on each database: see :class:`~automigrator.PurgeAndRetry`.
-        A database purged before and not migrated successfully since is not
-        purged again: :class:`~automigrator.errors.AlreadyPurgedError` names
-        the backup (a crash loop purges once).
+        Call it under :meth:`locked`; see :class:`~automigrator.PurgeAndRetry`
+        for what a backup is. A database purged and not migrated since is not
+        purged again (:class:`~automigrator.AlreadyPurgedError` names the backup).
         """
         self._close_connections()
-        try:
-            return await anyio.to_thread.run_sync(
-                lambda: self._backups.purge(backup=backup, keep=keep)
-            )
-        except DBAPIError as exc:
-            raise translate_error(exc, self.url, doing="purging the database") from exc
+        return await anyio.to_thread.run_sync(
+            lambda: self._backups.purge(backup=backup, keep=keep)
+        )
 
     async def snapshot(self) -> None:
         """SQLite: copy the database aside before migrating (for :class:`RestoreBackup`)."""

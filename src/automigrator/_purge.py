@@ -41,8 +41,9 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, is_memory_sqlite
+from ._database import VersionTable, is_memory_sqlite, translate_error
 from .errors import AlreadyPurgedError, ConfigurationError
 
 logger = logging.getLogger("automigrator")
@@ -153,8 +154,16 @@ class Backups:
     def purge(self, *, backup: bool, keep: int) -> Purged:
         """Back the database up (unless ``backup`` is False), then empty it.
 
-        Raises :class:`AlreadyPurgedError` while an earlier purge is unsettled.
+        Raises :class:`AlreadyPurgedError` while an earlier purge is unsettled,
+        and our error tree's translation of a database that refused (nothing
+        changed: PostgreSQL's purge is one transaction).
         """
+        try:
+            return self._purge(backup=backup, keep=keep)
+        except DBAPIError as exc:
+            raise translate_error(exc, self.engine.url, doing="purging the database") from exc
+
+    def _purge(self, *, backup: bool, keep: int) -> Purged:
         if self.backend == "sqlite":
             return self._purge_sqlite(backup=backup, keep=keep)
         if self.backend == "postgresql":

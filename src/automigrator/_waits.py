@@ -113,6 +113,7 @@ class Waiter:
         self.url = url
         self.connect_timeout = connect_timeout
         self.lock_timeout = lock_timeout
+        self.held: MigrationLock | None = None  # the lock held now, if any
 
     async def reachable(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which connects) in a thread; wait while the database is down.
@@ -205,9 +206,11 @@ class Waiter:
             yield False
             return
         waited = await self.acquire(lock, read_ahead=read_ahead)
+        self.held = lock
         try:
             yield waited
         finally:
+            self.held = None
             with anyio.CancelScope(shield=True):
                 await _release(lock)
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from sqlalchemy import MetaData
 
+from ._database import create_engine
 from ._group import MigratorGroup
 from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
@@ -74,7 +75,7 @@ def assert_models_match(migrator: AutoMigrator, metadata: MetaData) -> None:
     from alembic.runtime.migration import MigrationContext
 
     table = migrator.version_table
-    with migrator.engine.connect() as conn:
+    with create_engine(migrator.url).connect() as conn:
         context = MigrationContext.configure(
             conn,
             opts={
