@@ -20,7 +20,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationError, PurgeAndRetry, RestoreBackup
+from automigrator import (
+    AutoMigrator,
+    ConfigurationError,
+    MigrationError,
+    PurgeAndRetry,
+    RestoreBackup,
+)
 from automigrator._purge import like_prefix, quarantine_prefix
 from tests.conftest import revisions, rows, server_url
 from tests.faults import wait_for
@@ -260,3 +266,19 @@ def test_restore_backup_keeps_the_rows_after_a_sigkill_mid_restore(
 
     assert user_rows(sqlite_url) == OLD_ROWS
     assert rows(sqlite_url, "SELECT count(*) FROM bulk") == [(48,)]
+
+
+def test_a_schema_lost_to_an_old_purge_is_named_with_its_quarantine(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # What a kill between the two statements of the old, non-atomic purge left.
+    ini = deployed(tmp_path, pg_url)
+    engine = sa.create_engine(pg_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "ALTER SCHEMA public RENAME TO public_quarantine_20250101t000000000000"
+        )
+    engine.dispose()
+
+    with pytest.raises(ConfigurationError, match="public_quarantine_20250101t000000000000"):
+        anyio.run(AutoMigrator(ini, url=pg_url).run)

@@ -159,6 +159,48 @@ def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | N
     return tuple(sorted(rows))
 
 
+def check_schema_exists(conn: Connection, table: VersionTable) -> None:
+    """PostgreSQL: refuse, naming any quarantine left by a purge, when the schema is gone.
+
+    Only asked when there is no version table (a fresh database, or a lost
+    schema): never on the at-head path.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    if table.schema is not None:
+        found = conn.execute(
+            sa.text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"), {"s": table.schema}
+        ).scalar()
+        missing = not found
+    else:
+        missing = conn.execute(sa.text("SELECT current_schema()")).scalar() is None
+    if missing:
+        raise ConfigurationError(
+            f"The schema {table.schema or 'of the search_path'} does not exist: "
+            f"{lost_schema_hint(conn)}"
+        )
+
+
+def lost_schema_hint(conn: Connection) -> str:
+    """What to do when the schema is gone: names any quarantine schemas found."""
+    found = (
+        conn.execute(
+            sa.text(
+                "SELECT nspname FROM pg_namespace "
+                "WHERE nspname LIKE '%!_quarantine!_%' ESCAPE '!' ORDER BY nspname"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not found:
+        return "create the schema, or fix search_path."
+    return (
+        f"found the quarantine schema(s) {', '.join(found)} left by a purge: rename the "
+        "newest back (ALTER SCHEMA ... RENAME TO ...), or create an empty schema."
+    )
+
+
 def has_other_tables(conn: Connection, table: VersionTable) -> bool:
     """True when the version table's schema holds tables besides the version table."""
     names = sa.inspect(conn).get_table_names(schema=table.schema)

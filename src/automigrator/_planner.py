@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ._database import (
     VersionTable,
+    check_schema_exists,
     has_other_tables,
     read_revisions,
     translate_error,
@@ -40,6 +41,8 @@ def read_plan(
     try:
         with engine.connect() as conn:
             revisions = read_revisions(conn, version_table)
+            if revisions is None:
+                check_schema_exists(conn, version_table)
             has_tables = revisions is None and has_other_tables(conn, version_table)
     except DBAPIError as exc:
         error = translate_error(exc, scripts.url, doing="reading the version table")

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, is_memory_sqlite, translate_error
+from ._database import VersionTable, is_memory_sqlite, lost_schema_hint, translate_error
 from .errors import AlreadyPurgedError, ConfigurationError
 
 logger = logging.getLogger("automigrator")
@@ -372,26 +372,6 @@ def _schema_comment(conn: Connection, schema: str) -> str:
         {"s": schema},
     ).scalar()
     return str(found or "")
-
-
-def lost_schema_hint(conn: Connection) -> str:
-    """What to do when the schema is gone: names any quarantine schemas found."""
-    found = (
-        conn.execute(
-            sa.text(
-                "SELECT nspname FROM pg_namespace "
-                "WHERE nspname LIKE '%!_quarantine!_%' ESCAPE '!' ORDER BY nspname"
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if not found:
-        return "create the schema, or fix search_path."
-    return (
-        f"found the quarantine schema(s) {', '.join(found)} left by a purge: rename the "
-        "newest back (ALTER SCHEMA ... RENAME TO ...), or create an empty schema."
-    )
 
 
 def _newest_mysql_marker(conn: Connection, database: str) -> tuple[str, bool] | None:
