@@ -44,7 +44,8 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from ._database import VersionTable, is_memory_sqlite, lost_schema_hint, translate_error
-from .errors import AlreadyPurgedError, ConfigurationError
+from ._redaction import redact
+from .errors import AlreadyPurgedError, ConfigurationError, first_line
 
 logger = logging.getLogger("automigrator")
 
@@ -178,10 +179,23 @@ class Backups:
         """A migration succeeded: the database is no longer a purge's fresh one.
 
         Also drops RestoreBackup's copy: the next attempt takes a new one.
+        Best effort: a failure here is logged, never turned into a failed run
+        (the migration did succeed; the marker then stays one run longer).
         """
+        try:
+            self._settle()
+        except Exception as exc:
+            logger.warning(
+                "Could not clear the purge marker: %s: %s",
+                type(exc).__name__,
+                redact(first_line(exc), self.engine.url),
+            )
+
+    def _settle(self) -> None:
         if self.backend == "sqlite":
-            if is_memory_sqlite(self.engine.url):
-                return
+            database = self.engine.url.database or ""
+            if is_memory_sqlite(self.engine.url) or database.startswith("file:"):
+                return  # no file beside which a marker or a copy could be
             path = sqlite_path(self.engine.url)
             _marker(path).unlink(missing_ok=True)
             for copy in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
