@@ -223,6 +223,7 @@ class _Recorder:
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
+        self.guarded = False  # the lock's transaction guard is held (PostgreSQL)
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -239,7 +240,8 @@ class _Recorder:
             if index and self.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
-            self.check_lock(f"before {_step_name(step)}")
+            if not self.guarded:  # the guard already keeps others out until our commit
+                self.check_lock(f"before {_step_name(step)}")
             self.yielded = index + 1
             yield step
 
@@ -254,7 +256,9 @@ class _Recorder:
 
     def take_guard(self, connection: Any) -> None:
         """Take the lock's transaction-level guard on the migration's connection."""
-        if self.lock is not None and not self.lock.guard(connection):
+        guarded = None if self.lock is None else self.lock.guard(connection)
+        self.guarded = bool(guarded)
+        if guarded is False:
             raise LockLostError(
                 "Another process holds the migration's transaction guard: it is migrating "
                 "this database although our lock said otherwise (the lock was lost). Stopped "
@@ -271,9 +275,14 @@ class _Recorder:
         if step.is_stamp:
             logger.info("Stamped the database at %s", ", ".join(step.up_revision_ids))
             return
-        if ctx.impl.transactional_ddl:
-            # Still inside the transaction: a lost lock rolls the revision back.
-            # (Without transactional DDL its changes are made: keep the row.)
+        commits = ctx.opts.get("transaction_per_migration") or len(self.applied) + 1 == len(
+            self.steps
+        )
+        if ctx.impl.transactional_ddl and commits:
+            # Still inside the transaction, just before its commit: a lost lock
+            # rolls it back. (Without transactional DDL the changes are made:
+            # keep the row.) One check per commit, not per revision: a
+            # pg_locks read costs a round trip and a scan.
             self.check_lock(f"before revision {step.up_revision_id} committed")
         applied = AppliedRevision(
             revision=step.up_revision_id or "",

@@ -72,10 +72,11 @@ class HeldLock(Protocol):
         """True while this process still holds the lock (a dead connection: False)."""
         ...
 
-    def guard(self, connection: Connection) -> bool:
+    def guard(self, connection: Connection) -> bool | None:
         """Take a second, transaction-scoped guard on the migration's own connection.
 
-        False when another process holds it. Backends without one return True.
+        True when held, False when another process holds it, None when the
+        backend has no such guard.
         """
         ...
 
@@ -121,8 +122,8 @@ class _ServerLock:
         except DBAPIError:
             return False  # the connection is gone, and the lock with it
 
-    def guard(self, connection: Connection) -> bool:
-        return True
+    def guard(self, connection: Connection) -> bool | None:
+        return None
 
     def _unlock_params(self) -> dict[str, object]:
         raise NotImplementedError
@@ -163,7 +164,7 @@ class PostgresAdvisoryLock(_ServerLock):
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
         return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
 
-    def guard(self, connection: Connection) -> bool:
+    def guard(self, connection: Connection) -> bool | None:
         # A transaction-level lock on a second key, on the migration's own
         # connection: two migrations cannot overlap even if a session lock
         # was lost, since each holds this one until its transaction ends.
@@ -281,8 +282,8 @@ class SQLiteFileLock:
     def held(self) -> bool:
         return bool(self._lock.is_locked)
 
-    def guard(self, connection: Connection) -> bool:
-        return True
+    def guard(self, connection: Connection) -> bool | None:
+        return None
 
     def holder(self) -> str | None:
         return None
