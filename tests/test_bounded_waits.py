@@ -6,6 +6,7 @@ PostgreSQL and MariaDB: connections are accepted, nothing is ever answered.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,34 @@ def test_a_silent_server_makes_the_start_give_up_at_its_deadline(
     # transient: never a hang.
     assert isinstance(error, DatabaseUnavailableError), repr(error)
     assert migrator.status.error_kind == "transient"
+
+
+def test_a_waiter_whose_connection_freezes_mid_try_keeps_its_deadline(ini: Path) -> None:
+    # Another process holds the lock (this test, directly); the waiter's
+    # connections go through a proxy that freezes while it waits: the server's
+    # lock_timeout answer never reaches it, and no RST comes either.
+    from automigrator import LockTimeoutError, MigrationState
+    from automigrator._database import VersionTable, create_engine
+    from automigrator.locking import lock_for
+    from tests.conftest import fresh_database
+
+    for real in fresh_database("postgresql"):
+        holder = lock_for(create_engine(real), VersionTable())
+        assert holder.acquire(0)
+        try:
+            with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
+                url = real.set(host="127.0.0.1", port=proxy.port)
+                migrator = AutoMigrator(ini, url=url, lock_timeout=30)
+                run = Background(migrator)
+                while migrator.status.waiting_for != "lock":
+                    assert run.thread.is_alive(), run.error
+                    time.sleep(0.01)
+                proxy.freeze()
+                error = run.result()  # joined with a bound: a hang fails the test
+        finally:
+            holder.release()
+
+        # Cut at the try's deadline and reported as transient: never a hang.
+        assert isinstance(error, (DatabaseUnavailableError, LockTimeoutError)), repr(error)
+        assert migrator.status.state is MigrationState.FAILED
+        assert migrator.status.error_kind == "transient"

@@ -42,6 +42,8 @@ logger = logging.getLogger("automigrator")
 T = TypeVar("T")
 
 LOG_EVERY = 5.0
+# A lock try that has not answered this long after its own wait is cut.
+_TRY_GRACE = 5.0
 # Check mode polls the version table this often.
 _CHECK_EVERY = 0.5
 # How long one blocking lock attempt may keep a worker thread; between slices
@@ -272,12 +274,21 @@ class Waiter:
         return True
 
     async def _try(self, lock: MigrationLock, wait: float) -> bool:
-        try:
-            # Shielded: a lock won just as we are cancelled must still be released.
-            with anyio.CancelScope(shield=True):
-                got = await anyio.to_thread.run_sync(lock.acquire, wait)
-        except DBAPIError as exc:
-            raise translate_error(exc, self.url, doing="taking the migration lock") from exc
+        failed: DBAPIError | None = None
+        got = False
+        # Shielded: a lock won just as we are cancelled must still be released.
+        # Bounded all the same: a try whose connection froze (no answer, no
+        # reset) is cut by the watchdog, so the wait keeps its deadline.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watchdog, lock, wait + _TRY_GRACE)
+                try:
+                    got = await anyio.to_thread.run_sync(lock.acquire, wait)
+                except DBAPIError as exc:  # kept out of an ExceptionGroup
+                    failed = exc
+                tg.cancel_scope.cancel()
+        if failed is not None:
+            raise translate_error(failed, self.url, doing="taking the migration lock") from failed
         # A cancel that arrived during the shielded slice lands here, at once.
         try:
             await anyio.lowlevel.checkpoint()
@@ -363,3 +374,13 @@ async def _release(lock: MigrationLock) -> None:
         )
     else:
         logger.debug("Released the migration lock %r", lock)
+
+
+async def _watchdog(lock: MigrationLock, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    abort = getattr(lock, "abort", None)  # only our server locks can cut their connection
+    if abort is not None:
+        logger.warning(
+            "The migration lock's connection did not answer in %.0f s: cutting it", seconds
+        )
+        await anyio.to_thread.run_sync(abort)

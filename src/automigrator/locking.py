@@ -19,6 +19,8 @@ shutdown.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -124,6 +126,22 @@ class _ServerLock:
 
     def guard(self, connection: Connection) -> bool | None:
         return None
+
+    def abort(self) -> None:
+        """Cut the lock's connection from another thread (it froze mid-query).
+
+        Shutting its socket down wakes the thread blocked on it with an
+        error; the server drops the session, and the lock with it.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            fileno = conn.connection.dbapi_connection.fileno()  # type: ignore[union-attr]
+            with socket.socket(fileno=os.dup(fileno)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError, ValueError):
+            pass  # no socket of its own to cut (the driver's read timeout bounds it)
 
     def _unlock_params(self) -> dict[str, object]:
         raise NotImplementedError
