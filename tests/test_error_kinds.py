@@ -92,3 +92,24 @@ def test_a_revision_that_raises_is_still_migration(tmp_path: Path, sqlite_url: U
 
     assert caught.value.kind == "migration"
     assert sa.inspect is not None
+
+
+def test_a_server_statement_timeout_in_a_revision_is_transient_and_purges_nothing(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    from tests.project import Rev
+
+    slow = Rev("r3", "r2", "slower than the server allows", 'op.execute("SELECT pg_sleep(2)")')
+    ini = deployed(tmp_path, pg_url, broken=slow)
+    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with engine.connect() as conn:  # a server-side setting on this test's own database
+        conn.exec_driver_sql(f"ALTER DATABASE {pg_url.database} SET statement_timeout = '500ms'")
+    engine.dispose()
+    migrator = AutoMigrator(ini, url=pg_url, on_failure=PurgeAndRetry())
+
+    with pytest.raises(DatabaseUnavailableError, match="statement_timeout"):
+        anyio.run(migrator.run)
+
+    assert migrator.status.attempts == 1
+    assert backups(pg_url) == []
+    assert user_rows(pg_url) == OLD_ROWS

@@ -436,6 +436,13 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         error = translate_error(exc, url, doing="running env.py")
         if isinstance(error, (ConfigurationError, DatabaseUnavailableError)):
             return error
+    if isinstance(exc, DBAPIError) and _server_timeout(exc):
+        return DatabaseUnavailableError(
+            f"The server cancelled a statement of revision {revision} on a timeout of its own "
+            f"({redact(first_line(exc), url)}): statement_timeout or max_execution_time on "
+            "the server, the role or the database. Not the revision's fault; raise that "
+            "setting for migrations (the next start retries)."
+        )
     if isinstance(exc, ConfigParserError):  # env.py reading the ini: never echo the value
         detail = f"{type(exc).__name__}: {config_error_text(exc)}"
     else:
@@ -455,6 +462,21 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         "and start again; on databases without transactional DDL (SQLite, MySQL/MariaDB) "
         "its partial changes may remain.",
         revision=revision,
+    )
+
+
+# Server-side timeouts that cancel a statement: PostgreSQL query_canceled
+# (statement_timeout); MySQL max_execution_time (3024), MariaDB max_statement_time (1969).
+_TIMEOUT_SQLSTATES = {"57014"}
+_TIMEOUT_MYSQL_CODES = {3024, 1969}
+
+
+def _server_timeout(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args = getattr(orig, "args", ())
+    return code in _TIMEOUT_SQLSTATES or bool(
+        args and isinstance(args[0], int) and args[0] in _TIMEOUT_MYSQL_CODES
     )
 
 
