@@ -63,7 +63,8 @@ def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
 ) -> None:
     ini = deployed(tmp_path, pg_url, broken=waiting("r3", "r2"))
     execute(pg_url, f"ALTER DATABASE {pg_url.database} SET idle_session_timeout = '1s'")
-    [first] = start_replicas(ini, pg_url, 1)
+    appliance = {"AM_POLICY": "appliance"}  # PurgeAndRetry in the chain: must purge nothing
+    [first] = start_replicas(ini, pg_url, 1, env=appliance)
     wait_for(signals / "r3.running")
     # Proof that the timeout now fires: a session of ours, idle since after
     # the first process took its lock, is ended by the server.
@@ -77,7 +78,7 @@ def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
         time.sleep(0.05)
     canary.invalidate()
 
-    [second] = start_replicas(ini, pg_url, 1)
+    [second] = start_replicas(ini, pg_url, 1, env=appliance)
     said = line_with(second, "Waiting for the migration lock", "Migrating from")
     (signals / "r3.go").touch()
     first.communicate(timeout=60)
@@ -87,6 +88,8 @@ def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
     assert (first.returncode, second.returncode) == (0, 0)
     assert len((signals / "r3.running").read_text().split()) == 1  # r3 ran once
     assert revisions(pg_url) == {"r3"}
+    assert backups(pg_url) == []
+    assert user_rows(pg_url) == OLD_ROWS
 
 
 def kill_lock_session(url: URL) -> None:

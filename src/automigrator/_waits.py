@@ -5,7 +5,8 @@ migration lock, and in check mode for another process's migration) goes
 through :func:`poll`: it says what it waits for in the status, logs while it
 waits, gives up at its deadline, and stops at once on SIGTERM/SIGINT
 (``_signals.py``) or on cancellation: a replica must never sit out a rolling
-update's stop signal.
+update's stop signal. A lock try whose connection froze is cut by a watchdog,
+so even a shielded try keeps its deadline.
 """
 
 from __future__ import annotations
