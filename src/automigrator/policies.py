@@ -294,13 +294,18 @@ class PurgeAndRetry:
     several heads, bad settings, an unreachable database or a lock timeout
     are passed on, and nothing is touched.
 
-    Under the migration lock it takes a backup (unless ``backup=False``),
-    purges, logs both at CRITICAL, and asks for a retry:
+    Under the migration lock it plans again (a database another process
+    migrated meanwhile is not purged), and purges at most once per failure:
+    a database purged and not migrated successfully since is refused
+    (:class:`~automigrator.AlreadyPurgedError`, passed on with the backup's
+    name), so a crash loop or a crowd of replicas purges once. It takes a
+    backup (unless ``backup=False``), purges, logs both at CRITICAL, and asks
+    for a retry:
 
     - SQLite: a copy through the sqlite3 backup API beside the file, then
       the file and its ``-wal``, ``-shm`` and ``-journal`` are deleted;
     - PostgreSQL: the schema is renamed to ``<schema>_quarantine_<time>`` and
-      an empty one is created (no row is destroyed);
+      an empty one is created, in one transaction (no row is destroyed);
     - MySQL/MariaDB: the tables are moved into a new database
       ``<db>_quarantine_<time>`` (views are dropped).
 
@@ -359,8 +364,9 @@ class RestoreBackup:
     The database is then exactly as before the attempt (same tables, same
     rows), and the failure is passed on: alone, start-up fails;
     ``Chain(RestoreBackup(), LogAndContinue())`` starts degraded on the old
-    schema. The copy (``<db>.before-migration.sqlite``) stays beside the
-    database until the next migration replaces it. Other databases are
+    schema. The copy (``<db>.before-migration.sqlite``) is kept until a
+    migration succeeds; a start that finds it (the last attempt was killed
+    mid-revision or mid-restore) puts it back first. Other databases are
     refused before any DDL: PostgreSQL rolls a failed run back by itself.
     """
 
