@@ -84,6 +84,7 @@ class Proxy:
         self._closed = True
         self._frozen.clear()
         self.listener.close()
+        self._thread.join(5)  # no connection accepted after the drop below
         self.drop()
 
     def _accept(self) -> None:

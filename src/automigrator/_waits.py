@@ -45,6 +45,8 @@ T = TypeVar("T")
 LOG_EVERY = 5.0
 # A lock try that has not answered this long after its own wait is cut.
 _TRY_GRACE = 5.0
+# The holder's name is given up on after this long (it only feeds a log line).
+_HOLDER_LIMIT = 2.0
 # Check mode polls the version table this often.
 _CHECK_EVERY = 0.5
 # How long one blocking lock attempt may keep a worker thread; between slices
@@ -231,7 +233,11 @@ class Waiter:
 
         async def log(tries: int, left: float) -> None:
             self.reporter.set(state=MigrationState.WAITING, waiting_for="lock")
-            holder = await anyio.to_thread.run_sync(lock.holder)
+            # Who holds it is only for the log line: asked on a connection of
+            # its own, it must not stall the wait if that connection freezes.
+            holder = None
+            with anyio.move_on_after(_HOLDER_LIMIT):
+                holder = await anyio.to_thread.run_sync(lock.holder, abandon_on_cancel=True)
             logger.info(
                 "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
                 lock,
