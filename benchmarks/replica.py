@@ -32,16 +32,24 @@ async def replica(tool: str, ini: str, url: str) -> None:
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.readline)  # the start gate: all released at once
     cpu = time.process_time()
-    ok, applied, error = True, 0, ""
+    ok, applied, error, durations = True, 0, "", []
     try:
         if tool == "automigrator":
-            applied = len((await migrator.run()).applied)
+            status = await migrator.run()
+            applied, durations = len(status.applied), [a.duration for a in status.applied]
         else:
             command.upgrade(cfg, "head")
     except Exception as exc:
         ok, error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     done, cpu = time.monotonic(), time.process_time() - cpu
-    result = {"done": done, "cpu": cpu, "ok": ok, "applied": applied, "error": error}
+    result = {
+        "done": done,
+        "cpu": cpu,
+        "ok": ok,
+        "applied": applied,
+        "durations": durations,
+        "error": error,
+    }
     print(json.dumps(result), flush=True)
     if not ok:
         sys.exit(1)

@@ -10,6 +10,8 @@ Settings are read here, at the application's edge:
   once; requests get 503 until the schema is ready, ``/livez`` always answers).
 - ``WHEN_DISABLED``: what ``RUN_MIGRATIONS=0`` means: ``skip`` (default) or
   ``check`` (wait until another process, e.g. a Job, has migrated).
+- ``WHEN_AHEAD``: a database ahead of this code (a rollback deploy):
+  ``refuse`` (default) or ``serve``.
 
 The manifests in ``deploy/kubernetes/`` run this app.
 """
@@ -58,6 +60,7 @@ migrator = AutoMigrator(
     on_failure=failure_policy(),
     block_startup=os.environ.get("BLOCK_STARTUP", "1") != "0",
     when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip",
+    when_ahead="serve" if os.environ.get("WHEN_AHEAD") == "serve" else "refuse",
 )
 
 

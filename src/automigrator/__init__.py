@@ -10,11 +10,12 @@ from ._options import LockOption
 from ._plan import Plan
 from ._purge import Purged
 from ._scripts import BeforeScripts
-from ._status import AppliedRevision, MigrationState, MigrationStatus
+from ._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
 from .errors import (
     AlreadyPurgedError,
     AutomigratorError,
     ConfigurationError,
+    ContentionError,
     DatabaseUnavailableError,
     LockLostError,
     LockTimeoutError,
@@ -60,8 +61,10 @@ __all__ = [
     "AutomigratorError",
     "BeforeScripts",
     "BeforeUpgrade",
+    "Blocker",
     "Chain",
     "ConfigurationError",
+    "ContentionError",
     "DatabaseUnavailableError",
     "Decision",
     "Event",
@@ -90,6 +93,7 @@ __all__ = [
     "ReadinessGate",
     "RestoreBackup",
     "Retry",
+    "RunningRevision",
     "SQLiteFileLock",
     "STATE_KEY",
     "SchemaAheadError",

@@ -26,11 +26,12 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionS
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from ._alembic_compat import stamp_steps, upgrade_steps, version_locations
 from ._configfile import config_error_text
+from ._contention import LiveRun, is_contention
 from ._database import VersionTable, display, translate_error
 from ._logguard import LoggingGuard
 from ._plan import Plan
@@ -39,6 +40,7 @@ from ._status import AppliedRevision
 from .errors import (
     AutomigratorError,
     ConfigurationError,
+    ContentionError,
     DatabaseUnavailableError,
     LockLostError,
     MigrationError,
@@ -53,6 +55,7 @@ logger = logging.getLogger("automigrator")
 _RUN_LOCK = threading.Lock()
 
 OnApplied = Callable[[AppliedRevision], None]
+OnStep = Callable[[str, str], None]
 
 
 def load_config(source: str | os.PathLike[str] | Config) -> Config:
@@ -214,8 +217,12 @@ class _Recorder:
         version_table: VersionTable,
         should_stop: Callable[[], bool] = lambda: False,
         lock: object = None,
+        live: LiveRun | None = None,
+        on_step: OnStep = lambda revision, message: None,
     ) -> None:
         self.on_applied = on_applied
+        self.live = live
+        self.on_step = on_step
         self.should_stop = should_stop
         self.lock = lock if isinstance(lock, HeldLock) else None
         self.version_table = version_table
@@ -243,6 +250,11 @@ class _Recorder:
             if not self.guarded:  # the guard already keeps others out until our commit
                 self.check_lock(f"before {_step_name(step)}")
             self.yielded = index + 1
+            if self.live is not None:
+                self.live.log.next_revision()
+            revision = getattr(step, "revision", None)
+            if revision is not None:
+                self.on_step(str(revision.revision), str(revision.doc or "").strip())
             yield step
 
     def check_lock(self, when: str) -> None:
@@ -346,6 +358,11 @@ def _environment(
         theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else (theirs,)
         kwargs["on_version_apply"] = (*theirs, recorder.version_applied)
         configure(*args, **kwargs)
+        connection = kwargs.get("connection")
+        if recorder.live is not None and isinstance(connection, Connection):
+            recorder.live.attach(
+                connection, transactional=env.get_context().impl.transactional_ddl
+            )
 
     def run_migrations_with_recorder(**kw: Any) -> None:
         connection = env.get_context().connection
@@ -369,6 +386,8 @@ def upgrade(
     on_applied: OnApplied,
     should_stop: Callable[[], bool] = lambda: False,
     lock: object = None,
+    live: LiveRun | None = None,
+    on_step: OnStep = lambda revision, message: None,
 ) -> tuple[AppliedRevision, ...]:
     """Run ``alembic upgrade <target>`` through the user's env.py, in this thread.
 
@@ -378,7 +397,9 @@ def upgrade(
     says so, the run ends there, cleanly (Alembic commits what it applied).
     A ``lock`` that is a :class:`~automigrator.locking.HeldLock` is checked
     before each revision and before a transactional one commits, and its
-    guard is taken on the migration's connection.
+    guard is taken on the migration's connection. ``live`` gives env.py's
+    connection the try's lock timeout and follows what each revision keeps;
+    ``on_step(revision, message)`` is called as each revision begins.
     """
     return _run_env(
         cfg,
@@ -386,7 +407,7 @@ def upgrade(
         lambda rev: upgrade_steps(script, target, rev),
         destination=target,
         url=url,
-        recorder=_Recorder(on_applied, version_table, should_stop, lock),
+        recorder=_Recorder(on_applied, version_table, should_stop, lock, live, on_step),
     )
 
 
@@ -430,6 +451,8 @@ def _run_env(
 
 def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> AutomigratorError:
     revision = recorder.running_revision()
+    if is_contention(exc):
+        return _contention_error(exc, recorder, revision, url)
     if isinstance(exc, DBAPIError) and (revision is None or _connection_lost(exc)):
         # Failed before the first revision ran (env.py could not connect), or
         # the connection dropped: not the migration's fault.
@@ -461,6 +484,31 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
         f"{done} of {len(recorder.steps)} revision(s) were applied: {detail}. Fix the revision "
         "and start again; on databases without transactional DDL (SQLite, MySQL/MariaDB) "
         "its partial changes may remain.",
+        revision=revision,
+    )
+
+
+def _contention_error(
+    exc: Exception, recorder: _Recorder, revision: str | None, url: URL
+) -> AutomigratorError:
+    detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
+    name = f"Revision {revision}" if revision else "The version table's update"
+    timeout = recorder.live.timeout if recorder.live is not None else None
+    waited = f" (ddl_lock_timeout {timeout:g} s)" if timeout is not None else ""
+    kept = recorder.live.log.kept if recorder.live is not None else []
+    if not kept:
+        return ContentionError(
+            f"{name} met a busy table{waited}: {detail}. It was rolled back and nothing of "
+            "it stayed: another transaction held a lock it needed.",
+            revision=revision,
+        )
+    # Where DDL is not transactional, what ran before the timeout stays: a
+    # second try would meet its own half-done work. Only a person can finish it.
+    statements = "; ".join(kept[:5]) + ("; ..." if len(kept) > 5 else "")
+    return MigrationError(
+        f"{name} met a busy table{waited} after {len(kept)} of its statement(s) were "
+        f"applied, and those stay (this database has no transactional DDL): {statements}. "
+        f"{detail}. Finish or undo them by hand, then start again.",
         revision=revision,
     )
 

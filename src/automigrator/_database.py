@@ -15,7 +15,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from ._redaction import mask_credentials, redact
-from .errors import AutomigratorError, ConfigurationError, DatabaseUnavailableError, first_line
+from .errors import (
+    AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    MigrationError,
+    first_line,
+)
 
 # Async drivers cannot serve our synchronous reads; each maps to the sync
 # drivers of the same database, in order of preference.
@@ -244,6 +250,22 @@ def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> Automigr
         f"The database{where} rejected a statement while {doing}: {detail}. Check the "
         "user's privileges and the version table settings; this is not retried."
     )
+
+
+def as_error(exc: Exception, url: URL) -> AutomigratorError:
+    """Any exception of an attempt in our tree, chained to it.
+
+    A driver error outside a revision is the database's (translated); anything
+    else that escaped is the migration's.
+    """
+    if isinstance(exc, AutomigratorError):
+        return exc
+    if isinstance(exc, DBAPIError):
+        error = translate_error(exc, url, doing="migrating")
+    else:
+        error = MigrationError(redact(f"{type(exc).__name__}: {exc}", url))
+    error.__cause__ = exc
+    return error
 
 
 def _is_configuration(exc: DBAPIError) -> bool:

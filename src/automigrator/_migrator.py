@@ -7,39 +7,36 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, create_engine, display, translate_error
+from ._attempts import Attempts
+from ._contention import DdlTimeouts
+from ._database import VersionTable, create_engine, display
 from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
 from ._options import LockOption, check_options
 from ._plan import Plan
-from ._planner import read_plan, revisions_soon
+from ._planner import read_plan
 from ._purge import Backups, Purged
-from ._redaction import redact
 from ._reporting import Reporter
 from ._scripts import BeforeScripts, Scripts
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from ._switch import read_switch
+from ._upgrading import Upgrader
 from ._waits import Waiter
 from .errors import AutomigratorError, MigrationError, ShutdownRequestedError
 from .events import Listener
 from .locking import MigrationLock, lock_for
-from .policies import BeforeUpgrade, Decision, Fail, Failure, FailurePolicy
+from .policies import BeforeUpgrade, Fail, FailurePolicy
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 logger = logging.getLogger("automigrator")
-
-# At the end of a failed run we read where the database is, if it answers soon.
-_END_READ_TIMEOUT = 5.0
 
 
 class AutoMigrator(MigrationRunner):
@@ -96,6 +93,17 @@ class AutoMigrator(MigrationRunner):
             section) this migrator handles; env.py sees only that one listed.
             :meth:`MigratorGroup.from_multidb
             <automigrator.MigratorGroup.from_multidb>` sets it.
+        ddl_lock_timeout: seconds a migration statement may wait for a table
+            lock (PostgreSQL ``lock_timeout``, MySQL/MariaDB ``lock_wait_timeout``,
+            SQLite's busy timeout), so that queries on a busy table never queue
+            behind it for longer; ``None`` leaves the server's setting.
+        ddl_lock_retries: how many times a revision that met a busy table
+            (lock timeout, deadlock, serialization failure) is tried again,
+            after a pause with jitter and with a longer timeout (up to twice).
+        progress_interval: seconds between "still applying" lines of a long revision.
+        when_ahead: a database ahead of the code (a rollback deploy):
+            ``"refuse"`` (default: :class:`~automigrator.SchemaAheadError`, as a
+            wrong URL looks the same) or ``"serve"`` (ready, with a warning).
     """
 
     def __init__(
@@ -121,6 +129,10 @@ class AutoMigrator(MigrationRunner):
         shutdown_timeout: float = 30.0,
         before_scripts: BeforeScripts | None = None,
         multidb_name: str | None = None,
+        ddl_lock_timeout: float | None = 2.0,
+        ddl_lock_retries: int = 10,
+        progress_interval: float = 10.0,
+        when_ahead: Literal["refuse", "serve"] = "refuse",
     ) -> None:
         check_options(
             target=target,
@@ -132,6 +144,10 @@ class AutoMigrator(MigrationRunner):
             check_timeout=check_timeout,
             before_scripts=before_scripts,
             on_failure=on_failure,
+            ddl_lock_timeout=ddl_lock_timeout,
+            ddl_lock_retries=ddl_lock_retries,
+            progress_interval=progress_interval,
+            when_ahead=when_ahead,
         )
         super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
         self.scripts = Scripts(
@@ -156,6 +172,7 @@ class AutoMigrator(MigrationRunner):
         self.when_disabled = when_disabled
         self.check_timeout = float(check_timeout)
         self.before_scripts = before_scripts
+        self.when_ahead = when_ahead
         self._checking = mode == "check"
         self._reporter = Reporter()
         self._waiter = Waiter(
@@ -167,6 +184,14 @@ class AutoMigrator(MigrationRunner):
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         self._backups = Backups(self._engine, self.version_table)
+        self._attempts = Attempts(self._reporter, self._engine, self.version_table, self.url)
+        self._upgrader = Upgrader(
+            self.scripts,
+            self._reporter,
+            self._engine,
+            timeouts=DdlTimeouts(ddl_lock_timeout, ddl_lock_retries),
+            progress_interval=progress_interval,
+        )
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
         self._preplanned: Plan | AutomigratorError | None = None
@@ -254,64 +279,16 @@ class AutoMigrator(MigrationRunner):
         done = self._begin()
         try:
             with self._reporter.failed_if_interrupted(started):
-                return await self._attempts(started)
+                return await self._attempts.run(
+                    self, self.on_failure, self.migrate, fresh=self._fresh, started=started
+                )
         finally:
             done.set()
 
-    async def _attempts(self, started: float) -> MigrationStatus:
-        history: list[Decision] = []
-        attempt = 0
-        logger.info("Checking the schema of %s", display(self.url))
-        while True:
-            attempt += 1
-            self._reporter.set(attempts=attempt)
-            self._backups.forget_snapshot()
-            try:
-                await self.migrate()
-            except ShutdownRequestedError:
-                raise
-            except AutomigratorError as exc:
-                error: AutomigratorError = exc
-            except DBAPIError as exc:  # outside a revision: the database's, not ours
-                error = translate_error(exc, self.url, doing="migrating")
-                error.__cause__ = exc
-            except Exception as exc:
-                error = MigrationError(redact(f"{type(exc).__name__}: {exc}", self.url))
-                error.__cause__ = exc
-            else:
-                self._reporter.finish(MigrationState.READY, started)
-                return self.status
-            self._reporter.set(error=error.summary(), error_kind=error.kind)
-            failure = Failure(error=error, attempt=attempt, history=tuple(history), migrator=self)
-            try:
-                decision = await self.on_failure.handle(failure)
-            except BaseException:
-                await self._end(MigrationState.FAILED, started)
-                raise
-            # A chain names the member that decided; a lone policy is named here.
-            decision = replace(decision, policy=decision.policy or repr(self.on_failure))
-            history.append(decision)
-            self._reporter.decided(decision, error)
-            if decision.action == "retry":
-                self._reporter.set(state=MigrationState.PENDING)
-                self.scripts.forget()
-                await anyio.sleep(decision.delay)
-                continue
-            await self._end(
-                MigrationState.DEGRADED if decision.action == "degrade" else MigrationState.FAILED,
-                started,
-            )
-            if decision.action == "degrade":
-                return self.status
-            raise error
-
-    async def _end(self, state: MigrationState, started: float) -> None:
-        # After a failure, show where the database really is (transactional
-        # DDL may have rolled everything back), if it answers soon.
-        after = await revisions_soon(self._engine, self.version_table, _END_READ_TIMEOUT)
-        if after is not None:
-            self._reporter.set(revisions_after=after)
-        self._reporter.finish(state, started)
+    def _fresh(self) -> None:
+        # Each attempt imports the scripts and takes its snapshot anew.
+        self._backups.forget_snapshot()
+        self.scripts.forget()
 
     # -- the steps users override ---------------------------------------------
 
@@ -404,7 +381,8 @@ class AutoMigrator(MigrationRunner):
         return self._reporter.planned(await self._waiter.reachable(self._plan))
 
     def _plan(self, first: bool = False) -> Plan:
-        return read_plan(self.scripts, self._engine, self.version_table, self.target, first=first)
+        plan = read_plan(self.scripts, self._engine, self.version_table, self.target, first=first)
+        return plan.served_ahead() if self.when_ahead == "serve" else plan
 
     def _raise_refusal(self, plan: Plan, *, final: bool = True) -> None:
         refusal = plan.refusal(
@@ -414,19 +392,15 @@ class AutoMigrator(MigrationRunner):
             raise refusal
 
     async def upgrade(self, plan: Plan) -> None:
-        """Run the upgrade through env.py in a worker thread."""
+        """Run the upgrade through env.py in a worker thread (again on a busy table)."""
         self._reporter.migrating(plan)
-
-        def run() -> None:
-            self.scripts.upgrade(
-                self.target,
-                version_table=self.version_table,
-                on_applied=self._applied,
-                should_stop=lambda: self._stop_requested,
-                lock=self._waiter.held,  # checked before each revision
-            )
-
-        await anyio.to_thread.run_sync(run)
+        await self._upgrader.run(
+            self.target,
+            version_table=self.version_table,
+            on_applied=self._applied,
+            should_stop=lambda: self._stop_requested,
+            lock=self._waiter.held,  # checked before each revision
+        )
         if self._stop_requested:
             applied = self.status.applied
             raise ShutdownRequestedError.between_revisions(applied[-1] if applied else None)

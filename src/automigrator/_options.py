@@ -26,6 +26,10 @@ def check_options(
     check_timeout: float,
     before_scripts: Any,
     on_failure: Any,
+    ddl_lock_timeout: float | None = None,
+    ddl_lock_retries: int = 0,
+    progress_interval: float = 1.0,
+    when_ahead: str = "refuse",
 ) -> None:
     """Raise :class:`ConfigurationError` naming the first argument that is wrong.
 
@@ -51,6 +55,21 @@ def check_options(
         )
     if not check_timeout > 0:
         raise ConfigurationError(f"check_timeout must be > 0 seconds, got {check_timeout!r}.")
+    if ddl_lock_timeout is not None and not ddl_lock_timeout > 0:
+        raise ConfigurationError(
+            f"ddl_lock_timeout must be > 0 seconds, or None to leave the server's, got "
+            f"{ddl_lock_timeout!r}."
+        )
+    if not (isinstance(ddl_lock_retries, int) and ddl_lock_retries >= 0):
+        raise ConfigurationError(
+            f"ddl_lock_retries must be an int >= 0, got {ddl_lock_retries!r}."
+        )
+    if not progress_interval > 0:
+        raise ConfigurationError(
+            f"progress_interval must be > 0 seconds, got {progress_interval!r}."
+        )
+    if when_ahead not in ("refuse", "serve"):
+        raise ConfigurationError(f"when_ahead={when_ahead!r}: use 'refuse' or 'serve'.")
     if not connect_timeout >= 0:
         raise ConfigurationError(f"connect_timeout must be >= 0 seconds, got {connect_timeout!r}.")
     if not (lock is None or lock == "auto" or isinstance(lock, MigrationLock)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .errors import (
@@ -31,6 +31,13 @@ class Plan:
     """Database revisions the scripts do not know (``ahead_of_code``)."""
     past_target: bool = False
     """``at_head`` because the database is already past a pinned target (never downgraded)."""
+
+    def served_ahead(self) -> Plan:
+        """``ahead_of_code`` taken as it is (``when_ahead="serve"``): nothing to do.
+
+        The unknown revisions stay in ``unknown``.
+        """
+        return replace(self, kind="at_head") if self.kind == "ahead_of_code" else self
 
     def refusal(
         self, *, final: bool = True, baseline: str | None = None, version_table: str = ""

@@ -48,6 +48,14 @@ class Reporter:
             heads=plan.heads,
         )
         logger.debug("Plan: %s", plan)
+        if plan.unknown and plan.kind == "at_head" and self.status.ahead != plan.unknown:
+            self.set(ahead=plan.unknown)
+            logger.warning(
+                "The database is at %s, which this code does not know: it is ahead of the "
+                "code (a rollback deploy?). Serving anyway (when_ahead='serve'); nothing is "
+                "migrated or downgraded.",
+                ", ".join(plan.unknown),
+            )
         if plan.past_target:
             logger.warning(
                 "The database is at %s, past the target %s: automigrator never downgrades, "

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    from ._contention import LiveRun
+
 BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
 """A function that sets the application up for its migration scripts (``before_scripts=``)."""
 
@@ -158,8 +160,14 @@ class Scripts:
         on_applied: Callable[[AppliedRevision], None],
         should_stop: Callable[[], bool],
         lock: object = None,
+        live: LiveRun | None = None,
+        on_step: Callable[[str, str], None] = lambda revision, message: None,
     ) -> None:
-        """Run env.py's upgrade to ``target`` in this (worker) thread, checking ``lock``."""
+        """Run env.py's upgrade to ``target`` in this (worker) thread, checking ``lock``.
+
+        ``live`` gives env.py's connection its lock timeout and learns its id;
+        ``on_step(revision, message)`` is called as each revision begins.
+        """
         from . import _alembic
 
         script = self.imported()
@@ -173,6 +181,8 @@ class Scripts:
                 on_applied=on_applied,
                 should_stop=should_stop,
                 lock=lock,
+                live=live,
+                on_step=on_step,
             )
 
     def stamp(self, revision: str, *, version_table: VersionTable) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +42,45 @@ class AppliedRevision:
 
 
 @dataclass(frozen=True)
+class RunningRevision:
+    """The revision being applied now."""
+
+    revision: str
+    message: str
+    started: float
+    """When it started (``time.time()``)."""
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since it started."""
+        return max(0.0, time.time() - self.started)
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A session that keeps the running revision waiting for a table lock.
+
+    Never its query text (the application's data) nor its user or host.
+    """
+
+    pid: int
+    """The server's id of the session (PostgreSQL pid, MySQL connection id)."""
+    state: str
+    """``active``, ``idle in transaction``, ..."""
+    seconds: float | None = None
+    """How long its transaction has been open (None: the server did not say)."""
+    application: str | None = None
+    """The name the client gave itself (PostgreSQL ``application_name``)."""
+    table: str | None = None
+    """The table the revision waits for, when the server says."""
+
+    def __str__(self) -> str:
+        name = f" ({self.application})" if self.application else ""
+        since = f" for {self.seconds:.0f} s" if self.seconds is not None else ""
+        return f"pid {self.pid}{name}, {self.state}{since}"
+
+
+@dataclass(frozen=True)
 class MigrationStatus:
     """A snapshot of what a migrator did; ``AutoMigrator.status`` returns the latest.
 
@@ -66,6 +106,14 @@ class MigrationStatus:
     waiting_for: Literal["database", "lock", "migration"] | None = None
     """In state ``waiting``: for the database to accept connections, for the lock, or
     (check mode) for another process to migrate."""
+    running: RunningRevision | None = None
+    """In state ``migrating``: the revision being applied and since when."""
+    blocked_by: tuple[Blocker, ...] = ()
+    """In state ``migrating``: who keeps the running revision waiting for a table lock."""
+    ddl_retries: int = 0
+    """Revisions tried again after a lock timeout, deadlock or serialization failure."""
+    ahead: tuple[str, ...] = ()
+    """With ``when_ahead="serve"``: the database's revisions this code does not know."""
     databases: Mapping[str, MigrationStatus] | None = None
     """A :class:`~automigrator.MigratorGroup`'s members' statuses, by name; None otherwise."""
 
@@ -94,6 +142,25 @@ class MigrationStatus:
             "error_kind": self.error_kind,
             "attempts": self.attempts,
             "waiting_for": self.waiting_for,
+            "running": None
+            if self.running is None
+            else {
+                "revision": self.running.revision,
+                "message": self.running.message,
+                "elapsed": round(self.running.elapsed, 3),
+            },
+            "blocked_by": [
+                {
+                    "pid": b.pid,
+                    "state": b.state,
+                    "seconds": b.seconds,
+                    "application": b.application,
+                    "table": b.table,
+                }
+                for b in self.blocked_by
+            ],
+            "ddl_retries": self.ddl_retries,
+            "ahead": list(self.ahead),
         }
         if self.databases is not None:
             data["databases"] = {name: s.to_dict() for name, s in self.databases.items()}

@@ -41,6 +41,7 @@ from ._redaction import mask_credentials
 from .errors import (
     AutomigratorError,
     ConfigurationError,
+    ContentionError,
     DatabaseUnavailableError,
     LockLostError,
     LockTimeoutError,
@@ -56,6 +57,7 @@ from .policies import Chain, Fail, FailurePolicy, LogAndContinue, PurgeAndRetry,
 __all__ = ["EXIT_CODES", "main"]
 
 EXIT_CODES: dict[type[AutomigratorError], int] = {
+    ContentionError: 13,
     MigrationError: 1,
     ConfigurationError: 2,
     SchemaBehindError: 10,

@@ -10,6 +10,7 @@ AutomigratorError                 every error the library raises
 ├── SchemaBehindError             kind "transient": check mode waited, nobody migrated
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
+├── ContentionError               kind "contention": a revision met a busy table, deadlock
 ├── MigrationError                kind "migration": a revision failed, or did not stick
 │   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
 └── ShutdownRequestedError        kind "shutdown": the server stopped us while we waited
@@ -17,7 +18,8 @@ AutomigratorError                 every error the library raises
 
 Every error carries a ``kind``; failure policies decide on it, so that a
 destructive policy (purge, restore) acts on ``"migration"`` failures only and
-never on a failure that was not the migration's fault. ``ShutdownRequestedError``
+never on a failure that was not the migration's fault (a busy table is
+``"contention"``: the revision is fine, the database was busy). ``ShutdownRequestedError``
 never reaches a policy: the run was stopped, not failed. Errors from Alembic and
 SQLAlchemy are translated into this tree in one place and chained
 (``raise ... from exc``), so the original traceback is kept.
@@ -31,6 +33,7 @@ __all__ = [
     "AlreadyPurgedError",
     "AutomigratorError",
     "ConfigurationError",
+    "ContentionError",
     "DatabaseUnavailableError",
     "ErrorKind",
     "LockLostError",
@@ -51,6 +54,7 @@ ErrorKind = Literal[
     "multiple_heads",
     "unversioned",
     "migration",
+    "contention",
     "shutdown",
 ]
 
@@ -162,6 +166,21 @@ class UnversionedDatabaseError(AutomigratorError):
             "table elsewhere, pass version_table=/version_table_schema=. Nothing was changed."
         )
         self.version_table = version_table
+
+
+class ContentionError(AutomigratorError):
+    """A revision gave up on a table lock (lock timeout), lost a deadlock or a serialization.
+
+    The revision is fine and nothing of it stayed: another transaction held
+    what it needed. ``Retry()`` retries it; the destructive policies never
+    act on it.
+    """
+
+    kind: ErrorKind = "contention"
+
+    def __init__(self, message: str, *, revision: str | None = None) -> None:
+        super().__init__(message)
+        self.revision = revision
 
 
 class MigrationError(AutomigratorError):

@@ -3,7 +3,10 @@
 ``migrator.subscribe(listener)`` calls ``listener(event)`` for every
 :class:`Event`: ``start`` (a run, or a retry, begins), ``waiting`` (for the
 database, the lock, or in check mode for another process's migration),
-``migrating``, ``revision_applied``, ``decision`` (a failure policy's), and
+``migrating``, ``revision_applied``, ``blocked`` (who keeps the running
+revision waiting for a table lock changed: ``status.blocked_by``),
+``ddl_retry`` (a revision that met a busy table is tried again),
+``decision`` (a failure policy's), and
 the end: ``ready``, ``degraded``, ``failed`` or ``disabled``.
 
 Listeners are plain callables, called where the event happens: on the event
@@ -29,6 +32,8 @@ EventName = Literal[
     "waiting",
     "migrating",
     "revision_applied",
+    "blocked",
+    "ddl_retry",
     "decision",
     "ready",
     "degraded",

@@ -8,7 +8,8 @@ answer one path with it (``health_path=``).
 The endpoint is anonymous by nature, so by default its body says the state,
 the revisions and the error's *kind*, and not the error's text. With
 ``show_error=True`` the one-line error is added, with every URL, user, host,
-port, database name and quoted value (names, row data) taken out.
+port, database name and quoted value (names, row data) taken out. Who blocks
+a running revision is shown by pid, state and age only.
 """
 
 from __future__ import annotations
@@ -88,9 +89,15 @@ class HealthApp:
 
 
 def _errors(data: dict[str, Any], urls: tuple[URL, ...], *, shown: bool) -> None:
-    """Drop (or anonymize) the error text here and in each member's status."""
+    """Drop (or anonymize) the error text here and in each member's status.
+
+    A blocker keeps its pid, state and age; the name its client gave itself
+    may say where it runs, so it is dropped too.
+    """
     error = data.pop("error", None)
     if shown:
         data["error"] = anonymize(error, urls) if error else None
+    for blocker in data.get("blocked_by") or ():
+        blocker.pop("application", None)
     for member in (data.get("databases") or {}).values():
         _errors(member, urls, shown=shown)

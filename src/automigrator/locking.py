@@ -5,9 +5,11 @@ thread for at most ``timeout`` seconds; the migrator calls it in short slices
 so that it can log while it waits, honour ``lock_timeout`` and stop at once on
 shutdown.
 
-- PostgreSQL: a session-level ``pg_advisory_lock`` on a dedicated AUTOCOMMIT
-  connection, never the migration connection. The server drops it when the
-  holder's connection dies. It does not survive PgBouncer in transaction
+- PostgreSQL: a session-level advisory lock on a dedicated AUTOCOMMIT
+  connection, never the migration connection, taken by polling
+  ``pg_try_advisory_lock`` (a waiter holds no transaction open, so a
+  ``CREATE INDEX CONCURRENTLY`` under way need not wait for it). The server
+  drops it when the holder's connection dies. It does not survive PgBouncer in transaction
   pooling mode: give migrations a direct URL.
 - MySQL/MariaDB: ``GET_LOCK(name, timeout)`` on a dedicated connection, its
   result checked (1 held, 0 timed out, NULL error); ``RELEASE_LOCK`` after.
@@ -22,6 +24,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -192,22 +195,22 @@ class PostgresAdvisoryLock(_ServerLock):
         return bool(found.scalar())
 
     def acquire(self, timeout: float) -> bool:
+        # Polled, never waited for in the server: a session blocked in
+        # pg_advisory_lock is a running transaction, and CREATE INDEX
+        # CONCURRENTLY waits out every transaction older than each of its
+        # phases, so blocked waiters held up the very migration they wait for.
         conn = self._connection()
-        if timeout <= 0:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        pause = _FIRST_POLL
+        while True:
             got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
-            return bool(got.scalar())
-        # lock_timeout bounds the wait for any lock, advisory locks included;
-        # the server wakes us the moment the holder lets go.
-        conn.execute(sa.text(f"SET lock_timeout = {max(1, int(timeout * 1000))}"))
-        try:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
-        except DBAPIError as exc:
-            if _sqlstate(exc) != "55P03":  # lock_not_available
-                self._close()
-                raise
-            return False
-        conn.execute(sa.text("SET lock_timeout = 0"))
-        return True
+            if got.scalar():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _LAST_POLL)
 
     def holder(self) -> str | None:
         query = sa.text(
@@ -354,11 +357,10 @@ def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
     )
 
 
+# A waiter polls the PostgreSQL lock after 20 ms, backing off to every 200 ms:
+# it takes the lock within 0.2 s of its release, for a query of microseconds.
+_FIRST_POLL = 0.02
+_LAST_POLL = 0.2
+
 # Flips bits of the session key: the guard's key, distinct from it.
 _GUARD_BITS = 0x5A5A5A5A5A5A5A5A
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return str(code) if code else None

@@ -212,7 +212,8 @@ class Retry:
         times: retries at most (after the first attempt).
         delay: seconds before the first retry; doubled for each next one.
         max_delay: the cap of that doubling.
-        kinds: the error kinds to retry (default: ``transient`` only).
+        kinds: the error kinds to retry (default: ``transient`` and
+            ``contention``: a busy table is worth another try).
     """
 
     def __init__(
@@ -221,7 +222,7 @@ class Retry:
         times: int = 3,
         delay: float = 1.0,
         max_delay: float = 30.0,
-        kinds: tuple[ErrorKind, ...] = ("transient",),
+        kinds: tuple[ErrorKind, ...] = ("transient", "contention"),
     ) -> None:
         if times < 1 or delay < 0 or max_delay < delay:
             raise ValueError(

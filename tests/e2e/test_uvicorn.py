@@ -10,6 +10,7 @@ import websockets.exceptions
 import websockets.sync.client
 from sqlalchemy.engine import URL
 
+from automigrator._database import sync_url
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve
@@ -237,3 +238,27 @@ def test_sigterm_stops_a_start_stuck_connecting_to_a_silent_server(tmp_path: Pat
 
     assert code != 0
     assert "(SIGTERM) while automigrator waited" in server.log
+
+
+def test_a_rollback_deploy_serves_on_a_database_ahead(example: tuple[Path, URL]) -> None:
+    # The new version migrated to 0005; the rollback's code knows only 0004.
+    app_dir, url = example
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    newer = app_dir / "migrations" / "versions" / "0005_born.py"
+    newer.write_text(
+        BROKEN_0005.replace('    raise RuntimeError("0005 is broken on purpose")\n', "")
+    )
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+    newer.unlink()
+    with serve(uvicorn(app_dir), env={**env, "WHEN_AHEAD": "serve"}) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        status = server.get("/status")
+        books = server.get("/books")
+
+    assert status.status_code == 200
+    assert status.json()["state"] == "ready"
+    assert status.json()["ahead"] == ["0005"]
+    assert books.status_code == 200
+    assert "which this code does not know" in server.log
+    assert revisions(sync_url(url)) == {"0005"}

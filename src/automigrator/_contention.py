@@ -1,0 +1,262 @@
+"""Live tables: the DDL lock timeout, recognising contention, and who blocks a revision.
+
+A migration's ``ALTER TABLE`` queues behind any open transaction that
+touched the table, and every later query on that table queues behind the
+``ALTER``: the application stalls for as long as the blocker lives. So each
+transaction of a migration gets a short lock timeout (PostgreSQL
+``SET LOCAL lock_timeout``; MySQL/MariaDB ``lock_wait_timeout`` and
+``innodb_lock_wait_timeout`` for the session; SQLite its busy timeout), and a
+revision that times out is tried again later (``_upgrading.py``), with a
+timeout that grows a little each time.
+
+PostgreSQL's ``autocommit_block()`` gets no timeout: ``CREATE INDEX
+CONCURRENTLY`` and its like take locks that do not stop reads or writes,
+and a timeout there would leave an invalid index behind.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from ._status import Blocker
+
+# PostgreSQL: lock_not_available, deadlock_detected, serialization_failure.
+_CONTENTION_SQLSTATES = {"55P03", "40P01", "40001"}
+# MySQL/MariaDB: lock wait timeout, deadlock.
+_CONTENTION_MYSQL_CODES = {1205, 1213}
+# SQLite: SQLITE_BUSY ("database is locked"), SQLITE_LOCKED ("database table is locked").
+_SQLITE_BUSY_CODES = {5, 6}
+
+# The timeout grows by a quarter of the first one per try, up to twice it:
+# a table kept busy by a stream of short transactions gets a longer window,
+# and the stall a try can cause stays bounded.
+_GROWTH_STEPS = 4
+# Pauses between tries: the timeout, doubled each time, up to this, with jitter.
+_MAX_PAUSE = 20.0
+
+
+@dataclass(frozen=True)
+class DdlTimeouts:
+    """The DDL lock timeout and how many times a revision that hit it is tried again."""
+
+    timeout: float | None
+    """Seconds a migration statement may wait for a table lock; None: as the server says."""
+    retries: int
+
+    def for_try(self, tried: int) -> float | None:
+        """The lock timeout of the try after ``tried`` failed ones."""
+        if self.timeout is None:
+            return None
+        return self.timeout * (1 + min(tried, _GROWTH_STEPS) / _GROWTH_STEPS)
+
+    def pause(self, tried: int) -> float:
+        """Seconds to wait before the try after ``tried`` (>= 1) failed ones, with jitter."""
+        base = min((self.timeout or 1.0) * 2 ** (tried - 1), _MAX_PAUSE)
+        return float(base * random.uniform(0.5, 1.5))
+
+
+def is_contention(exc: BaseException) -> bool:
+    """A lock timeout, a deadlock or a serialization failure: the database was busy."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _CONTENTION_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _CONTENTION_MYSQL_CODES:
+        return True
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return int(sqlite_code) & 0xFF in _SQLITE_BUSY_CODES
+    # Python < 3.11's sqlite3 has no error code: its message says it.
+    return type(orig).__module__.startswith("sqlite3") and "is locked" in str(orig)
+
+
+class StatementLog:
+    """Which statements of the running revision stay whatever happens next.
+
+    A revision that hit a lock timeout may be tried again only if nothing
+    it did stays: on PostgreSQL, everything in a transaction that rolls
+    back goes; what ran in an autocommit block, or was committed, stays;
+    where DDL is not transactional (MySQL/MariaDB, SQLite) every statement
+    stays.
+    """
+
+    def __init__(self) -> None:
+        self.transactional = True
+        self.kept: list[str] = []
+        self._pending: list[str] = []
+
+    def next_revision(self) -> None:
+        """A new revision starts: what the earlier ones did is theirs."""
+        self.kept, self._pending = [], []
+
+    def attach(self, connection: Connection, *, transactional: bool) -> None:
+        """Follow the statements and commits of the migration's ``connection``."""
+        self.transactional = transactional
+        event.listen(connection, "after_cursor_execute", self._executed)
+        event.listen(connection, "commit", self._committed)
+        event.listen(connection, "rollback", self._rolled_back)
+
+    def _executed(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        head = " ".join(statement.split())[:80]
+        if not self.transactional or _autocommit(conn):
+            self.kept.append(head)
+        else:
+            self._pending.append(head)
+
+    def _committed(self, conn: Connection) -> None:
+        self.kept.extend(self._pending)
+        self._pending = []
+
+    def _rolled_back(self, conn: Connection) -> None:
+        self._pending = []
+
+
+@dataclass
+class LiveRun:
+    """One try of an upgrade: its lock timeout, and what the worker thread learnt."""
+
+    timeout: float | None
+    session: int | None = None
+    """The server's id of env.py's connection, once configured (None: SQLite, unknown)."""
+    log: StatementLog = field(default_factory=lambda: StatementLog())
+
+    def attach(self, connection: Connection, *, transactional: bool) -> None:
+        """env.py configured ``connection``: give it the timeout, learn its id, follow it."""
+        apply_timeout(connection, self.timeout)
+        self.session = session_id(connection)
+        self.log.attach(connection, transactional=transactional)
+
+
+def _autocommit(conn: Connection) -> bool:
+    dbapi = conn.connection.dbapi_connection
+    return bool(getattr(dbapi, "autocommit", False))
+
+
+def apply_timeout(connection: Connection, timeout: float | None) -> None:
+    """Give the migration's ``connection`` this try's lock timeout (None: leave it)."""
+    if timeout is None:
+        return
+    backend = connection.dialect.name
+    if backend == "postgresql":
+        milliseconds = max(1, round(timeout * 1000))
+
+        def set_local(conn: Connection) -> None:
+            # SET LOCAL ends with the transaction: autocommit blocks (CREATE
+            # INDEX CONCURRENTLY) run without it.
+            if not _autocommit(conn):
+                _driver_execute(conn, f"SET LOCAL lock_timeout = {milliseconds}")
+
+        event.listen(connection, "begin", set_local)
+        if connection.in_transaction():
+            set_local(connection)
+    elif backend in ("mysql", "mariadb"):
+        seconds = max(1, math.ceil(timeout))  # whole seconds only
+        _driver_execute(
+            connection,
+            f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}",
+        )
+    elif backend == "sqlite":
+        _driver_execute(connection, f"PRAGMA busy_timeout = {max(1, round(timeout * 1000))}")
+
+
+def _driver_execute(conn: Connection, sql: str) -> None:
+    # Straight to the driver: through SQLAlchemy this would begin a
+    # transaction that Alembic then takes for the caller's, and never commits.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+
+
+def session_id(connection: Connection) -> int | None:
+    """The server's id for the migration's connection (to ask who blocks it)."""
+    backend = connection.dialect.name
+    if backend == "postgresql":
+        sql = "SELECT pg_backend_pid()"
+    elif backend in ("mysql", "mariadb"):
+        sql = "SELECT CONNECTION_ID()"
+    else:
+        return None
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return int(row[0]) if row else None
+
+
+_PG_BLOCKERS = sa.text(
+    "SELECT a.pid, a.application_name, a.state, "
+    "extract(epoch FROM now() - coalesce(a.xact_start, a.state_change)) AS seconds, "
+    "(SELECT l.relation::regclass::text FROM pg_locks l "
+    " WHERE l.pid = :pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1) AS waited "
+    "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(:pid)) "
+    "ORDER BY a.xact_start NULLS LAST LIMIT 5"
+)
+
+# MariaDB keeps no table of metadata-lock holders unless a plugin is loaded:
+# while our session waits for a lock, every other open InnoDB transaction
+# is a candidate (the one that touched the table is among them).
+_MYSQL_WAITING = sa.text(
+    "SELECT p.STATE, t.trx_state FROM information_schema.PROCESSLIST p "
+    "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID "
+    "WHERE p.ID = :pid"
+)
+_MYSQL_OPEN = sa.text(
+    "SELECT t.trx_mysql_thread_id AS pid, p.COMMAND AS command, "
+    "TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS seconds "
+    "FROM information_schema.INNODB_TRX t "
+    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+    "WHERE t.trx_mysql_thread_id <> :pid ORDER BY t.trx_started LIMIT 5"
+)
+
+
+def blockers(engine: Engine, session: int) -> tuple[Blocker, ...]:
+    """Who keeps the migration's session (``session``) waiting for a lock, if anyone.
+
+    Never their query text (it holds the application's data), never a user
+    or host: a pid, a state, how long, and the application's own name.
+    """
+    backend = engine.url.get_backend_name()
+    with engine.connect() as conn:
+        if backend == "postgresql":
+            rows = conn.execute(_PG_BLOCKERS, {"pid": session}).all()
+            return tuple(
+                Blocker(
+                    pid=row.pid,
+                    state=row.state or "unknown",
+                    seconds=float(row.seconds) if row.seconds is not None else None,
+                    application=row.application_name or None,
+                    table=row.waited,
+                )
+                for row in rows
+            )
+        if backend in ("mysql", "mariadb"):
+            waiting = conn.execute(_MYSQL_WAITING, {"pid": session}).first()
+            if waiting is None or not (
+                "lock" in str(waiting.STATE or "").lower() or waiting.trx_state == "LOCK WAIT"
+            ):
+                return ()
+            rows = conn.execute(_MYSQL_OPEN, {"pid": session}).all()
+            return tuple(
+                Blocker(
+                    pid=row.pid,
+                    state="idle in transaction" if row.command == "Sleep" else "active",
+                    seconds=float(row.seconds) if row.seconds is not None else None,
+                )
+                for row in rows
+            )
+    return ()

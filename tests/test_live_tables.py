@@ -1,0 +1,330 @@
+"""Live tables: a migration never stalls the application's queries behind a busy table.
+
+A transaction of the application's reads the table and stays open; a reader
+runs SELECTs on it in a loop, each allowed to wait 3 s for a lock; the
+migration alters the table. Plain Alembic queues its ALTER behind the open
+transaction and every SELECT behind the ALTER (the reader's wait runs out);
+automigrator gives up on the table lock after ``ddl_lock_timeout``, names
+the blocker, and tries again, so no SELECT waits long, and the revision is
+applied once the blocker ends.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError
+
+from automigrator import (
+    AutoMigrator,
+    Chain,
+    ContentionError,
+    Event,
+    Failure,
+    HealthApp,
+    MigrationError,
+    PurgeAndRetry,
+    Retry,
+    SchemaAheadError,
+)
+from automigrator._logguard import LoggingGuard
+from tests.conftest import make_db_url, revisions
+from tests.faults import Background, wait_for
+from tests.project import Rev, make_project, waiting
+from tests.test_policies import OLD_ROWS, deployed, user_rows
+from tests.test_purge import backups
+
+ADD_AGE = Rev("r3", "r2", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
+# Where DDL is not transactional, the CREATE TABLE stays when the ALTER times out.
+HALF = Rev(
+    "r3",
+    "r2",
+    "new table then alter users",
+    """
+    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
+    op.add_column("users", sa.Column("age", sa.Integer))
+    """,
+)
+READER_LIMIT = 3  # seconds a reader's SELECT may wait for a lock before it fails
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    yield from make_db_url(request.param, tmp_path)
+
+
+def connect(url: URL, *, limit: float | None = None) -> Connection:
+    """A connection of the application's; with ``limit``, its lock waits end after that."""
+    args = {"timeout": limit} if limit is not None and url.get_backend_name() == "sqlite" else {}
+    conn = sa.create_engine(url, poolclass=sa.NullPool, connect_args=args).connect()
+    if limit is not None and url.get_backend_name() == "postgresql":
+        conn.execute(sa.text(f"SET lock_timeout = '{limit}s'"))
+        conn.commit()
+    elif limit is not None and url.get_backend_name() in ("mysql", "mariadb"):
+        conn.execute(sa.text(f"SET SESSION lock_wait_timeout = {int(limit)}"))
+        conn.commit()
+    return conn
+
+
+def open_reader(url: URL) -> tuple[Connection, int | None]:
+    """A transaction that read the users table and stays open; its server id."""
+    conn = connect(url)
+    backend = url.get_backend_name()
+    pid = None
+    if backend == "postgresql":
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    elif backend in ("mysql", "mariadb"):
+        pid = conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar()
+    conn.commit()
+    if backend == "sqlite":
+        conn.exec_driver_sql("BEGIN")  # pysqlite opens none for a SELECT by itself
+    conn.execute(sa.text("SELECT count(*) FROM users")).scalar()
+    return conn, int(pid) if pid is not None else None
+
+
+def read_until(
+    url: URL, done: Callable[[], bool], seconds: float = 90, *, first_failure: bool = False
+) -> list[str]:
+    """SELECTs on users, each in its own transaction, until ``done()``; the ones that failed.
+
+    With ``first_failure``, the first SELECT that fails ends it too.
+    """
+    failures: list[str] = []
+    conn = connect(url, limit=READER_LIMIT)
+    deadline = time.monotonic() + seconds
+    try:
+        while not done() and time.monotonic() < deadline:
+            try:
+                conn.execute(sa.text("SELECT count(*) FROM users")).scalar()
+                conn.commit()
+            except DBAPIError as exc:
+                failures.append(str(exc.orig))
+                conn.rollback()
+                if first_failure:
+                    break
+    finally:
+        conn.close()
+    assert done() or failures, "the reader ran out of time with nothing to show"
+    return failures
+
+
+def test_queries_never_queue_behind_a_migration_that_waits_for_a_busy_table(
+    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automigrator")
+    ini = deployed(tmp_path, db_url, broken=ADD_AGE)
+    blocker, pid = open_reader(db_url)
+    migrator = AutoMigrator(ini, url=db_url, ddl_lock_timeout=0.5, ddl_lock_retries=100)
+    seen: list[Event] = []
+    migrator.subscribe(lambda event: seen.append(event) if event.name == "blocked" else None)
+    try:
+        run = Background(migrator)
+        # Read on while the migration meets the busy table and tries again.
+        failures = read_until(db_url, lambda: migrator.status.ddl_retries >= 2)
+        assert revisions(db_url) == {"r2"}
+    finally:
+        blocker.rollback()  # the application's transaction ends
+        blocker.close()
+    assert run.result() is None
+
+    assert failures == []  # no SELECT waited READER_LIMIT for a lock
+    assert revisions(db_url) == {"r3"}
+    assert user_rows(db_url) == OLD_ROWS
+    if pid is not None:  # the servers say who blocks; SQLite cannot
+        named = {b.pid for e in seen for b in e.status.blocked_by}
+        assert pid in named
+        assert any(f"pid {pid}" in r.getMessage() for r in caplog.records), caplog.text
+    assert any("trying again" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_alembic_queues_every_query_behind_the_waiting_alter(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # The same scene without the lock timeout: the stall the test above rules out.
+    ini = deployed(tmp_path, db_url, broken=ADD_AGE)
+    config = Config(str(ini), stdout=io.StringIO())
+    config.set_main_option("sqlalchemy.url", db_url.render_as_string(False).replace("%", "%%"))
+    blocker, _ = open_reader(db_url)
+    ended = threading.Event()
+
+    def upgrade() -> None:
+        try:
+            with LoggingGuard():  # env.py's fileConfig() would silence our loggers
+                command.upgrade(config, "head")
+        except DBAPIError:
+            pass  # SQLite's own busy timeout (5 s) ends it
+        finally:
+            ended.set()
+
+    alembic = threading.Thread(target=upgrade)
+    alembic.start()
+    try:
+        failures = read_until(db_url, ended.is_set, first_failure=True)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        alembic.join(60)
+    assert failures, "no SELECT waited: the ALTER never queued ahead of them"
+
+
+def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
+    tmp_path: Path, db_url: URL
+) -> None:
+    ini = deployed(tmp_path, db_url, broken=ADD_AGE)
+    blocker, _ = open_reader(db_url)
+    migrator = AutoMigrator(
+        ini,
+        url=db_url,
+        ddl_lock_timeout=0.2,
+        ddl_lock_retries=1,
+        on_failure=Chain(PurgeAndRetry(), Retry(times=1, delay=0)),
+    )
+    try:
+        with pytest.raises(ContentionError) as caught:
+            anyio.run(migrator.run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert caught.value.kind == "contention"
+    assert caught.value.revision == "r3"
+    assert "2 time(s) in a row" in caught.value.message
+    assert migrator.status.error_kind == "contention"
+    assert migrator.status.attempts == 2  # Retry() tried once more; PurgeAndRetry passed
+    assert migrator.status.ddl_retries == 2  # one retry of r3 in each attempt
+    assert revisions(db_url) == {"r2"}
+    assert user_rows(db_url) == OLD_ROWS
+    assert backups(db_url) == []
+
+
+def test_a_busy_table_after_a_kept_statement_says_what_stayed(
+    tmp_path: Path, server_db: URL
+) -> None:
+    url = server_db
+    ini = deployed(tmp_path, url, broken=HALF)
+    blocker, _ = open_reader(url)
+    migrator = AutoMigrator(ini, url=url, ddl_lock_timeout=0.2, ddl_lock_retries=1)
+    try:
+        with pytest.raises((ContentionError, MigrationError)) as caught:
+            anyio.run(migrator.run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # PostgreSQL's transactional DDL took the CREATE TABLE back with the rollback.
+    if url.get_backend_name() == "postgresql":
+        assert isinstance(caught.value, ContentionError)
+        assert "Nothing of the revision stayed" in caught.value.message
+    else:  # MariaDB: the CREATE TABLE stays, so trying again would meet it
+        assert isinstance(caught.value, MigrationError)
+        assert "CREATE TABLE audit" in caught.value.message
+        assert "1 of its statement(s) were applied" in caught.value.message
+        assert migrator.status.ddl_retries == 0
+    assert revisions(url) == {"r2"}
+
+
+def test_retry_retries_contention_by_default() -> None:
+    error = ContentionError("busy", revision="r3")
+    decision = anyio.run(
+        Retry().handle,
+        Failure(error=error, attempt=1, history=(), migrator=None),  # type: ignore[arg-type]
+    )
+    assert decision.action == "retry"
+    assert (
+        anyio.run(
+            PurgeAndRetry().handle,
+            Failure(error=error, attempt=1, history=(), migrator=None),  # type: ignore[arg-type]
+        ).action
+        == "pass"
+    )
+
+
+def test_a_long_revision_logs_a_heartbeat_and_shows_itself_in_the_status(
+    tmp_path: Path, sqlite_url: URL, signals: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="automigrator")
+    url = sqlite_url
+    ini = make_project(tmp_path / "proj", (waiting("r1", None),))
+    migrator = AutoMigrator(ini, url=url, progress_interval=0.5)
+    run = Background(migrator)
+    wait_for(signals / "r1.running")
+    deadline = time.monotonic() + 30
+    while not any("Still applying r1" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    running = migrator.status.to_dict()["running"]
+    (signals / "r1.go").touch()
+    assert run.result() is None
+
+    assert running["revision"] == "r1"
+    assert running["message"] == "r1 waits for the test"
+    assert running["elapsed"] >= 0.5
+    assert migrator.status.running is None  # done: nothing running
+
+
+def test_a_rollback_deploy_serves_on_a_database_ahead_when_told(
+    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    newer = make_project(tmp_path / "new")
+    anyio.run(AutoMigrator(newer, url=db_url).run)  # the new version migrated to r3
+    older = make_project(tmp_path / "old")
+    (older.parent / "migrations" / "versions" / "r3.py").unlink()  # the old code: up to r2
+
+    with pytest.raises(SchemaAheadError):
+        anyio.run(AutoMigrator(older, url=db_url).run)  # the default still refuses
+
+    migrator = AutoMigrator(older, url=db_url, when_ahead="serve")
+    status = anyio.run(migrator.run)
+    code, body = HealthApp(migrator).body()
+
+    assert status.ready
+    assert status.ahead == ("r3",)
+    assert (code, body["state"], body["ahead"]) == (200, "ready", ["r3"])
+    assert revisions(db_url) == {"r3"}  # never downgraded
+    assert any("ahead of the code" in r.getMessage() for r in caplog.records)
+
+
+def test_the_health_endpoint_names_no_blocker_application() -> None:
+    from automigrator import Blocker, MigrationRunner, MigrationStatus
+
+    class Fixed(MigrationRunner):
+        status = MigrationStatus(blocked_by=(Blocker(7, "idle in transaction", 3.0, "billing"),))
+
+        def __init__(self) -> None:
+            super().__init__(block_startup=True, shutdown_timeout=1.0)
+
+        async def run(self) -> MigrationStatus:
+            return self.status
+
+        def request_stop(self) -> None:
+            pass
+
+    _, body = HealthApp(Fixed()).body()
+    assert body["blocked_by"] == [
+        {"pid": 7, "state": "idle in transaction", "seconds": 3.0, "table": None}
+    ]
+
+
+def test_bad_live_table_settings_are_named(tmp_path: Path) -> None:
+    from automigrator import ConfigurationError
+
+    ini = make_project(tmp_path / "proj")
+    for bad, name in (
+        ({"ddl_lock_timeout": 0}, "ddl_lock_timeout"),
+        ({"ddl_lock_retries": -1}, "ddl_lock_retries"),
+        ({"progress_interval": 0}, "progress_interval"),
+        ({"when_ahead": "maybe"}, "when_ahead"),
+    ):
+        with pytest.raises(ConfigurationError, match=name):
+            AutoMigrator(ini, url="sqlite://", **bad)
