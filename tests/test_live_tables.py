@@ -328,3 +328,26 @@ def test_bad_live_table_settings_are_named(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigurationError, match=name):
             AutoMigrator(ini, url="sqlite://", **bad)
+
+
+def test_the_cli_takes_the_lock_timeout_and_exits_13_on_a_busy_table(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    from tests.test_cli import cli
+
+    ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
+    bad = cli(ini, sqlite_url, "upgrade", "--ddl-lock-timeout", "soon")
+    blocker, _ = open_reader(sqlite_url)
+    try:
+        busy = cli(
+            ini, sqlite_url, "upgrade", "--ddl-lock-timeout", "0.2", "--ddl-lock-retries", "0"
+        )
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert bad.returncode == 2
+    assert "--ddl-lock-timeout: 'soon' is not seconds" in bad.stderr
+    assert busy.returncode == 13, busy.stderr
+    assert "Revision r3 met a busy table" in busy.stderr
+    assert revisions(sqlite_url) == {"r2"}

@@ -24,6 +24,7 @@ from ._planner import read_plan
 from ._purge import Backups, Purged
 from ._reporting import Reporter
 from ._scripts import BeforeScripts, Scripts
+from ._signals import listening
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from ._switch import read_switch
 from ._upgrading import Upgrader
@@ -278,7 +279,7 @@ class AutoMigrator(MigrationRunner):
         self._stop_requested = False
         done = self._begin()
         try:
-            with self._reporter.failed_if_interrupted(started):
+            with self._reporter.failed_if_interrupted(started), listening():
                 return await self._attempts.run(
                     self, self.on_failure, self.migrate, fresh=self._fresh, started=started
                 )

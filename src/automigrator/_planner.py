@@ -16,6 +16,7 @@ from ._database import (
 )
 from ._plan import Plan, PlanKind, holds_heads
 from ._scripts import Scripts
+from ._threads import abandonable
 from .errors import DatabaseUnavailableError
 
 
@@ -76,5 +77,5 @@ async def revisions_soon(
             return None
 
     with anyio.move_on_after(limit):
-        return await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+        return await abandonable(read)
     return None

@@ -3,9 +3,10 @@
 uvicorn (and gunicorn's uvicorn worker) catch SIGTERM and SIGINT themselves
 and only set a flag, which they read after the lifespan start-up has finished.
 A replica waiting minutes for the lock or for the database would ignore a
-shutdown until ``lock_timeout``. While we *wait* (never while we migrate), we
-chain our handler in front of the server's: the server still sees the signal,
-and our wait is cancelled at once. The previous handler is put back after.
+shutdown until ``lock_timeout``. For the whole run we chain our handler in
+front of the server's (the server still sees the signal) and record it; a
+*wait* (never a migration) is cancelled by it at once, or as it begins if the
+signal came first. The previous handler is put back after the run.
 """
 
 from __future__ import annotations
@@ -25,42 +26,83 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _Handler = Callable[[int, FrameType | None], Any]
 
 
-@contextmanager
-def cancelled_by_shutdown(scope: anyio.CancelScope) -> Iterator[list[int]]:
-    """Cancel ``scope`` when SIGINT or SIGTERM arrives; yields the signals received.
+class _Listening:
+    """The chained handlers of this process, while some run listens."""
 
-    Only where the signal can be chained: in the main thread, on asyncio, and
-    when a Python handler is installed (a default SIGTERM ends the process
-    anyway, and an ignored one must stay ignored).
+    def __init__(self) -> None:
+        self.runs = 0  # runs listening now (a group's members nest)
+        self.received: list[int] = []
+        self.scopes: set[anyio.CancelScope] = set()
+        self.installed: dict[int, tuple[_Handler, _Handler]] = {}
+
+
+_LISTENING = _Listening()
+
+
+@contextmanager
+def listening() -> Iterator[None]:
+    """Around a whole run: record SIGINT/SIGTERM from its first instant.
+
+    A signal that arrives before a wait begins (between the first log line
+    and the first connection, say) still stops that wait as it starts,
+    instead of being seen by the server alone, after the start-up.
+    Only where the signal can be chained: in the main thread, on asyncio,
+    and when a Python handler is installed (a default SIGTERM ends the
+    process anyway, and an ignored one must stay ignored).
     """
-    received: list[int] = []
     loop = _running_asyncio_loop()
     if threading.current_thread() is not threading.main_thread() or loop is None:
-        yield received
+        yield
         return
-    installed: dict[int, tuple[_Handler, _Handler]] = {}
+    state = _LISTENING
+    if state.runs == 0:
+        state.received = []
+        for sig in SIGNALS:
+            previous = signal.getsignal(sig)
+            if callable(previous):
+                ours = _chained(loop, previous)
+                signal.signal(sig, ours)
+                state.installed[sig] = (ours, previous)
+    state.runs += 1
+    try:
+        yield
+    finally:
+        state.runs -= 1
+        if state.runs == 0:
+            for number, (ours, theirs) in state.installed.items():
+                # Put the server's handler back, unless someone replaced ours meanwhile.
+                if signal.getsignal(number) is ours:
+                    signal.signal(number, theirs)
+            state.installed.clear()
 
-    for sig in SIGNALS:
-        previous = signal.getsignal(sig)
-        if not callable(previous):
-            continue
 
-        def handler(signum: int, frame: FrameType | None, previous: _Handler = previous) -> Any:
-            received.append(signum)
+def _chained(loop: asyncio.AbstractEventLoop, previous: _Handler) -> _Handler:
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        _LISTENING.received.append(signum)
+        for scope in tuple(_LISTENING.scopes):
             # A signal handler may run in the middle of the event loop's own
             # code: hand the cancel to the loop instead of calling it here.
             loop.call_soon_threadsafe(scope.cancel)
-            return previous(signum, frame)
+        return previous(signum, frame)
 
-        signal.signal(sig, handler)
-        installed[sig] = (handler, previous)
-    try:
-        yield received
-    finally:
-        for number, (ours, theirs) in installed.items():
-            # Put the server's handler back, unless someone replaced ours meanwhile.
-            if signal.getsignal(number) is ours:
-                signal.signal(number, theirs)
+    return handler
+
+
+@contextmanager
+def cancelled_by_shutdown(scope: anyio.CancelScope) -> Iterator[list[int]]:
+    """Cancel ``scope`` when SIGINT or SIGTERM arrives, or has arrived in this run.
+
+    Yields the signals received. Outside :func:`listening` it listens for
+    the duration of the block only.
+    """
+    with listening():
+        if _LISTENING.received:
+            scope.cancel()
+        _LISTENING.scopes.add(scope)
+        try:
+            yield _LISTENING.received
+        finally:
+            _LISTENING.scopes.discard(scope)
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -26,6 +26,7 @@ from ._database import VersionTable
 from ._reporting import Reporter
 from ._scripts import Scripts
 from ._status import AppliedRevision, Blocker, RunningRevision
+from ._threads import abandonable
 from ._waits import poll
 from .errors import ContentionError, ShutdownRequestedError
 from .events import Event
@@ -136,9 +137,7 @@ class Upgrader:
         found: tuple[Blocker, ...] | None = None
         with anyio.move_on_after(_LOOKUP_LIMIT):
             try:
-                found = await anyio.to_thread.run_sync(
-                    blockers, self.engine, session, abandon_on_cancel=True
-                )
+                found = await abandonable(lambda: blockers(self.engine, session))
             except DBAPIError as exc:  # it only informs: the migration goes on
                 logger.debug("Could not ask who blocks the migration: %s", exc)
         if found is None or found == self.reporter.status.blocked_by:

@@ -29,6 +29,7 @@ from ._plan import Plan
 from ._reporting import Reporter
 from ._signals import cancelled_by_shutdown
 from ._status import MigrationState
+from ._threads import abandonable
 from .errors import (
     DatabaseUnavailableError,
     LockTimeoutError,
@@ -156,7 +157,7 @@ class Waiter:
             # timeout ends the thread later).
             with anyio.move_on_after(left):
                 try:
-                    return (await anyio.to_thread.run_sync(work, abandon_on_cancel=True),)
+                    return (await abandonable(work),)
                 except DatabaseUnavailableError as exc:
                     if self.connect_timeout <= 0:
                         raise
@@ -237,7 +238,7 @@ class Waiter:
             # its own, it must not stall the wait if that connection freezes.
             holder = None
             with anyio.move_on_after(_HOLDER_LIMIT):
-                holder = await anyio.to_thread.run_sync(lock.holder, abandon_on_cancel=True)
+                holder = await abandonable(lock.holder)
             logger.info(
                 "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
                 lock,

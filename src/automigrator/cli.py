@@ -143,6 +143,20 @@ def parser() -> argparse.ArgumentParser:
         "purge (back up, purge, migrate from scratch: unattended SQLite boxes)",
     )
     upgrade.add_argument("--baseline", help="stamp an unversioned database at this revision")
+    upgrade.add_argument(
+        "--ddl-lock-timeout",
+        type=_seconds_or_none,
+        default=2.0,
+        metavar="S",
+        help="seconds a migration statement may wait for a table lock (2; 'none': the server's)",
+    )
+    upgrade.add_argument(
+        "--ddl-lock-retries",
+        type=int,
+        default=10,
+        metavar="N",
+        help="tries again of a revision that met a busy table (10)",
+    )
     commands.add_parser("check", help="is the database at the target?")
     status = commands.add_parser("status", help="revisions, heads, pending")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -165,6 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _seconds_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not seconds: give a number or 'none'"
+        ) from None
+
+
 async def _command(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "url": args.url,
@@ -175,7 +200,12 @@ async def _command(args: argparse.Namespace) -> int:
         "before_scripts": _resolve(args.before_scripts),
     }
     if args.command == "upgrade":
-        options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)
+        options.update(
+            on_failure=POLICIES[args.on_failure],
+            baseline=args.baseline,
+            ddl_lock_timeout=args.ddl_lock_timeout,
+            ddl_lock_retries=args.ddl_lock_retries,
+        )
         status = await _runner(args.config, options).run()
         return 0 if status.state.value in ("ready", "degraded") else 1
     if args.command == "wait":
