@@ -21,6 +21,7 @@ the local ones); each case gets a fresh database there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -107,7 +108,8 @@ def fresh_database(kind: str) -> Iterator[URL]:
 def project(root: Path, second: str) -> Path:
     """alembic.ini with r1 (the items table) and r2 (``second``)."""
     ini = root / "alembic.ini"
-    command.init(Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), "generic")
+    with contextlib.redirect_stdout(io.StringIO()):  # Alembic's own progress lines
+        command.init(Config(str(ini)), str(root / "migrations"), "generic")
     for rev, down, message, body in (
         ("r1", None, "items", TABLE),
         ("r2", "r1", "the change", second),
@@ -126,7 +128,7 @@ def at_r1(ini: Path, url: URL, rows: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             sa.text("INSERT INTO items (id, c0, c1, c2, c3, c4) VALUES (:i, :i, :i, :i, :i, :i)"),
-            [{"i": i} for i in range(rows)],
+            [{"i": i} for i in range(1, rows + 1)],
         )
     engine.dispose()
 

@@ -35,6 +35,7 @@ from automigrator import (
     HealthApp,
     MigrationError,
     PurgeAndRetry,
+    RestoreBackup,
     Retry,
     SchemaAheadError,
 )
@@ -351,3 +352,24 @@ def test_the_cli_takes_the_lock_timeout_and_exits_13_on_a_busy_table(
     assert busy.returncode == 13, busy.stderr
     assert "Revision r3 met a busy table" in busy.stderr
     assert revisions(sqlite_url) == {"r2"}
+
+
+def test_restore_backup_puts_nothing_back_for_a_busy_table(
+    tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
+    blocker, _ = open_reader(sqlite_url)
+    migrator = AutoMigrator(
+        ini, url=sqlite_url, ddl_lock_timeout=0.2, ddl_lock_retries=0, on_failure=RestoreBackup()
+    )
+    try:
+        with pytest.raises(ContentionError):
+            anyio.run(migrator.run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert migrator.status.error_kind == "contention"
+    assert not any("put back" in r.getMessage() for r in caplog.records)
+    assert revisions(sqlite_url) == {"r2"}
+    assert user_rows(sqlite_url) == OLD_ROWS
