@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,9 +31,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -44,34 +40,11 @@ from alembic.config import Config
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator
+from benchmarks.history import TEMPLATE
+from benchmarks.replicas import SERVERS, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVERS = {
-    "postgresql": (
-        "AUTOMIGRATOR_TEST_POSTGRES_URL",
-        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    ),
-    "mariadb": ("AUTOMIGRATOR_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
 BLOCKER_SECONDS = 10.0
-
-REVISION = '''"""{message}"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = {id!r}
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-{body}
-
-
-def downgrade() -> None:
-    pass
-'''
 
 TABLE = """
     op.create_table(
@@ -88,23 +61,6 @@ FIVE_INDEXES = """
 """
 
 
-@contextmanager
-def fresh_database(kind: str) -> Iterator[URL]:
-    variable, default = SERVERS[kind]
-    admin_url = sa.make_url(os.environ.get(variable, default))
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            force = " WITH (FORCE)" if kind == "postgresql" else ""
-            conn.exec_driver_sql(f"DROP DATABASE {name}{force}")
-        admin.dispose()
-
-
 def project(root: Path, second: str) -> Path:
     """alembic.ini with r1 (the items table) and r2 (``second``)."""
     ini = root / "alembic.ini"
@@ -114,8 +70,8 @@ def project(root: Path, second: str) -> Path:
         ("r1", None, "items", TABLE),
         ("r2", "r1", "the change", second),
     ):
-        body = textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
-        text = REVISION.format(id=rev, down=down, message=message, body=body)
+        body = textwrap.indent(textwrap.dedent(body).strip("\n"), "    ").lstrip()
+        text = TEMPLATE.format(i=message, rev=rev, down=down, body=body)
         (root / "migrations" / "versions" / f"{rev}.py").write_text(text)
     return ini
 
@@ -135,7 +91,7 @@ def at_r1(ini: Path, url: URL, rows: int) -> None:
 
 def stall(kind: str, tool: str, scratch: Path) -> tuple[float, float]:
     """The longest SELECT while the migration meets a 10 s blocker; the migration's time."""
-    with fresh_database(kind) as url:
+    with fresh_database(kind, scratch) as url:
         ini = project(Path(tempfile.mkdtemp(dir=scratch)), ADD_COLUMN)
         at_r1(ini, url, 1000)
         engine = sa.create_engine(url, poolclass=sa.NullPool)
@@ -175,7 +131,7 @@ def stall(kind: str, tool: str, scratch: Path) -> tuple[float, float]:
 
 def cic(replicas: int, scratch: Path) -> float:
     """The five-index revision's duration in the replica that applied it."""
-    with fresh_database("postgresql") as url:
+    with fresh_database("postgresql", scratch) as url:
         ini = project(Path(tempfile.mkdtemp(dir=scratch)), FIVE_INDEXES)
         at_r1(ini, url, 20_000)
         argv = [

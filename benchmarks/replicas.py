@@ -39,6 +39,11 @@ COUNTS = (1, 4, 16)
 TOOLS = ("automigrator", "alembic")
 REVISIONS = 100
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# The servers' admin URLs: the tests' variables, else the local servers.
+SERVERS = {
+    "postgresql": ("AUTOMIGRATOR_TEST_POSTGRES_URL", DEFAULT_PG),
+    "mariadb": ("AUTOMIGRATOR_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
 
 
 @dataclass
@@ -56,7 +61,8 @@ def fresh_database(kind: str, scratch: Path) -> Iterator[URL]:
         folder = Path(tempfile.mkdtemp(dir=scratch))
         yield sa.make_url(f"sqlite:///{folder / 'app.db'}")
         return
-    admin_url = sa.make_url(os.environ.get("AUTOMIGRATOR_TEST_POSTGRES_URL", DEFAULT_PG))
+    variable, default = SERVERS[kind]
+    admin_url = sa.make_url(os.environ.get(variable, default))
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     name = f"bench_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
@@ -65,7 +71,8 @@ def fresh_database(kind: str, scratch: Path) -> Iterator[URL]:
         yield admin_url.set(database=name)
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+            force = " WITH (FORCE)" if kind == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE {name}{force}")
         admin.dispose()
 
 
