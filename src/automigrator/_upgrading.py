@@ -114,7 +114,7 @@ class Upgrader:
 
     async def _watch(self, live: LiveRun) -> None:
         beats: tuple[str, int] = ("", 0)
-        timeout = live.timeout or _BLOCKERS_AFTER * 2
+        timeout = live.timeout or 4 * _TICK
         tick, after = min(_TICK, timeout / 4), min(_BLOCKERS_AFTER, timeout / 2)
         while True:
             await anyio.sleep(tick)
