@@ -161,3 +161,16 @@ def test_settings_from_the_environment(ini: Path, sqlite_url: URL) -> None:
     out = run_cli("upgrade", env=env)
     assert out.returncode == 0, out.stderr
     assert "users" in tables(sqlite_url)
+
+
+def test_options_after_the_command_work_too(ini: Path, sqlite_url: URL) -> None:
+    url = sqlite_url.render_as_string(hide_password=False)
+    upgrade = run_cli("upgrade", "-c", str(ini), "--url", url)
+    status = run_cli("status", "--json", "--url", url, "-c", str(ini))
+    mixed = run_cli("-c", str(ini.parent / "missing.ini"), "check", "-c", str(ini), "--url", url)
+
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert json.loads(status.stdout)["revisions"] == ["r3"]
+    assert mixed.returncode == 0, mixed.stderr  # the one after the command wins
+    assert "at the target: the database is at r3" in mixed.stderr
+    assert revisions(sqlite_url) == {"r3"}

@@ -111,30 +111,13 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    env = os.environ.get
-    root.add_argument(
-        "-c",
-        "--config",
-        default=env("AUTOMIGRATOR_CONFIG", "alembic.ini"),
-        help="alembic.ini or pyproject.toml (default: $AUTOMIGRATOR_CONFIG or alembic.ini)",
-    )
-    root.add_argument(
-        "--url", default=env("AUTOMIGRATOR_URL"), help="database URL (default: the config's)"
-    )
-    root.add_argument(
-        "--target", default=env("AUTOMIGRATOR_TARGET", "head"), help="head, heads or a revision"
-    )
-    root.add_argument(
-        "--before-scripts",
-        default=env("AUTOMIGRATOR_BEFORE_SCRIPTS"),
-        metavar="MODULE:FUNCTION",
-        help="a function that sets the app up before the scripts load (see before_scripts=)",
-    )
-    root.add_argument("--lock-timeout", type=float, default=300.0, help="seconds (300)")
-    root.add_argument("--connect-timeout", type=float, default=60.0, help="seconds (60)")
-    root.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _common(root, defaults=True)
+    # The same options after the command too (`upgrade -c alembic.ini`): there
+    # they default to nothing, so the ones given before the command stand.
+    after = _Parser(add_help=False)
+    _common(after, defaults=False)
     commands = root.add_subparsers(dest="command", required=True, metavar="command")
-    upgrade = commands.add_parser("upgrade", help="migrate to the target")
+    upgrade = commands.add_parser("upgrade", parents=[after], help="migrate to the target")
     upgrade.add_argument(
         "--on-failure",
         choices=sorted(POLICIES),
@@ -157,10 +140,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tries again of a revision that met a busy table (10)",
     )
-    commands.add_parser("check", help="is the database at the target?")
-    status = commands.add_parser("status", help="revisions, heads, pending")
+    commands.add_parser("check", parents=[after], help="is the database at the target?")
+    status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    wait = commands.add_parser("wait", help="block until the database is at the target")
+    wait = commands.add_parser(
+        "wait", parents=[after], help="block until the database is at the target"
+    )
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
     return root
 
@@ -177,6 +162,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
+
+
+def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    env = os.environ.get
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=default(env("AUTOMIGRATOR_CONFIG", "alembic.ini")),
+        help="alembic.ini or pyproject.toml (default: $AUTOMIGRATOR_CONFIG or alembic.ini)",
+    )
+    parser.add_argument(
+        "--url",
+        default=default(env("AUTOMIGRATOR_URL")),
+        help="database URL (default: $AUTOMIGRATOR_URL, else the config's)",
+    )
+    parser.add_argument(
+        "--target",
+        default=default(env("AUTOMIGRATOR_TARGET", "head")),
+        help="head, heads or a revision",
+    )
+    parser.add_argument(
+        "--before-scripts",
+        default=default(env("AUTOMIGRATOR_BEFORE_SCRIPTS")),
+        metavar="MODULE:FUNCTION",
+        help="a function that sets the app up before the scripts load (see before_scripts=)",
+    )
+    parser.add_argument("--lock-timeout", type=float, default=default(300.0), help="seconds (300)")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=default(60.0), help="seconds (60)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="only errors"
+    )
 
 
 def _seconds_or_none(text: str) -> float | None:
@@ -229,6 +251,12 @@ async def _command(args: argparse.Namespace) -> int:
                     f"automigrator: {name + ': ' if name else ''}the database is at "
                     f"{', '.join(plan.db_revisions)}, past the target {', '.join(plan.heads)}: "
                     "nothing to do (automigrator never downgrades)",
+                    file=sys.stderr,
+                )
+            if plan.kind == "at_head" and not plan.past_target:
+                print(
+                    f"automigrator: {name + ': ' if name else ''}at the target: the "
+                    f"database is at {', '.join(plan.db_revisions)}",
                     file=sys.stderr,
                 )
             if plan.kind != "at_head":
