@@ -112,7 +112,24 @@ def test_wait_returns_when_another_process_has_migrated(ini: Path, db_url: URL) 
 
 
 def test_wait_times_out_behind(ini: Path, sqlite_url: URL) -> None:
-    assert cli(ini, sqlite_url, "wait", "--timeout", "0.5").returncode == 10
+    run = cli(ini, sqlite_url, "wait", "--timeout", "0.5")
+    assert run.returncode == 10
+    assert "wait --timeout" in run.stderr  # the setting to raise, as the CLI names it
+
+
+def test_no_url_anywhere_names_the_cli_flag(ini: Path) -> None:
+    text = ini.read_text()
+    for shipped in ("", '""'):  # no value, or an empty one to fill in at deploy time
+        ini.write_text(
+            "\n".join(
+                f"sqlalchemy.url = {shipped}" if line.startswith("sqlalchemy.url") else line
+                for line in text.splitlines()
+            )
+        )
+        run = run_cli("-c", str(ini), "check", env={**os.environ, "AUTOMIGRATOR_URL": ""})
+        assert run.returncode == 2, run.stderr
+        assert "No database URL" in run.stderr
+        assert "--url or AUTOMIGRATOR_URL" in run.stderr
 
 
 def test_progress_on_a_terminal(ini: Path, sqlite_url: URL) -> None:

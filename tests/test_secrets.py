@@ -41,8 +41,8 @@ def assert_hidden(text: str) -> None:
 
 
 def test_no_password_in_usage_errors(ini: Path) -> None:
-    # An option after the subcommand: argparse quotes what it did not take.
-    run = run_cli("-c", str(ini), "upgrade", "--url", secret_url())
+    # An option it does not know: argparse quotes what it did not take.
+    run = run_cli("-c", str(ini), "upgrade", "--no-such-option", secret_url())
 
     assert run.returncode == 2
     assert "unrecognized arguments" in run.stderr

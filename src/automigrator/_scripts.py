@@ -65,10 +65,12 @@ class Scripts:
             config_url = _alembic.config_url(self._config)
             self.name = self._config.config_file_name or "<Config>"
         raw_url = url if url is not None else config_url
-        if raw_url is None:
+        # An ini shipped with `sqlalchemy.url = ""` (filled in at deploy time)
+        # holds the two quotes: that is no URL either.
+        if raw_url is None or (isinstance(raw_url, str) and not raw_url.strip().strip("\"'")):
             raise ConfigurationError(
-                "No database URL: pass url= to AutoMigrator or set sqlalchemy.url in "
-                f"{self.name!r}."
+                "No database URL: pass url= to AutoMigrator (with the CLI: --url or "
+                f"AUTOMIGRATOR_URL), or set sqlalchemy.url in {self.name!r}."
             )
         self.url: URL = parse_url(raw_url)
         self._url_given = url is not None

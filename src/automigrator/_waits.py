@@ -354,7 +354,7 @@ class Waiter:
                 f"Check mode: after {limit:g} s the database is still at "
                 f"{', '.join(plan.db_revisions) or 'base'}, not at {', '.join(plan.heads)}. "
                 "Nothing here migrates it: run the migration Job (or a replica in migrate "
-                "mode), or raise check_timeout."
+                "mode), or raise check_timeout (the CLI's wait --timeout)."
             )
         logger.info("Check mode: the database reached %s", ", ".join(reached.heads))
         self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
