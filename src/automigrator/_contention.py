@@ -129,7 +129,7 @@ class LiveRun:
     timeout: float | None
     session: int | None = None
     """The server's id of env.py's connection, once configured (None: SQLite, unknown)."""
-    log: StatementLog = field(default_factory=lambda: StatementLog())
+    log: StatementLog = field(default_factory=StatementLog)
 
     def attach(self, connection: Connection, *, transactional: bool) -> None:
         """env.py configured ``connection``: give it the timeout, learn its id, follow it."""
