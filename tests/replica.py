@@ -19,7 +19,8 @@ from automigrator import (
 )
 from automigrator.policies import FailurePolicy
 
-# AM_POLICY=appliance: the documented recipe for unattended boxes.
+# AM_POLICY=appliance: the documented recipe for unattended boxes. AM_LOCK_TIMEOUT
+# and AM_LOCK_URL set lock_timeout= and lock_url=.
 POLICIES: dict[str, FailurePolicy] = {
     "appliance": Chain(Retry(delay=0.1), PurgeAndRetry(keep=3), LogAndContinue()),
     "restore": RestoreBackup(),
@@ -30,7 +31,13 @@ def main() -> None:
     ini, url = sys.argv[1], sys.argv[2]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     policy = POLICIES.get(os.environ.get("AM_POLICY", ""))
-    migrator = AutoMigrator(ini, url=url, on_failure=policy)
+    migrator = AutoMigrator(
+        ini,
+        url=url,
+        on_failure=policy,
+        lock_timeout=float(os.environ.get("AM_LOCK_TIMEOUT", "300")),
+        lock_url=os.environ.get("AM_LOCK_URL"),
+    )
     print("ready", flush=True)
     sys.stdin.readline()  # the start gate: every replica is released at once
     status = anyio.run(migrator.run)

@@ -257,9 +257,13 @@ class _Recorder:
                 self.on_step(str(revision.revision), str(revision.doc or "").strip())
             yield step
 
+    def lock_lost(self) -> bool:
+        """True when there is a lock to check and it is no longer ours."""
+        return self.lock is not None and not self.lock.held()
+
     def check_lock(self, when: str) -> None:
         """Raise LockLostError if the migration lock is no longer ours."""
-        if self.lock is not None and not self.lock.held():
+        if self.lock_lost():
             raise LockLostError(
                 f"The migration lock was lost {when} (its connection was closed: a server "
                 "timeout, a pooler or the network). The run stopped there; another process "
@@ -445,6 +449,18 @@ def _run_env(
         except AutomigratorError:
             raise
         except Exception as exc:
+            # A revision that failed after our lock was lost may have met
+            # another process's migration (its table already exists): that is
+            # never the revision's fault, and must never be purged for.
+            revision = recorder.running_revision()
+            if revision is not None and recorder.lock_lost():
+                raise LockLostError(
+                    f"Revision {revision} failed "
+                    f"({redact(f'{type(exc).__name__}: {first_line(exc)}', url)}) after the "
+                    "migration lock was lost (its connection was closed: a server timeout, "
+                    "a pooler or the network). Another process may have migrated meanwhile, "
+                    "so this is not taken for the revision's fault; the next start plans again."
+                ) from exc
             raise _translate_run_error(exc, recorder, url) from exc
     return tuple(recorder.applied)
 

@@ -7,6 +7,8 @@ what automigrator reads (plan, verify) and for the lock backends.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -20,6 +22,7 @@ from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     MigrationError,
+    PoolerError,
     first_line,
 )
 
@@ -91,12 +94,36 @@ def create_engine(url: URL) -> Engine:
     """
     sync = sync_url(url)
     try:
-        return sa.create_engine(sync, poolclass=NullPool, connect_args=_bounded(sync))
+        engine = sa.create_engine(sync, poolclass=NullPool, connect_args=_bounded(sync))
     except ImportError as exc:
         raise ConfigurationError(
             f"The driver for {display(sync)!r} is not installed ({exc}). Install it, or "
             "name an installed one in the URL (e.g. postgresql+psycopg://...)."
         ) from exc
+    if sync.get_backend_name() == "postgresql" and "application_name" not in sync.query:
+        sa.event.listen(engine, "do_connect", _name_the_session)
+    return engine
+
+
+def _name_the_session(
+    dialect: object, record: object, cargs: object, cparams: dict[str, object]
+) -> None:
+    # pg_stat_activity then names the pod (its host name) and the process that
+    # holds the lock or waits for it, which a server pid never does. Read at
+    # each connect: a server forks its workers after the migrator is built.
+    cparams["application_name"] = f"automigrator@{socket.gethostname()}:{os.getpid()}"[:63]
+
+
+def lock_engine(lock_url: str | URL, url: URL) -> Engine:
+    """The engine of ``lock_url=``: the same kind of database as ``url``."""
+    parsed = parse_url(lock_url)
+    if parsed.get_backend_name() != url.get_backend_name():
+        raise ConfigurationError(
+            f"lock_url {display(parsed)!r} is a {parsed.get_backend_name()} URL but url is "
+            f"{url.get_backend_name()}: lock_url must reach the same database as url, "
+            "directly. Fix lock_url (AUTOMIGRATOR_LOCK_URL, --lock-url)."
+        )
+    return create_engine(parsed)
 
 
 def is_memory_sqlite(url: URL) -> bool:
@@ -119,11 +146,15 @@ _BOUNDS: dict[str, dict[str, object]] = {
         "keepalives_interval": 5,
         "keepalives_count": 3,
         "tcp_user_timeout": 30000,
+        # Our statements repeat (a waiter's poll): psycopg would prepare them
+        # on one server connection, which a pooler in transaction mode does
+        # not keep (PgBouncer before 1.21: "prepared statement does not exist").
+        "prepare_threshold": None,
     },
     "pymysql": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
     "mysqldb": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
 }
-_BOUNDS["psycopg2"] = _BOUNDS["psycopg"]
+_BOUNDS["psycopg2"] = {k: v for k, v in _BOUNDS["psycopg"].items() if k != "prepare_threshold"}
 
 
 def _bounded(url: URL) -> dict[str, object]:
@@ -235,6 +266,13 @@ def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> Automigr
     """Turn a driver error met while ``doing`` into our error tree."""
     where = f" at {display(url)}" if url is not None else ""
     detail = redact(first_line(exc), url)
+    if "not allowed in statement pooling mode" in str(exc.orig):
+        return PoolerError(
+            f"The database URL{where} goes through PgBouncer in statement pooling mode, "
+            f"which allows no transaction ({detail}); migrations need transactions. Give "
+            "automigrator a URL that reaches the server directly, or a pool in session or "
+            "transaction mode; this is not retried."
+        )
     if _is_configuration(exc):
         return ConfigurationError(
             f"The database{where} refused the connection while {doing}: {detail}. Check the "

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, Engine
 
 from ._attempts import Attempts
 from ._contention import DdlTimeouts
-from ._database import VersionTable, create_engine, display
+from ._database import VersionTable, create_engine, display, lock_engine
 from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
 from ._options import LockOption, check_options
@@ -62,6 +62,10 @@ class AutoMigrator(MigrationRunner):
         lock: ``"auto"`` (the database's own lock), a
             :class:`~automigrator.MigrationLock`, or ``None`` (no lock: only
             safe when a single process ever migrates; logged as a warning).
+        lock_url: a URL for the lock's connection only (default: ``url``):
+            one that reaches the server directly when ``url`` goes through a
+            pooler whose pool is too small to give the lock a server
+            connection of its own. Give every replica the same one.
         lock_timeout: seconds to wait for another process's migration.
         connect_timeout: seconds to keep trying while the database refuses
             connections (it is still starting), backing off from 0.25 s to
@@ -118,6 +122,7 @@ class AutoMigrator(MigrationRunner):
         default_enabled: bool = True,
         on_failure: FailurePolicy | None = None,
         lock: LockOption = "auto",
+        lock_url: str | URL | None = None,
         lock_timeout: float = 300.0,
         connect_timeout: float = 60.0,
         version_table: str = "alembic_version",
@@ -149,6 +154,7 @@ class AutoMigrator(MigrationRunner):
             ddl_lock_retries=ddl_lock_retries,
             progress_interval=progress_interval,
             when_ahead=when_ahead,
+            lock_url=lock_url,
         )
         super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
         self.scripts = Scripts(
@@ -158,6 +164,7 @@ class AutoMigrator(MigrationRunner):
         # Built (not connected) here: a missing driver fails at import time, and
         # the driver's import is paid with the application's, not at start-up.
         self._engine: Engine = create_engine(self.url)
+        self._lock_engine = self._engine if lock_url is None else lock_engine(lock_url, self.url)
         if enabled is None:
             self.enabled, self._switch_source = read_switch(env_var, default=default_enabled)
         else:
@@ -442,7 +449,7 @@ class AutoMigrator(MigrationRunner):
 
     def _make_lock(self) -> MigrationLock | None:
         option = self.lock_option
-        return lock_for(self._engine, self.version_table) if option == "auto" else option
+        return lock_for(self._lock_engine, self.version_table) if option == "auto" else option
 
     # -- for failure policies ---------------------------------------------------
 

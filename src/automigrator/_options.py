@@ -30,6 +30,7 @@ def check_options(
     ddl_lock_retries: int = 0,
     progress_interval: float = 1.0,
     when_ahead: str = "refuse",
+    lock_url: object = None,
 ) -> None:
     """Raise :class:`ConfigurationError` naming the first argument that is wrong.
 
@@ -76,6 +77,11 @@ def check_options(
         raise ConfigurationError(
             f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
             "acquire(timeout), release() and holder()."
+        )
+    if lock_url is not None and lock != "auto":
+        raise ConfigurationError(
+            "lock_url= is for the database's own lock (lock='auto'); a lock you pass as "
+            "lock= brings its own connection. Drop one of the two."
         )
     if before_scripts is not None and not callable(before_scripts):
         raise ConfigurationError(

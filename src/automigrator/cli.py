@@ -192,6 +192,12 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         metavar="MODULE:FUNCTION",
         help="a function that sets the app up before the scripts load (see before_scripts=)",
     )
+    parser.add_argument(
+        "--lock-url",
+        default=default(env("AUTOMIGRATOR_LOCK_URL")),
+        help="a direct URL for the migration lock only, when --url goes through a pooler "
+        "(default: $AUTOMIGRATOR_LOCK_URL, else --url)",
+    )
     parser.add_argument("--lock-timeout", type=float, default=default(300.0), help="seconds (300)")
     parser.add_argument(
         "--connect-timeout", type=float, default=default(60.0), help="seconds (60)"
@@ -221,6 +227,8 @@ async def _command(args: argparse.Namespace) -> int:
         "connect_timeout": args.connect_timeout,
         "before_scripts": _resolve(args.before_scripts),
     }
+    if args.lock_url:
+        options["lock_url"] = args.lock_url
     if args.command == "upgrade":
         options.update(
             on_failure=POLICIES[args.on_failure],
@@ -295,6 +303,11 @@ def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGrou
     # The multidb template's config lists its databases; with --url there is
     # one database, as the user said.
     if options["url"] is None and _is_multidb(config):
+        if "lock_url" in options:
+            raise ConfigurationError(
+                f"--lock-url names one database, but {config!r} lists several (the multidb "
+                "template): give --url and --lock-url together, for one of them."
+            )
         options = {k: v for k, v in options.items() if k != "url"}
         return MigratorGroup.from_multidb(config, **options)
     return AutoMigrator(config, **options)

@@ -3,6 +3,7 @@
 ```
 AutomigratorError                 every error the library raises
 ├── ConfigurationError            kind "configuration": fix the settings
+│   └── PoolerError               the URL goes through a pooler mode that cannot work
 ├── DatabaseUnavailableError      kind "transient": the database cannot be reached
 ├── LockTimeoutError              kind "transient": another replica held the lock too long
 ├── LockLostError                 kind "transient": the lock went away during the run
@@ -37,6 +38,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "ErrorKind",
     "LockLostError",
+    "PoolerError",
     "LockTimeoutError",
     "MigrationError",
     "MultipleHeadsError",
@@ -77,6 +79,15 @@ class ConfigurationError(AutomigratorError):
     """The settings are wrong: a missing file, a bad URL, credentials, target or switch."""
 
     kind: ErrorKind = "configuration"
+
+
+class PoolerError(ConfigurationError):
+    """The URL goes through a connection pooler in a mode that cannot migrate.
+
+    PgBouncer in statement pooling mode allows no transaction, and both the
+    migration and automigrator's own reads need them. Session and
+    transaction modes work (see the pooler matrix in docs/replicas.md).
+    """
 
 
 class DatabaseUnavailableError(AutomigratorError):

@@ -5,14 +5,18 @@ thread for at most ``timeout`` seconds; the migrator calls it in short slices
 so that it can log while it waits, honour ``lock_timeout`` and stop at once on
 shutdown.
 
-- PostgreSQL: a session-level advisory lock on a dedicated AUTOCOMMIT
-  connection, never the migration connection, taken by polling
-  ``pg_try_advisory_lock`` (a waiter holds no transaction open, so a
-  ``CREATE INDEX CONCURRENTLY`` under way need not wait for it). The server
-  drops it when the holder's connection dies. It does not survive PgBouncer in transaction
-  pooling mode: give migrations a direct URL.
+- PostgreSQL: a transaction-level advisory lock held by an open, idle
+  transaction on a dedicated connection, never the migration connection,
+  taken by polling ``pg_try_advisory_xact_lock`` (a waiter holds no
+  transaction open, so a ``CREATE INDEX CONCURRENTLY`` under way need not
+  wait for it). It ends with its transaction: at the release, when the
+  holder's connection dies, and when the holder falls silent (see
+  ``reap_after``). A pooler in transaction mode pins the server connection
+  while the transaction is open, so it works through PgBouncer too.
 - MySQL/MariaDB: ``GET_LOCK(name, timeout)`` on a dedicated connection, its
   result checked (1 held, 0 timed out, NULL error); ``RELEASE_LOCK`` after.
+  The session's ``wait_timeout`` is ``reap_after``: a silent holder's
+  session, and its lock, are ended by the server.
 - SQLite: an OS file lock on ``<database file>.automigrator.lock`` beside the
   database (same file system, unlike /tmp); the OS drops it when the process
   dies. ``:memory:`` databases are private to a process, so a thread lock does.
@@ -21,6 +25,7 @@ shutdown.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import threading
@@ -97,35 +102,49 @@ def _key_name(engine: Engine, table: VersionTable) -> str:
 
 
 class _ServerLock:
-    """A lock held by a dedicated AUTOCOMMIT connection, never the migration's."""
+    """A lock held by a connection of its own, never the migration's.
+
+    While held, a heartbeat thread runs a trivial query on that connection
+    every ``reap_after / 6`` seconds, and the session tells the server to end
+    it after ``reap_after`` seconds of silence. A holder that vanished (its
+    node cut off without FIN or RST, its process frozen) so loses the lock
+    about ``reap_after`` seconds later, instead of when the server's TCP
+    keepalives notice, by default hours later; a live holder never does.
+    """
 
     _unlock_sql = ""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reap_after: float) -> None:
+        if not reap_after >= _HEARTBEATS_PER_REAP:
+            raise ConfigurationError(
+                f"reap_after={reap_after!r}: give at least {_HEARTBEATS_PER_REAP} seconds "
+                "(the heartbeat runs every reap_after / 6 seconds)."
+            )
         self._engine = engine
+        self.reap_after = float(reap_after)
         self._conn: Connection | None = None
+        # One statement at a time on the lock's connection: the heartbeat
+        # thread, held() from the migration's thread, release() from another.
+        self._mutex = threading.Lock()
+        self._beating: threading.Event | None = None
+        self._seen_holder: str | None = None
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            # The lock lives as long as this session: no server idle timeout
-            # may end it while the migration runs on another connection.
-            conn.execute(sa.text(self._keep_alive_sql))
-            self._conn = conn
+            self._conn = self._open()
         return self._conn
 
-    _keep_alive_sql = "SELECT 1"
-    _held_sql = ""
+    def _open(self) -> Connection:
+        raise NotImplementedError
 
     def held(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            return bool(
-                self._conn.execute(sa.text(self._held_sql), self._unlock_params()).scalar()
-            )
-        except DBAPIError:
-            return False  # the connection is gone, and the lock with it
+        with self._mutex:
+            if self._conn is None:
+                return False
+            try:
+                return bool(self._conn.execute(self._held_query()).scalar())
+            except DBAPIError:
+                return False  # the connection is gone, and the lock with it
 
     def guard(self, connection: Connection) -> bool | None:
         return None
@@ -149,46 +168,119 @@ class _ServerLock:
     def _unlock_params(self) -> dict[str, object]:
         raise NotImplementedError
 
+    def _held_query(self) -> sa.TextClause:
+        raise NotImplementedError
+
+    def _start_heartbeat(self) -> None:
+        stop = threading.Event()
+        self._beating = stop
+        threading.Thread(
+            target=self._heartbeat, args=(stop,), name="automigrator-lock-heartbeat", daemon=True
+        ).start()
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.reap_after / _HEARTBEATS_PER_REAP):
+            with self._mutex:
+                if stop.is_set() or self._conn is None:
+                    return
+                try:
+                    self._conn.execute(sa.text("SELECT 1"))
+                except DBAPIError:
+                    return  # gone: held() says so before the next revision
+
+    def _stop_heartbeat(self) -> None:
+        stop, self._beating = self._beating, None
+        if stop is not None:
+            stop.set()
+
     def release(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.execute(sa.text(self._unlock_sql), self._unlock_params())
-        finally:
-            self._close()
+        self._stop_heartbeat()
+        with self._mutex:
+            try:
+                if self._conn is not None:
+                    self._unlock(self._conn)
+            finally:
+                self._close()
+
+    def _unlock(self, conn: Connection) -> None:
+        conn.execute(sa.text(self._unlock_sql), self._unlock_params())
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
+    def holder(self) -> str | None:
+        # A waiter names the holder it saw on its own connection at the end
+        # of its last try: 64 waiters then open 64 connections, not 128.
+        if self._conn is not None and self._seen_holder is not None:
+            return self._seen_holder
+        try:
+            with self._engine.connect() as conn:
+                return self._describe_holder(conn)
+        except DBAPIError:
+            return None
+
+    def _describe_holder(self, conn: Connection) -> str | None:
+        raise NotImplementedError
+
 
 class PostgresAdvisoryLock(_ServerLock):
-    """A session-level PostgreSQL advisory lock on its own AUTOCOMMIT connection."""
+    """A PostgreSQL advisory lock held by an open transaction on a connection of its own.
 
-    _unlock_sql = "SELECT pg_advisory_unlock(:key)"
-    _keep_alive_sql = (
-        "SELECT set_config(name, '0', false) FROM pg_settings "
-        "WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')"
-    )
-    _held_sql = (
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND pid = pg_backend_pid() AND classid = :hi AND objid = :lo AND objsubid = 1"
-    )
+    The lock is transaction-scoped (``pg_try_advisory_xact_lock``) and the
+    transaction stays open, idle, until the release rolls it back. A pooler
+    in transaction mode (PgBouncer) pins a server connection to a client for
+    as long as its transaction is open, so the lock works through one; a
+    session-level lock would stay with a server connection that other
+    clients then use. The transaction takes no snapshot between statements,
+    so a ``CREATE INDEX CONCURRENTLY`` does not wait for it.
+    """
 
-    def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
-        super().__init__(engine)
+    def __init__(
+        self, engine: Engine, table: VersionTable = _DEFAULT_TABLE, *, reap_after: float = 30.0
+    ) -> None:
+        super().__init__(engine, reap_after)
         self.name = _key_name(engine, table)
         digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
         self.key = int.from_bytes(digest, "big", signed=True)
+
+    def _open(self) -> Connection:
+        return self._engine.connect()
 
     def _unlock_params(self) -> dict[str, object]:
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
         return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
 
+    def _unlock(self, conn: Connection) -> None:
+        conn.rollback()  # ends the transaction, and the lock with it
+
+    # Every statement of the lock's transaction is sent without bound
+    # parameters, as literals of our own integers: a statement with them goes
+    # through the extended protocol, whose unnamed portal keeps a snapshot
+    # until the next statement, and CREATE INDEX CONCURRENTLY would wait for
+    # the idle transaction (forever: a deadlock with our own migration).
+    def _held_query(self) -> sa.TextClause:
+        key = self._unlock_params()
+        return sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            f"AND pid = pg_backend_pid() AND classid = {key['hi']:d} AND objid = {key['lo']:d} "
+            "AND objsubid = 1"
+        )
+
+    def _try_query(self) -> sa.TextClause:
+        # The server ends the lock's transaction, and frees the lock, after
+        # reap_after seconds without a statement (the heartbeat's or ours).
+        return sa.text(
+            f"SELECT pg_try_advisory_xact_lock({self.key:d}), "
+            "set_config('idle_in_transaction_session_timeout', "
+            f"'{round(self.reap_after * 1000):d}ms', true)"
+        )
+
     def guard(self, connection: Connection) -> bool | None:
         # A transaction-level lock on a second key, on the migration's own
-        # connection: two migrations cannot overlap even if a session lock
-        # was lost, since each holds this one until its transaction ends.
+        # connection: two migrations cannot overlap even if the lock was
+        # lost, since each holds this one until its transaction ends.
         found = connection.execute(
             sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": self.key ^ _GUARD_BITS}
         )
@@ -202,29 +294,31 @@ class PostgresAdvisoryLock(_ServerLock):
         conn = self._connection()
         deadline = time.monotonic() + max(timeout, 0.0)
         pause = _FIRST_POLL
+        attempt = self._try_query()
         while True:
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key})
-            if got.scalar():
-                return True
+            with self._mutex:
+                if conn.execute(attempt).scalar():
+                    self._seen_holder = None
+                    self._start_heartbeat()
+                    return True
+                conn.rollback()
             left = deadline - time.monotonic()
             if left <= 0:
+                with self._mutex:
+                    self._seen_holder = self._describe_holder(conn)
+                    conn.rollback()
                 return False
             time.sleep(min(pause, left))
             pause = min(pause * 2, _LAST_POLL)
 
-    def holder(self) -> str | None:
+    def _describe_holder(self, conn: Connection) -> str | None:
         query = sa.text(
             "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
         )
-        params = self._unlock_params()
-        try:
-            with self._engine.connect() as conn:
-                row = conn.execute(query, params).first()
-        except DBAPIError:
-            return None
+        row = conn.execute(query, self._unlock_params()).first()
         if row is None:
             return None
         who = f"pid {row.pid}"
@@ -239,44 +333,60 @@ class PostgresAdvisoryLock(_ServerLock):
 
 
 class MySQLLock(_ServerLock):
-    """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection."""
+    """A MySQL/MariaDB named lock (``GET_LOCK``) on its own connection.
+
+    The session's ``wait_timeout`` is ``reap_after``: the server ends it,
+    and frees the lock, once its heartbeat stops.
+    """
 
     _unlock_sql = "SELECT RELEASE_LOCK(:name)"
-    # The longest wait_timeout the server takes (a year): never idle-closed.
-    _keep_alive_sql = "SET SESSION wait_timeout = 31536000"
-    _held_sql = "SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"
 
-    def __init__(self, engine: Engine, table: VersionTable = _DEFAULT_TABLE) -> None:
-        super().__init__(engine)
+    def __init__(
+        self, engine: Engine, table: VersionTable = _DEFAULT_TABLE, *, reap_after: float = 30.0
+    ) -> None:
+        super().__init__(engine, reap_after)
         # Lock names are limited to 64 characters: hash the long form.
         digest = hashlib.blake2b(_key_name(engine, table).encode(), digest_size=16).hexdigest()
         self.name = f"automigrator:{digest}"
 
+    def _open(self) -> Connection:
+        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(
+            sa.text("SET SESSION wait_timeout = :seconds"),
+            {"seconds": max(1, math.ceil(self.reap_after))},
+        )
+        return conn
+
     def _unlock_params(self) -> dict[str, object]:
         return {"name": self.name}
 
+    def _held_query(self) -> sa.TextClause:
+        return sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()").bindparams(name=self.name)
+
     def acquire(self, timeout: float) -> bool:
         seconds = 0 if timeout <= 0 else max(1, round(timeout))
-        got = (
-            self._connection()
-            .execute(
-                sa.text("SELECT GET_LOCK(:name, :seconds)"),
-                {"name": self.name, "seconds": seconds},
+        with self._mutex:
+            # Evaluated left to right: after a timeout, who holds it now.
+            got, holder = (
+                self._connection()
+                .execute(
+                    sa.text("SELECT GET_LOCK(:name, :seconds), IS_USED_LOCK(:name)"),
+                    {"name": self.name, "seconds": seconds},
+                )
+                .one()
             )
-            .scalar()
-        )
-        if got is None:
-            self._close()
-            raise ConfigurationError(f"GET_LOCK({self.name!r}) returned NULL: the server refused.")
+            if got is None:
+                self._close()
+                raise ConfigurationError(
+                    f"GET_LOCK({self.name!r}) returned NULL: the server refused."
+                )
+            self._seen_holder = None if got or holder is None else f"connection id {holder}"
+        if got:
+            self._start_heartbeat()
         return bool(got)
 
-    def holder(self) -> str | None:
-        try:
-            with self._engine.connect() as conn:
-                pid = conn.execute(sa.text("SELECT IS_USED_LOCK(:name)"), {"name": self.name})
-                value = pid.scalar()
-        except DBAPIError:
-            return None
+    def _describe_holder(self, conn: Connection) -> str | None:
+        value = conn.execute(sa.text("SELECT IS_USED_LOCK(:name)"), {"name": self.name}).scalar()
         return f"connection id {value}" if value is not None else None
 
     def __repr__(self) -> str:
@@ -361,6 +471,10 @@ def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
 # it takes the lock within 0.2 s of its release, for a query of microseconds.
 _FIRST_POLL = 0.02
 _LAST_POLL = 0.2
+
+# The heartbeat runs six times per reap_after: a holder loses its lock only
+# after five heartbeats in a row went missing.
+_HEARTBEATS_PER_REAP = 6
 
 # Flips bits of the session key: the guard's key, distinct from it.
 _GUARD_BITS = 0x5A5A5A5A5A5A5A5A
