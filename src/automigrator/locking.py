@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ._database import VersionTable, is_memory_sqlite
 from .errors import ConfigurationError
@@ -143,8 +143,10 @@ class _ServerLock:
                 return False
             try:
                 return bool(self._conn.execute(self._held_query()).scalar())
-            except DBAPIError:
-                return False  # the connection is gone, and the lock with it
+            except SQLAlchemyError:
+                # The connection is gone, and the lock with it (a heartbeat
+                # that met the loss leaves it invalidated: PendingRollbackError).
+                return False
 
     def guard(self, connection: Connection) -> bool | None:
         return None
@@ -185,7 +187,7 @@ class _ServerLock:
                     return
                 try:
                     self._conn.execute(sa.text("SELECT 1"))
-                except DBAPIError:
+                except SQLAlchemyError:
                     return  # gone: held() says so before the next revision
 
     def _stop_heartbeat(self) -> None:
