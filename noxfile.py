@@ -67,7 +67,7 @@ def bench(session: nox.Session) -> None:
         name, *rest = session.posargs
         session.run("python", "-m", f"benchmarks.{name}", *rest)
         return
-    for name in ("startup", "lag", "replicas", "live"):
+    for name in ("startup", "lag", "replicas", "live", "reaping"):
         session.run("python", "-m", f"benchmarks.{name}")
 
 

@@ -17,8 +17,10 @@ from automigrator import (
     DatabaseUnavailableError,
     LogAndContinue,
     MigrationState,
+    PostgresAdvisoryLock,
 )
 from tests.conftest import server_url, tables
+from tests.project import Rev, write_revision
 
 
 def test_missing_ini(tmp_path: Path) -> None:
@@ -241,3 +243,61 @@ def test_a_target_older_than_the_database_is_said_plainly(
     run = cli(ini, sqlite_url, "--target", "r1", "check")
     assert run.returncode == 0
     assert "past the target r1" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("lock_url", "lock", "words"),
+    [
+        ("mysql+pymysql://app:hunter2@db/app", "auto", "lock_url must reach the same database"),
+        ("sqlite:///x:hunter2@/y.db", None, "lock_url= is for the database's own lock"),
+        ("postgresql://app:hunter2@db:notaport/app", "auto", "Could not parse"),
+    ],
+)
+def test_a_bad_lock_url_is_named_without_its_password(
+    ini: Path, sqlite_url: URL, lock_url: str, lock: str | None, words: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=words) as caught:
+        AutoMigrator(ini, url=sqlite_url, lock_url=lock_url, lock=lock)  # type: ignore[arg-type]
+    assert "hunter2" not in str(caught.value)
+    assert tables(sqlite_url) == set()
+
+
+@pytest.mark.parametrize("reap_after", [0, 5.9, float("nan")])
+def test_a_lock_reap_time_too_short_to_beat_is_refused(reap_after: float) -> None:
+    engine = sa.create_engine("postgresql+psycopg://app@db/app")
+    with pytest.raises(ConfigurationError, match="reap_after"):
+        PostgresAdvisoryLock(engine, reap_after=reap_after)
+
+
+def test_a_down_revision_naming_no_revision_names_the_file(ini: Path, sqlite_url: URL) -> None:
+    write_revision(ini.parent, Rev("r4", "deadbeef0000", "orphan", "pass"))
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    message = str(caught.value)
+    assert "r4.py: down_revision = 'deadbeef0000'" in message
+    assert "no revision file has that id" in message
+    assert "failed to import" not in message
+    assert tables(sqlite_url) == set()
+
+
+def test_a_revision_id_used_twice_is_refused_naming_both_files(ini: Path, sqlite_url: URL) -> None:
+    # Alembic only warns, keeps one of the two files and skips the other.
+    versions = ini.parent / "migrations" / "versions"
+    twin = (versions / "r3.py").read_text().replace('"""r3', '"""r3, copied')
+    (versions / "r3_copy.py").write_text(twin)
+    with pytest.raises(ConfigurationError, match="used by 2 files") as caught:
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert "r3.py" in str(caught.value)
+    assert "r3_copy.py" in str(caught.value)
+    assert tables(sqlite_url) == set()
+
+
+def test_a_cycle_in_the_graph_names_its_revisions_and_files(ini: Path, sqlite_url: URL) -> None:
+    versions = ini.parent / "migrations" / "versions"
+    first = versions / "r1.py"
+    first.write_text(first.read_text().replace("down_revision = None", "down_revision = 'r3'"))
+    with pytest.raises(ConfigurationError, match="cycle") as caught:
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert "(r1.py)" in str(caught.value)
+    assert "(r3.py)" in str(caught.value)
+    assert tables(sqlite_url) == set()

@@ -191,3 +191,24 @@ def test_options_after_the_command_work_too(ini: Path, sqlite_url: URL) -> None:
     assert mixed.returncode == 0, mixed.stderr  # the one after the command wins
     assert "at the target: the database is at r3" in mixed.stderr
     assert revisions(sqlite_url) == {"r3"}
+
+
+def test_lock_url_comes_from_the_flag_or_the_environment(ini: Path, sqlite_url: URL) -> None:
+    # A lock URL of another kind of database is refused by name, which
+    # proves the CLI handed it over; the password never shows.
+    target = sqlite_url.render_as_string(hide_password=False)
+    wrong = "mysql+pymysql://app:hunter2@db/app"
+    by_flag = run_cli("-c", str(ini), "upgrade", "--url", target, "--lock-url", wrong)
+    by_env = run_cli(
+        "-c",
+        str(ini),
+        "upgrade",
+        "--url",
+        target,
+        env={**os.environ, "AUTOMIGRATOR_LOCK_URL": wrong},
+    )
+    for run in (by_flag, by_env):
+        assert run.returncode == 2, run.stderr
+        assert "lock_url must reach the same database" in run.stderr
+        assert "hunter2" not in run.stderr + run.stdout
+    assert tables(sqlite_url) == set()

@@ -19,10 +19,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from automigrator import AutoMigrator, LockLostError, PurgeAndRetry
 from tests.conftest import revisions
-from tests.faults import Proxy, wait_for
+from tests.faults import Background, Proxy, wait_for
 from tests.processes import start_replicas
-from tests.test_lock_lost import server_url  # noqa: F401  (the fixture)
+from tests.project import waiting, write_revision
+from tests.test_lock_lost import R4, server_url  # noqa: F401  (the fixture)
 from tests.test_policies import OLD_ROWS, deployed, user_rows
 from tests.test_poolers import R3
 from tests.test_purge import backups
@@ -75,3 +77,37 @@ def test_a_holder_cut_off_without_fin_loses_the_lock_and_the_next_replica_migrat
     assert holder.returncode == 0  # Retry, then at head: ready
     assert backups(server_url) == []
     assert user_rows(server_url) == OLD_ROWS
+
+
+def test_a_lock_connection_that_freezes_mid_run_stops_the_run_within_its_reap_time(
+    tmp_path: Path,
+    server_url: URL,  # noqa: F811
+    signals: Path,
+) -> None:
+    # Only the lock's connection goes through the proxy (lock_url=), so the
+    # migration itself runs on: its look at the lock before r4 meets a
+    # connection that never answers. It must not wait for ever.
+    ini = deployed(tmp_path, server_url, broken=waiting("r3", "r2"))
+    write_revision(ini.parent, R4)
+    port = server_url.port or DEFAULT_PORTS[server_url.get_backend_name()]
+    with Proxy(server_url.host or "127.0.0.1", port) as proxy:
+        migrator = AutoMigrator(
+            ini,
+            url=server_url,
+            lock_url=server_url.set(host="127.0.0.1", port=proxy.port),
+            on_failure=PurgeAndRetry(),
+        )
+        run = Background(migrator)
+        wait_for(signals / "r3.running")
+        proxy.freeze()
+        (signals / "r3.go").touch()
+        error = run.result()  # joined with a bound: a hang fails here
+
+    assert isinstance(error, LockLostError), repr(error)
+    assert migrator.status.attempts == 1  # transient: no purge
+    assert backups(server_url) == []
+    assert user_rows(server_url) == OLD_ROWS
+    # PostgreSQL rolled r3 back before its commit; MariaDB kept r3 (its DDL
+    # was made) and stopped before r4.
+    expected = {"r2"} if server_url.get_backend_name() == "postgresql" else {"r3"}
+    assert revisions(server_url) == expected

@@ -28,7 +28,16 @@ from tests.project import ALEMBIC, CHAIN, Rev, write_revision
 
 # How a revision file can state its names. The last styles are not plain
 # (computed, or shown again in the docstring): the fast path must import those.
-STYLES = ("plain", "annotated", "multiline", "list", "computed", "docstring_decoy")
+STYLES = (
+    "plain",
+    "annotated",
+    "multiline",
+    "list",
+    "reassigned",
+    "commented",
+    "computed",
+    "docstring_decoy",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,24 @@ def render(rev: FakeRev) -> str:
             f"branch_labels: Union[str, Sequence[str], None] = {rev.labels or None!r}\n"
             f"depends_on: Union[str, Sequence[str], None] = {rev.depends or None!r}\n"
         )
+    elif rev.style == "reassigned":
+        # A newer template's annotated lines, then an older edit's plain ones:
+        # the last assignment wins, as in Python.
+        names = (
+            "# -*- coding: utf-8 -*-\n"
+            "revision: str = 'placeholder'\n"
+            "down_revision: Union[str, Sequence[str], None] = None\n"
+            f"revision = {rev.id!r}\n"
+            f"down_revision = {down!r}\n"
+            f"branch_labels: Optional[Sequence[str]] = ({rev.labels or None!r})\n"
+            f"depends_on = {rev.depends or None!r}\n"
+        )
+    elif rev.style == "commented":
+        names = (
+            f"revision: str = {rev.id!r}  # pragma: allowlist secret\n"
+            f"down_revision: Union[str, Sequence[str], None] = {down!r}  # = {rev.id!r}\n"
+            f"branch_labels = {rev.labels or None!r}; depends_on = {rev.depends or None!r}\n"
+        )
     elif rev.style == "multiline":
         parents = "".join(f"    {d!r},\n" for d in rev.down)
         names = (
@@ -80,7 +107,7 @@ def render(rev: FakeRev) -> str:
             f"branch_labels = {rev.labels or None!r}\n"
             f"depends_on = {rev.depends or None!r}\n"
         )
-    imports = "from typing import Sequence, Union\n\nfrom alembic import op\n\n"
+    imports = "from typing import Optional, Sequence, Union\n\nfrom alembic import op\n\n"
     body = "\n\ndef upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
     return doc + imports + names + body
 
@@ -186,16 +213,41 @@ def test_plain_files_are_read_not_imported() -> None:
     "text",
     [
         "revision = make_id()\ndown_revision = None\n",  # computed
-        "revision = 'a'\nrevision = 'b'\ndown_revision = None\n",  # assigned twice
         "if True:\n    revision = 'a'\ndown_revision = None\n",  # in a block
         "revision = 'a'\nrevision += 'b'\ndown_revision = None\n",  # augmented
         "down_revision = None\n",  # legacy: the id is in the file name
         '"""\nrevision = "a"\n"""\ndown_revision = None\n',  # only in a docstring
-        "revision = 'a'; down_revision = None\n",  # two statements on a line
+        "from x import y as revision\ndown_revision = None\n",  # imported
+        "revision = 'a'\ndown_revision = None\nfor down_revision in 'bc': pass\n",  # a loop
+        "revision = 'a'\ndown_revision = None\ndef revision(): pass\n",  # a function
+        "revision = 'a'\n(down_revision := 'b')\n",  # a walrus
     ],
 )
 def test_files_that_are_not_plain_are_left_to_python(text: str) -> None:
     assert read_names(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("revision = 'a'\nrevision = 'b'\ndown_revision = None\n", ("b", None)),
+        ("revision = 'a'; down_revision = None\n", ("a", None)),
+        (
+            "revision: str = 'a'\ndown_revision: str | None = None\ndown_revision = 'p'\n",
+            ("a", "p"),
+        ),
+        (
+            '"""\nrevision = "x"\n"""\nrevision = "a"\ndown_revision = ("p",\n "q")\n',
+            ("a", ("p", "q")),
+        ),
+    ],
+)
+def test_files_python_would_read_plainly_are_read_by_its_parser(
+    text: str, expected: tuple[str, object]
+) -> None:
+    names = read_names(text)
+    assert names is not None
+    assert (names["revision"], names["down_revision"]) == expected
 
 
 BOOBY_TRAP = "raise RuntimeError('a revision file was imported')"

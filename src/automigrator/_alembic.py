@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from configparser import Error as ConfigParserError
 from pathlib import Path
@@ -37,6 +38,7 @@ from ._logguard import LoggingGuard
 from ._plan import Plan
 from ._redaction import redact
 from ._status import AppliedRevision
+from ._textgraph import graph_problem
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -129,17 +131,37 @@ def load_script(cfg: Config) -> ScriptDirectory:
                 f"The versions folder {str(location)!r} does not exist. Create it, or fix "
                 "'script_location' / 'version_locations' in the Alembic config."
             )
-    try:
-        heads = script.get_heads()
-    except (RevisionError, CommandError) as exc:
-        raise ConfigurationError(f"The revision graph is broken: {exc}") from exc
-    except Exception as exc:
-        raise ConfigurationError(
-            f"A revision file failed to import: {type(exc).__name__}: {exc}"
-        ) from exc
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            heads = script.get_heads()
+        except (RevisionError, CommandError, KeyError) as exc:
+            # A KeyError is Alembic meeting a down_revision that names no
+            # revision: the files' text says which file, and what to fix.
+            problem = _graph_problem(script)
+            raise ConfigurationError(
+                problem or f"The revision graph is broken: {type(exc).__name__}: {exc}"
+            ) from exc
+        except Exception as exc:
+            raise ConfigurationError(
+                _graph_problem(script)
+                or f"A revision file failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+    for warning in seen:
+        if "present more than once" in str(warning.message):
+            # Alembic keeps one of the two files and skips the other.
+            raise ConfigurationError(
+                _graph_problem(script) or f"A revision id is used twice: {warning.message}"
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not heads:
         raise no_revisions(script)
     return script
+
+
+def _graph_problem(script: ScriptDirectory) -> str | None:
+    recursive = bool(getattr(script, "recursive_version_locations", False))
+    return graph_problem(version_locations(script), recursive)
 
 
 def no_revisions(script: ScriptDirectory) -> ConfigurationError:

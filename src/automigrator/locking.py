@@ -30,6 +30,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -142,7 +144,8 @@ class _ServerLock:
             if self._conn is None:
                 return False
             try:
-                return bool(self._conn.execute(self._held_query()).scalar())
+                with self._deadline():
+                    return bool(self._conn.execute(self._held_query()).scalar())
             except SQLAlchemyError:
                 # The connection is gone, and the lock with it (a heartbeat
                 # that met the loss leaves it invalidated: PendingRollbackError).
@@ -167,6 +170,20 @@ class _ServerLock:
         except (AttributeError, OSError, ValueError):
             pass  # no socket of its own to cut (the driver's read timeout bounds it)
 
+    @contextmanager
+    def _deadline(self) -> Iterator[None]:
+        # A statement on a connection that froze (no answer, no reset: the
+        # kernel of a proxy or a NAT still acknowledges) would block for
+        # ever. After reap_after the server has ended the lock's session
+        # anyway: cut the socket, and the statement fails as a lost lock.
+        timer = threading.Timer(self.reap_after, self.abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
     def _unlock_params(self) -> dict[str, object]:
         raise NotImplementedError
 
@@ -186,7 +203,8 @@ class _ServerLock:
                 if stop.is_set() or self._conn is None:
                     return
                 try:
-                    self._conn.execute(sa.text("SELECT 1"))
+                    with self._deadline():
+                        self._conn.execute(sa.text("SELECT 1"))
                 except SQLAlchemyError:
                     return  # gone: held() says so before the next revision
 
@@ -200,7 +218,8 @@ class _ServerLock:
         with self._mutex:
             try:
                 if self._conn is not None:
-                    self._unlock(self._conn)
+                    with self._deadline():
+                        self._unlock(self._conn)
             finally:
                 self._close()
 
@@ -248,14 +267,16 @@ class PostgresAdvisoryLock(_ServerLock):
         self.key = int.from_bytes(digest, "big", signed=True)
 
     def _open(self) -> Connection:
-        return self._engine.connect()
+        # AUTOCOMMIT for the driver: we send BEGIN and ROLLBACK ourselves,
+        # so that a waiter's poll is one statement and one round trip.
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def _unlock_params(self) -> dict[str, object]:
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
         return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
 
     def _unlock(self, conn: Connection) -> None:
-        conn.rollback()  # ends the transaction, and the lock with it
+        conn.execute(sa.text("ROLLBACK"))  # ends the transaction, and the lock with it
 
     # Every statement of the lock's transaction is sent without bound
     # parameters, as literals of our own integers: a statement with them goes
@@ -296,19 +317,24 @@ class PostgresAdvisoryLock(_ServerLock):
         conn = self._connection()
         deadline = time.monotonic() + max(timeout, 0.0)
         pause = _FIRST_POLL
+        # The probe, outside any transaction, takes the lock and lets it go
+        # within the statement: one round trip per poll while it is held
+        # elsewhere (64 waiters poll 5 times a second each).
+        probe = sa.text(f"SELECT pg_try_advisory_xact_lock({self.key:d})")
         attempt = self._try_query()
         while True:
             with self._mutex:
-                if conn.execute(attempt).scalar():
-                    self._seen_holder = None
-                    self._start_heartbeat()
-                    return True
-                conn.rollback()
+                if conn.execute(probe).scalar():
+                    conn.execute(sa.text("BEGIN"))
+                    if conn.execute(attempt).scalar():
+                        self._seen_holder = None
+                        self._start_heartbeat()
+                        return True
+                    conn.execute(sa.text("ROLLBACK"))  # another waiter was quicker
             left = deadline - time.monotonic()
             if left <= 0:
                 with self._mutex:
                     self._seen_holder = self._describe_holder(conn)
-                    conn.rollback()
                 return False
             time.sleep(min(pause, left))
             pause = min(pause * 2, _LAST_POLL)
