@@ -180,3 +180,23 @@ def test_the_middleware_answers_its_health_path(ini: Path, sqlite_url: URL) -> N
 
     assert json.loads(status.text)["state"] == "ready"
     assert other.text == "app"
+
+
+def test_health_as_a_route_answers_its_own_path_without_a_redirect(
+    ini: Path, sqlite_url: URL
+) -> None:
+    # As docs/kubernetes.md and the example app add it. A mount would answer
+    # /readyz with a 307 to /readyz/ and an empty body, which some probes
+    # count as up.
+    from fastapi import FastAPI
+
+    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
+    app = FastAPI()
+    app.add_route("/readyz", HealthApp(migrator))
+
+    before = anyio.run(get, app, "/readyz")
+    anyio.run(migrator.run)
+    after = anyio.run(get, app, "/readyz")
+
+    assert (before.status_code, before.json()["state"]) == (503, "pending")
+    assert (after.status_code, after.json()["state"]) == (200, "ready")

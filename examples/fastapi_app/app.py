@@ -31,7 +31,14 @@ from fastapi.responses import JSONResponse
 from models import Author, Book
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from automigrator import AutoMigrator, Fail, FailurePolicy, LogAndContinue, ReadinessGate
+from automigrator import (
+    AutoMigrator,
+    Fail,
+    FailurePolicy,
+    HealthApp,
+    LogAndContinue,
+    ReadinessGate,
+)
 
 HERE = Path(__file__).resolve().parent
 logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
@@ -74,7 +81,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 
 app = FastAPI(title="automigrator example", lifespan=migrator.wrap_lifespan(lifespan))
 # With BLOCK_STARTUP=0: 503 until the schema is ready; the liveness probe passes.
-app.add_middleware(ReadinessGate, migrator=migrator, exempt=["/livez"])
+app.add_middleware(ReadinessGate, migrator=migrator, exempt=["/livez", "/readyz"])
+# The readiness probe: 200 when the schema is ready, 503 (JSON, anonymous) until then.
+app.add_route("/readyz", HealthApp(migrator))
 
 
 @app.get("/livez")

@@ -135,9 +135,12 @@ class Reporter:
                 decision.reason,
             )
         else:
+            # The error is raised next, and whoever catches it (the server,
+            # the command) shows it: name the decision, not the error again.
             logger.error(
-                "Migration failed (%s: %s); %s decided to fail start-up: %s",
-                *said,
+                "Migration failed (%s); %s decided to stop: %s",
+                error.kind,
+                decision.policy,
                 decision.reason,
             )
 

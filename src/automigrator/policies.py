@@ -166,7 +166,7 @@ class Fail:
     """Re-raise the error so that start-up fails (the default)."""
 
     async def handle(self, failure: Failure) -> Decision:
-        return Decision.fail(f"{failure.kind} failure: start-up fails")
+        return Decision.fail(f"{failure.kind} failure")
 
     def __repr__(self) -> str:
         return "Fail()"
