@@ -15,11 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_replicas(
-    ini: Path, url: URL, count: int, env: dict[str, str] | None = None
+    ini: Path,
+    url: URL,
+    count: int,
+    env: dict[str, str] | None = None,
+    script: str = "tests.replica",
 ) -> list[subprocess.Popen[str]]:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.replica", str(ini), url.render_as_string(False)],
+            [sys.executable, "-m", script, str(ini), url.render_as_string(False)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

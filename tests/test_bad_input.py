@@ -301,3 +301,26 @@ def test_a_cycle_in_the_graph_names_its_revisions_and_files(ini: Path, sqlite_ur
     assert "(r1.py)" in str(caught.value)
     assert "(r3.py)" in str(caught.value)
     assert tables(sqlite_url) == set()
+
+
+def test_an_env_py_that_migrates_another_database_is_refused_naming_both(
+    ini: Path, sqlite_url: URL, tmp_path: Path
+) -> None:
+    # As an env.py that takes its URL from the app's settings, not the config.
+    elsewhere = tmp_path / "elsewhere.db"
+    env_py = ini.parent / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "config.get_section(config.config_ini_section, {})",
+            f'{{"sqlalchemy.url": "sqlite:///{elsewhere}"}}',
+        )
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+    message = str(caught.value)
+    assert f"env.py connects to 'sqlite:///{elsewhere}'" in message
+    assert str(sqlite_url) in message
+    assert "get_main_option('sqlalchemy.url')" in message
+    assert tables(sqlite_url) == set()
+    assert tables(sa.make_url(f"sqlite:///{elsewhere}")) == set()

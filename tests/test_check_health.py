@@ -192,7 +192,7 @@ def test_health_as_a_route_answers_its_own_path_without_a_redirect(
 
     migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
     app = FastAPI()
-    app.add_route("/readyz", HealthApp(migrator))
+    app.add_route("/readyz", HealthApp(migrator).endpoint)
 
     before = anyio.run(get, app, "/readyz")
     anyio.run(migrator.run)

@@ -18,7 +18,8 @@ from automigrator.cli import parser
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 APP = (ROOT / "examples" / "fastapi_app" / "app.py").read_text()
-ROUTES = set(re.findall(r'@app\.get\("([^"]+)"\)', APP))
+ROUTES = set(re.findall(r'@app\.get\("([^"]+)"\)|app\.add_route\("([^"]+)"', APP))
+ROUTES = {path for pair in ROUTES for path in pair if path}
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -61,7 +62,7 @@ def test_in_process_serves_at_once_and_outlives_a_running_revision() -> None:
     assert "RUN_MIGRATIONS" not in env(web(doc))
     # shutdown_timeout is 30 s: the grace period must let a revision finish.
     assert pod(doc)["terminationGracePeriodSeconds"] > 30
-    assert 'exempt=["/livez"]' in APP
+    assert 'exempt=["/livez", "/readyz"]' in APP
 
 
 def command_args(command: list[str]) -> Any:

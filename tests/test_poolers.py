@@ -26,9 +26,8 @@ from tests.conftest import revisions, rows
 from tests.faults import wait_for
 from tests.poolers import PgBouncer, PoolMode
 from tests.processes import start_replicas
-from tests.project import Rev, make_project
+from tests.project import EMAIL, USERS, Rev, make_project
 from tests.test_lock_lost import line_with
-from tests.test_policies import EMAIL, USERS
 
 # r3 waits for the test outside any transaction (as a CREATE INDEX
 # CONCURRENTLY runs), so the migration pins no server connection meanwhile.

@@ -83,7 +83,7 @@ app = FastAPI(title="automigrator example", lifespan=migrator.wrap_lifespan(life
 # With BLOCK_STARTUP=0: 503 until the schema is ready; the liveness probe passes.
 app.add_middleware(ReadinessGate, migrator=migrator, exempt=["/livez", "/readyz"])
 # The readiness probe: 200 when the schema is ready, 503 (JSON, anonymous) until then.
-app.add_route("/readyz", HealthApp(migrator))
+app.add_route("/readyz", HealthApp(migrator).endpoint)
 
 
 @app.get("/livez")

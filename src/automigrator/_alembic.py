@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from ._alembic_compat import stamp_steps, upgrade_steps, version_locations
 from ._configfile import config_error_text
 from ._contention import LiveRun, is_contention
-from ._database import VersionTable, display, translate_error
+from ._database import VersionTable, display, mismatch, translate_error
 from ._logguard import LoggingGuard
 from ._plan import Plan
 from ._redaction import redact
@@ -353,8 +353,33 @@ def _step_name(step: Any) -> str:
     return f"revision {revision}" if revision else "the stamp"
 
 
+def _check_where(ours: URL, theirs: URL) -> None:
+    """Refuse an env.py that migrates another database than the one planned and locked."""
+    how = mismatch(ours, theirs)
+    if how is None:
+        return
+    said = (
+        f"env.py connects to {display(theirs)!r}, but automigrator was given {display(ours)!r}: "
+        "the plan, the lock and the checks are on the one, the migration on the other."
+    )
+    fix = (
+        " Make env.py read its URL from the config (config.get_main_option('sqlalchemy.url'), "
+        "which automigrator sets), or give automigrator the URL env.py uses."
+    )
+    if how == "database":
+        raise ConfigurationError(said + fix + " Nothing was changed.")
+    logger.warning(
+        "%s If both reach the same server (a pooler, a service name), ignore this.%s", said, fix
+    )
+
+
 def _environment(
-    cfg: Config, script: ScriptDirectory, fn: Any, destination: str, recorder: _Recorder
+    cfg: Config,
+    script: ScriptDirectory,
+    fn: Any,
+    destination: str,
+    recorder: _Recorder,
+    url: URL,
 ) -> EnvironmentContext:
     """An EnvironmentContext whose configure() and run_migrations() add our recorder.
 
@@ -383,8 +408,10 @@ def _environment(
         theirs = kwargs.pop("on_version_apply", None) or ()
         theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else (theirs,)
         kwargs["on_version_apply"] = (*theirs, recorder.version_applied)
-        configure(*args, **kwargs)
         connection = kwargs.get("connection")
+        if isinstance(connection, Connection):
+            _check_where(url, connection.engine.url)
+        configure(*args, **kwargs)
         if recorder.live is not None and isinstance(connection, Connection):
             recorder.live.attach(
                 connection, transactional=env.get_context().impl.transactional_ddl
@@ -466,7 +493,7 @@ def _run_env(
     with _RUN_LOCK, LoggingGuard() as guard:
         recorder.guard = guard
         try:
-            with _environment(cfg, script, steps, destination, recorder):
+            with _environment(cfg, script, steps, destination, recorder, url):
                 script.run_env()
         except AutomigratorError:
             raise
@@ -474,8 +501,9 @@ def _run_env(
             # A revision that failed after our lock was lost may have met
             # another process's migration (its table already exists): that is
             # never the revision's fault, and must never be purged for.
+            error = _translate_run_error(exc, recorder, url)
             revision = recorder.running_revision()
-            if revision is not None and recorder.lock_lost():
+            if isinstance(error, MigrationError) and revision and recorder.lock_lost():
                 raise LockLostError(
                     f"Revision {revision} failed "
                     f"({redact(f'{type(exc).__name__}: {first_line(exc)}', url)}) after the "
@@ -483,7 +511,7 @@ def _run_env(
                     "a pooler or the network). Another process may have migrated meanwhile, "
                     "so this is not taken for the revision's fault; the next start plans again."
                 ) from exc
-            raise _translate_run_error(exc, recorder, url) from exc
+            raise error from exc
     return tuple(recorder.applied)
 
 

@@ -10,6 +10,8 @@ import importlib.util
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -124,6 +126,30 @@ def lock_engine(lock_url: str | URL, url: URL) -> Engine:
             "directly. Fix lock_url (AUTOMIGRATOR_LOCK_URL, --lock-url)."
         )
     return create_engine(parsed)
+
+
+def mismatch(ours: URL, theirs: URL) -> Literal["database", "host"] | None:
+    """How far ``theirs`` (env.py's connection) is from ``ours``, if it is.
+
+    ``"database"``: another kind of database, another database name or
+    SQLite file. ``"host"``: the same name on another host, which a pooler
+    or a service name may explain (so only worth a warning). Ports are not
+    compared: a pooler's port differs from the server's.
+    """
+    if ours.get_backend_name() != theirs.get_backend_name():
+        return "database"
+    if ours.get_backend_name() == "sqlite":
+        if is_memory_sqlite(ours) or is_memory_sqlite(theirs):
+            return None if is_memory_sqlite(ours) == is_memory_sqlite(theirs) else "database"
+        same = Path(ours.database or "").resolve() == Path(theirs.database or "").resolve()
+        return None if same else "database"
+    if (ours.database or "") != (theirs.database or ""):
+        return "database"
+    hosts = {(host or "localhost").lower() for host in (ours.host, theirs.host)}
+    return None if len(hosts) == 1 or hosts <= _LOOPBACK else "host"
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 def is_memory_sqlite(url: URL) -> bool:

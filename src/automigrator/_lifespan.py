@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 from sqlalchemy.engine import URL
 
+from ._serverlog import show_by_default
 from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
 
@@ -94,6 +95,7 @@ class MigrationRunner(abc.ABC):
         block lets the running revision finish (up to ``shutdown_timeout``)
         and stops before the next one.
         """
+        show_by_default()  # a server with nothing set up would show none of our lines
         if self.block_startup:
             await self.run()
             yield

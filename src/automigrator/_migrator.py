@@ -447,6 +447,22 @@ class AutoMigrator(MigrationRunner):
         async with self._waiter.holding(lock, read_ahead=self.scripts.graph) as waited:
             yield waited
 
+    @asynccontextmanager
+    async def exclusively(self) -> AsyncIterator[None]:
+        """Hold the migration lock for a block of start-up work that must not run twice at once.
+
+        For seeding (the first admin user, default groups): every replica
+        runs the block, one at a time, so an idempotent seed ("create it if it
+        is missing") never races another replica's into duplicate rows or a
+        unique violation. Use it after the schema is ready (in the
+        application's lifespan under :meth:`wrap_lifespan`, or after
+        :meth:`wait_ready`). The status is left alone; waiting is bounded by
+        ``lock_timeout`` like a migration's. See the recipe in the docs.
+        """
+        lock = self._make_lock()
+        async with self._waiter.holding(lock, read_ahead=lambda: None, report=False):
+            yield
+
     def _make_lock(self) -> MigrationLock | None:
         option = self.lock_option
         return lock_for(self._lock_engine, self.version_table) if option == "auto" else option

@@ -202,16 +202,21 @@ class Waiter:
 
     @asynccontextmanager
     async def holding(
-        self, lock: MigrationLock | None, *, read_ahead: Callable[[], object]
+        self,
+        lock: MigrationLock | None,
+        *,
+        read_ahead: Callable[[], object],
+        report: bool = True,
     ) -> AsyncIterator[bool]:
         """Hold ``lock`` (None: no lock) for the block; yields whether we waited for it.
 
         The release is shielded: it happens whatever ends the block.
+        ``report=False`` leaves the status alone (work after the run).
         """
         if lock is None:
             yield False
             return
-        waited = await self.acquire(lock, read_ahead=read_ahead)
+        waited = await self.acquire(lock, read_ahead=read_ahead, report=report)
         self.held = lock
         try:
             yield waited
@@ -220,7 +225,9 @@ class Waiter:
             with anyio.CancelScope(shield=True):
                 await _release(lock)
 
-    async def acquire(self, lock: MigrationLock, *, read_ahead: Callable[[], object]) -> bool:
+    async def acquire(
+        self, lock: MigrationLock, *, read_ahead: Callable[[], object], report: bool = True
+    ) -> bool:
         """Take the lock; True when another process held it and we waited.
 
         A try that does not block first (most runs never wait); then tries of
@@ -228,12 +235,14 @@ class Waiter:
         a thread beside the wait (its failure is only logged).
         """
         if await self._try(lock, 0.0):
-            self.reporter.set(state=MigrationState.MIGRATING)
+            if report:
+                self.reporter.set(state=MigrationState.MIGRATING)
             return False
         started = time.monotonic()
 
         async def log(tries: int, left: float) -> None:
-            self.reporter.set(state=MigrationState.WAITING, waiting_for="lock")
+            if report:
+                self.reporter.set(state=MigrationState.WAITING, waiting_for="lock")
             # Who holds it is only for the log line: asked on a connection of
             # its own, it must not stall the wait if that connection freezes.
             holder = None
@@ -278,7 +287,8 @@ class Waiter:
                 timeout=self.lock_timeout,
             )
         logger.info("The migration lock was freed after %.1f s", time.monotonic() - started)
-        self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
+        if report:
+            self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
         return True
 
     async def _try(self, lock: MigrationLock, wait: float) -> bool:

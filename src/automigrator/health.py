@@ -1,9 +1,12 @@
 """A health endpoint: the migration status as JSON, 200 when ready, 503 otherwise.
 
-``HealthApp`` is a small pure-ASGI app: mount it as a route (Starlette
-``Mount("/health/migrations", HealthApp(migrator))``, FastAPI
-``app.mount(...)``), or let :class:`~automigrator.AutoMigrateMiddleware`
-answer one path with it (``health_path=``).
+``HealthApp`` is a small pure-ASGI app. Add it as a route, which answers its
+path itself: FastAPI or Starlette ``app.add_route("/readyz",
+HealthApp(migrator).endpoint)``, or Starlette ``Route("/readyz",
+HealthApp(migrator))``; or let :class:`~automigrator.AutoMigrateMiddleware`
+answer one path with it (``health_path=``). Not a ``Mount``: a mount answers
+``/readyz`` with a 307 redirect to ``/readyz/`` and an empty body, which some
+probes and load balancers count as healthy whatever the state.
 
 The endpoint is anonymous by nature, so by default its body says the state,
 the revisions and the error's *kind*, and not the error's text. With
@@ -18,6 +21,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from ._redaction import anonymize
 from ._status import MigrationState
@@ -70,6 +75,14 @@ class HealthApp:
         data["applied"] = len(status.applied)
         _errors(data, tuple(self.migrator.database_urls()), shown=self.show_error)
         return (200 if ok else 503), data
+
+    async def endpoint(self, request: Request) -> Response:
+        """The same answer as a request-response endpoint, for ``app.add_route(path, ...)``."""
+        code, data = self.body()
+        headers = {"cache-control": "no-store"}
+        if code == 503:
+            headers["retry-after"] = str(self.retry_after)
+        return JSONResponse(data, status_code=code, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

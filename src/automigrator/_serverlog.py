@@ -1,0 +1,68 @@
+"""Our log lines, visible by default under a server that configured only its own loggers.
+
+uvicorn, gunicorn, hypercorn and granian set up their own loggers, never
+the root one. An application that configured no logging therefore saw none
+of our phase and per-revision lines (INFO): a 12 s revision was 12 s of
+silence. So when a server starts the migration and nothing would show our
+lines (no handler on our logger nor on the root, our level not set), they go
+to the server's own error-log handlers, in its format, or else to stderr.
+
+An application that configures logging before the start (``basicConfig``,
+``dictConfig``, a handler on ``automigrator``) keeps full control: nothing
+is added, and a handler added here steps aside once the root logger has a
+handler of the application's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger("automigrator")
+
+# Each server's error log, in the order we look for one with handlers.
+_SERVER_LOGGERS = ("uvicorn.error", "gunicorn.error", "hypercorn.error", "_granian")
+
+
+class ServerLogHandler(logging.Handler):
+    """Hands our records to the server's error-log handlers, or to stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._stderr = logging.StreamHandler(sys.stderr)
+        self._stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.root.handlers:
+            return  # the application set up logging since: its handlers have it
+        named = logging.makeLogRecord(record.__dict__)
+        named.msg, named.args = f"automigrator: {record.getMessage()}", None
+        for name in _SERVER_LOGGERS:
+            handlers = _reached_from(logging.getLogger(name))
+            if handlers:
+                for handler in handlers:
+                    if named.levelno >= handler.level:
+                        handler.handle(named)
+                return
+        self._stderr.handle(named)
+
+
+def _reached_from(start: logging.Logger) -> list[logging.Handler]:
+    # The handlers a record logged on ``start`` would reach short of the root
+    # (uvicorn's are on "uvicorn", which "uvicorn.error" propagates to).
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = start
+    while current is not None and current is not logging.root:
+        found += current.handlers
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+def show_by_default() -> None:
+    """Make our INFO lines visible if nothing else would show them."""
+    if logger.handlers or logger.level != logging.NOTSET or logging.root.handlers:
+        return
+    logger.addHandler(ServerLogHandler())
+    logger.setLevel(logging.INFO)

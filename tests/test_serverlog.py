@@ -1,0 +1,79 @@
+"""Our lines are shown by default, and only where the application set up nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from automigrator._serverlog import ServerLogHandler, show_by_default
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextmanager
+def bare_logging() -> Iterator[logging.Logger]:
+    """No root handler (as under a plain server); everything put back after.
+
+    Entered in the test's body: pytest adds its capture handlers to the root
+    logger after the fixtures are set up.
+    """
+    ours, root = logging.getLogger("automigrator"), logging.getLogger()
+    saved = (list(root.handlers), list(ours.handlers), ours.level)
+    root.handlers[:], ours.handlers[:] = [], []
+    ours.setLevel(logging.NOTSET)
+    try:
+        yield ours
+    finally:
+        root.handlers[:], ours.handlers[:] = saved[0], saved[1]
+        ours.setLevel(saved[2])
+
+
+def test_lines_go_to_the_servers_own_log() -> None:
+    server, error = logging.getLogger("uvicorn"), logging.getLogger("uvicorn.error")
+    collect = Collect()
+    server.addHandler(collect)
+    try:
+        with bare_logging() as ours:
+            show_by_default()
+            ours.info("Applied %d/%d", 1, 3)
+    finally:
+        server.removeHandler(collect)
+    assert error.propagate  # uvicorn's handlers sit on "uvicorn"
+    assert collect.lines == ["automigrator: Applied 1/3"]
+
+
+def test_an_app_that_set_up_logging_keeps_control() -> None:
+    mine = Collect()
+    with bare_logging() as ours:
+        logging.getLogger().addHandler(mine)
+        show_by_default()
+        assert ours.handlers == []
+        assert ours.level == logging.NOTSET  # its INFO lines stay off, as the root says
+        ours.info("not shown")
+    assert mine.lines == []
+
+
+def test_the_handler_steps_aside_once_the_app_sets_up_logging(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mine = Collect()
+    with bare_logging() as ours:
+        show_by_default()
+        assert [type(h) for h in ours.handlers] == [ServerLogHandler]
+        ours.info("first")
+        logging.getLogger().addHandler(mine)
+        ours.info("second")
+    err = capsys.readouterr().err
+    assert "automigrator: first" in err
+    assert "second" not in err  # shown once, by the application's handler
+    assert mine.lines == ["second"]
