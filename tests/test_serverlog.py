@@ -28,14 +28,16 @@ def bare_logging() -> Iterator[logging.Logger]:
     logger after the fixtures are set up.
     """
     ours, root = logging.getLogger("automigrator"), logging.getLogger()
-    saved = (list(root.handlers), list(ours.handlers), ours.level)
+    saved = (list(root.handlers), list(ours.handlers), ours.level, root.level)
     root.handlers[:], ours.handlers[:] = [], []
     ours.setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)  # Python's default, whatever earlier tests set
     try:
         yield ours
     finally:
         root.handlers[:], ours.handlers[:] = saved[0], saved[1]
         ours.setLevel(saved[2])
+        root.setLevel(saved[3])
 
 
 def test_lines_go_to_the_servers_own_log() -> None:

@@ -77,7 +77,7 @@ def load_config(source: str | os.PathLike[str] | Config) -> Config:
                 "newer. Upgrade Alembic, or pass an alembic.ini."
             ) from exc
     try:
-        location = _alembic_option(source, "script_location")
+        location = option(source, "script_location")
     except ConfigParserError as exc:
         raise ConfigurationError(
             f"Could not read the Alembic config {source.config_file_name!r}: "
@@ -92,7 +92,8 @@ def load_config(source: str | os.PathLike[str] | Config) -> Config:
     return source
 
 
-def _alembic_option(cfg: Config, name: str) -> str | None:
+def option(cfg: Config, name: str) -> str | None:
+    """An ``[alembic]`` option of the config (or of pyproject.toml's ``[tool.alembic]``)."""
     # get_alembic_option (Alembic 1.16+) also reads pyproject.toml.
     getter = getattr(cfg, "get_alembic_option", None) or cfg.get_main_option
     value: str | None = getter(name)

@@ -52,6 +52,20 @@ def config_key(config_file: Path) -> str | None:
     return digest.hexdigest()
 
 
+def options_key(options: dict[str, str | None], config_file: str | None) -> str:
+    """A key of a ``Config`` built in code: the options Alembic finds the scripts by.
+
+    With the bytes of its config file, if it names one.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    if config_file is not None:
+        with contextlib.suppress(OSError):
+            digest.update(Path(config_file).read_bytes())
+    digest.update(f"\0{os.getcwd()}\0{_alembic_stamp()}\0{_FORMAT}".encode())
+    return digest.hexdigest()
+
+
 def _alembic_stamp() -> str:
     # Alembic's version without importing it: its package file's size and
     # time change with every install.

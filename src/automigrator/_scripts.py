@@ -23,6 +23,17 @@ from ._database import VersionTable, parse_url
 from ._status import AppliedRevision
 from .errors import ConfigurationError
 
+# The options by which Alembic finds the revision files: what remembered heads
+# of a Config object built in code are keyed on.
+_SCRIPT_OPTIONS = (
+    "script_location",
+    "version_locations",
+    "sourceless",
+    "recursive_version_locations",
+    "path_separator",
+    "version_path_separator",
+)
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -78,6 +89,7 @@ class Scripts:
             self._apply_url(self._config)
         self._script: ScriptDirectory | None = None  # imported: to run
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
+        self._text_read = False  # the files' text was read this attempt
 
     @property
     def config(self) -> Config:
@@ -103,7 +115,7 @@ class Scripts:
 
     def forget(self) -> None:
         """Drop the graph and the imported scripts: read them again next time."""
-        self._script, self._graph = None, None
+        self._script, self._graph, self._text_read = None, None, False
 
     def remembered_heads(self, target: str) -> tuple[str, ...] | None:
         """The heads remembered from an earlier start, if the files are unchanged."""
@@ -113,14 +125,26 @@ class Scripts:
         return None if where is None else _headcache.recall(*where)
 
     def _cache_place(self) -> tuple[Path, str] | None:
-        # Remembered heads need the config as a file we can read ourselves:
-        # a Config object built in code has nothing to key them on.
+        # Keyed on the config file's bytes; a Config object built in code, on
+        # the options that say where the scripts are.
         if self._settings is None:
-            return None
+            return self._config_object_place()
         folder = self._settings.script_folder()
         key = _headcache.config_key(self._settings.path)
         if folder is None or key is None:
             return None
+        return folder / "__pycache__" / _headcache.FILE_NAME, key
+
+    def _config_object_place(self) -> tuple[Path, str] | None:
+        from . import _alembic
+
+        config = self.config
+        options = {name: _alembic.option(config, name) for name in _SCRIPT_OPTIONS}
+        location = options["script_location"]
+        if not location or (not os.path.isabs(location) and ":" in location):
+            return None  # none, or a package resource (pkg:dir)
+        folder = Path(location).absolute()
+        key = _headcache.options_key(options, config.config_file_name)
         return folder / "__pycache__" / _headcache.FILE_NAME, key
 
     def graph(self) -> ScriptDirectory:
@@ -131,24 +155,39 @@ class Scripts:
         if self._script is not None:
             return self._script
         if self._graph is None:
-            from . import _textgraph
-
-            with ExitStack() as stack:
-                # The hook runs only if a file must be imported after all.
-                graph = _textgraph.load(self.config, lambda: self._enter_set_up(stack))
-            if graph is None:
-                self._graph = self.imported()
-            else:
-                self._graph = graph.script
-                where = self._cache_place()
-                if graph.plain and graph.heads and where is not None:
-                    _headcache.remember(*where, graph.script, graph.heads)
+            self._read_graph()
+        if self._graph is None:
+            self._graph = self.imported()
         return self._graph
+
+    def _read_graph(self) -> None:
+        # Read once per attempt; remembered for the next start when every
+        # file stated its names plainly.
+        if self._text_read:
+            return
+        self._text_read = True
+        from . import _textgraph
+
+        with ExitStack() as stack:
+            # The hook runs only if a file must be imported after all.
+            graph = _textgraph.load(self.config, lambda: self._enter_set_up(stack))
+        if graph is None:
+            return
+        self._graph = graph.script
+        where = self._cache_place()
+        if graph.plain and graph.heads and where is not None:
+            _headcache.remember(*where, graph.script, graph.heads)
 
     def imported(self) -> ScriptDirectory:
         """The scripts imported and checked, ready to run (once per attempt)."""
         if self._script is None:
             from . import _alembic
+
+            if self._graph is None and self._cache_place() is not None:
+                # A run that planned without the graph (an empty database)
+                # still leaves the heads remembered: the next start, at head,
+                # then needs neither Alembic nor the files.
+                self._read_graph()
 
             with self.set_up():
                 self._script = _alembic.load_script(self.config)
