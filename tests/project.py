@@ -98,12 +98,20 @@ def make_project(
     return ini
 
 
-def waiting(rev_id: str, down: str | None, then: str = "pass", before: str = "pass") -> Rev:
+def waiting(
+    rev_id: str,
+    down: str | None,
+    then: str = "pass",
+    before: str = "pass",
+    *,
+    autocommit: bool = False,
+) -> Rev:
     """A revision that says it runs, waits for the test's signal, then runs ``then``.
 
     It runs ``before``, adds a line (its process id) to ``$AM_SIGNALS/<id>.running`` and waits
     for ``$AM_SIGNALS/<id>.go`` (up to 120 s, then fails): the test injects its
-    fault in between.
+    fault in between. ``autocommit=True`` runs all of it in ``autocommit_block()``
+    (outside any transaction, as a ``CREATE INDEX CONCURRENTLY`` runs).
     """
     body = f"""
     import os
@@ -122,4 +130,7 @@ def waiting(rev_id: str, down: str | None, then: str = "pass", before: str = "pa
         raise RuntimeError("the test never said go")
     {then}
     """
+    if autocommit:
+        inner = textwrap.indent(textwrap.dedent(body).strip(), "    ")
+        body = f"with op.get_context().autocommit_block():\n{inner}\n"
     return Rev(rev_id, down, f"{rev_id} waits for the test", body)

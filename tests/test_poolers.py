@@ -26,30 +26,13 @@ from tests.conftest import revisions, rows
 from tests.faults import wait_for
 from tests.poolers import PgBouncer, PoolMode
 from tests.processes import start_replicas
-from tests.project import EMAIL, USERS, Rev, make_project
+from tests.project import EMAIL, USERS, make_project, waiting
 from tests.test_lock_lost import line_with
 
 # r3 waits for the test outside any transaction (as a CREATE INDEX
 # CONCURRENTLY runs), so the migration pins no server connection meanwhile.
-R3 = Rev(
-    "r3",
-    "r2",
-    "waits outside a transaction",
-    """
-    import os
-    import time
-    from pathlib import Path
-
-    signals = Path(os.environ["AM_SIGNALS"])
-    with op.get_context().autocommit_block():
-        with open(signals / "r3.running", "a") as running:
-            running.write(f"{os.getpid()}\\n")
-        for _ in range(12000):
-            if (signals / "r3.go").exists():
-                break
-            time.sleep(0.01)
-        op.create_table("r3_done", sa.Column("id", sa.Integer))
-    """,
+R3 = waiting(
+    "r3", "r2", then='op.create_table("r3_done", sa.Column("id", sa.Integer))', autocommit=True
 )
 REPLICAS = 4
 

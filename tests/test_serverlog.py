@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import URL
 
 from automigrator._serverlog import ServerLogHandler, show_by_default
 
@@ -79,3 +83,28 @@ def test_the_handler_steps_aside_once_the_app_sets_up_logging(
     assert "automigrator: first" in err
     assert "second" not in err  # shown once, by the application's handler
     assert mine.lines == ["second"]
+
+
+PLUGIN_PROBE = """
+import logging, sys, anyio
+logging.basicConfig(level=logging.INFO)  # an app that logs at INFO
+if sys.argv[3] == "wanted":
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.INFO)
+from automigrator import AutoMigrator
+anyio.run(AutoMigrator(sys.argv[1], url=sys.argv[2]).run)
+"""
+
+
+def test_alembics_plugin_lines_stay_out_of_an_info_log_unless_asked_for(
+    ini: Path, sqlite_url: URL
+) -> None:
+    def start(choice: str) -> str:
+        # A database of its own each time: both starts migrate, importing Alembic.
+        url = sqlite_url.set(database=f"{sqlite_url.database}.{choice}")
+        argv = [sys.executable, "-c", PLUGIN_PROBE, str(ini), str(url), choice]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stderr
+
+    quiet = start("default")
+    assert "automigrator:Schema ready" in quiet
+    assert "setup plugin" not in quiet
+    assert "setup plugin" in start("wanted")  # the app's own setting wins

@@ -10,7 +10,7 @@ to the server's own error-log handlers, in its format, or else to stderr.
 An application that configures logging before the start (``basicConfig``,
 ``dictConfig``, a handler on ``automigrator``) keeps full control: nothing
 is added, and a handler added here steps aside once the root logger has a
-handler of the application's.
+handler of the application's. Alembic's own plugin set-up lines are quieted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,15 @@ import logging
 import sys
 
 logger = logging.getLogger("automigrator")
+
+# Alembic (1.18+) logs a "setup plugin ..." line at INFO for each of its
+# plugins when it is first imported: seven lines of noise on every start of
+# an app that logs at INFO. Quieted unless the application set that logger's
+# level itself; done here, at our import, because Alembic is imported later,
+# lazily, and says them then.
+_plugins = logging.getLogger("alembic.runtime.plugins")
+if _plugins.level == logging.NOTSET:
+    _plugins.setLevel(logging.WARNING)
 
 # Each server's error log, in the order we look for one with handlers.
 _SERVER_LOGGERS = ("uvicorn.error", "gunicorn.error", "hypercorn.error", "_granian")
