@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import anyio
@@ -66,3 +67,24 @@ def test_a_config_built_in_code_without_an_ini(tmp_path: Path, sqlite_url: URL) 
     assert len(first.applied) == 3
     assert again.state is MigrationState.READY
     assert revisions(sqlite_url) == {"r3"}
+
+
+def test_per_dialect_version_folders_through_a_config_built_in_code(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # A project that keeps one chain of revisions per database kind, chosen
+    # at run time (docs/recipes.md): the Config names the folder to use.
+    project = make_project(tmp_path / "proj", CHAIN).parent
+    versions = project / "migrations" / "versions"
+    for kind in ("sqlite", "postgresql", "mysql"):
+        shutil.copytree(versions, project / "migrations" / f"versions_{kind}")
+    for path in versions.glob("*.py"):
+        path.unlink()  # the default folder is empty, as in such projects
+    cfg = Config(str(project / "alembic.ini"))
+    folder = project / "migrations" / f"versions_{db_url.get_backend_name()}"
+    cfg.set_main_option("version_locations", str(folder))
+
+    status = anyio.run(AutoMigrator(cfg, url=db_url).run)
+
+    assert [a.revision for a in status.applied] == ["r1", "r2", "r3"]
+    assert revisions(db_url) == {"r3"}
