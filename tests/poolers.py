@@ -47,7 +47,7 @@ class PgBouncer:
             )
             if REQUIRE:
                 pytest.fail(message + " (AUTOMIGRATOR_TEST_REQUIRE_SERVERS=1)")
-            pytest.skip(message)
+            pytest.skip(reason=message)
         self.server = server
         self.port = _free_port()
         # PgBouncer will not run as root: it drops to the postgres user, who

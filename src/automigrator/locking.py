@@ -114,8 +114,6 @@ class _ServerLock:
     keepalives notice, by default hours later; a live holder never does.
     """
 
-    _unlock_sql = ""
-
     def __init__(self, engine: Engine, reap_after: float) -> None:
         if not reap_after >= _HEARTBEATS_PER_REAP:
             raise ConfigurationError(
@@ -224,7 +222,7 @@ class _ServerLock:
                 self._close()
 
     def _unlock(self, conn: Connection) -> None:
-        conn.execute(sa.text(self._unlock_sql), self._unlock_params())
+        raise NotImplementedError
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -367,8 +365,6 @@ class MySQLLock(_ServerLock):
     and frees the lock, once its heartbeat stops.
     """
 
-    _unlock_sql = "SELECT RELEASE_LOCK(:name)"
-
     def __init__(
         self, engine: Engine, table: VersionTable = _DEFAULT_TABLE, *, reap_after: float = 30.0
     ) -> None:
@@ -387,6 +383,9 @@ class MySQLLock(_ServerLock):
 
     def _unlock_params(self) -> dict[str, object]:
         return {"name": self.name}
+
+    def _unlock(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), self._unlock_params())
 
     def _held_query(self) -> sa.TextClause:
         return sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()").bindparams(name=self.name)
