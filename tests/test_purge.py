@@ -22,8 +22,12 @@ from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
+    Chain,
     ConfigurationError,
+    Decision,
+    LogAndContinue,
     MigrationError,
+    MigrationState,
     PurgeAndRetry,
     RestoreBackup,
 )
@@ -110,6 +114,38 @@ def test_sixteen_processes_with_a_failing_revision_purge_once(
     at = () if url.get_backend_name() == "postgresql" else ("r2",)
     assert {(s["state"], tuple(s["revisions_after"])) for s in statuses} == {("degraded", at)}
     assert revisions(url) == set(at)
+    [backup] = backups(url)
+    assert rows_in(url, backup) == OLD_ROWS
+
+
+def test_a_database_another_process_just_purged_is_migrated_not_given_up_on(
+    tmp_path: Path, quarantines_dropped: URL
+) -> None:
+    # The crowd's race, made deterministic: this process's attempt fails on the
+    # old rows (r3 adds a unique index the duplicates break); before its policy
+    # holds the lock, another process purges and dies before migrating again.
+    # The database is then empty and marked purged: this process must migrate
+    # it (r3 now applies), not start degraded on an empty database.
+    url = quarantines_dropped
+    ini = deployed(tmp_path, url)
+
+    class PurgeThenDie(PurgeAndRetry):
+        async def handle(self, failure):  # type: ignore[no-untyped-def]
+            decision = await super().handle(failure)
+            assert decision.action == "retry"
+            return Decision.fail("killed after the purge, before migrating again")
+
+    class PurgedMeanwhile(PurgeAndRetry):
+        async def handle(self, failure):  # type: ignore[no-untyped-def]
+            with pytest.raises(MigrationError):
+                await AutoMigrator(ini, url=url, on_failure=PurgeThenDie()).run()
+            return await super().handle(failure)
+
+    policy = Chain(PurgedMeanwhile(), LogAndContinue())
+    status = anyio.run(AutoMigrator(ini, url=url, on_failure=policy).run)
+
+    assert status.state is MigrationState.READY, status.error
+    assert revisions(url) == {"r3"}
     [backup] = backups(url)
     assert rows_in(url, backup) == OLD_ROWS
 

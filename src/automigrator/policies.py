@@ -296,7 +296,8 @@ class PurgeAndRetry:
     are passed on, and nothing is touched.
 
     Under the migration lock it plans again (a database another process
-    migrated meanwhile is not purged), and purges at most once per failure:
+    migrated meanwhile is not purged; one another process has just purged is
+    migrated from scratch, not purged again), and purges at most once per failure:
     a database purged and not migrated successfully since is refused
     (:class:`~automigrator.AlreadyPurgedError`, passed on with the backup's
     name), so a crash loop or a crowd of replicas purges once. It takes a
@@ -326,8 +327,9 @@ class PurgeAndRetry:
     async def handle(self, failure: Failure) -> Decision:
         if failure.kind != "migration":
             return Decision.pass_on(f"{failure.kind} failure: not the migration's fault")
-        if _decided_by(failure.history, self, "retry") >= self.max_attempts:
-            return Decision.pass_on(f"purged {self.max_attempts} time(s) already")
+        fresh_runs = _decided_by(failure.history, self, "retry")
+        if fresh_runs >= self.max_attempts:
+            return Decision.pass_on(f"migrated from scratch {fresh_runs} time(s) already")
         migrator = failure.migrator
         async with migrator.locked():
             # Decided again under the lock: another process may have brought
@@ -340,6 +342,16 @@ class PurgeAndRetry:
             try:
                 purged = await migrator.purge(backup=self.backup, keep=self.keep)
             except AlreadyPurgedError as exc:
+                if plan.kind == "empty" and migrator.status.revisions_before and not fresh_runs:
+                    # Our run began on a database with revisions; another
+                    # process purged it since and has not migrated the fresh
+                    # one yet (or died first). Giving up would serve degraded
+                    # on an empty database that one attempt may well migrate.
+                    backup = exc.backup or "no backup"
+                    return Decision.retry(
+                        f"the database was purged since this run began ({backup}) and is "
+                        "empty: migrating it from scratch, nothing purged"
+                    )
                 return Decision.pass_on(exc.message)
             except AutomigratorError as exc:  # the database refused: nothing was purged
                 logger.error("The purge failed, nothing was purged: %s", exc.summary())
