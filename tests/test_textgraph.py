@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import py_compile
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationState, SchemaAheadError
-from automigrator._textgraph import load, read_names
+from automigrator import AutoMigrator, MigrationState, SchemaAheadError, _plainheads
+from automigrator._configfile import read_settings
+from automigrator._revisiontext import read_names
+from automigrator._textgraph import load
 from tests.conftest import revisions
 from tests.project import ALEMBIC, CHAIN, Rev, write_revision
 
@@ -189,6 +192,48 @@ def test_heads_equal_alembics_for_random_graphs(
         assert read.heads == expected
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(), st.sampled_from(["ini", "toml"]))
+def test_heads_computed_without_alembic_equal_alembics(
+    graph: tuple[list[FakeRev], bool, int, bool], config_format: str
+) -> None:
+    # Alembic's default layout (one versions folder, recursive or not), as a
+    # config file on disk: the cold start's path, which never imports Alembic.
+    revs, recursive, _, _ = graph
+    revs = [replace(rev, folder=0, compiled=False) for rev in revs]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_project(root / "migrations", revs, recursive, 1, sourceless=False)
+        (root / "migrations" / "versions0").rename(root / "migrations" / "versions")
+        # A revision in a subfolder: part of the graph only when recursive.
+        stray = FakeRev("ffstray0", (revs[-1].id,), (), (), "plain", 0, True, False)
+        (root / "migrations" / "versions" / "sub" / "ff_stray.py").write_text(render(stray))
+        flag = str(recursive).lower()
+        if config_format == "ini":
+            config = root / "alembic.ini"
+            config.write_text(
+                "[alembic]\nscript_location = %(here)s/migrations\n"
+                f"recursive_version_locations = {flag}\n"
+            )
+            expected_cfg = Config(str(config), stdout=io.StringIO())
+        else:
+            config = root / "pyproject.toml"
+            config.write_text(
+                '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
+                f"recursive_version_locations = {flag}\n"
+            )
+            expected_cfg = Config(toml_file=str(config), stdout=io.StringIO())
+        expected = tuple(sorted(ScriptDirectory.from_config(expected_cfg).get_heads()))
+
+        plain = _plainheads.read(read_settings(config))
+
+        if all(read_names(render(rev)) is not None for rev in [*revs, stray]):
+            assert plain is not None
+            assert plain.heads == expected
+        else:
+            assert plain is None  # only running a file tells its names: Alembic must say
+
+
 def test_plain_files_are_read_not_imported() -> None:
     text = textwrap.dedent(
         '''\
@@ -221,6 +266,14 @@ def test_plain_files_are_read_not_imported() -> None:
         "revision = 'a'\ndown_revision = None\nfor down_revision in 'bc': pass\n",  # a loop
         "revision = 'a'\ndown_revision = None\ndef revision(): pass\n",  # a function
         "revision = 'a'\n(down_revision := 'b')\n",  # a walrus
+        # Bound again where no line starts with the name: Python says 'b'.
+        "revision = 'a'\ndown_revision = None\nfrom ids import revision\n",
+        "revision = 'a'\ndown_revision = None\nx = 1; revision = make_id()\n",
+        "revision = 'a'\ndown_revision = None\nx = revision = make_id()\n",
+        "revision = 'a'\ndown_revision = None\nrevision, x = make_id(), 1\n",
+        "revision = 'a'\ndown_revision = None\nmatch 1:\n    case revision: pass\n",
+        "revision = 'a'\ndown_revision = None\nmatch {}:\n    case {**revision}: pass\n",
+        "revision = 'a'\ndown_revision = None\ntry: pass\nexcept E as revision: pass\n",
     ],
 )
 def test_files_that_are_not_plain_are_left_to_python(text: str) -> None:
@@ -240,6 +293,9 @@ def test_files_that_are_not_plain_are_left_to_python(text: str) -> None:
             '"""\nrevision = "x"\n"""\nrevision = "a"\ndown_revision = ("p",\n "q")\n',
             ("a", ("p", "q")),
         ),
+        # Names only used, not bound: the same values, by the parser.
+        ("revision = 'a'\ndown_revision = None\nprint(revision, 'down_revision')\n", ("a", None)),
+        ("revision = 'a'\ndown_revision = 'p'  # revision = 'b' in a comment\n", ("a", "p")),
     ],
 )
 def test_files_python_would_read_plainly_are_read_by_its_parser(
@@ -346,6 +402,23 @@ def test_an_at_head_start_with_remembered_heads_does_not_import_alembic(
     # one query, Alembic never imported.
     assert start() == "ready False"
     assert start() == "ready False"
+
+
+def test_a_cold_start_at_head_in_a_read_only_image_does_not_import_alembic(
+    ini: Path, db_url: URL
+) -> None:
+    # A new container: the database is at head, nothing is remembered, and
+    # nothing can be (the tests run as root, whom chmod does not stop: a
+    # file stands where the cache's folder would go).
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    shutil.rmtree(cache_file(ini).parent)
+    cache_file(ini).parent.write_text("not a folder")
+    argv = [sys.executable, "-c", AT_HEAD_PROBE, str(ini), db_url.render_as_string(False)]
+
+    runs = [subprocess.run(argv, capture_output=True, text=True, check=True) for _ in range(2)]
+
+    assert [run.stdout.strip() for run in runs] == ["ready False", "ready False"]
+    assert cache_file(ini).parent.read_text() == "not a folder"
 
 
 def test_a_loader_patched_by_someone_else_is_kept_and_used(

@@ -15,9 +15,9 @@ import configparser
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._redaction import mask_credentials
@@ -29,6 +29,13 @@ else:  # pragma: no cover - Alembic depends on tomli there
     import tomli as tomllib
 
 SECTION = "alembic"
+LAYOUT_OPTIONS = (
+    "version_locations",
+    "sourceless",
+    "recursive_version_locations",
+    "path_separator",
+    "version_path_separator",
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class Settings:
     path: Path
     script_location: str
     url: str | None
+    layout: Mapping[str, object] = field(default_factory=dict)
+    """The options that say where Alembic looks for revision files, as written
+    (:data:`LAYOUT_OPTIONS`, those present)."""
 
     def script_folder(self) -> Path | None:
         """The folder holding env.py; None for a package resource (``pkg:dir``)."""
@@ -62,15 +72,15 @@ def read_settings(source: str | os.PathLike[str]) -> Settings:
         )
     here = path.absolute().parent.as_posix()
     if path.suffix == ".toml":
-        location, url = _read_toml(path, here)
+        location, url, layout = _read_toml(path, here)
     else:
-        location, url = _read_ini(path)
+        location, url, layout = _read_ini(path)
     if not location:
         raise ConfigurationError(
             f"The Alembic config {str(path)!r} has no 'script_location'. Add "
             "'script_location = <folder with env.py>' to its [alembic] section."
         )
-    return Settings(path, location, url or None)
+    return Settings(path, location, url or None, layout)
 
 
 @contextmanager
@@ -101,14 +111,22 @@ def config_error_text(exc: Exception) -> str:
     return mask_credentials(str(exc)).strip()
 
 
-def _read_ini(path: Path) -> tuple[str | None, str | None]:
+_Read = tuple[str | None, str | None, dict[str, object]]
+
+
+def _read_ini(path: Path) -> _Read:
     with _ini(path) as parser:
         location = parser.get(SECTION, "script_location", fallback=None)
         url = parser.get(SECTION, "sqlalchemy.url", fallback=None)
-    return location, url
+        layout: dict[str, object] = {
+            name: parser.get(SECTION, name)
+            for name in LAYOUT_OPTIONS
+            if parser.has_option(SECTION, name)
+        }
+    return location, url, layout
 
 
-def _read_toml(path: Path, here: str) -> tuple[str | None, str | None]:
+def _read_toml(path: Path, here: str) -> _Read:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -116,9 +134,10 @@ def _read_toml(path: Path, here: str) -> tuple[str | None, str | None]:
     section = data.get("tool", {}).get("alembic", {})
     location = section.get("script_location") if isinstance(section, dict) else None
     if not isinstance(location, str):
-        return None, None
+        return None, None, {}
+    layout = {name: section[name] for name in LAYOUT_OPTIONS if name in section}
     # Alembic keeps sqlalchemy.url out of pyproject.toml: env.py finds the URL.
-    return location.replace("%(here)s", here), None
+    return location.replace("%(here)s", here), None, layout
 
 
 def read_multidb(source: str | os.PathLike[str]) -> dict[str, str | None]:

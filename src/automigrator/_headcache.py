@@ -30,10 +30,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from alembic.script import ScriptDirectory
+from typing import Any
 
 logger = logging.getLogger("automigrator")
 
@@ -123,13 +120,15 @@ def recall(cache_file: Path, config: str) -> tuple[str, ...] | None:
 
 
 def remember(
-    cache_file: Path, config: str, script: ScriptDirectory, heads: tuple[str, ...]
+    cache_file: Path,
+    config: str,
+    heads: tuple[str, ...],
+    *,
+    locations: list[str],
+    sourceless: bool,
+    recursive: bool,
 ) -> None:
-    """Keep the heads of a graph read from ``script`` for the next start."""
-    from ._alembic_compat import version_locations  # the caller has Alembic loaded
-
-    locations = version_locations(script)
-    sourceless, recursive = bool(script.sourceless), bool(script.recursive_version_locations)
+    """Keep ``heads``, read from the files under ``locations``, for the next start."""
     key = files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:
         return

@@ -1,8 +1,9 @@
 """The migration scripts of one migrator: config, Alembic's Config, the graph, remembered heads.
 
 The one place, with ``_alembic.py``, that reaches Alembic. Alembic itself is
-imported only when a graph is needed: a start at head with remembered heads
-does without it. The graph is read from the files' text for planning
+imported only when a graph is needed: a start at head with remembered heads,
+or with plain files in Alembic's default layout (``_plainheads``), does
+without it. The graph is read from the files' text for planning
 (``_textgraph``) and imported, as Alembic does, only to run the scripts.
 ``before_scripts`` runs in the worker thread around each import or run.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from . import _headcache
+from . import _headcache, _plainheads
 from ._configfile import Settings, read_settings
 from ._database import VersionTable, parse_url
 from ._status import AppliedRevision
@@ -118,11 +119,31 @@ class Scripts:
         self._script, self._graph, self._text_read = None, None, False
 
     def remembered_heads(self, target: str) -> tuple[str, ...] | None:
-        """The heads remembered from an earlier start, if the files are unchanged."""
+        """The heads known without Alembic: remembered, or read from plain files.
+
+        Remembered from an earlier start if the files are unchanged; else,
+        for Alembic's default layout of plain files, computed from their
+        text (and remembered for the next start where the folder is
+        writable). None when only Alembic can say.
+        """
         if target not in ("head", "heads") or self._graph or self._script:
             return None  # a pinned target, or the graph is at hand anyway
         where = self._cache_place()
-        return None if where is None else _headcache.recall(*where)
+        if where is None:
+            return None
+        heads = _headcache.recall(*where)
+        if heads is None and self._settings is not None:
+            plain = _plainheads.read(self._settings)
+            if plain is not None:
+                heads = plain.heads
+                _headcache.remember(
+                    *where,
+                    heads,
+                    locations=[str(plain.folder)],
+                    sourceless=False,
+                    recursive=plain.recursive,
+                )
+        return heads
 
     def _cache_place(self) -> tuple[Path, str] | None:
         # Keyed on the config file's bytes; a Config object built in code, on
@@ -176,7 +197,15 @@ class Scripts:
         self._graph = graph.script
         where = self._cache_place()
         if graph.plain and graph.heads and where is not None:
-            _headcache.remember(*where, graph.script, graph.heads)
+            from ._alembic_compat import version_locations
+
+            _headcache.remember(
+                *where,
+                graph.heads,
+                locations=version_locations(graph.script),
+                sourceless=bool(graph.script.sourceless),
+                recursive=bool(graph.script.recursive_version_locations),
+            )
 
     def imported(self) -> ScriptDirectory:
         """The scripts imported and checked, ready to run (once per attempt)."""

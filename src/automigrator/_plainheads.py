@@ -1,0 +1,117 @@
+"""The scripts' heads from the files' text alone: a cold start at head without Alembic.
+
+A new container starts with nothing remembered (often with a read-only
+script folder), and importing Alembic to build the graph costs about
+100 ms, most of such a start (docs/performance.md). When the config keeps
+Alembic's default layout (one ``versions`` folder under ``script_location``,
+no ``version_locations``, not ``sourceless``) and every file states its
+names plainly, the heads are computed here the way Alembic computes them:
+the revisions that no other names as a ``down_revision``. Anything this
+module does not fully understand (another layout, a computed name, an id
+used twice, a parent that does not exist, a cycle) returns None, and the
+caller asks Alembic. A property test holds the answer equal to Alembic's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._configfile import Settings
+from ._revisiontext import as_tuple, cycle, read_file
+
+# Alembic's own filter of revision file names (script/base.py,
+# ``_only_source_rev_file``): a .py file not starting with ".#" or "__init__".
+_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
+# SQLAlchemy's asbool, which Alembic's boolean options go through.
+_TRUE = frozenset(("true", "yes", "on", "y", "t", "1"))
+_FALSE = frozenset(("false", "no", "off", "n", "f", "0"))
+
+
+@dataclass(frozen=True)
+class PlainHeads:
+    """Heads computed without Alembic, and where they were read from."""
+
+    heads: tuple[str, ...]
+    """Sorted, as the rest of the package keeps heads."""
+    folder: Path
+    """The one version folder Alembic would read."""
+    recursive: bool
+
+
+def read(settings: Settings) -> PlainHeads | None:
+    """The heads of the scripts ``settings`` points at; None when Alembic must say."""
+    recursive = _default_layout(settings.layout)
+    folder = settings.script_folder()
+    if recursive is None or folder is None:
+        return None
+    versions = folder / "versions"
+    if not versions.is_dir():
+        return None  # Alembic would see no revisions: let it report that
+    parents: dict[str, tuple[str, ...]] = {}
+    depends: list[str] = []
+    labels: set[str] = set()
+    files = _revision_files(versions, recursive=recursive)
+    if files is None:
+        return None
+    for path in files:
+        names = read_file(path)
+        if names is None or names["revision"] in parents:
+            return None  # computed names, or an id used twice (Alembic keeps one)
+        parents[names["revision"]] = tuple(str(p) for p in as_tuple(names["down_revision"]))
+        depends.extend(str(d) for d in as_tuple(names.get("depends_on")))
+        labels.update(str(label) for label in as_tuple(names.get("branch_labels")))
+    if not parents:
+        return None
+    if any(p not in parents for ps in parents.values() for p in ps):
+        return None  # a parent that does not exist: Alembic's error, named by the caller
+    if any(d not in parents and d not in labels for d in depends):
+        return None
+    if cycle({rev: list(ps) for rev, ps in parents.items()}) is not None:
+        return None
+    # depends_on does not make a head: Alembic discards a head only for the
+    # revisions that name it as down_revision (RevisionMap.heads).
+    named = {p for ps in parents.values() for p in ps}
+    heads = tuple(sorted(rev for rev in parents if rev not in named))
+    return PlainHeads(heads, versions.absolute(), recursive)
+
+
+def _default_layout(layout: Mapping[str, object]) -> bool | None:
+    # Whether recursive_version_locations is on, for Alembic's default layout;
+    # None for any other layout (or a value this module would have to guess).
+    if layout.get("version_locations") or _flag(layout.get("sourceless")) is not False:
+        return None
+    return _flag(layout.get("recursive_version_locations"))
+
+
+def _flag(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _revision_files(versions: Path, *, recursive: bool) -> list[Path] | None:
+    # In Alembic's order (Script._list_py_dir): each folder's files sorted,
+    # sub-folders sorted and walked top-down, __pycache__ skipped. None if
+    # there is a symbolic link: Alembic skips a file it reaches twice by its
+    # real path, and walks linked folders differently by Python version;
+    # only it should judge those.
+    found: list[Path] = []
+    folders = [versions]
+    while folders:
+        folder = folders.pop(0)
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        if any(entry.is_symlink() for entry in entries):
+            return None
+        for entry in entries:
+            if not entry.is_dir() and _REVISION_FILE.match(entry.name):
+                found.append(Path(entry.path))
+        if recursive:
+            below = [e for e in entries if e.is_dir() and not e.name.endswith("__pycache__")]
+            folders[:0] = [Path(e.path) for e in below]
+    return found
