@@ -7,7 +7,8 @@ from ._group import MigratorGroup
 from ._lifespan import STATE_KEY, MigrationRunner
 from ._migrator import AutoMigrator
 from ._options import LockOption
-from ._plan import Plan
+from ._plan import PendingRevision, Plan
+from ._preview import Preview, preview
 from ._purge import Purged
 from ._scripts import BeforeScripts
 from ._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
@@ -86,9 +87,11 @@ __all__ = [
     "MigratorGroup",
     "MultipleHeadsError",
     "MySQLLock",
+    "PendingRevision",
     "Plan",
     "PoolerError",
     "PostgresAdvisoryLock",
+    "Preview",
     "ProcessLock",
     "PurgeAndRetry",
     "Purged",
@@ -103,4 +106,5 @@ __all__ = [
     "ShutdownRequestedError",
     "UnversionedDatabaseError",
     "VersionTable",
+    "preview",
 ]

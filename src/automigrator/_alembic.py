@@ -11,6 +11,7 @@ Alembic's and SQLAlchemy's errors are translated here, chained with ``from``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from ._configfile import config_error_text
 from ._contention import LiveRun, is_contention
 from ._database import VersionTable, display, mismatch, translate_error
 from ._logguard import LoggingGuard
-from ._plan import Plan
+from ._plan import PendingRevision, Plan
 from ._redaction import redact
 from ._status import AppliedRevision
 from ._textgraph import graph_problem
@@ -463,6 +464,58 @@ def upgrade(
         url=url,
         recorder=_Recorder(on_applied, version_table, should_stop, lock, live, on_step),
     )
+
+
+def render_offline(
+    cfg: Config, script: ScriptDirectory, target: str, current: Sequence[str], *, sql: bool
+) -> list[PendingRevision]:
+    """Each pending revision from ``current`` to ``target``; with ``sql``, its SQL.
+
+    Rendered one revision at a time through env.py in offline mode (``alembic
+    upgrade --sql``), each starting from the heads the ones before it leave, so
+    a revision that cannot be rendered is reported and the rest still are.
+    Nothing connects to the database (env.py's offline path takes a URL).
+    """
+    steps = list(upgrade_steps(script, target, tuple(current)))
+    heads = list(current)
+    rendered: list[PendingRevision] = []
+    with _RUN_LOCK, LoggingGuard():
+        for step in steps:
+            text, why = _render_step(cfg, script, step, heads) if sql else (None, None)
+            revision = step.revision
+            rendered.append(
+                PendingRevision(
+                    revision=step.revision.revision,
+                    down_revisions=tuple(step.from_revisions),
+                    message=str(revision.doc or "").strip(),
+                    path=str(revision.path),
+                    sql=text,
+                    not_renderable=why,
+                )
+            )
+            heads = [h for h in heads if h not in step.from_revisions] + [step.revision.revision]
+    return rendered
+
+
+def _render_step(
+    cfg: Config, script: ScriptDirectory, step: Any, heads: list[str]
+) -> tuple[str | None, str | None]:
+    buffer = io.StringIO()
+    env = EnvironmentContext(
+        cfg,
+        script,
+        fn=lambda rev, context: [step],
+        as_sql=True,
+        starting_rev=list(heads) or None,  # a list works: Alembic reads it with to_list()
+        destination_rev=step.revision.revision,
+        output_buffer=buffer,
+    )
+    try:
+        with env:
+            script.run_env()
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {first_line(exc)}"
+    return buffer.getvalue(), None
 
 
 def stamp(

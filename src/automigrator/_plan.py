@@ -63,3 +63,18 @@ def holds_heads(heads: tuple[str, ...], revisions: tuple[str, ...] | None, targe
         and set(revisions or ()) == set(heads)
         and (target == "heads" or len(heads) == 1)
     )
+
+
+@dataclass(frozen=True)
+class PendingRevision:
+    """A revision an upgrade would apply; with a preview's ``sql=True``, its SQL."""
+
+    revision: str
+    down_revisions: tuple[str, ...]
+    message: str
+    path: str
+    sql: str | None
+    """The SQL, or None when it could not be rendered."""
+    not_renderable: str | None
+    """Why it could not be rendered offline (it reads data through
+    ``op.get_bind()``, say), or None."""

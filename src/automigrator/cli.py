@@ -37,6 +37,7 @@ from ._configfile import read_multidb
 from ._database import display
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
+from ._preview import Preview, preview
 from ._redaction import mask_credentials
 from .errors import (
     AutomigratorError,
@@ -83,12 +84,14 @@ commands:
   upgrade   plan, lock, migrate, verify (the library's code path)
   check     exit 0 at head, 10 behind, 11 ahead, 12 several heads, 13 unreachable
   status    revisions, heads and pending revisions (--json for machines)
+  plan      the pending revisions, with --sql their SQL: no DDL, no lock
   wait      block until another process has migrated (init containers)
 
 examples:
   automigrator -c alembic.ini upgrade
   AUTOMIGRATOR_URL=postgresql+psycopg://app@db/app automigrator check
   automigrator status --json
+  automigrator plan --sql > pending.sql
   automigrator wait --timeout 600
 
 exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
@@ -143,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("check", parents=[after], help="is the database at the target?")
     status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    plan = commands.add_parser(
+        "plan", parents=[after], help="the pending revisions (and their SQL): nothing runs"
+    )
+    plan.add_argument(
+        "--sql", action="store_true", help="each revision's SQL, rendered offline by env.py"
+    )
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
     wait = commands.add_parser(
         "wait", parents=[after], help="block until the database is at the target"
     )
@@ -244,6 +254,10 @@ async def _command(args: argparse.Namespace) -> int:
         return 0
     runner = _runner(args.config, options)
     members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
+    if args.command == "plan":
+        previews = {name: await preview(m, sql=args.sql) for name, m in members.items()}
+        _print_previews(previews, as_json=args.json)
+        return 0
     reports: dict[str, dict[str, Any]] = {}
     behind: list[str] = []
     for name, migrator in members.items():
@@ -297,6 +311,27 @@ async def _command(args: argparse.Namespace) -> int:
             shown = ", ".join(value) if isinstance(value, list) else value
             print(f"{key:<{width}}  {shown or '-'}")
     return 0
+
+
+def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
+    if as_json:
+        data = {name: p.to_dict() for name, p in previews.items()}
+        print(json.dumps(data.get("", {"databases": data})))
+        return
+    # Valid SQL as a whole: everything but the SQL itself is a comment.
+    for name, shown in previews.items():
+        where = f"{name}: " if name else ""
+        print(
+            f"-- {where}{shown.database}: {shown.plan}, at "
+            f"{', '.join(shown.revisions) or 'base'}, target {', '.join(shown.heads)}, "
+            f"{len(shown.pending)} revision(s) pending"
+        )
+        for step in shown.pending:
+            print(f"-- {step.revision} {step.message} ({step.path})")
+            if step.not_renderable:
+                print(f"--   cannot be rendered offline: {step.not_renderable}")
+            elif step.sql is not None:
+                print(step.sql.rstrip("\n"))
 
 
 def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGroup:

@@ -1,0 +1,84 @@
+"""What an upgrade would do, without doing it: the pending revisions and their SQL.
+
+``preview(migrator)`` reads the plan (one short connection, as a start
+does), then lists each pending revision with its id, message and file; with
+``sql=True``, each one's SQL as Alembic's offline mode renders it, one
+revision at a time (``_alembic.render_offline``). No DDL runs and no lock is
+taken: another process may be migrating meanwhile, and the preview says what
+this one would have done from the revisions it read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from ._database import display
+from ._migrator import AutoMigrator
+from ._plan import PendingRevision, PlanKind
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The plan for one database, and what an upgrade would run."""
+
+    database: str
+    """The URL, password hidden."""
+    plan: PlanKind
+    revisions: tuple[str, ...]
+    """The database's revisions now."""
+    heads: tuple[str, ...]
+    """The target's revisions."""
+    pending: tuple[PendingRevision, ...]
+    """In the order an upgrade applies them."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values."""
+        data = asdict(self)
+        data["revisions"], data["heads"] = list(self.revisions), list(self.heads)
+        data["pending"] = [
+            {**asdict(step), "down_revisions": list(step.down_revisions)} for step in self.pending
+        ]
+        return data
+
+
+async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
+    """The pending revisions of ``migrator``'s database; with ``sql``, each one's SQL.
+
+    Raises what a start would refuse with, before rendering anything: a
+    database ahead of the code, several heads, tables without a version
+    table (and no ``baseline=``), an unreachable database. A revision that
+    cannot be rendered offline (it reads data through ``op.get_bind()``, or
+    env.py has no offline path) has ``not_renderable`` set, and the others
+    are still rendered.
+    """
+    plan = await migrator.plan()
+    refusal = plan.refusal(baseline=migrator.baseline, version_table=str(migrator.version_table))
+    if refusal is not None:
+        raise refusal
+    pending: list[PendingRevision] = []
+    if plan.kind != "at_head":
+        current = plan.db_revisions
+        if plan.kind == "unversioned" and migrator.baseline is not None:
+            current = (migrator.baseline,)  # a start stamps it there first
+        scripts = migrator.scripts
+
+        def render() -> list[PendingRevision]:
+            from . import _alembic  # imports Alembic: only when something is pending
+
+            script = scripts.imported()
+            with scripts.set_up():
+                return _alembic.render_offline(
+                    scripts.config, script, migrator.target, current, sql=sql
+                )
+
+        pending = await anyio.to_thread.run_sync(render)
+    return Preview(
+        database=display(migrator.url),
+        plan=plan.kind,
+        revisions=plan.db_revisions,
+        heads=plan.heads,
+        pending=tuple(pending),
+    )
