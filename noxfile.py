@@ -37,6 +37,28 @@ def matrix(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
     session.run("pytest", *session.posargs)
 
 
+# The floors pyproject.toml states, all at once, on the oldest Python: the
+# proof that they are floors (``nox -s floors``; pytest arguments after --).
+# FastAPI is held back to one that takes Starlette's floor.
+FLOORS = [
+    "alembic==1.13.2",
+    "sqlalchemy[asyncio]==2.0.24",
+    "anyio==4.4.0",
+    "starlette==0.37.2",
+    "filelock==3.12.0",
+    "fastapi==0.112.4",
+]
+
+
+@nox.session(python=MATRIX_PYTHONS[0], default=False)
+def floors(session: nox.Session) -> None:
+    """The tests with every core dependency at its stated floor."""
+    session.install("-e", ".[test]")
+    session.install(*FLOORS)
+    session.run("python", "-c", _VERSIONS)
+    session.run("pytest", *session.posargs)
+
+
 _VERSIONS = (
     "import sys, alembic, sqlalchemy; "
     "print('matrix: Python', sys.version.split()[0], '| SQLAlchemy', sqlalchemy.__version__, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import textwrap
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -87,12 +88,28 @@ def write_revision(project: Path, rev: Rev) -> None:
     (project / "migrations" / "versions" / f"{rev.id}.py").write_text(text)
 
 
+def set_version_locations(ini: Path, folder: Path) -> None:
+    """Point the ini's ``version_locations`` at ``folder``.
+
+    (make_project has taken the inline comment off the separator line.)
+    """
+    text = ini.read_text()
+    ini.write_text(text.replace("[alembic]\n", f"[alembic]\nversion_locations = {folder}\n", 1))
+
+
 def make_project(
     root: Path, revisions: tuple[Rev, ...] = CHAIN, *, template: str = "generic"
 ) -> Path:
     """An Alembic project under root (alembic.ini + migrations/); returns the ini path."""
     ini = root / "alembic.ini"
     command.init(Config(str(ini), stdout=io.StringIO()), str(root / "migrations"), template)
+    # Alembic before 1.16 reads its own template's "version_path_separator =
+    # os  # Use os.pathsep..." whole, and refuses it once version_locations
+    # is set: the line without its comment, as a user would fix it.
+    text = ini.read_text()
+    ini.write_text(
+        re.sub(r"^((?:version_)?path_separator = \S+)[ \t]+#.*$", r"\1", text, flags=re.M)
+    )
     for rev in revisions:
         write_revision(root, rev)
     return ini

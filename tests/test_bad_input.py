@@ -20,7 +20,7 @@ from automigrator import (
     PostgresAdvisoryLock,
 )
 from tests.conftest import server_url, tables
-from tests.project import Rev, write_revision
+from tests.project import Rev, set_version_locations, write_revision
 
 
 def test_missing_ini(tmp_path: Path) -> None:
@@ -194,9 +194,7 @@ def test_scripts_with_no_revision_never_make_a_database_ready(ini: Path, db_url:
     # version_locations: Alembic sees no revision at all.
     empty = ini.parent / "migrations" / "versions_elsewhere"
     empty.mkdir()
-    ini.write_text(
-        ini.read_text().replace("[alembic]\n", f"[alembic]\nversion_locations = {empty}\n", 1)
-    )
+    set_version_locations(ini, empty)
     migrator = AutoMigrator(ini, url=db_url)
 
     with pytest.raises(ConfigurationError, match="No revision file was found in") as caught:
@@ -214,9 +212,7 @@ def test_the_command_does_not_call_scripts_without_revisions_up_to_date(
 
     empty = ini.parent / "migrations" / "none_here"
     empty.mkdir()
-    ini.write_text(
-        ini.read_text().replace("[alembic]\n", f"[alembic]\nversion_locations = {empty}\n", 1)
-    )
+    set_version_locations(ini, empty)
 
     run = cli(ini, sqlite_url, "check")
 

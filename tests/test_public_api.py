@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import automigrator
 
@@ -16,6 +17,8 @@ def test_all_is_sorted_and_complete() -> None:
 def test_public_objects_have_docstrings() -> None:
     for name in automigrator.__all__:
         obj = getattr(automigrator, name)
+        if typing.get_origin(obj) is not None:
+            continue  # a type alias (Python 3.10 calls it a class): documented by its own line
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert inspect.getdoc(obj), f"{name} has no docstring"
 

@@ -193,7 +193,8 @@ def test_heads_equal_alembics_for_random_graphs(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graphs(), st.sampled_from(["ini", "toml"]))
+# toml configs came in Alembic 1.16.
+@given(graphs(), st.sampled_from(["ini", "toml"] if ALEMBIC >= (1, 16) else ["ini"]))
 def test_heads_computed_without_alembic_equal_alembics(
     graph: tuple[list[FakeRev], bool, int, bool], config_format: str
 ) -> None:
