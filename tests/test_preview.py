@@ -142,3 +142,16 @@ def test_plan_refuses_what_a_start_would_refuse(tmp_path: Path, sqlite_url: URL)
 
     assert out.returncode == 11  # as `check`: the database is ahead of the code
     assert "which these migration scripts do not know" in out.stderr
+
+
+def test_plan_shows_no_password(tmp_path: Path, pg_url: URL) -> None:
+    ini = make_project(tmp_path / "p", CHAIN)
+    with_password = pg_url.set(password="s3cret-Pw")  # trust auth: any password is taken
+
+    text = cli(ini, with_password, "plan", "--sql")
+    data = cli(ini, with_password, "plan", "--json")
+
+    assert text.returncode == data.returncode == 0, text.stderr
+    assert json.loads(data.stdout)["database"].startswith("postgresql+psycopg://postgres:***@")
+    for out in (text, data):
+        assert "s3cret-Pw" not in out.stdout + out.stderr
