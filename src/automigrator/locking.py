@@ -182,9 +182,6 @@ class _ServerLock:
         finally:
             timer.cancel()
 
-    def _unlock_params(self) -> dict[str, object]:
-        raise NotImplementedError
-
     def _held_query(self) -> sa.TextClause:
         raise NotImplementedError
 
@@ -269,9 +266,10 @@ class PostgresAdvisoryLock(_ServerLock):
         # so that a waiter's poll is one statement and one round trip.
         return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    def _unlock_params(self) -> dict[str, object]:
+    def _key_halves(self) -> dict[str, int]:
+        # pg_locks shows a bigint advisory key as two unsigned 32-bit halves.
         unsigned = self.key & 0xFFFFFFFFFFFFFFFF
-        return {"key": self.key, "hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
+        return {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}
 
     def _unlock(self, conn: Connection) -> None:
         conn.execute(sa.text("ROLLBACK"))  # ends the transaction, and the lock with it
@@ -282,7 +280,7 @@ class PostgresAdvisoryLock(_ServerLock):
     # until the next statement, and CREATE INDEX CONCURRENTLY would wait for
     # the idle transaction (forever: a deadlock with our own migration).
     def _held_query(self) -> sa.TextClause:
-        key = self._unlock_params()
+        key = self._key_halves()
         return sa.text(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             f"AND pid = pg_backend_pid() AND classid = {key['hi']:d} AND objid = {key['lo']:d} "
@@ -344,7 +342,7 @@ class PostgresAdvisoryLock(_ServerLock):
             "WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
         )
-        row = conn.execute(query, self._unlock_params()).first()
+        row = conn.execute(query, self._key_halves()).first()
         if row is None:
             return None
         who = f"pid {row.pid}"
@@ -381,11 +379,8 @@ class MySQLLock(_ServerLock):
         )
         return conn
 
-    def _unlock_params(self) -> dict[str, object]:
-        return {"name": self.name}
-
     def _unlock(self, conn: Connection) -> None:
-        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), self._unlock_params())
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
 
     def _held_query(self) -> sa.TextClause:
         return sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()").bindparams(name=self.name)
