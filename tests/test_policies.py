@@ -29,6 +29,7 @@ from automigrator import (
     RestoreBackup,
     Retry,
     SchemaAheadError,
+    UnsafeMigrationError,
     UnversionedDatabaseError,
 )
 from automigrator._database import VersionTable, create_engine
@@ -201,6 +202,11 @@ def not_the_migrations_fault(kind: str, ini: Path, url: URL) -> AutoMigrator:
         return AutoMigrator(ini, url=url, target="no_such_revision", on_failure=policy)
     elif kind == "lock_timeout":
         return AutoMigrator(ini, url=url, lock_timeout=0.5, on_failure=policy)
+    elif kind == "unsafe":  # lint="refuse": the old version still reads the column
+        (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+        body = 'with op.batch_alter_table("users") as b:\n    b.drop_column("email")'
+        write_revision(ini.parent, Rev("r3", "r2", "drop email", body))
+        return AutoMigrator(ini, url=url, lint="refuse", on_failure=policy)
     elif kind == "unversioned":
         engine = sa.create_engine(url, poolclass=sa.NullPool)
         with engine.begin() as conn:
@@ -215,6 +221,7 @@ KINDS = {
     "configuration": ConfigurationError,
     "lock_timeout": LockTimeoutError,
     "unversioned": UnversionedDatabaseError,
+    "unsafe": UnsafeMigrationError,
 }
 
 

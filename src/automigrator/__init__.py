@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ._database import VersionTable
+from ._findings import LintFinding
 from ._group import MigratorGroup
 from ._lifespan import STATE_KEY, MigrationRunner
+from ._lint import LintMode, LintReport
 from ._migrator import AutoMigrator
 from ._options import LockOption
 from ._plan import PendingRevision, Plan
-from ._preview import Preview, preview
+from ._preview import Preview, lint, preview
 from ._purge import Purged
 from ._scripts import BeforeScripts
 from ._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
@@ -26,6 +28,7 @@ from .errors import (
     SchemaAheadError,
     SchemaBehindError,
     ShutdownRequestedError,
+    UnsafeMigrationError,
     UnversionedDatabaseError,
 )
 from .events import Event
@@ -75,6 +78,9 @@ __all__ = [
     "Failure",
     "FailurePolicy",
     "HealthApp",
+    "LintFinding",
+    "LintMode",
+    "LintReport",
     "LockLostError",
     "LockOption",
     "LockTimeoutError",
@@ -104,7 +110,9 @@ __all__ = [
     "SchemaAheadError",
     "SchemaBehindError",
     "ShutdownRequestedError",
+    "UnsafeMigrationError",
     "UnversionedDatabaseError",
     "VersionTable",
+    "lint",
     "preview",
 ]

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from configparser import Error as ConfigParserError
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
-from ._alembic_compat import stamp_steps, upgrade_steps, version_locations
+from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps, version_locations
 from ._configfile import config_error_text
 from ._contention import LiveRun, is_contention
 from ._database import VersionTable, display, mismatch, translate_error
@@ -467,7 +468,13 @@ def upgrade(
 
 
 def render_offline(
-    cfg: Config, script: ScriptDirectory, target: str, current: Sequence[str], *, sql: bool
+    cfg: Config,
+    script: ScriptDirectory,
+    target: str,
+    current: Sequence[str],
+    *,
+    sql: bool,
+    operations: dict[str, list[Any]] | None = None,
 ) -> list[PendingRevision]:
     """Each pending revision from ``current`` to ``target``; with ``sql``, its SQL.
 
@@ -475,12 +482,18 @@ def render_offline(
     upgrade --sql``), each starting from the heads the ones before it leave, so
     a revision that cannot be rendered is reported and the rest still are.
     Nothing connects to the database (env.py's offline path takes a URL).
+    With ``operations``, each revision's Alembic operations (``op.add_column``
+    is an ``AddColumnOp``), as it invokes them, are listed there by revision.
     """
     steps = list(upgrade_steps(script, target, tuple(current)))
     heads = list(current)
     rendered: list[PendingRevision] = []
-    with _RUN_LOCK, LoggingGuard():
+    with _RUN_LOCK, LoggingGuard(), ExitStack() as stack:
+        stack.enter_context(_quiet_offline_lines())
+        recorded = stack.enter_context(recording_operations()) if operations is not None else None
         for step in steps:
+            if recorded is not None and operations is not None:
+                recorded.into = operations.setdefault(step.revision.revision, [])
             text, why = _render_step(cfg, script, step, heads) if sql else (None, None)
             revision = step.revision
             rendered.append(
@@ -495,6 +508,25 @@ def render_offline(
             )
             heads = [h for h in heads if h not in step.from_revisions] + [step.revision.revision]
     return rendered
+
+
+@contextmanager
+def _quiet_offline_lines() -> Iterator[None]:
+    # Alembic logs "Running upgrade a -> b" in offline mode as it does when it
+    # runs one: in a server's log, a lint or a preview would read as a
+    # migration. Dropped for this thread only (a filter on the logger, which
+    # env.py's fileConfig() leaves in place).
+    thread = threading.get_ident()
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return record.thread != thread
+
+    target = logging.getLogger("alembic.runtime.migration")
+    target.addFilter(quiet)
+    try:
+        yield
+    finally:
+        target.removeFilter(quiet)
 
 
 def _render_step(

@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 Loader = Callable[[Any, Any], types.ModuleType]
 
 _patch_lock = threading.Lock()
+_invoke_lock = threading.Lock()
 
 
 def version_locations(script: ScriptDirectory) -> list[str]:
@@ -62,3 +63,49 @@ def loading_modules_with(loader: Loader) -> Iterator[Loader]:
             yield previous
         finally:
             alembic.util.load_python_file = previous  # type: ignore[assignment]
+
+
+class Recorded:
+    """The operations invoked in one thread while :func:`recording_operations` is on."""
+
+    def __init__(self) -> None:
+        self.into: list[Any] | None = None
+        """Where the next operations go; None: nowhere."""
+
+
+@contextmanager
+def recording_operations() -> Iterator[Recorded]:
+    """List each operation a revision invokes (``op.add_column`` is an ``AddColumnOp``).
+
+    Every ``op.*`` call, and each one inside ``op.batch_alter_table``, goes
+    through ``AbstractOperations.invoke`` (public since Alembic 1.11, on
+    ``Operations`` before; both checked); we wrap it for the block. The patch
+    is process-wide, so it answers only the calling thread. A batch
+    operation on SQLite is recorded and not rendered (see below).
+    """
+    from alembic.operations import BatchOperations, Operations
+
+    owner = next(c for c in Operations.__mro__ if "invoke" in vars(c))
+    recorded, thread = Recorded(), threading.get_ident()
+    original = vars(owner)["invoke"]
+
+    def invoke(self: Any, operation: Any) -> Any:
+        if recorded.into is not None and threading.get_ident() == thread:
+            recorded.into.append(operation)
+            if (
+                isinstance(self, BatchOperations)
+                and self.migration_context.dialect.name == "sqlite"
+            ):
+                # SQLite rebuilds the table for most batch operations, which
+                # offline mode cannot do (no table to reflect; the block would
+                # raise at its end): recorded, not rendered, so the operations
+                # after the block are still seen.
+                return None
+        return original(self, operation)
+
+    with _invoke_lock:
+        owner.invoke = invoke  # type: ignore[attr-defined]
+        try:
+            yield recorded
+        finally:
+            owner.invoke = original  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from ._contention import DdlTimeouts
 from ._database import VersionTable, create_engine, display, lock_engine
 from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
+from ._lint import Linter, LintMode
 from ._options import LockOption, check_options
 from ._plan import Plan
 from ._planner import read_plan
@@ -109,6 +110,9 @@ class AutoMigrator(MigrationRunner):
         when_ahead: a database ahead of the code (a rollback deploy):
             ``"refuse"`` (default: :class:`~automigrator.SchemaAheadError`, as a
             wrong URL looks the same) or ``"serve"`` (ready, with a warning).
+        lint: check the pending revisions before any DDL (the Plan and lint
+            page): ``"warn"`` (default), ``"refuse"`` or ``"off"``.
+        lint_rows: tables with fewer rows pass the rules that depend on size.
     """
 
     def __init__(
@@ -139,6 +143,8 @@ class AutoMigrator(MigrationRunner):
         ddl_lock_retries: int = 10,
         progress_interval: float = 10.0,
         when_ahead: Literal["refuse", "serve"] = "refuse",
+        lint: LintMode = "warn",
+        lint_rows: int = 100_000,
     ) -> None:
         check_options(
             target=target,
@@ -169,26 +175,18 @@ class AutoMigrator(MigrationRunner):
             self.enabled, self._switch_source = read_switch(env_var, default=default_enabled)
         else:
             self.enabled, self._switch_source = enabled, f"enabled={enabled}"
-        self.target = target
+        self.target, self.baseline, self.mode = target, baseline, mode
         self.on_failure: FailurePolicy = on_failure if on_failure is not None else Fail()
         self.lock_option: LockOption = lock
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
         self.version_table = VersionTable(version_table, version_table_schema)
-        self.baseline = baseline
-        self.mode = mode
-        self.when_disabled = when_disabled
+        self.when_disabled, self.when_ahead = when_disabled, when_ahead
         self.check_timeout = float(check_timeout)
         self.before_scripts = before_scripts
-        self.when_ahead = when_ahead
         self._checking = mode == "check"
         self._reporter = Reporter()
-        self._waiter = Waiter(
-            self._reporter,
-            url=self.url,
-            connect_timeout=self.connect_timeout,
-            lock_timeout=self.lock_timeout,
-        )
+        self._waiter = Waiter(self._reporter, self.url, self.connect_timeout, self.lock_timeout)
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
         self._backups = Backups(self._engine, self.version_table)
@@ -200,6 +198,7 @@ class AutoMigrator(MigrationRunner):
             timeouts=DdlTimeouts(ddl_lock_timeout, ddl_lock_retries),
             progress_interval=progress_interval,
         )
+        self.linter = Linter(self.scripts, self._engine, target, lint, lint_rows, ddl_lock_timeout)
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
         self._preplanned: Plan | AutomigratorError | None = None
@@ -358,6 +357,7 @@ class AutoMigrator(MigrationRunner):
         if plan.kind == "at_head":
             logger.info("Another process brought the schema to head before we took the lock")
             return
+        await self.linter.before_upgrade(plan, self._reporter, baseline=self.baseline)
         if isinstance(self.on_failure, BeforeUpgrade):
             await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
         if plan.kind == "unversioned":

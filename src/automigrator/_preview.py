@@ -1,11 +1,12 @@
-"""What an upgrade would do, without doing it: the pending revisions and their SQL.
+"""What an upgrade would do, without doing it: the pending revisions, their SQL, their lint.
 
 ``preview(migrator)`` reads the plan (one short connection, as a start
 does), then lists each pending revision with its id, message and file; with
 ``sql=True``, each one's SQL as Alembic's offline mode renders it, one
 revision at a time (``_alembic.render_offline``). No DDL runs and no lock is
 taken: another process may be migrating meanwhile, and the preview says what
-this one would have done from the revisions it read.
+this one would have done from the revisions it read. ``lint(migrator)``
+judges the same revisions (``_lint``), weighed by the live tables' sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 
 from ._database import display
+from ._lint import LintReport
 from ._migrator import AutoMigrator
 from ._plan import PendingRevision, PlanKind
 
@@ -82,3 +84,31 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
         heads=plan.heads,
         pending=tuple(pending),
     )
+
+
+async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintReport:
+    """The lint of the revisions an upgrade of ``migrator``'s database would apply.
+
+    Each finding names the revision, the rule, the table and its rows (read
+    from the live database), why it is unsafe and the safe way; see
+    :attr:`LintReport.flagged <automigrator.LintReport.flagged>`. Nothing
+    runs and no lock is taken. Refuses as :func:`preview` does.
+
+    ``since``: lint, without a database, every revision after ``since``
+    (``"base"`` for all of them), each as if the database stood just before
+    it with big tables (for CI, where no live database tells the sizes).
+    """
+    linter = migrator.linter
+    if since is not None:
+        start: tuple[str, ...] = () if since == "base" else (since,)
+        return await anyio.to_thread.run_sync(lambda: linter.report(start, live=False, each=True))
+    plan = await migrator.plan()
+    refusal = plan.refusal(baseline=migrator.baseline, version_table=str(migrator.version_table))
+    if refusal is not None:
+        raise refusal
+    if plan.kind == "at_head":
+        return LintReport(display(migrator.url), (), (), (), None, linter.rows)
+    current = plan.db_revisions
+    if plan.kind == "unversioned" and migrator.baseline is not None:
+        current = (migrator.baseline,)
+    return await anyio.to_thread.run_sync(lambda: linter.report(current))

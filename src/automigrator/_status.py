@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._findings import LintFinding
 from .errors import ErrorKind
 
 
@@ -114,6 +115,9 @@ class MigrationStatus:
     """Revisions tried again after a lock timeout, deadlock or serialization failure."""
     ahead: tuple[str, ...] = ()
     """With ``when_ahead="serve"``: the database's revisions this code does not know."""
+    lint: tuple[LintFinding, ...] = ()
+    """The lint's flagged findings on the pending revisions (``lint="warn"`` or
+    ``"refuse"``): which revision, rule and table, and how many rows."""
     databases: Mapping[str, MigrationStatus] | None = None
     """A :class:`~automigrator.MigratorGroup`'s members' statuses, by name; None otherwise."""
 
@@ -161,6 +165,10 @@ class MigrationStatus:
             ],
             "ddl_retries": self.ddl_retries,
             "ahead": list(self.ahead),
+            "lint": [
+                {"revision": f.revision, "rule": f.rule, "table": f.table, "rows": f.rows}
+                for f in self.lint
+            ],
         }
         if self.databases is not None:
             data["databases"] = {name: s.to_dict() for name, s in self.databases.items()}

@@ -113,7 +113,7 @@ class Waiter:
     """The two waits of a migrator: for the database, and for the migration lock."""
 
     def __init__(
-        self, reporter: Reporter, *, url: URL, connect_timeout: float, lock_timeout: float
+        self, reporter: Reporter, url: URL, connect_timeout: float, lock_timeout: float
     ) -> None:
         self.reporter = reporter
         self.url = url

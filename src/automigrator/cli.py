@@ -36,8 +36,9 @@ import anyio
 from ._configfile import read_multidb
 from ._database import display
 from ._group import MigratorGroup
+from ._lint import LintReport
 from ._migrator import AutoMigrator
-from ._preview import Preview, preview
+from ._preview import Preview, lint, preview
 from ._redaction import mask_credentials
 from .errors import (
     AutomigratorError,
@@ -51,6 +52,7 @@ from .errors import (
     SchemaAheadError,
     SchemaBehindError,
     ShutdownRequestedError,
+    UnsafeMigrationError,
     UnversionedDatabaseError,
 )
 from .policies import Chain, Fail, FailurePolicy, LogAndContinue, PurgeAndRetry, Retry
@@ -68,9 +70,11 @@ EXIT_CODES: dict[type[AutomigratorError], int] = {
     LockTimeoutError: 13,
     LockLostError: 13,
     UnversionedDatabaseError: 14,
+    UnsafeMigrationError: 15,
     ShutdownRequestedError: 130,
 }
 BEHIND = 10
+UNSAFE = 15
 
 POLICIES: dict[str, FailurePolicy] = {
     "fail": Fail(),
@@ -85,6 +89,8 @@ commands:
   check     exit 0 at head, 10 behind, 11 ahead, 12 several heads, 13 unreachable
   status    revisions, heads and pending revisions (--json for machines)
   plan      the pending revisions, with --sql their SQL: no DDL, no lock
+  lint      the pending revisions' unsafe operations (exit 15 if any), weighed by
+            the live tables' sizes; --since REV|base lints without a database
   wait      block until another process has migrated (init containers)
 
 examples:
@@ -92,11 +98,16 @@ examples:
   AUTOMIGRATOR_URL=postgresql+psycopg://app@db/app automigrator check
   automigrator status --json
   automigrator plan --sql > pending.sql
+  automigrator lint --since base
   automigrator wait --timeout 600
 
 exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
-12 several heads, 13 unreachable or lock timeout, 14 unversioned, 130 stopped
+12 several heads, 13 unreachable or lock timeout, 14 unversioned, 15 unsafe
+(lint), 130 stopped
 """
+
+
+_LINT_ROWS_HELP = "tables with fewer rows pass the rules that depend on size (100000)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,6 +141,16 @@ def parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("--baseline", help="stamp an unversioned database at this revision")
     upgrade.add_argument(
+        "--lint",
+        choices=("warn", "refuse", "off"),
+        default="warn",
+        help="before any DDL, lint the pending revisions: log (warn, the default), refuse "
+        "(exit 15, nothing changed) or off",
+    )
+    upgrade.add_argument(
+        "--lint-rows", type=int, default=100_000, metavar="N", help=_LINT_ROWS_HELP
+    )
+    upgrade.add_argument(
         "--ddl-lock-timeout",
         type=_seconds_or_none,
         default=2.0,
@@ -153,6 +174,26 @@ def parser() -> argparse.ArgumentParser:
         "--sql", action="store_true", help="each revision's SQL, rendered offline by env.py"
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    linting = commands.add_parser(
+        "lint", parents=[after], help="unsafe operations in the pending revisions (exit 15)"
+    )
+    linting.add_argument(
+        "--since",
+        metavar="REV",
+        help="lint every revision after REV ('base': all), without a database, each as if "
+        "its tables were big",
+    )
+    linting.add_argument(
+        "--lint-rows", type=int, default=100_000, metavar="N", help=_LINT_ROWS_HELP
+    )
+    linting.add_argument(
+        "--ddl-lock-timeout",
+        type=_seconds_or_none,
+        default=2.0,
+        metavar="S",
+        help="as upgrade's: 'none' makes revisions without a lock timeout a finding",
+    )
+    linting.add_argument("--json", action="store_true", help="machine-readable output")
     wait = commands.add_parser(
         "wait", parents=[after], help="block until the database is at the target"
     )
@@ -239,12 +280,14 @@ async def _command(args: argparse.Namespace) -> int:
     }
     if args.lock_url:
         options["lock_url"] = args.lock_url
+    if args.command in ("upgrade", "lint"):
+        options.update(lint_rows=args.lint_rows, ddl_lock_timeout=args.ddl_lock_timeout)
     if args.command == "upgrade":
         options.update(
             on_failure=POLICIES[args.on_failure],
             baseline=args.baseline,
-            ddl_lock_timeout=args.ddl_lock_timeout,
             ddl_lock_retries=args.ddl_lock_retries,
+            lint=args.lint,
         )
         status = await _runner(args.config, options).run()
         return 0 if status.state.value in ("ready", "degraded") else 1
@@ -258,6 +301,10 @@ async def _command(args: argparse.Namespace) -> int:
         previews = {name: await preview(m, sql=args.sql) for name, m in members.items()}
         _print_previews(previews, as_json=args.json)
         return 0
+    if args.command == "lint":
+        linted = {name: await lint(m, since=args.since) for name, m in members.items()}
+        _print_lint(linted, as_json=args.json)
+        return UNSAFE if any(r.flagged for r in linted.values()) else 0
     reports: dict[str, dict[str, Any]] = {}
     behind: list[str] = []
     for name, migrator in members.items():
@@ -332,6 +379,26 @@ def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
                 print(f"--   cannot be rendered offline: {step.not_renderable}")
             elif step.sql is not None:
                 print(step.sql.rstrip("\n"))
+
+
+def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
+    if as_json:
+        data = {name: r.to_dict() for name, r in reports.items()}
+        print(json.dumps(data.get("", {"databases": data})))
+        return
+    for name, report in reports.items():
+        where = f"{name}: " if name else ""
+        squawk = "with squawk" if report.squawk else "without squawk"
+        print(
+            f"{where}{report.database}: {len(report.revisions)} revision(s) linted "
+            f"({squawk}; tables under {report.threshold:,} rows pass the size rules), "
+            f"{len(report.flagged)} finding(s)"
+        )
+        for f in report.findings:
+            label = {"flagged": "UNSAFE", "allowed": "allowed", "small": "passed"}[f.verdict]
+            print(f"{label}: {f} [{f.path}]")
+        for revision, why in report.not_linted:
+            print(f"not linted past its failure: revision {revision} ({why})")
 
 
 def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGroup:

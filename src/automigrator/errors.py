@@ -14,6 +14,7 @@ AutomigratorError                 every error the library raises
 ├── ContentionError               kind "contention": a revision met a busy table, deadlock
 ├── MigrationError                kind "migration": a revision failed, or did not stick
 │   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
+├── UnsafeMigrationError          kind "unsafe": lint="refuse" found an unsafe revision
 └── ShutdownRequestedError        kind "shutdown": the server stopped us while we waited
 ```
 
@@ -28,7 +29,10 @@ SQLAlchemy are translated into this tree in one place and chained
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ._findings import LintFinding
 
 __all__ = [
     "AlreadyPurgedError",
@@ -45,6 +49,7 @@ __all__ = [
     "SchemaAheadError",
     "SchemaBehindError",
     "ShutdownRequestedError",
+    "UnsafeMigrationError",
     "UnversionedDatabaseError",
     "first_line",
 ]
@@ -57,6 +62,7 @@ ErrorKind = Literal[
     "unversioned",
     "migration",
     "contention",
+    "unsafe",
     "shutdown",
 ]
 
@@ -231,6 +237,37 @@ class AlreadyPurgedError(MigrationError):
             "start over by hand, restore or drop the backup and remove the purge marker."
         )
         self.backup = backup
+
+
+class UnsafeMigrationError(AutomigratorError):
+    """``lint="refuse"``: a pending revision would lock a busy table or break the old version.
+
+    Raised under the lock before any DDL, so nothing changed. ``findings``
+    says which revision, rule and table, and how many rows.
+    """
+
+    kind: ErrorKind = "unsafe"
+
+    def __init__(self, message: str = "", *, findings: tuple[LintFinding, ...] = ()) -> None:
+        if not message:
+            first = findings[0]
+            more = f" (and {len(findings) - 1} more: see the log)" if len(findings) > 1 else ""
+            message = (
+                f"Not migrating: {first}{more}. Nothing was changed (lint='refuse'). Fix "
+                f"{first.path or 'the revision'}, allow the rule there with a comment "
+                f"'# automigrator: allow={first.rule}', or set lint='warn'."
+            )
+        super().__init__(message)
+        self.findings = findings
+
+    @classmethod
+    def unlinted(cls, exc: BaseException) -> UnsafeMigrationError:
+        """The lint itself could not run; under ``lint="refuse"`` that refuses too."""
+        return cls(
+            f"Not migrating: the pending revisions could not be linted ({first_line(exc)}), "
+            "and lint='refuse' admits only revisions it has checked. Nothing was changed. "
+            "Render them with 'automigrator plan --sql' to see why, or set lint='warn'."
+        )
 
 
 class ShutdownRequestedError(AutomigratorError):

@@ -6,6 +6,7 @@ database, the lock, or in check mode for another process's migration),
 ``migrating``, ``revision_applied``, ``blocked`` (who keeps the running
 revision waiting for a table lock changed: ``status.blocked_by``),
 ``ddl_retry`` (a revision that met a busy table is tried again),
+``lint`` (the lint flagged pending revisions before the upgrade: ``status.lint``),
 ``decision`` (a failure policy's), and
 the end: ``ready``, ``degraded``, ``failed`` or ``disabled``.
 
@@ -34,6 +35,7 @@ EventName = Literal[
     "revision_applied",
     "blocked",
     "ddl_retry",
+    "lint",
     "decision",
     "ready",
     "degraded",

@@ -6,7 +6,10 @@
   scripts' head;
 - :func:`assert_models_match` fails a test when the migrated schema differs
   from the SQLAlchemy models (Alembic's autogenerate comparison), so a model
-  change without its revision is caught in CI, not in production.
+  change without its revision is caught in CI, not in production;
+- :func:`assert_migrations_are_safe` fails a test when a revision would lock
+  a busy table or break the old version still serving (the lint), so an
+  unsafe revision is caught in review, not in the deploy.
 
 Each works from a plain test and from an async one (pytest-asyncio, anyio):
 the work runs on its own event loop in a worker thread. The app's own
@@ -26,10 +29,11 @@ from sqlalchemy import MetaData
 from ._database import create_engine
 from ._group import MigratorGroup
 from ._lifespan import MigrationRunner
+from ._lint import LintReport
 from ._migrator import AutoMigrator
 from ._status import MigrationStatus
 
-__all__ = ["assert_at_head", "assert_models_match", "upgrade"]
+__all__ = ["assert_at_head", "assert_migrations_are_safe", "assert_models_match", "upgrade"]
 
 T = TypeVar("T")
 
@@ -106,3 +110,22 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     # event loop (an async test), where anyio.run() is refused.
     with concurrent.futures.ThreadPoolExecutor(1, "automigrator-testing") as pool:
         return pool.submit(anyio.run, work).result()
+
+
+def assert_migrations_are_safe(migrator: AutoMigrator, *, since: str = "base") -> LintReport:
+    """Fail (``AssertionError``) if the lint flags any revision after ``since``.
+
+    No database is needed: each revision is judged as if the database stood
+    just before it, with big tables (the sizes are the deploy's to know).
+    Allow a rule in a revision that has made its peace with it by a comment
+    in its file (``# automigrator: allow=drop-column``). Pass the revision
+    production is at as ``since`` to judge only the new ones. Returns the
+    report (allowed findings included) when nothing is flagged.
+    """
+    report = migrator.linter.report(() if since == "base" else (since,), live=False, each=True)
+    if report.flagged:
+        found = "\n".join(f"- {f} [{f.path}]" for f in report.flagged)
+        raise AssertionError(
+            f"{len(report.flagged)} unsafe operation(s) in the revisions after {since}:\n{found}"
+        )
+    return report

@@ -1,0 +1,66 @@
+"""A lint finding: one pending operation that is unsafe on a live database, and why.
+
+Kept apart from the lint itself (``_lint``), which imports Alembic: the
+status and the errors carry findings, and they must import without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+RowsAre = Literal["exact", "estimate", "more_than"]
+"""How ``rows`` is known: counted; the server's estimate; or a count stopped
+past the threshold (the table has more than ``rows``)."""
+Verdict = Literal["flagged", "allowed", "small"]
+"""``flagged``: unsafe; ``allowed``: unsafe, but its revision's file allows the
+rule; ``small``: the rule only matters on a big table, and this one is small."""
+
+
+@dataclass(frozen=True)
+class LintFinding:
+    """An operation of a pending revision that locks a busy table or breaks the old version."""
+
+    revision: str
+    rule: str
+    """``index-not-concurrent``, ``drop-column``, ... (see the docs' rule list);
+    ``squawk:<rule>`` for a rule of squawk's that automigrator has no name for."""
+    table: str | None
+    """The table it touches (``schema.table`` outside the default schema);
+    None when it could not be told from raw SQL."""
+    why: str
+    """What goes wrong on a live database."""
+    instead: str
+    """The safe way to do it."""
+    verdict: Verdict = "flagged"
+    rows: int | None = None
+    """The table's rows, read from the live database (the server's estimate
+    on PostgreSQL and MySQL/MariaDB, a count up to the threshold otherwise);
+    None when not read (no database, or the table was not found)."""
+    rows_are: RowsAre = "exact"
+    weighed: bool = False
+    """Whether the rule depends on the table's size (a lock held while the
+    table is scanned or rewritten) rather than on the old version's code."""
+    source: Literal["automigrator", "squawk"] = "automigrator"
+    path: str = ""
+    """The revision's file."""
+
+    def __str__(self) -> str:
+        on = f" on {self.table}" if self.table else ""
+        size = "" if not self.weighed else f" ({_rows(self.rows, self.rows_are)})"
+        text = f"revision {self.revision}: {self.rule}{on}{size}: {self.why}"
+        if self.verdict == "allowed":
+            return f"{text} (allowed by its file)"
+        if self.verdict == "small":
+            return f"{text} (passed: the table is small)"
+        return f"{text}. Instead: {self.instead}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values."""
+        return asdict(self)
+
+
+def _rows(rows: int | None, known: RowsAre) -> str:
+    if rows is None:
+        return "size unknown"
+    return {"exact": "", "estimate": "about ", "more_than": "more than "}[known] + f"{rows:,} rows"

@@ -1,0 +1,300 @@
+"""The lint: which pending operations would lock a busy table or break the old version.
+
+Each pending revision is rendered offline (``_alembic.render_offline``, as
+``automigrator plan --sql`` does), and the Alembic operations it invokes are
+recorded on the way. The operation rules (``_lintrules``) judge those on
+every dialect; on PostgreSQL, squawk (``_squawk``), where installed, judges
+the rendered SQL too. Operations on a table the plan creates first are
+exempt (no one uses it yet); a revision's file may allow a rule
+(``# automigrator: allow=drop-column``). Then the live database is asked how
+big the tables are (``_tablesizes``): a rule that only costs a lock while the
+table is scanned passes on a table under the threshold.
+
+At start-up (``lint="warn"``, the default) the findings are logged, kept in
+the status and announced as a ``lint`` event; ``lint="refuse"`` raises
+:class:`~automigrator.UnsafeMigrationError` before any DDL, which the failure
+policy sees like any failure. It runs under the lock, only when something is
+pending: a start at head stays one query.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+
+from ._database import display
+from ._findings import LintFinding
+from ._plan import PendingRevision, Plan
+from ._reporting import Reporter
+from ._scripts import Scripts
+from .errors import ConfigurationError, UnsafeMigrationError, first_line
+from .events import Event
+
+logger = logging.getLogger("automigrator")
+
+LintMode = Literal["warn", "refuse", "off"]
+_MODES = ("warn", "refuse", "off")
+_ALLOW = re.compile(r"#\s*automigrator:\s*allow\s*=\s*([\w:,\- ]+)")
+
+
+@dataclass(frozen=True)
+class LintReport:
+    """What the lint found in the pending revisions, each finding with its verdict."""
+
+    database: str
+    """The URL, password hidden."""
+    revisions: tuple[str, ...]
+    """The revisions linted, in the order an upgrade applies them."""
+    findings: tuple[LintFinding, ...]
+    not_linted: tuple[tuple[str, str], ...]
+    """(revision, why): revisions that could not be rendered offline; their
+    operations before that point were still checked."""
+    squawk: str | None
+    """The squawk that judged the SQL, or None (not PostgreSQL, not installed, off)."""
+    threshold: int
+    """Tables with fewer rows pass the rules that depend on size."""
+
+    @property
+    def flagged(self) -> tuple[LintFinding, ...]:
+        """The findings that count: neither allowed nor on a small table."""
+        return tuple(f for f in self.findings if f.verdict == "flagged")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values."""
+        return {
+            "database": self.database,
+            "revisions": list(self.revisions),
+            "findings": [f.to_dict() for f in self.findings],
+            "flagged": len(self.flagged),
+            "not_linted": [{"revision": r, "why": why} for r, why in self.not_linted],
+            "squawk": self.squawk,
+            "threshold": self.threshold,
+        }
+
+
+class Linter:
+    """Lints the revisions an upgrade would apply, before it applies them."""
+
+    def __init__(
+        self,
+        scripts: Scripts,
+        engine: Engine,
+        target: str,
+        mode: LintMode,
+        rows: int,
+        ddl_lock_timeout: float | None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ConfigurationError(f"lint must be one of {', '.join(_MODES)}; got {mode!r}.")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ConfigurationError(f"lint_rows must be a whole number >= 0, got {rows!r}.")
+        self.scripts, self.engine, self.target = scripts, engine, target
+        self.mode: LintMode = mode
+        self.rows = rows
+        self.ddl_lock_timeout = ddl_lock_timeout
+
+    def report(
+        self, current: tuple[str, ...], *, live: bool = True, each: bool = False
+    ) -> LintReport:
+        """Lint the revisions from ``current`` to the target (blocking: run it in a thread).
+
+        ``live``: read the tables' sizes from the database. ``each``: judge
+        every revision as if the database stood just before it (for CI, with
+        no live database: a table only its own revision creates is exempt).
+        """
+        from . import _alembic, _lintrules, _squawk  # they import Alembic
+
+        operations: dict[str, list[Any]] = {}
+        with self.scripts.set_up():
+            pending = _alembic.render_offline(
+                self.scripts.config,
+                self.scripts.imported(),
+                self.target,
+                current,
+                sql=True,
+                operations=operations,
+            )
+        dialect = self.engine.dialect.name
+        created: set[str] = set()
+        new_by: dict[str, set[str]] = {}  # the tables each revision may touch freely
+        found: list[LintFinding] = []
+        for step in pending:
+            if each:
+                created = set()
+            found += _lintrules.check(
+                operations.get(step.revision, ()),
+                dialect=dialect,
+                lock_timeout=self.ddl_lock_timeout is not None,
+                created=created,
+                revision=step.revision,
+                path=step.path,
+            )
+            new_by[step.revision] = set(created)
+        squawk = _squawk.find() if dialect == "postgresql" else None
+        if squawk is not None:
+            raw = {r: _raw_sql(ops) for r, ops in operations.items()}
+            found += self._squawked(squawk, pending, found, new_by, raw)
+        allowed = {step.revision: _allowances(step.path) for step in pending}
+        found = [_allowed(f, allowed[f.revision]) for f in found]
+        if live:
+            found = self._weighed(found)
+        return LintReport(
+            database=display(self.engine.url),
+            revisions=tuple(step.revision for step in pending),
+            findings=tuple(found),
+            not_linted=tuple((s.revision, s.not_renderable) for s in pending if s.not_renderable),
+            squawk=squawk,
+            threshold=self.rows,
+        )
+
+    def _squawked(
+        self,
+        binary: str,
+        pending: list[PendingRevision],
+        found: list[LintFinding],
+        new_by: dict[str, set[str]],
+        raw: dict[str, list[str]],
+    ) -> list[LintFinding]:
+        # The operation rules know what each op.* call means (a varchar only
+        # widened, a table made earlier); squawk, which sees only SQL, has
+        # the last word on raw SQL (op.execute) and adds the rules we lack.
+        from . import _lintrules, _squawk
+
+        try:
+            hits = _squawk.run(binary, {s.revision: s.sql for s in pending if s.sql})
+        except _squawk.SquawkError as exc:
+            logger.warning("Lint: squawk was not used (%s); the operation rules still apply", exc)
+            return []
+        paths = {s.revision: s.path for s in pending}
+        more: list[LintFinding] = []
+        for revision, revision_hits in hits.items():
+            for hit in revision_hits:
+                if hit.table is not None and _among(hit.table, new_by[revision]):
+                    continue
+                rule = _squawk.SAME_AS.get(hit.rule)
+                if rule == "no-lock-timeout" and self.ddl_lock_timeout is not None:
+                    continue  # automigrator sets it on the connection, where SQL cannot show it
+                if rule is None:
+                    more.append(
+                        LintFinding(
+                            revision=revision,
+                            rule=f"squawk:{hit.rule}",
+                            table=hit.table,
+                            why=hit.message.rstrip("."),
+                            instead=hit.help or f"see squawk's rule {hit.rule}",
+                            source="squawk",
+                            path=paths[revision],
+                        )
+                    )
+                    continue
+                if not any(hit.statement in text for text in raw.get(revision, ())):
+                    continue  # an op.* call: the operation rules judged it
+                seen = found + more
+                if any(
+                    f.revision == revision and f.rule == rule and _same(f.table, hit.table)
+                    for f in seen
+                ):
+                    continue
+                made = _lintrules.finding(rule, hit.table, revision=revision, path=paths[revision])
+                more.append(replace(made, source="squawk"))
+        return more
+
+    def _weighed(self, found: list[LintFinding]) -> list[LintFinding]:
+        from ._tablesizes import row_counts
+
+        tables = sorted(
+            {_split(f.table) for f in found if f.weighed and f.verdict == "flagged" and f.table},
+            key=str,
+        )
+        counts = row_counts(self.engine, tables, self.rows)
+        weighed = []
+        for f in found:
+            if f.weighed and f.verdict == "flagged" and f.table:
+                size = counts.get(_split(f.table))
+                if size is not None:
+                    small = size[1] != "more_than" and size[0] < self.rows
+                    f = replace(
+                        f, rows=size[0], rows_are=size[1], verdict="small" if small else "flagged"
+                    )
+            weighed.append(f)
+        return weighed
+
+    async def before_upgrade(
+        self, plan: Plan, reporter: Reporter, *, baseline: str | None
+    ) -> None:
+        """At start-up, under the lock and before any DDL: lint ``plan``'s pending revisions.
+
+        Logs and reports the findings; with ``lint="refuse"``, raises
+        :class:`~automigrator.UnsafeMigrationError` if any is flagged (or if the
+        lint could not run at all).
+        """
+        if self.mode == "off" or plan.kind == "empty":
+            return  # an empty database has no table to lock, no old version to break
+        current = (baseline,) if plan.kind == "unversioned" and baseline else plan.db_revisions
+        try:
+            report = await anyio.to_thread.run_sync(lambda: self.report(current))
+        except Exception as exc:  # the lint informs; only "refuse" makes it a gate
+            if self.mode == "refuse":
+                raise UnsafeMigrationError.unlinted(exc) from exc
+            logger.warning("Lint: could not check the pending revisions: %s", first_line(exc))
+            return
+        for f in report.findings:
+            logger.log(logging.WARNING if f.verdict == "flagged" else logging.INFO, "Lint: %s", f)
+        for revision, why in report.not_linted:
+            logger.warning(
+                "Lint: revision %s cannot be rendered offline (%s): its operations after that "
+                "point were not checked",
+                revision,
+                why,
+            )
+        if report.flagged:
+            reporter.set(lint=report.flagged)
+            reporter.emit(Event("lint", reporter.status))
+            if self.mode == "refuse":
+                raise UnsafeMigrationError(findings=report.flagged)
+
+
+def _raw_sql(operations: list[Any]) -> list[str]:
+    from alembic.operations import ops
+
+    from ._squawk import folded
+
+    return [folded(str(op.sqltext)) for op in operations if isinstance(op, ops.ExecuteSQLOp)]
+
+
+def _allowances(path: str) -> set[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return {
+        rule.strip() for match in _ALLOW.findall(text) for rule in match.split(",") if rule.strip()
+    }
+
+
+def _allowed(f: LintFinding, allowed: set[str]) -> LintFinding:
+    names = {f.rule, f.rule.removeprefix("squawk:")}
+    return replace(f, verdict="allowed") if names & allowed else f
+
+
+def _split(table: str) -> tuple[str | None, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or None, name)
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    # squawk sees "public.t" where the operation said "t" (the default schema).
+    if a is None or b is None:
+        return a is b
+    one_qualified = ("." in a) != ("." in b)
+    return a == b or (one_qualified and a.rpartition(".")[2] == b.rpartition(".")[2])
+
+
+def _among(table: str, tables: set[str]) -> bool:
+    return any(_same(table, t) for t in tables)

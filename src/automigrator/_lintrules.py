@@ -1,0 +1,247 @@
+"""The lint's rules on Alembic's operation objects, one dialect at a time.
+
+Each rule says what goes wrong on a live database with the old version of
+the application still serving, and the safe way instead. They read the
+operations a revision invokes (``op.create_index(...)`` is a
+``CreateIndexOp``), so they work where no SQL can be rendered and on every
+dialect; squawk (``_squawk``) adds its own on PostgreSQL's rendered SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from alembic.operations import ops
+from sqlalchemy import CHAR, Enum, String
+from sqlalchemy.types import to_instance
+
+from ._findings import LintFinding
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's name, the dialects it applies to, and what it tells the user."""
+
+    name: str
+    dialects: frozenset[str]
+    weighed: bool
+    """True: a lock held while the table is scanned or rewritten, harmless on a
+    small table. False: the old version breaks, or queries queue, at any size."""
+    why: str
+    instead: str
+
+
+_PG, _MY, _LITE = "postgresql", "mysql", "sqlite"
+# A table made by raw SQL (op.execute) is as new as one made by op.create_table.
+_CREATE_TABLE = re.compile(
+    r'\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?((?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?)',
+    re.IGNORECASE,
+)
+_ALL = frozenset({_PG, _MY, _LITE})
+_OLD_VERSION = "the old version of the application, still serving during the deploy, "
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            "index-not-concurrent",
+            frozenset({_PG}),
+            True,
+            "CREATE INDEX blocks every write to the table until the index is built",
+            "create it with postgresql_concurrently=True inside "
+            "op.get_context().autocommit_block() (CONCURRENTLY cannot run in a transaction)",
+        ),
+        Rule(
+            "add-not-null-column",
+            _ALL,
+            False,
+            "a NOT NULL column without a server default fails on a table with rows, and "
+            + _OLD_VERSION
+            + "inserts rows without it",
+            "add it nullable or with a server_default, backfill, and make it NOT NULL "
+            "in a later release",
+        ),
+        Rule(
+            "change-column-type",
+            _ALL,
+            True,
+            "changing a column's type rewrites the table while holding a lock that "
+            "blocks its reads and writes",
+            "add a column of the new type, write both, backfill, move the reads, and drop "
+            "the old column in a later release",
+        ),
+        Rule(
+            "add-constraint",
+            frozenset({_PG}),
+            True,
+            "adding a foreign key, check or unique constraint scans the table (or builds "
+            "an index) while blocking its writes",
+            "add a foreign key or check with postgresql_not_valid=True and VALIDATE "
+            "CONSTRAINT it in a later revision; for unique, CREATE UNIQUE INDEX "
+            "CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX",
+        ),
+        Rule(
+            "set-not-null",
+            frozenset({_PG, _MY}),
+            True,
+            "SET NOT NULL scans the whole table (MySQL/MariaDB rebuild it) while holding "
+            "a lock that blocks its writes",
+            "on PostgreSQL 12+, add CHECK (column IS NOT NULL) NOT VALID, VALIDATE it, then "
+            "SET NOT NULL (no scan); elsewhere, at a quiet time",
+        ),
+        Rule(
+            "drop-column",
+            _ALL,
+            False,
+            _OLD_VERSION + "still reads and writes the column",
+            "stop using it in one release (remove it from the models), drop it in the next",
+        ),
+        Rule(
+            "drop-table",
+            _ALL,
+            False,
+            _OLD_VERSION + "still reads and writes the table",
+            "stop using it in one release, drop it in the next",
+        ),
+        Rule(
+            "rename-column",
+            _ALL,
+            False,
+            _OLD_VERSION + "still uses the old name",
+            "add the new column, write both, backfill, move the reads, and drop the old one "
+            "in a later release",
+        ),
+        Rule(
+            "rename-table",
+            _ALL,
+            False,
+            _OLD_VERSION + "still uses the old name",
+            "create the new table (or a view under the old name), move the code over, and "
+            "drop the old one in a later release",
+        ),
+        Rule(
+            "no-lock-timeout",
+            frozenset({_PG, _MY}),
+            False,
+            "without a lock timeout, a statement waiting for its table lock (behind one "
+            "long query) makes every later query on the table wait behind it",
+            "keep ddl_lock_timeout set (the default, 2 s), or SET lock_timeout in the revision",
+        ),
+    )
+}
+
+
+def finding(rule: str, table: str | None, *, revision: str, path: str) -> LintFinding:
+    """``rule``'s finding on ``table`` in ``revision``."""
+    known = RULES[rule]
+    return LintFinding(
+        revision=revision,
+        rule=rule,
+        table=table,
+        why=known.why,
+        instead=known.instead,
+        weighed=known.weighed,
+        path=path,
+    )
+
+
+def table_name(name: str, schema: str | None) -> str:
+    """How findings name a table: ``schema.table`` outside the default schema."""
+    return f"{schema}.{name}" if schema else name
+
+
+def check(
+    operations: Iterable[ops.MigrateOperation],
+    *,
+    dialect: str,
+    lock_timeout: bool,
+    created: set[str],
+    revision: str,
+    path: str,
+) -> Iterator[LintFinding]:
+    """The findings of one revision's operations, in order.
+
+    ``created`` holds the tables the plan created before (exempt: nothing
+    uses them yet); this revision's new tables are added to it.
+    ``lock_timeout``: whether automigrator sets one for each revision.
+    """
+    dialect = _MY if dialect == "mariadb" else dialect
+    locked: str | None = None  # the first existing table the revision locks
+    sets_timeout = False
+    for op in operations:
+        if isinstance(op, ops.ExecuteSQLOp):
+            sql = str(op.sqltext)
+            sets_timeout |= "lock_timeout" in sql.lower()
+            created.update(m.group(1).replace('"', "") for m in _CREATE_TABLE.finditer(sql))
+            continue
+        if isinstance(op, ops.CreateTableOp):
+            created.add(table_name(op.table_name, op.schema))
+            continue
+        table = _table_of(op)
+        if table is None or table in created:
+            if isinstance(op, ops.RenameTableOp) and table in created:
+                created.add(table_name(op.new_table_name, op.schema))
+            continue
+        locked = locked or table
+        for rule in _rules_for(op, dialect):
+            if dialect in RULES[rule].dialects:
+                yield finding(rule, table, revision=revision, path=path)
+    if locked and not lock_timeout and not sets_timeout and dialect in (_PG, _MY):
+        yield finding("no-lock-timeout", locked, revision=revision, path=path)
+
+
+def _table_of(op: ops.MigrateOperation) -> str | None:
+    if isinstance(op, ops.CreateForeignKeyOp):
+        return table_name(op.source_table, op.kw.get("source_schema"))
+    name = getattr(op, "table_name", None)
+    return table_name(name, getattr(op, "schema", None)) if isinstance(name, str) else None
+
+
+def _rules_for(op: ops.MigrateOperation, dialect: str) -> Iterator[str]:
+    if isinstance(op, ops.CreateIndexOp):
+        if not op.kw.get("postgresql_concurrently"):
+            yield "index-not-concurrent"
+    elif isinstance(op, ops.AddColumnOp):
+        column = op.column
+        generated = column.computed is not None or column.identity is not None
+        if not column.nullable and column.server_default is None and not generated:
+            yield "add-not-null-column"
+    elif isinstance(op, ops.AlterColumnOp):
+        yield from _alter_column(op, dialect)
+    elif isinstance(op, (ops.CreateForeignKeyOp, ops.CreateCheckConstraintOp)):
+        if not op.kw.get("postgresql_not_valid"):
+            yield "add-constraint"
+    elif isinstance(op, ops.CreateUniqueConstraintOp):
+        yield "add-constraint"
+    elif isinstance(op, ops.DropColumnOp):
+        yield "drop-column"
+    elif isinstance(op, ops.DropTableOp):
+        yield "drop-table"
+    elif isinstance(op, ops.RenameTableOp):
+        yield "rename-table"
+
+
+def _alter_column(op: ops.AlterColumnOp, dialect: str) -> Iterator[str]:
+    if op.modify_name is not None:
+        yield "rename-column"
+    if op.modify_type is not None and not _widened(op, dialect):
+        yield "change-column-type"
+    if op.modify_nullable is False and op.existing_nullable is not False:
+        yield "set-not-null"
+
+
+def _widened(op: ops.AlterColumnOp, dialect: str) -> bool:
+    # PostgreSQL changes varchar(n) to a longer varchar or to text without a
+    # rewrite: the values are already valid (binary coercible).
+    old, new = to_instance(op.existing_type), to_instance(op.modify_type)  # sa.Text or sa.Text()
+    if dialect != _PG or not _varchar(old) or not _varchar(new):
+        return False
+    return new.length is None or (old.length is not None and new.length >= old.length)
+
+
+def _varchar(kind: object) -> TypeGuard[String]:
+    # varchar or text; CHAR pads and an ENUM is a type of its own: both rewrite.
+    return isinstance(kind, String) and not isinstance(kind, (CHAR, Enum))
