@@ -89,7 +89,7 @@ def bench(session: nox.Session) -> None:
         name, *rest = session.posargs
         session.run("python", "-m", f"benchmarks.{name}", *rest)
         return
-    for name in ("startup", "lag", "replicas", "live", "reaping"):
+    for name in ("startup", "lag", "replicas", "live", "reaping", "lint"):
         session.run("python", "-m", f"benchmarks.{name}")
 
 

@@ -26,6 +26,7 @@ import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -90,11 +91,12 @@ def history(rounds: int, scratch: Path) -> None:
     for label, url, squawk in cases:
         if squawk:
             os.environ["AUTOMIGRATOR_SQUAWK"] = squawk
-        times, found = [], 0
+        times: list[float] = []
+        found = 0
         for _ in range(rounds):
             migrator = AutoMigrator(ini, url=sa.make_url(url))
             started = time.perf_counter()
-            report = anyio.run(lambda m=migrator: lint(m, since=first))
+            report = anyio.run(partial(lint, migrator, since=first))
             times.append(time.perf_counter() - started)
             found = len(report.flagged)
         os.environ.pop("AUTOMIGRATOR_SQUAWK", None)

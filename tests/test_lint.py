@@ -14,6 +14,8 @@ import logging
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from automigrator import (
 )
 from automigrator.policies import Chain, Fail, PurgeAndRetry
 from automigrator.testing import assert_migrations_are_safe
-from tests.conftest import revisions, rows, tables
+from tests.conftest import make_db_url, revisions, rows, tables
 from tests.project import Rev, make_project
 from tests.test_cli import cli
 
@@ -229,6 +231,13 @@ FILL = {
     "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) "
     "INSERT INTO items (name, qty) SELECT 'n' || x, x FROM c",
 }
+LOCK = {
+    "postgresql": "LOCK TABLE items IN ACCESS EXCLUSIVE MODE",
+    "mariadb": "LOCK TABLES items WRITE",
+}
+# Guards against a hang only: a size query that waited for the lock would
+# wait as long as the holder (the test) keeps it.
+HANG_GUARD = 60
 ANALYZE = {"postgresql": "ANALYZE items", "mariadb": "ANALYZE TABLE items", "sqlite": None}
 # The weighed rule each dialect has for an ordinary revision.
 WEIGHED = {
@@ -282,6 +291,43 @@ def test_the_same_revision_is_refused_on_a_big_table_and_applied_on_a_small_one(
     assert status.state is MigrationState.READY
     assert revisions(db_url) == {"r2"}
     assert status.lint == ()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    yield from make_db_url(request.param, tmp_path)
+
+
+def test_a_locked_table_is_not_waited_for_and_counts_as_big(
+    tmp_path: Path, server_url: URL
+) -> None:
+    url, server = server_url, dialect(server_url)
+    ini = project(tmp_path / "p", WEIGHED[server])
+    at_base(ini, url)
+    fill(url, 10)  # small: it would pass, if its size could be read
+    holder = sa.create_engine(url, poolclass=sa.NullPool).connect()
+    holder.exec_driver_sql(LOCK[server])  # another session holds the table
+    reports: list[Any] = []
+    linting = threading.Thread(
+        target=lambda: reports.append(anyio.run(lambda: lint(AutoMigrator(ini, url=url)))),
+        daemon=True,
+    )
+    try:
+        linting.start()
+        linting.join(HANG_GUARD)
+        finished = not linting.is_alive()
+    finally:
+        if server == "mariadb":
+            holder.exec_driver_sql("UNLOCK TABLES")
+        holder.rollback()
+        holder.close()
+    linting.join()
+
+    assert finished  # it did not wait for the lock
+    (finding,) = reports[0].flagged
+    assert finding.table == "items"
+    assert finding.rows is None
+    assert "size unknown" in str(finding)
 
 
 def test_warn_logs_reports_and_announces_then_migrates(
