@@ -487,6 +487,21 @@ def test_squawk_and_the_operation_rules_report_one_problem_once(
     ]
 
 
+def test_a_squawk_that_cannot_run_is_said_and_the_operation_rules_still_apply(
+    tmp_path: Path, pg_url: URL, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    ini = project(tmp_path / "p", 'op.create_index("ix_name", "items", ["name"])')
+    at_base(ini, pg_url)
+    monkeypatch.setenv("AUTOMIGRATOR_SQUAWK", str(tmp_path / "no-such-squawk"))
+
+    with caplog.at_level(logging.WARNING, logger="automigrator"):
+        report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint_rows=0)))
+
+    assert report.squawk is None
+    assert [f.rule for f in report.flagged] == ["index-not-concurrent"]
+    assert any("squawk was not used" in r.getMessage() for r in caplog.records)
+
+
 # -- CI: the command line and the pytest helper ---------------------------------------------
 
 

@@ -139,7 +139,11 @@ class Linter:
         squawk = _squawk.find() if dialect == "postgresql" else None
         if squawk is not None:
             raw = {r: _raw_sql(ops) for r, ops in operations.items()}
-            found += self._squawked(squawk, pending, found, new_by, raw)
+            try:
+                found += self._squawked(squawk, pending, found, new_by, raw)
+            except _squawk.SquawkError as exc:
+                logger.warning("Lint: squawk was not used (%s); the operation rules apply", exc)
+                squawk = None
         allowed = {step.revision: _allowances(step.path) for step in pending}
         found = [_allowed(f, allowed[f.revision]) for f in found]
         if live:
@@ -161,16 +165,13 @@ class Linter:
         new_by: dict[str, set[str]],
         raw: dict[str, list[str]],
     ) -> list[LintFinding]:
+        """squawk's findings beyond the operation rules'; raises ``SquawkError``."""
         # The operation rules know what each op.* call means (a varchar only
         # widened, a table made earlier); squawk, which sees only SQL, has
         # the last word on raw SQL (op.execute) and adds the rules we lack.
         from . import _lintrules, _squawk
 
-        try:
-            hits = _squawk.run(binary, {s.revision: s.sql for s in pending if s.sql})
-        except _squawk.SquawkError as exc:
-            logger.warning("Lint: squawk was not used (%s); the operation rules still apply", exc)
-            return []
+        hits = _squawk.run(binary, {s.revision: s.sql for s in pending if s.sql})
         paths = {s.revision: s.path for s in pending}
         more: list[LintFinding] = []
         for revision, revision_hits in hits.items():

@@ -107,9 +107,6 @@ exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 """
 
 
-_LINT_ROWS_HELP = "tables with fewer rows pass the rules that depend on size (100000)"
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, minus the passwords: a usage error may quote ``--url`` back."""
 
@@ -131,7 +128,24 @@ def parser() -> argparse.ArgumentParser:
     after = _Parser(add_help=False)
     _common(after, defaults=False)
     commands = root.add_subparsers(dest="command", required=True, metavar="command")
-    upgrade = commands.add_parser("upgrade", parents=[after], help="migrate to the target")
+    # What upgrade and lint share: the lint's threshold, and the DDL lock
+    # timeout (whose absence the lint flags).
+    linted = _Parser(add_help=False)
+    linted.add_argument(
+        "--lint-rows",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="tables with fewer rows pass the rules that depend on size (100000)",
+    )
+    linted.add_argument(
+        "--ddl-lock-timeout",
+        type=_seconds_or_none,
+        default=2.0,
+        metavar="S",
+        help="seconds a migration statement may wait for a table lock (2; 'none': the server's)",
+    )
+    upgrade = commands.add_parser("upgrade", parents=[after, linted], help="migrate to the target")
     upgrade.add_argument(
         "--on-failure",
         choices=sorted(POLICIES),
@@ -146,16 +160,6 @@ def parser() -> argparse.ArgumentParser:
         default="warn",
         help="before any DDL, lint the pending revisions: log (warn, the default), refuse "
         "(exit 15, nothing changed) or off",
-    )
-    upgrade.add_argument(
-        "--lint-rows", type=int, default=100_000, metavar="N", help=_LINT_ROWS_HELP
-    )
-    upgrade.add_argument(
-        "--ddl-lock-timeout",
-        type=_seconds_or_none,
-        default=2.0,
-        metavar="S",
-        help="seconds a migration statement may wait for a table lock (2; 'none': the server's)",
     )
     upgrade.add_argument(
         "--ddl-lock-retries",
@@ -175,23 +179,15 @@ def parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     linting = commands.add_parser(
-        "lint", parents=[after], help="unsafe operations in the pending revisions (exit 15)"
+        "lint",
+        parents=[after, linted],
+        help="unsafe pending operations (exit 15)",
     )
     linting.add_argument(
         "--since",
         metavar="REV",
         help="lint every revision after REV ('base': all), without a database, each as if "
         "its tables were big",
-    )
-    linting.add_argument(
-        "--lint-rows", type=int, default=100_000, metavar="N", help=_LINT_ROWS_HELP
-    )
-    linting.add_argument(
-        "--ddl-lock-timeout",
-        type=_seconds_or_none,
-        default=2.0,
-        metavar="S",
-        help="as upgrade's: 'none' makes revisions without a lock timeout a finding",
     )
     linting.add_argument("--json", action="store_true", help="machine-readable output")
     wait = commands.add_parser(
@@ -348,7 +344,7 @@ async def _command(args: argparse.Namespace) -> int:
             print(f"automigrator: behind: {line}", file=sys.stderr)
         return BEHIND if behind else 0
     if args.json:
-        print(json.dumps(reports.get("", {"databases": reports})))
+        _print_json(reports)
         return 0
     for name, report in reports.items():
         if name:
@@ -360,10 +356,14 @@ async def _command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(by_name: dict[str, dict[str, Any]]) -> None:
+    # One database: its object; a group: {"databases": {name: object}}.
+    print(json.dumps(by_name.get("", {"databases": by_name})))
+
+
 def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
     if as_json:
-        data = {name: p.to_dict() for name, p in previews.items()}
-        print(json.dumps(data.get("", {"databases": data})))
+        _print_json({name: p.to_dict() for name, p in previews.items()})
         return
     # Valid SQL as a whole: everything but the SQL itself is a comment.
     for name, shown in previews.items():
@@ -383,8 +383,7 @@ def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
 
 def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
     if as_json:
-        data = {name: r.to_dict() for name, r in reports.items()}
-        print(json.dumps(data.get("", {"databases": data})))
+        _print_json({name: r.to_dict() for name, r in reports.items()})
         return
     for name, report in reports.items():
         where = f"{name}: " if name else ""
