@@ -6,7 +6,7 @@ Two figures, printed, never asserted:
   it and stays open for 10 s; a reader runs ``SELECT count(*)`` on it in a
   loop; a revision adds a column. Printed: the longest single SELECT and
   the migration's wall time, for plain ``alembic upgrade`` and for
-  automigrator (default ``ddl_lock_timeout``), on PostgreSQL and MariaDB.
+  automigrator (default ``ddl.lock_timeout``), on PostgreSQL and MariaDB.
 - **cic**: one revision with five ``CREATE INDEX CONCURRENTLY`` (in an
   autocommit block) on a 20,000-row PostgreSQL table, applied by one
   replica alone and by one of four replicas started together (three wait

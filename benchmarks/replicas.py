@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from tests.processes import ConnectionPeak
 
-from automigrator._headcache import FILE_NAME
+from automigrator.scripts._headcache import FILE_NAME
 from benchmarks.history import make_history
 
 ROOT = Path(__file__).resolve().parents[1]

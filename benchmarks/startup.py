@@ -41,7 +41,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 from tests.corpus import alembic_heads, corpus_project, stamp
 
-from automigrator._headcache import FILE_NAME
+from automigrator.scripts._headcache import FILE_NAME
 from benchmarks.history import make_history
 from benchmarks.replicas import ROOT, available, fresh_database
 

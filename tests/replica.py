@@ -16,11 +16,12 @@ from automigrator import (
     PurgeAndRetry,
     RestoreBackup,
     Retry,
+    Timeouts,
 )
 from automigrator.policies import FailurePolicy
 
 # AM_POLICY=appliance: the documented recipe for unattended boxes. AM_LOCK_TIMEOUT
-# and AM_LOCK_URL set lock_timeout= and lock_url=.
+# and AM_LOCK_URL set Timeouts(lock=) and lock_url=.
 POLICIES: dict[str, FailurePolicy] = {
     "appliance": Chain(Retry(delay=0.1), PurgeAndRetry(keep=3), LogAndContinue()),
     "restore": RestoreBackup(),
@@ -35,7 +36,7 @@ def main() -> None:
         ini,
         url=url,
         on_failure=policy,
-        lock_timeout=float(os.environ.get("AM_LOCK_TIMEOUT", "300")),
+        timeouts=Timeouts(lock=float(os.environ.get("AM_LOCK_TIMEOUT", "300"))),
         lock_url=os.environ.get("AM_LOCK_URL"),
     )
     print("ready", flush=True)

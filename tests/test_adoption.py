@@ -14,7 +14,7 @@ import anyio
 import sqlalchemy as sa
 
 from automigrator import AutoMigrator, MigrationState
-from automigrator._database import sync_url
+from automigrator.database._connections import sync_url
 from automigrator.testing import assert_models_match
 from tests.conftest import revisions
 from tests.test_testing_helpers import EXAMPLE, example_app  # noqa: F401 (a fixture)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -13,11 +15,19 @@ from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
+    Chain,
     ConfigurationError,
     DatabaseUnavailableError,
+    Ddl,
+    Lint,
     LogAndContinue,
     MigrationState,
     PostgresAdvisoryLock,
+    PurgeAndRetry,
+    Retry,
+    Switch,
+    Timeouts,
+    VersionTable,
 )
 from tests.conftest import server_url, tables
 from tests.project import Rev, set_version_locations, write_revision
@@ -118,10 +128,53 @@ def test_bad_lock_and_policy_arguments(ini: Path) -> None:
         AutoMigrator(ini, url="sqlite://", lock="postgres")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="not a failure policy"):
         AutoMigrator(ini, url="sqlite://", on_failure="continue")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="lock_timeout"):
-        AutoMigrator(ini, url="sqlite://", lock_timeout=0)
-    with pytest.raises(ConfigurationError, match="connect_timeout"):
-        AutoMigrator(ini, url="sqlite://", connect_timeout=-1)
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        (lambda: Timeouts(lock=0), r"Timeouts\(lock=0\): lock must be"),
+        (lambda: Timeouts(connect=-1), r"Timeouts\(connect=-1\)"),
+        (lambda: Timeouts(check=math.nan), r"Timeouts\(check=nan\)"),
+        (lambda: Timeouts(lock=math.inf), r"Timeouts\(lock=inf\)"),
+        (
+            lambda: Timeouts(shutdown="30"),  # type: ignore[arg-type]
+            r"Timeouts\(shutdown='30'\)",
+        ),
+        (lambda: Ddl(lock_timeout=math.inf), r"Ddl\(lock_timeout=inf\)"),
+        (lambda: Ddl(retries=True), r"Ddl\(retries=True\)"),
+        (
+            lambda: Lint(mode="loud"),  # type: ignore[arg-type]
+            r"Lint\(mode='loud'\): use 'warn' or 'refuse' or 'off'",
+        ),
+        (lambda: Lint(rows=-1), r"Lint\(rows=-1\)"),
+        (
+            lambda: Switch(when_disabled="wait"),  # type: ignore[arg-type]
+            r"Switch\(when_disabled='wait'\)",
+        ),
+        (lambda: Switch(env_var=""), r"Switch\(env_var=''\)"),
+        (lambda: Retry(times=0), r"Retry\(times=0"),
+        (lambda: Chain(), "Chain needs failure policies"),
+        (lambda: PurgeAndRetry(keep=0), r"PurgeAndRetry\(max_attempts=1, keep=0\)"),
+    ],
+)
+def test_bad_settings_are_named_where_they_are_built(build: Any, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        build()
+
+
+def test_settings_shorthands_and_objects_are_the_same(ini: Path) -> None:
+    short = AutoMigrator(ini, url="sqlite://", lint="refuse", version_table="v", enabled=False)
+    full = AutoMigrator(
+        ini,
+        url="sqlite://",
+        lint=Lint(mode="refuse"),
+        version_table=VersionTable("v"),
+        enabled=Switch(enabled=False),
+    )
+    assert short.settings == full.settings
+    with pytest.raises(ConfigurationError, match="pass a Timeouts"):
+        AutoMigrator(ini, url="sqlite://", timeouts=5)  # type: ignore[arg-type]
 
 
 def test_sqlite_in_a_missing_folder(ini: Path, tmp_path: Path) -> None:
@@ -154,7 +207,7 @@ def test_unreachable_server_is_unavailable_without_the_password(
 ) -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once.
     url = sa.make_url("postgresql+psycopg://postgres:s3cr3t-pw@127.0.0.1:1/test")
-    migrator = AutoMigrator(ini, url=url, connect_timeout=0)
+    migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=0))
 
     with caplog.at_level(logging.DEBUG), pytest.raises(DatabaseUnavailableError) as caught:
         anyio.run(migrator.run)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, DatabaseUnavailableError
+from automigrator import AutoMigrator, DatabaseUnavailableError, Timeouts
 from tests.conftest import server_url
 from tests.faults import Background, Proxy
 
@@ -26,7 +26,7 @@ def test_a_silent_server_makes_the_start_give_up_at_its_deadline(
     with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
         proxy.blackhole()
         url: URL = real.set(host="127.0.0.1", port=proxy.port)
-        migrator = AutoMigrator(ini, url=url, connect_timeout=connect_timeout)
+        migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=connect_timeout))
         run = Background(migrator)
         error = run.result()  # joined with a bound: a hang fails the test
 
@@ -41,17 +41,16 @@ def test_a_waiter_whose_connection_freezes_mid_try_keeps_its_deadline(ini: Path)
     # connections go through a proxy that freezes while it waits: the server's
     # lock_timeout answer never reaches it, and no RST comes either.
     from automigrator import LockTimeoutError, MigrationState
-    from automigrator._database import VersionTable, create_engine
     from automigrator.locking import lock_for
     from tests.conftest import fresh_database
 
     for real in fresh_database("postgresql"):
-        holder = lock_for(create_engine(real), VersionTable())
+        holder = lock_for(real)
         assert holder.acquire(0)
         try:
             with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
                 url = real.set(host="127.0.0.1", port=proxy.port)
-                migrator = AutoMigrator(ini, url=url, lock_timeout=30)
+                migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(lock=30))
                 run = Background(migrator)
                 while migrator.status.waiting_for != "lock":
                     assert run.thread.is_alive(), run.error

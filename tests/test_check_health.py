@@ -20,6 +20,8 @@ from automigrator import (
     MigrationState,
     SchemaAheadError,
     SchemaBehindError,
+    Switch,
+    Timeouts,
 )
 from tests.conftest import revisions
 from tests.processes import start_replicas
@@ -35,7 +37,7 @@ def test_check_mode_at_head_starts_without_migrating(ini: Path, db_url: URL) -> 
 
 
 def test_check_mode_waits_for_another_process_to_migrate(ini: Path, db_url: URL) -> None:
-    checker = AutoMigrator(ini, url=db_url, mode="check", check_timeout=120)
+    checker = AutoMigrator(ini, url=db_url, mode="check", timeouts=Timeouts(check=120))
     seen: list[object] = []
 
     async def main() -> None:
@@ -59,13 +61,17 @@ def test_check_mode_waits_for_another_process_to_migrate(ini: Path, db_url: URL)
 
 
 def test_check_mode_gives_up_through_the_policy(ini: Path, sqlite_url: URL) -> None:
-    migrator = AutoMigrator(ini, url=sqlite_url, mode="check", check_timeout=1)
+    migrator = AutoMigrator(ini, url=sqlite_url, mode="check", timeouts=Timeouts(check=1))
     with pytest.raises(SchemaBehindError, match="still at base"):
         anyio.run(migrator.run)
     assert migrator.status.error_kind == "transient"
 
     degraded = AutoMigrator(
-        ini, url=sqlite_url, mode="check", check_timeout=0.5, on_failure=LogAndContinue()
+        ini,
+        url=sqlite_url,
+        mode="check",
+        timeouts=Timeouts(check=0.5),
+        on_failure=LogAndContinue(),
     )
     assert anyio.run(degraded.run).state is MigrationState.DEGRADED
     assert revisions(sqlite_url) == set()
@@ -76,7 +82,9 @@ def test_check_mode_refuses_a_database_ahead_at_once(tmp_path: Path, sqlite_url:
     anyio.run(AutoMigrator(ini, url=sqlite_url).run)
     (ini.parent / "migrations" / "versions" / "r2.py").unlink()
     with pytest.raises(SchemaAheadError):
-        anyio.run(AutoMigrator(ini, url=sqlite_url, mode="check", check_timeout=600).run)
+        anyio.run(
+            AutoMigrator(ini, url=sqlite_url, mode="check", timeouts=Timeouts(check=600)).run
+        )
 
 
 def test_switch_off_can_mean_check(ini: Path, sqlite_url: URL) -> None:
@@ -85,7 +93,10 @@ def test_switch_off_can_mean_check(ini: Path, sqlite_url: URL) -> None:
 
     skip = anyio.run(AutoMigrator(ini, url=sqlite_url, enabled=False).run)
     check = AutoMigrator(
-        ini, url=sqlite_url, enabled=False, when_disabled="check", check_timeout=0.5
+        ini,
+        url=sqlite_url,
+        enabled=Switch(when_disabled="check", enabled=False),
+        timeouts=Timeouts(check=0.5),
     )
     with pytest.raises(SchemaBehindError):
         anyio.run(check.run)
@@ -154,7 +165,9 @@ def test_health_retry_after_is_the_apps_own(ini: Path, sqlite_url: URL) -> None:
 
 def test_health_never_shows_a_secret(ini: Path) -> None:
     url = sa.make_url("postgresql+psycopg://app:s3cr3t-pw@127.0.0.1:1/app")
-    migrator = AutoMigrator(ini, url=url, connect_timeout=0, on_failure=LogAndContinue())
+    migrator = AutoMigrator(
+        ini, url=url, timeouts=Timeouts(connect=0), on_failure=LogAndContinue()
+    )
     anyio.run(migrator.run)
 
     response = anyio.run(get, HealthApp(migrator))

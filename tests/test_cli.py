@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from automigrator._headcache import FILE_NAME
+from automigrator.scripts._headcache import FILE_NAME
 from tests.conftest import revisions, tables
 from tests.project import Rev, write_revision
 

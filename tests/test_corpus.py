@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import _plainheads
-from automigrator._configfile import read_settings
+from automigrator.scripts import _plainheads
+from automigrator.scripts._configfile import read_settings
 from tests.corpus import CORPUS, alembic_heads, corpus_project, stamp
 
 

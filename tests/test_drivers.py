@@ -2,7 +2,7 @@
 
 The migration runs through the driver in the URL (env.py's engine); our own
 reads and the lock use the synchronous sibling of an async driver (see
-``automigrator._database.sync_url``).
+``automigrator.database._connections.sync_url``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator
-from automigrator._database import sync_url
+from automigrator.database._connections import sync_url
 from tests.conftest import make_db_url, revisions
 from tests.project import CHAIN, make_project
 
@@ -49,7 +49,7 @@ def test_driver_migrates_and_locks(
         assert status.revisions_after == ("r3",)
         assert again.applied == ()
         assert revisions(sync_url(url)) == {"r3"}
-        lock = migrator._make_lock()
+        lock = migrator.migration_lock()
         assert lock is not None
         assert lock.acquire(0)  # the lock works through this driver's sibling
         lock.release()

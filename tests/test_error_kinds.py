@@ -23,6 +23,7 @@ from automigrator import (
     DatabaseUnavailableError,
     LockLostError,
     PurgeAndRetry,
+    Timeouts,
 )
 from tests.conftest import make_db_url, revisions
 from tests.faults import Background, Proxy, wait_for
@@ -48,7 +49,10 @@ def test_a_connection_cut_mid_revision_is_transient_and_purges_nothing(
     ini = deployed(tmp_path, server_db, broken=waiting("r3", "r2", 'op.execute("SELECT 1")'))
     with Proxy(server_db.host or "127.0.0.1", server_db.port or 0) as proxy:
         migrator = AutoMigrator(
-            ini, url=through(proxy, server_db), connect_timeout=0, on_failure=PurgeAndRetry()
+            ini,
+            url=through(proxy, server_db),
+            timeouts=Timeouts(connect=0),
+            on_failure=PurgeAndRetry(),
         )
         run = Background(migrator)
         wait_for(signals / "r3.running")

@@ -9,8 +9,7 @@ import anyio
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, Event, LogAndContinue, MigrationError
-from automigrator._database import VersionTable, create_engine
+from automigrator import AutoMigrator, Event, LogAndContinue, MigrationError, Timeouts
 from automigrator.locking import lock_for
 from tests.project import BROKEN, EMAIL, USERS, make_project
 
@@ -45,9 +44,11 @@ def test_a_migration_then_a_start_at_head(ini: Path, db_url: URL) -> None:
 
 
 def test_waiting_and_a_decision(ini: Path, sqlite_url: URL) -> None:
-    migrator = AutoMigrator(ini, url=sqlite_url, lock_timeout=0.2, on_failure=LogAndContinue())
+    migrator = AutoMigrator(
+        ini, url=sqlite_url, timeouts=Timeouts(lock=0.2), on_failure=LogAndContinue()
+    )
     events = recorded(migrator)
-    holder = lock_for(create_engine(sqlite_url), VersionTable())
+    holder = lock_for(sqlite_url)
     assert holder.acquire(0)
     try:
         anyio.run(migrator.run)
@@ -81,7 +82,7 @@ def test_a_failing_listener_never_fails_the_start(
 
 def test_failed_is_announced(tmp_path: Path, sqlite_url: URL) -> None:
     ini = make_project(tmp_path / "p", (USERS, EMAIL, BROKEN))
-    migrator = AutoMigrator(ini, url=sqlite_url, lock_timeout=5)
+    migrator = AutoMigrator(ini, url=sqlite_url, timeouts=Timeouts(lock=5))
     events = recorded(migrator)
     with pytest.raises(MigrationError, match="boom in r3"):
         anyio.run(migrator.run)

@@ -24,6 +24,7 @@ from automigrator import (
     MigrationRunner,
     MigrationState,
     ReadinessGate,
+    Timeouts,
 )
 from tests.conftest import revisions
 from tests.project import Rev, make_project
@@ -199,7 +200,9 @@ def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(
     tmp_path: Path, sqlite_url: URL, release: Path
 ) -> None:
     ini = make_project(tmp_path / "p", (WAITING_USERS, Rev("r2", "r1", "the next", "pass")))
-    migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False, shutdown_timeout=HANG_GUARD)
+    migrator = AutoMigrator(
+        ini, url=sqlite_url, block_startup=False, timeouts=Timeouts(shutdown=HANG_GUARD)
+    )
     app = AutoMigrateMiddleware(make_app(migrator, Hits(migrator)), migrator=migrator)
 
     anyio.run(

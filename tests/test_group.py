@@ -28,6 +28,7 @@ from automigrator import (
     MigrationState,
     MigratorGroup,
     SchemaAheadError,
+    Timeouts,
 )
 from tests.asgi import get_during_lifespan
 from tests.conftest import make_db_url, revisions, tables
@@ -178,7 +179,7 @@ def test_a_degraded_member_lets_the_others_migrate(
 
 def test_one_lock_each_taken_in_turn(tmp_path: Path, db_url: URL, billing_url: URL) -> None:
     """The second database's lock is held elsewhere: the first is migrated meanwhile."""
-    group = group_of(tmp_path, db_url, billing_url, lock_timeout=HANG_GUARD)
+    group = group_of(tmp_path, db_url, billing_url, timeouts=Timeouts(lock=HANG_GUARD))
     holder = held_lock(billing_url)
     seen: dict[str, Any] = {}
 

@@ -3,7 +3,7 @@
 Real databases throughout. The corpus below is one revision per case on
 top of a base revision that creates the tables; each case is linted on the
 live database (at the base revision, every table taken as big with
-``lint_rows=0``), and the rules that fire are compared with the ones the
+``Lint(rows=0)``), and the rules that fire are compared with the ones the
 docs promise for that dialect.
 """
 
@@ -26,7 +26,9 @@ from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
+    Ddl,
     Event,
+    Lint,
     LogAndContinue,
     MigrationState,
     UnsafeMigrationError,
@@ -156,7 +158,7 @@ def at_base(ini: Path, url: URL) -> None:
 
 
 def flagged_rules(ini: Path, url: URL, **options: Any) -> set[str]:
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint_rows=0, **options)))
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0), **options)))
     return {f.rule for f in report.flagged}
 
 
@@ -185,9 +187,9 @@ def test_a_revision_without_a_lock_timeout_is_flagged_only_when_none_is_set(
     ini = project(tmp_path / "plain", add)
     own = project(tmp_path / "own", f"op.execute(\"SET lock_timeout = '2s'\")\n{add}")
 
-    unset = flagged_rules(ini, db_url, ddl_lock_timeout=None)
+    unset = flagged_rules(ini, db_url, ddl=Ddl(lock_timeout=None))
     kept = flagged_rules(ini, db_url)  # automigrator sets one (2 s) for each revision
-    in_revision = flagged_rules(own, db_url, ddl_lock_timeout=None)
+    in_revision = flagged_rules(own, db_url, ddl=Ddl(lock_timeout=None))
 
     takes_table_locks = dialect(db_url) != "sqlite"
     assert unset == ({"no-lock-timeout"} if takes_table_locks else set())
@@ -423,10 +425,10 @@ def test_a_revision_that_reads_data_is_named_not_refused(
 
 AT_HEAD = """
 import sys, anyio, sqlalchemy as sa
-from automigrator import AutoMigrator
+from automigrator import AutoMigrator, Lint
 statements = []
 sa.event.listen(sa.engine.Engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-migrator = AutoMigrator(sys.argv[1], url=sys.argv[2], lint="refuse", lint_rows=0)
+migrator = AutoMigrator(sys.argv[1], url=sys.argv[2], lint=Lint(mode="refuse", rows=0))
 status = anyio.run(migrator.run)
 print(status.state.value, len(statements), "alembic" in sys.modules)
 """
@@ -479,7 +481,7 @@ def test_squawk_and_the_operation_rules_report_one_problem_once(
     ini = project(tmp_path / "p", 'op.create_index("ix_name", "items", ["name"])')
     at_base(ini, pg_url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint_rows=0)))
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
 
     assert report.squawk is not None
     assert [(f.rule, f.source) for f in report.flagged] == [
@@ -495,7 +497,7 @@ def test_a_squawk_that_cannot_run_is_said_and_the_operation_rules_still_apply(
     monkeypatch.setenv("AUTOMIGRATOR_SQUAWK", str(tmp_path / "no-such-squawk"))
 
     with caplog.at_level(logging.WARNING, logger="automigrator"):
-        report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint_rows=0)))
+        report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
 
     assert report.squawk is None
     assert [f.rule for f in report.flagged] == ["index-not-concurrent"]

@@ -30,6 +30,7 @@ from automigrator import (
     AutoMigrator,
     Chain,
     ContentionError,
+    Ddl,
     Event,
     Failure,
     HealthApp,
@@ -39,7 +40,7 @@ from automigrator import (
     Retry,
     SchemaAheadError,
 )
-from automigrator._logguard import LoggingGuard
+from automigrator.process._logging import LoggingGuard
 from tests.conftest import make_db_url, revisions
 from tests.faults import Background, wait_for
 from tests.project import Rev, make_project, waiting
@@ -126,7 +127,7 @@ def test_queries_never_queue_behind_a_migration_that_waits_for_a_busy_table(
     caplog.set_level(logging.INFO, logger="automigrator")
     ini = deployed(tmp_path, db_url, broken=ADD_AGE)
     blocker, pid = open_reader(db_url)
-    migrator = AutoMigrator(ini, url=db_url, ddl_lock_timeout=0.5, ddl_lock_retries=100)
+    migrator = AutoMigrator(ini, url=db_url, ddl=Ddl(lock_timeout=0.5, retries=100))
     seen: list[Event] = []
     migrator.subscribe(lambda event: seen.append(event) if event.name == "blocked" else None)
     try:
@@ -187,8 +188,7 @@ def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
     migrator = AutoMigrator(
         ini,
         url=db_url,
-        ddl_lock_timeout=0.2,
-        ddl_lock_retries=1,
+        ddl=Ddl(lock_timeout=0.2, retries=1),
         on_failure=Chain(PurgeAndRetry(), Retry(times=1, delay=0)),
     )
     try:
@@ -215,7 +215,7 @@ def test_a_busy_table_after_a_kept_statement_says_what_stayed(
     url = server_db
     ini = deployed(tmp_path, url, broken=HALF)
     blocker, _ = open_reader(url)
-    migrator = AutoMigrator(ini, url=url, ddl_lock_timeout=0.2, ddl_lock_retries=1)
+    migrator = AutoMigrator(ini, url=url, ddl=Ddl(lock_timeout=0.2, retries=1))
     try:
         with pytest.raises((ContentionError, MigrationError)) as caught:
             anyio.run(migrator.run)
@@ -257,7 +257,7 @@ def test_a_long_revision_logs_a_heartbeat_and_shows_itself_in_the_status(
     caplog.set_level(logging.INFO, logger="automigrator")
     url = sqlite_url
     ini = make_project(tmp_path / "proj", (waiting("r1", None),))
-    migrator = AutoMigrator(ini, url=url, progress_interval=0.5)
+    migrator = AutoMigrator(ini, url=url, ddl=Ddl(progress_interval=0.5))
     run = Background(migrator)
     wait_for(signals / "r1.running")
     deadline = time.monotonic() + 30
@@ -322,13 +322,13 @@ def test_bad_live_table_settings_are_named(tmp_path: Path) -> None:
 
     ini = make_project(tmp_path / "proj")
     for bad, name in (
-        ({"ddl_lock_timeout": 0}, "ddl_lock_timeout"),
-        ({"ddl_lock_retries": -1}, "ddl_lock_retries"),
-        ({"progress_interval": 0}, "progress_interval"),
-        ({"when_ahead": "maybe"}, "when_ahead"),
+        ({"ddl": lambda: Ddl(lock_timeout=0)}, "lock_timeout"),
+        ({"ddl": lambda: Ddl(retries=-1)}, "retries"),
+        ({"ddl": lambda: Ddl(progress_interval=0)}, "progress_interval"),
+        ({"when_ahead": lambda: "maybe"}, "when_ahead"),
     ):
         with pytest.raises(ConfigurationError, match=name):
-            AutoMigrator(ini, url="sqlite://", **bad)
+            AutoMigrator(ini, url="sqlite://", **{k: make() for k, make in bad.items()})  # type: ignore[arg-type]
 
 
 def test_the_cli_takes_the_lock_timeout_and_exits_13_on_a_busy_table(
@@ -360,7 +360,7 @@ def test_restore_backup_puts_nothing_back_for_a_busy_table(
     ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
     blocker, _ = open_reader(sqlite_url)
     migrator = AutoMigrator(
-        ini, url=sqlite_url, ddl_lock_timeout=0.2, ddl_lock_retries=0, on_failure=RestoreBackup()
+        ini, url=sqlite_url, ddl=Ddl(lock_timeout=0.2, retries=0), on_failure=RestoreBackup()
     )
     try:
         with pytest.raises(ContentionError):

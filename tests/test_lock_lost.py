@@ -23,7 +23,6 @@ from automigrator import (
     PostgresAdvisoryLock,
     PurgeAndRetry,
 )
-from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.faults import Background, wait_for
@@ -95,7 +94,7 @@ def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
 def kill_lock_session(url: URL) -> None:
     """End the session that holds our advisory lock / named lock, as a server would."""
     if url.get_backend_name() == "postgresql":
-        lock = lock_for(create_engine(url), VersionTable())
+        lock = lock_for(url)
         assert isinstance(lock, PostgresAdvisoryLock)
         unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
         [(killed,)] = execute(
@@ -105,7 +104,7 @@ def kill_lock_session(url: URL) -> None:
         )
         assert killed
     else:
-        lock = lock_for(create_engine(url), VersionTable())
+        lock = lock_for(url)
         assert isinstance(lock, MySQLLock)
         [(pid,)] = execute(url, f"SELECT IS_USED_LOCK('{lock.name}')")
         execute(url, f"KILL {pid}")

@@ -10,8 +10,7 @@ import anyio
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, LockTimeoutError, MigrationState
-from automigrator._database import VersionTable, create_engine
+from automigrator import AutoMigrator, LockTimeoutError, MigrationState, Timeouts, VersionTable
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows, server_url
 from tests.processes import ConnectionPeak, start_replicas
@@ -58,8 +57,8 @@ def test_sixty_four_processes_one_migrates_the_others_wait(ini: Path, db_url: UR
 def test_lock_timeout_raises_after_waiting(
     ini: Path, db_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
-    migrator = AutoMigrator(ini, url=db_url, lock_timeout=2)
-    held = lock_for(create_engine(db_url), VersionTable())
+    migrator = AutoMigrator(ini, url=db_url, timeouts=Timeouts(lock=2))
+    held = lock_for(db_url)
     assert held.acquire(0)
     try:
         with (
@@ -71,7 +70,7 @@ def test_lock_timeout_raises_after_waiting(
         held.release()
 
     assert caught.value.timeout == 2
-    assert "lock_timeout" in str(caught.value)
+    assert "Timeouts(lock=)" in str(caught.value)
     assert any("Waiting for the migration lock" in r.getMessage() for r in caplog.records)
     assert migrator.status.state is MigrationState.FAILED
     assert migrator.status.error_kind == "transient"
@@ -83,15 +82,14 @@ def test_lock_timeout_raises_after_waiting(
 
 def test_lock_is_free_after_a_run(ini: Path, db_url: URL) -> None:
     anyio.run(AutoMigrator(ini, url=db_url).run)
-    lock = lock_for(create_engine(db_url), VersionTable())
+    lock = lock_for(db_url)
     assert lock.acquire(0)
     lock.release()
 
 
 def test_two_version_tables_do_not_share_a_lock(db_url: URL) -> None:
-    engine = create_engine(db_url)
-    first = lock_for(engine, VersionTable("app_one_version"))
-    second = lock_for(engine, VersionTable("app_two_version"))
+    first = lock_for(db_url, VersionTable("app_one_version"))
+    second = lock_for(db_url, VersionTable("app_two_version"))
     assert first.acquire(0)
     try:
         if db_url.get_backend_name() != "sqlite":  # SQLite: one file, one lock per database
@@ -135,7 +133,7 @@ def test_holder_killed_mid_migration_frees_the_lock(tmp_path: Path, db_url: URL)
     proc.communicate()
 
     # A lock that outlived its process would make this wait, then time out.
-    status = anyio.run(AutoMigrator(ini, url=db_url, lock_timeout=30).run)
+    status = anyio.run(AutoMigrator(ini, url=db_url, timeouts=Timeouts(lock=30)).run)
 
     assert status.state is MigrationState.READY
     assert [a.revision for a in status.applied] == ["r1", "r2", "r3"]

@@ -29,10 +29,10 @@ from automigrator import (
     RestoreBackup,
     Retry,
     SchemaAheadError,
+    Timeouts,
     UnsafeMigrationError,
     UnversionedDatabaseError,
 )
-from automigrator._database import VersionTable, create_engine
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows, server_url
 from tests.processes import start_replicas
@@ -201,7 +201,7 @@ def not_the_migrations_fault(kind: str, ini: Path, url: URL) -> AutoMigrator:
     elif kind == "configuration":
         return AutoMigrator(ini, url=url, target="no_such_revision", on_failure=policy)
     elif kind == "lock_timeout":
-        return AutoMigrator(ini, url=url, lock_timeout=0.5, on_failure=policy)
+        return AutoMigrator(ini, url=url, timeouts=Timeouts(lock=0.5), on_failure=policy)
     elif kind == "unsafe":  # lint="refuse": the old version still reads the column
         (ini.parent / "migrations" / "versions" / "r3.py").unlink()
         body = 'with op.batch_alter_table("users") as b:\n    b.drop_column("email")'
@@ -231,7 +231,7 @@ def test_purge_and_retry_touches_nothing_when_it_is_not_the_migrations_fault(
 ) -> None:
     ini = deployed(tmp_path, db_url)
     migrator = not_the_migrations_fault(kind, ini, db_url)
-    holder = lock_for(create_engine(db_url), VersionTable())
+    holder = lock_for(db_url)
     if kind == "lock_timeout":
         assert holder.acquire(0)
     before = revisions(db_url)
@@ -257,7 +257,9 @@ def test_purge_and_retry_touches_nothing_on_bad_credentials_or_no_server(
         (good.set(password="wrong-password", username="nobody_here"), ConfigurationError),
         (good.set(port=1), DatabaseUnavailableError),
     ]:
-        migrator = AutoMigrator(ini, url=url, connect_timeout=0, on_failure=PurgeAndRetry())
+        migrator = AutoMigrator(
+            ini, url=url, timeouts=Timeouts(connect=0), on_failure=PurgeAndRetry()
+        )
         with pytest.raises(error):
             anyio.run(migrator.run)
         assert migrator.status.attempts == 1
@@ -267,7 +269,7 @@ class FailingLock:
     """A real lock for the database that says "held elsewhere" the first ``busy`` times."""
 
     def __init__(self, url: URL, busy: int) -> None:
-        self.inner = lock_for(create_engine(url), VersionTable())
+        self.inner = lock_for(url)
         self.busy = busy
 
     def acquire(self, timeout: float) -> bool:
@@ -289,7 +291,7 @@ def test_retry_gets_past_a_transient_failure(tmp_path: Path, db_url: URL) -> Non
     # The first attempt times out on the lock (its first try and one slice).
     lock = FailingLock(db_url, busy=2)
     migrator = AutoMigrator(
-        ini, url=db_url, lock=lock, lock_timeout=0.2, on_failure=Retry(delay=0.01)
+        ini, url=db_url, lock=lock, timeouts=Timeouts(lock=0.2), on_failure=Retry(delay=0.01)
     )
 
     status = anyio.run(migrator.run)
@@ -303,7 +305,11 @@ def test_retry_gives_up_after_its_times(tmp_path: Path, db_url: URL) -> None:
     ini = make_project(tmp_path / "proj", (USERS,))
     lock = FailingLock(db_url, busy=1000)
     migrator = AutoMigrator(
-        ini, url=db_url, lock=lock, lock_timeout=0.1, on_failure=Retry(times=2, delay=0.01)
+        ini,
+        url=db_url,
+        lock=lock,
+        timeouts=Timeouts(lock=0.1),
+        on_failure=Retry(times=2, delay=0.01),
     )
 
     with pytest.raises(LockTimeoutError):
@@ -389,7 +395,7 @@ def test_killed_mid_migration_the_next_start_completes_with_the_rows(
     proc.kill()  # SIGKILL, holding the lock, in the middle of the upgrade
     proc.communicate()
 
-    status = anyio.run(AutoMigrator(ini, url=db_url, lock_timeout=30).run)
+    status = anyio.run(AutoMigrator(ini, url=db_url, timeouts=Timeouts(lock=30)).run)
 
     assert status.state is MigrationState.READY
     assert revisions(db_url) == {"r2"}

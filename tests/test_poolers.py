@@ -19,8 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, PoolerError, PostgresAdvisoryLock
-from automigrator._database import VersionTable, create_engine
+from automigrator import AutoMigrator, PoolerError, PostgresAdvisoryLock, Timeouts
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows
 from tests.faults import wait_for
@@ -39,7 +38,7 @@ REPLICAS = 4
 
 def locks_left(url: URL) -> list[tuple[object, ...]]:
     """Server sessions still holding our advisory lock (checked past any pooler)."""
-    lock = lock_for(create_engine(url), VersionTable())
+    lock = lock_for(url)
     assert isinstance(lock, PostgresAdvisoryLock)
     unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
     return rows(
@@ -109,7 +108,7 @@ def test_statement_pooling_is_refused_by_name_and_nothing_changes(
 ) -> None:
     ini = make_project(tmp_path / "proj", (USERS, EMAIL))
     with PgBouncer(pg_url, "statement") as bouncer:
-        migrator = AutoMigrator(ini, url=bouncer.url(pg_url), connect_timeout=30)
+        migrator = AutoMigrator(ini, url=bouncer.url(pg_url), timeouts=Timeouts(connect=30))
         with pytest.raises(PoolerError) as caught:
             anyio.run(migrator.run)
 

@@ -15,8 +15,7 @@ import anyio
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, SchemaAheadError, preview
-from automigrator._database import VersionTable, create_engine
+from automigrator import AutoMigrator, SchemaAheadError, Timeouts, preview
 from automigrator.locking import lock_for
 from tests.conftest import revisions, tables
 from tests.project import EMAIL, USERS, Rev, make_project
@@ -48,7 +47,7 @@ NOTES = Rev("r5", "r4", "add notes", 'op.add_column("users", sa.Column("notes", 
 @pytest.fixture
 def lock_held(db_url: URL) -> Iterator[None]:
     """The migration lock, held by this test as another replica would."""
-    holder = lock_for(create_engine(db_url), VersionTable())
+    holder = lock_for(db_url)
     assert holder.acquire(0)
     yield
     holder.release()
@@ -79,10 +78,10 @@ def test_plan_sql_renders_each_revision_and_runs_nothing(
 def test_preview_starts_from_where_the_database_is(tmp_path: Path, db_url: URL) -> None:
     ini = make_project(tmp_path / "p", CHAIN)
     anyio.run(AutoMigrator(ini, url=db_url, target="r1").run)
-    holder = lock_for(create_engine(db_url), VersionTable())
+    holder = lock_for(db_url)
     assert holder.acquire(0)  # another replica holds the lock meanwhile
     try:
-        migrator = AutoMigrator(ini, url=db_url, lock_timeout=1)  # no wait for the lock
+        migrator = AutoMigrator(ini, url=db_url, timeouts=Timeouts(lock=1))  # no wait for the lock
         found = anyio.run(lambda: preview(migrator, sql=True))
     finally:
         holder.release()

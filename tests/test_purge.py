@@ -31,7 +31,7 @@ from automigrator import (
     PurgeAndRetry,
     RestoreBackup,
 )
-from automigrator._purge import like_prefix, quarantine_prefix
+from automigrator.database._purge import like_prefix, quarantine_prefix
 from tests.conftest import revisions, rows, server_url
 from tests.faults import wait_for
 from tests.processes import start_replicas

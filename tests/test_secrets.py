@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, ConfigurationError, HealthApp, LogAndContinue
+from automigrator import AutoMigrator, ConfigurationError, HealthApp, LogAndContinue, Timeouts
 from tests.conftest import server_url
 from tests.test_check_health import get
 from tests.test_cli import run_cli
@@ -80,7 +80,7 @@ def test_no_password_when_the_server_is_unreachable(ini: Path) -> None:
 
 def test_a_one_letter_password_mangles_no_word(ini: Path) -> None:
     url = server_url("postgresql").set(password="x", database="no_such_database_exists")
-    migrator = AutoMigrator(ini, url=url, connect_timeout=0)
+    migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=0))
 
     with pytest.raises(ConfigurationError) as caught:
         anyio.run(migrator.run)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator._serverlog import ServerLogHandler, show_by_default
+from automigrator.process._logging import ServerLogHandler, show_by_default
 
 
 class Collect(logging.Handler):

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from automigrator import AutoMigrator, ConfigurationError
-from automigrator._switch import parse_switch, read_switch
+from automigrator import AutoMigrator, ConfigurationError, Switch
 
 WORDS = {"1": True, "true": True, "yes": True, "on": True}
 WORDS |= {"0": False, "false": False, "no": False, "off": False}
@@ -24,28 +23,34 @@ def test_known_words_in_any_case(word: str, case: list[bool], pad: str) -> None:
     mixed = "".join(
         c.upper() if up else c for c, up in zip(word, case + [False] * 5, strict=False)
     )
-    assert parse_switch("RUN_MIGRATIONS", pad + mixed + pad) is WORDS[word]
+    enabled, _ = Switch().read({"RUN_MIGRATIONS": pad + mixed + pad})
+    assert enabled is WORDS[word]
 
 
 @given(st.text().filter(lambda s: s.strip().lower() not in WORDS))
 def test_anything_else_is_an_error_not_false(value: str) -> None:
     with pytest.raises(ConfigurationError, match="RUN_MIGRATIONS="):
-        parse_switch("RUN_MIGRATIONS", value)
+        Switch().read({"RUN_MIGRATIONS": value})
 
 
 def test_unset_means_the_callers_default() -> None:
-    assert read_switch("X", default=True, environ={}) == (True, "X is unset; default on")
+    assert Switch("X", default=True).read({}) == (True, "X is unset; default on")
     with pytest.raises(ConfigurationError, match="X=''"):  # set but empty: a mistake
-        read_switch("X", default=False, environ={"X": ""})
+        Switch("X", default=False).read({"X": ""})
 
 
 def test_env_var_name_and_explicit_override(ini: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_APP_MIGRATE", "no")
-    assert AutoMigrator(ini, url="sqlite://", env_var="MY_APP_MIGRATE").enabled is False
-    assert AutoMigrator(ini, url="sqlite://", env_var="MY_APP_MIGRATE", enabled=True).enabled
+    assert (
+        AutoMigrator(ini, url="sqlite://", enabled=Switch(env_var="MY_APP_MIGRATE")).enabled
+        is False
+    )
+    assert AutoMigrator(
+        ini, url="sqlite://", enabled=Switch(env_var="MY_APP_MIGRATE", enabled=True)
+    ).enabled
     monkeypatch.delenv("RUN_MIGRATIONS", raising=False)
     assert AutoMigrator(ini, url="sqlite://").enabled is True
-    assert AutoMigrator(ini, url="sqlite://", default_enabled=False).enabled is False
+    assert AutoMigrator(ini, url="sqlite://", enabled=Switch(default=False)).enabled is False
 
 
 def test_switch_is_read_once_at_construction(ini: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationState, SchemaAheadError, _plainheads
-from automigrator._configfile import read_settings
-from automigrator._revisiontext import read_names
-from automigrator._textgraph import load
+from automigrator import AutoMigrator, MigrationState, SchemaAheadError
+from automigrator.scripts import _plainheads
+from automigrator.scripts._configfile import read_settings
+from automigrator.scripts._revisiontext import read_names
+from automigrator.scripts._textgraph import load
 from tests.conftest import revisions
 from tests.project import ALEMBIC, CHAIN, Rev, write_revision
 

@@ -22,8 +22,8 @@ from automigrator import (
     DatabaseUnavailableError,
     MigrationState,
     ShutdownRequestedError,
+    Timeouts,
 )
-from automigrator._database import VersionTable, create_engine
 from automigrator.locking import MigrationLock, lock_for
 from tests.conftest import revisions
 from tests.e2e.server import free_port
@@ -100,7 +100,7 @@ async def tcp_proxy(port: int, target: URL) -> AsyncIterator[None]:
 def test_database_that_comes_up_late_is_waited_for(ini: Path, pg_url: URL) -> None:
     port = free_port()  # nothing listens here until the proxy starts
     late_url = pg_url.set(host="127.0.0.1", port=port)
-    migrator = AutoMigrator(ini, url=late_url, connect_timeout=LONG)
+    migrator = AutoMigrator(ini, url=late_url, timeouts=Timeouts(connect=LONG))
     seen: list[MigrationState | str | None] = []
 
     done = anyio.Event()
@@ -134,13 +134,13 @@ def test_database_never_up_fails_at_connect_timeout(
     ini: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = sa.make_url(f"postgresql+psycopg://postgres:s3cr3t-pw@127.0.0.1:{free_port()}/test")
-    migrator = AutoMigrator(ini, url=url, connect_timeout=1.5)
+    migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=1.5))
 
     with caplog.at_level(logging.INFO), pytest.raises(DatabaseUnavailableError) as caught:
         anyio.run(migrator.run)
 
     assert "Gave up after" in str(caught.value)
-    assert "connect_timeout=1.5" in str(caught.value)
+    assert "Timeouts(connect=1.5)" in str(caught.value)
     retries = [r for r in caplog.records if "Database not reachable" in r.getMessage()]
     assert len(retries) >= 2  # backed off and tried again, with a line per attempt
     assert migrator.status.state is MigrationState.FAILED
@@ -152,7 +152,9 @@ def test_wrong_credentials_are_not_retried(
     ini: Path, pg_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Port and host are fine, the database name is not: retrying cannot help.
-    migrator = AutoMigrator(ini, url=pg_url.set(database="no_such_db"), connect_timeout=LONG)
+    migrator = AutoMigrator(
+        ini, url=pg_url.set(database="no_such_db"), timeouts=Timeouts(connect=LONG)
+    )
 
     with caplog.at_level(logging.INFO), pytest.raises(ConfigurationError):
         anyio.run(migrator.run)
@@ -161,7 +163,7 @@ def test_wrong_credentials_are_not_retried(
 
 
 def held_lock(url: URL) -> MigrationLock:
-    lock = lock_for(create_engine(url), VersionTable())
+    lock = lock_for(url)
     assert lock.acquire(0)
     return lock
 
@@ -170,7 +172,7 @@ class RecordingLock:
     """The real lock for the database, noting when each attempt to take it began."""
 
     def __init__(self, url: URL) -> None:
-        self.inner = lock_for(create_engine(url), VersionTable())
+        self.inner = lock_for(url)
         self.attempts: list[float] = []
 
     def acquire(self, timeout: float) -> bool:
@@ -186,7 +188,7 @@ class RecordingLock:
 
 def test_cancelled_while_waiting_for_the_lock_stops_at_once(ini: Path, db_url: URL) -> None:
     lock = RecordingLock(db_url)
-    migrator = AutoMigrator(ini, url=db_url, lock=lock, lock_timeout=LONG)
+    migrator = AutoMigrator(ini, url=db_url, lock=lock, timeouts=Timeouts(lock=LONG))
     holder = held_lock(db_url)
     seen: list[object] = []
     cancelled_at = 0.0
@@ -235,7 +237,7 @@ def test_sigterm_while_waiting_stops_waiting_and_reaches_the_servers_handler(
     else:
         url, text = pg_url.set(port=free_port()), "Database not reachable"
         holder = None
-    migrator = AutoMigrator(ini, url=url, lock_timeout=LONG, connect_timeout=LONG)
+    migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(lock=LONG, connect=LONG))
     calls: list[int] = []
     handler = server_like_handler(calls)
     previous = signal.signal(signal.SIGTERM, handler)
@@ -278,7 +280,7 @@ def test_waiter_migrates_itself_when_the_holder_let_go_without_migrating(
     ini: Path, db_url: URL
 ) -> None:
     # The holder "failed": it releases the lock with the schema still empty.
-    migrator = AutoMigrator(ini, url=db_url, lock_timeout=LONG)
+    migrator = AutoMigrator(ini, url=db_url, timeouts=Timeouts(lock=LONG))
     holder = held_lock(db_url)
 
     async def main() -> None:

@@ -38,6 +38,7 @@ from automigrator import (
     HealthApp,
     LogAndContinue,
     ReadinessGate,
+    Switch,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +67,9 @@ migrator = AutoMigrator(
     url=database_url(),
     on_failure=failure_policy(),
     block_startup=os.environ.get("BLOCK_STARTUP", "1") != "0",
-    when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip",
+    enabled=Switch(
+        when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip"
+    ),
     when_ahead="serve" if os.environ.get("WHEN_AHEAD") == "serve" else "refuse",
 )
 

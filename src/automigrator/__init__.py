@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from ._database import VersionTable
 from ._findings import LintFinding
 from ._group import MigratorGroup
 from ._lifespan import STATE_KEY, MigrationRunner
-from ._lint import LintMode, LintReport
 from ._migrator import AutoMigrator
-from ._options import LockOption
-from ._plan import PendingRevision, Plan
+from ._plan import Plan
 from ._preview import Preview, lint, preview
-from ._purge import Purged
-from ._scripts import BeforeScripts
+from ._settings import Ddl, Lint, LintMode, LockOption, MigratorSettings, Switch, Timeouts
 from ._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
+from .database._connections import VersionTable
+from .database._purge import Purged
 from .errors import (
     AlreadyPurgedError,
     AutomigratorError,
@@ -34,6 +32,7 @@ from .errors import (
 from .events import Event
 from .gate import ReadinessGate
 from .health import HealthApp
+from .linting._linter import LintReport
 from .locking import (
     MigrationLock,
     MySQLLock,
@@ -47,14 +46,16 @@ from .policies import (
     Chain,
     Decision,
     Fail,
-    FailedMigrator,
     Failure,
     FailurePolicy,
     LogAndContinue,
+    PolicyMigrator,
     PurgeAndRetry,
     RestoreBackup,
     Retry,
 )
+from .scripts._pending import PendingRevision
+from .scripts._scripts import BeforeScripts
 
 __version__ = "0.1.0"
 
@@ -71,13 +72,14 @@ __all__ = [
     "ConfigurationError",
     "ContentionError",
     "DatabaseUnavailableError",
+    "Ddl",
     "Decision",
     "Event",
     "Fail",
-    "FailedMigrator",
     "Failure",
     "FailurePolicy",
     "HealthApp",
+    "Lint",
     "LintFinding",
     "LintMode",
     "LintReport",
@@ -91,10 +93,12 @@ __all__ = [
     "MigrationState",
     "MigrationStatus",
     "MigratorGroup",
+    "MigratorSettings",
     "MultipleHeadsError",
     "MySQLLock",
     "PendingRevision",
     "Plan",
+    "PolicyMigrator",
     "PoolerError",
     "PostgresAdvisoryLock",
     "Preview",
@@ -110,6 +114,8 @@ __all__ = [
     "SchemaAheadError",
     "SchemaBehindError",
     "ShutdownRequestedError",
+    "Switch",
+    "Timeouts",
     "UnsafeMigrationError",
     "UnversionedDatabaseError",
     "VersionTable",

@@ -17,13 +17,14 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ._configfile import read_multidb
-from ._database import display
 from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
+from ._settings import Timeouts
 from ._status import MigrationState, MigrationStatus
+from .database._connections import display
 from .errors import ConfigurationError, ShutdownRequestedError
 from .events import Listener
+from .scripts._configfile import read_multidb
 
 logger = logging.getLogger("automigrator")
 
@@ -56,7 +57,9 @@ class MigratorGroup(MigrationRunner):
         migrators: name to migrator, in the order to migrate.
         block_startup: as for :class:`~automigrator.AutoMigrator`; the
             members' own ``block_startup`` is not used.
-        shutdown_timeout: as for :class:`~automigrator.AutoMigrator`.
+        shutdown_timeout: in the background, how long a shutdown waits for
+            the running revision; default: the longest of the members'
+            ``timeouts.shutdown``.
     """
 
     def __init__(
@@ -64,7 +67,7 @@ class MigratorGroup(MigrationRunner):
         migrators: Mapping[str, AutoMigrator],
         *,
         block_startup: bool = True,
-        shutdown_timeout: float = 30.0,
+        shutdown_timeout: float | None = None,
     ) -> None:
         if not isinstance(migrators, Mapping) or not migrators:
             raise ConfigurationError(
@@ -86,6 +89,10 @@ class MigratorGroup(MigrationRunner):
                     "version_table=."
                 )
             seen[where] = name
+        if shutdown_timeout is None:
+            shutdown_timeout = max(m.settings.timeouts.shutdown for m in migrators.values())
+        else:
+            shutdown_timeout = Timeouts(shutdown=shutdown_timeout).shutdown  # checked there
         super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
         self.migrators: dict[str, AutoMigrator] = dict(migrators)
         self._stopping = False
@@ -98,7 +105,7 @@ class MigratorGroup(MigrationRunner):
         *,
         urls: Mapping[str, str | URL] | None = None,
         block_startup: bool = True,
-        shutdown_timeout: float = 30.0,
+        shutdown_timeout: float | None = None,
         **options: Any,
     ) -> MigratorGroup:
         """A group for Alembic's ``multidb`` template: one member per listed database.

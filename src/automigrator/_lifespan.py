@@ -18,9 +18,9 @@ import anyio
 import anyio.abc
 from sqlalchemy.engine import URL
 
-from ._serverlog import show_by_default
 from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
+from .process._logging import show_by_default
 
 logger = logging.getLogger("automigrator")
 
@@ -169,8 +169,8 @@ class MigrationRunner(abc.ABC):
             await self._done.wait()
         if not self._done.is_set():
             logger.error(
-                "The running revision did not finish within shutdown_timeout=%g s; leaving it "
-                "to the process's exit (transactional DDL rolls it back)",
+                "The running revision did not finish within the shutdown timeout (%g s); "
+                "leaving it to the process's exit (transactional DDL rolls it back)",
                 self.shutdown_timeout,
             )
             tg.cancel_scope.cancel()

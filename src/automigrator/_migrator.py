@@ -7,33 +7,43 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.engine import URL, Engine
 
-from ._attempts import Attempts
-from ._contention import DdlTimeouts
-from ._database import VersionTable, create_engine, display, lock_engine
-from ._gcfreeze import FrozenHeap, frozen_heap
 from ._lifespan import MigrationRunner
-from ._lint import Linter, LintMode
-from ._options import LockOption, check_options
-from ._plan import Plan
-from ._planner import read_plan
-from ._purge import Backups, Purged
-from ._reporting import Reporter
-from ._scripts import BeforeScripts, Scripts
-from ._signals import listening
+from ._plan import Plan, read_plan
+from ._settings import (
+    Ddl,
+    Lint,
+    LintMode,
+    LockOption,
+    MigratorSettings,
+    Mode,
+    Switch,
+    Timeouts,
+    WhenAhead,
+    failure_policy,
+    lock_option,
+)
 from ._status import AppliedRevision, MigrationState, MigrationStatus
-from ._switch import read_switch
-from ._upgrading import Upgrader
-from ._waits import Waiter
+from .database._connections import VersionTable, create_engine, display, lock_engine
+from .database._purge import Backups, Purged
 from .errors import AutomigratorError, MigrationError, ShutdownRequestedError
 from .events import Listener
+from .linting._linter import Linter
 from .locking import MigrationLock, lock_for
-from .policies import BeforeUpgrade, Fail, FailurePolicy
+from .policies import BeforeUpgrade, FailurePolicy
+from .process._gcfreeze import FrozenHeap, frozen_heap
+from .process._signals import listening
+from .run._attempts import Attempts
+from .run._reporting import Reporter
+from .run._upgrading import Upgrader
+from .run._waits import Waiter
+from .scripts._hooks import RunHooks
+from .scripts._scripts import BeforeScripts, Scripts
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -45,74 +55,36 @@ class AutoMigrator(MigrationRunner):
     """Brings the database schema to the scripts' head when the application starts.
 
     Use ``lifespan=migrator.lifespan`` (FastAPI, Starlette) or wrap any ASGI app
-    in ``AutoMigrateMiddleware(app, migrator=migrator)``.
+    in ``AutoMigrateMiddleware(app, migrator=migrator)``. Every argument but
+    ``config`` is keyword-only, optional and checked here: a wrong one raises
+    :class:`~automigrator.ConfigurationError` naming it. The Settings page
+    says what each one does; in short:
 
     Args:
         config: path to ``alembic.ini`` (or a ``pyproject.toml`` holding the
             Alembic settings), or an ``alembic.config.Config``.
         url: the database URL env.py sees; default: the config's ``sqlalchemy.url``.
-        target: ``"head"`` (default; a single head is required, as in the
-            Alembic CLI), ``"heads"`` for deliberate branches, or a revision id
-            or branch label. Relative targets (``+1``) are refused.
-        enabled: run migrations or not; ``None`` reads ``env_var`` once, here.
-        env_var: the switch's environment variable (default ``RUN_MIGRATIONS``).
-        default_enabled: the switch when ``env_var`` is unset. ``True``: code
-            that installs the migrator means to migrate, and a forgotten
-            variable must not leave an app serving an old schema.
+        target: ``"head"`` (one head required), ``"heads"``, a revision id or a
+            branch label.
+        enabled: ``True``/``False``, or a :class:`~automigrator.Switch`
+            (default: ``RUN_MIGRATIONS``, read once, here; on when unset).
         on_failure: a failure policy (default :class:`~automigrator.Fail`).
         lock: ``"auto"`` (the database's own lock), a
-            :class:`~automigrator.MigrationLock`, or ``None`` (no lock: only
-            safe when a single process ever migrates; logged as a warning).
-        lock_url: a URL for the lock's connection only (default: ``url``):
-            one that reaches the server directly when ``url`` goes through a
-            pooler whose pool is too small to give the lock a server
-            connection of its own. Give every replica the same one.
-        lock_timeout: seconds to wait for another process's migration.
-        connect_timeout: seconds to keep trying while the database refuses
-            connections (it is still starting), backing off from 0.25 s to
-            4 s; ``0`` fails at once. Bad credentials are never retried.
-        version_table: env.py's version table, if not ``alembic_version``.
-        version_table_schema: the schema of that table, if not the default.
-        baseline: a revision to stamp an *unversioned* database at (tables but
-            no version table) before upgrading; without it such a database is
-            refused, untouched.
-        mode: ``"migrate"`` (default), or ``"check"``: never migrate; wait (one
-            query every 0.5 s, up to ``check_timeout``) for another process or
-            a Job to bring the database to the target, else
-            :class:`~automigrator.SchemaBehindError` through the failure policy.
-        when_disabled: the switch off means ``"skip"`` (default) or ``"check"``.
-        check_timeout: seconds check mode waits for the target.
-        block_startup: ``True`` (default): the application starts once the
-            schema is ready. ``False``: at once, migrating in the background;
-            put a :class:`~automigrator.ReadinessGate` in front (the middleware
-            has one) so requests get 503 until then.
-        shutdown_timeout: with ``block_startup=False``, how long a shutdown
-            waits for the running revision; the run stops before the next.
-        before_scripts: sets the application up for scripts that need it (its
-            settings, a Flask app context). Called in the worker thread before
-            each import or run of env.py or the revision files (each may run
-            on another thread, so keep it idempotent); it may return a context
-            manager to run the work inside. Never called at head when the
-            revision files state their ids plainly. If it raises, the run fails
-            with a :class:`~automigrator.ConfigurationError`.
-        multidb_name: for Alembic's ``multidb`` template, the database (ini
-            section) this migrator handles; env.py sees only that one listed.
-            :meth:`MigratorGroup.from_multidb
-            <automigrator.MigratorGroup.from_multidb>` sets it.
-        ddl_lock_timeout: seconds a migration statement may wait for a table
-            lock (PostgreSQL ``lock_timeout``, MySQL/MariaDB ``lock_wait_timeout``,
-            SQLite's busy timeout), so that queries on a busy table never queue
-            behind it for longer; ``None`` leaves the server's setting.
-        ddl_lock_retries: how many times a revision that met a busy table
-            (lock timeout, deadlock, serialization failure) is tried again,
-            after a pause with jitter and with a longer timeout (up to twice).
-        progress_interval: seconds between "still applying" lines of a long revision.
-        when_ahead: a database ahead of the code (a rollback deploy):
-            ``"refuse"`` (default: :class:`~automigrator.SchemaAheadError`, as a
-            wrong URL looks the same) or ``"serve"`` (ready, with a warning).
-        lint: check the pending revisions before any DDL (the Plan and lint
-            page): ``"warn"`` (default), ``"refuse"`` or ``"off"``.
-        lint_rows: tables with fewer rows pass the rules that depend on size.
+            :class:`~automigrator.MigrationLock`, or ``None`` (no lock).
+        lock_url: a URL for the lock's connection only (past a pooler).
+        timeouts: :class:`~automigrator.Timeouts` (connect, lock, check, shutdown).
+        version_table: env.py's version table: a name or a
+            :class:`~automigrator.VersionTable` (with its schema).
+        baseline: a revision to stamp an unversioned database at before upgrading.
+        mode: ``"migrate"``, or ``"check"``: never migrate, wait for the target.
+        block_startup: start the app once the schema is ready (``True``), or
+            at once behind a readiness gate.
+        before_scripts: sets the application up before env.py or the revision
+            files are imported or run (may return a context manager).
+        multidb_name: for Alembic's ``multidb`` template, this migrator's database.
+        ddl: :class:`~automigrator.Ddl` (the table-lock timeout, its retries).
+        when_ahead: a database ahead of the code: ``"refuse"`` or ``"serve"``.
+        lint: ``"warn"``, ``"refuse"``, ``"off"``, or a :class:`~automigrator.Lint`.
     """
 
     def __init__(
@@ -121,48 +93,37 @@ class AutoMigrator(MigrationRunner):
         *,
         url: str | URL | None = None,
         target: str = "head",
-        enabled: bool | None = None,
-        env_var: str = "RUN_MIGRATIONS",
-        default_enabled: bool = True,
+        enabled: bool | Switch | None = None,
         on_failure: FailurePolicy | None = None,
         lock: LockOption = "auto",
         lock_url: str | URL | None = None,
-        lock_timeout: float = 300.0,
-        connect_timeout: float = 60.0,
-        version_table: str = "alembic_version",
-        version_table_schema: str | None = None,
+        timeouts: Timeouts | None = None,
+        version_table: str | VersionTable = "alembic_version",
         baseline: str | None = None,
-        mode: Literal["migrate", "check"] = "migrate",
-        when_disabled: Literal["skip", "check"] = "skip",
-        check_timeout: float = 300.0,
+        mode: Mode = "migrate",
         block_startup: bool = True,
-        shutdown_timeout: float = 30.0,
         before_scripts: BeforeScripts | None = None,
         multidb_name: str | None = None,
-        ddl_lock_timeout: float | None = 2.0,
-        ddl_lock_retries: int = 10,
-        progress_interval: float = 10.0,
-        when_ahead: Literal["refuse", "serve"] = "refuse",
-        lint: LintMode = "warn",
-        lint_rows: int = 100_000,
+        ddl: Ddl | None = None,
+        when_ahead: WhenAhead = "refuse",
+        lint: LintMode | Lint = "warn",
     ) -> None:
-        check_options(
+        settings = MigratorSettings.build(
             target=target,
-            lock=lock,
-            lock_timeout=lock_timeout,
-            connect_timeout=connect_timeout,
+            enabled=enabled,
+            timeouts=timeouts,
+            ddl=ddl,
+            lint=lint,
+            version_table=version_table,
+            baseline=baseline,
             mode=mode,
-            when_disabled=when_disabled,
-            check_timeout=check_timeout,
-            before_scripts=before_scripts,
-            on_failure=on_failure,
-            ddl_lock_timeout=ddl_lock_timeout,
-            ddl_lock_retries=ddl_lock_retries,
-            progress_interval=progress_interval,
             when_ahead=when_ahead,
-            lock_url=lock_url,
+            block_startup=block_startup,
         )
-        super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
+        self.on_failure: FailurePolicy = failure_policy(on_failure)
+        self._lock_option = lock_option(lock, lock_url)
+        super().__init__(block_startup=block_startup, shutdown_timeout=settings.timeouts.shutdown)
+        self._settings = settings
         self.scripts = Scripts(
             config, url=url, multidb_name=multidb_name, before_scripts=before_scripts
         )
@@ -171,37 +132,44 @@ class AutoMigrator(MigrationRunner):
         # the driver's import is paid with the application's, not at start-up.
         self._engine: Engine = create_engine(self.url)
         self._lock_engine = self._engine if lock_url is None else lock_engine(lock_url, self.url)
-        if enabled is None:
-            self.enabled, self._switch_source = read_switch(env_var, default=default_enabled)
-        else:
-            self.enabled, self._switch_source = enabled, f"enabled={enabled}"
-        self.target, self.baseline, self.mode = target, baseline, mode
-        self.on_failure: FailurePolicy = on_failure if on_failure is not None else Fail()
-        self.lock_option: LockOption = lock
-        self.lock_timeout = float(lock_timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.version_table = VersionTable(version_table, version_table_schema)
-        self.when_disabled, self.when_ahead = when_disabled, when_ahead
-        self.check_timeout = float(check_timeout)
-        self.before_scripts = before_scripts
-        self._checking = mode == "check"
+        self.enabled, self._switch_source = settings.switch.read()
+        self._checking = settings.mode == "check"
         self._reporter = Reporter()
-        self._waiter = Waiter(self._reporter, self.url, self.connect_timeout, self.lock_timeout)
+        self._waiter = Waiter(self._reporter, self.url, settings.timeouts)
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
-        self._backups = Backups(self._engine, self.version_table)
-        self._attempts = Attempts(self._reporter, self._engine, self.version_table, self.url)
-        self._upgrader = Upgrader(
-            self.scripts,
-            self._reporter,
-            self._engine,
-            timeouts=DdlTimeouts(ddl_lock_timeout, ddl_lock_retries),
-            progress_interval=progress_interval,
-        )
-        self.linter = Linter(self.scripts, self._engine, target, lint, lint_rows, ddl_lock_timeout)
+        self._backups = Backups(self._engine, settings.version_table)
+        self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
+        self._upgrader = Upgrader(self.scripts, self._reporter, self._engine, settings.ddl)
+        self.linter = Linter(self.scripts, self._engine, settings)
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
         self._preplanned: Plan | AutomigratorError | None = None
+
+    @property
+    def settings(self) -> MigratorSettings:
+        """The settings this migrator was built with (frozen: build another to change them)."""
+        return self._settings
+
+    @property
+    def target(self) -> str:
+        """The revision(s) a run brings the database to (``settings.target``)."""
+        return self._settings.target
+
+    @property
+    def baseline(self) -> str | None:
+        """The revision an unversioned database is stamped at (``settings.baseline``)."""
+        return self._settings.baseline
+
+    @property
+    def version_table(self) -> VersionTable:
+        """env.py's version table (``settings.version_table``)."""
+        return self._settings.version_table
+
+    @property
+    def mode(self) -> Mode:
+        """``migrate`` or ``check`` (``settings.mode``)."""
+        return self._settings.mode
 
     def __repr__(self) -> str:
         return (
@@ -249,15 +217,15 @@ class AutoMigrator(MigrationRunner):
         if not self.should_run() or self.mode == "check":
             return True
         try:
-            plan = await self._waiter.reachable(lambda: self._plan(first=True))
-            self._raise_refusal(plan, final=False)
+            plan = await self._waiter.once_reachable(lambda: self._plan(first=True))
+            self.raise_for_plan(plan, final=False)
         except ShutdownRequestedError:
             raise
         except AutomigratorError as exc:
             self._preplanned = exc
             return False
         finally:
-            self._reporter.set(state=MigrationState.PENDING, waiting_for=None)
+            self._reporter.done_waiting(MigrationState.PENDING)
         self._preplanned = plan
         return True
 
@@ -272,7 +240,7 @@ class AutoMigrator(MigrationRunner):
         started = time.monotonic()
         self._checking = self.mode == "check"
         if not self.should_run():
-            if self.when_disabled != "check":
+            if self._settings.switch.when_disabled != "check":
                 self._reporter.reset(MigrationStatus(state=MigrationState.DISABLED, duration=0.0))
                 logger.info(
                     "Migrations disabled (%s): not touching the database", self._switch_source
@@ -287,12 +255,12 @@ class AutoMigrator(MigrationRunner):
         try:
             with self._reporter.failed_if_interrupted(started), listening():
                 return await self._attempts.run(
-                    self, self.on_failure, self.migrate, fresh=self._fresh, started=started
+                    self, self.on_failure, self.migrate, before_each=self._renew, started=started
                 )
         finally:
             done.set()
 
-    def _fresh(self) -> None:
+    def _renew(self) -> None:
         # Each attempt imports the scripts and takes its snapshot anew.
         self._backups.forget_snapshot()
         self.scripts.forget()
@@ -320,9 +288,9 @@ class AutoMigrator(MigrationRunner):
         if isinstance(planned, AutomigratorError):
             raise planned
         if planned is None:
-            planned = await self._waiter.reachable(lambda: self._plan(first=True))
+            planned = await self._waiter.once_reachable(lambda: self._plan(first=True))
         plan = self._reporter.planned(planned)
-        self._raise_refusal(plan, final=False)
+        self.raise_for_plan(plan, final=False)
         if plan.kind == "at_head":
             return
         async with self.locked() as waited:
@@ -332,7 +300,7 @@ class AutoMigrator(MigrationRunner):
         # most likely at head. That needs no lock, so every waiter checks at
         # once instead of taking the lock in turn.
         plan = await self.plan()
-        self._raise_refusal(plan, final=False)
+        self.raise_for_plan(plan, final=False)
         if plan.kind == "at_head":
             logger.info("Another process brought the schema to head while we waited")
             return
@@ -343,56 +311,63 @@ class AutoMigrator(MigrationRunner):
             await self._migrate_locked()
 
     async def _migrate_locked(self) -> None:
-        with frozen_heap() as self._heap:  # short GC pauses meanwhile
-            await self._migrate_frozen()
-
-    async def _migrate_frozen(self) -> None:
         # We hold the lock and will most likely upgrade: import the scripts
-        # now, and plan on them. Another replica may have migrated since our
-        # first plan.
-        await anyio.to_thread.run_sync(self.scripts.imported)
-        self._heap.more()
-        plan = await self.plan()
-        self._raise_refusal(plan)
-        if plan.kind == "at_head":
-            logger.info("Another process brought the schema to head before we took the lock")
-            return
-        await self.linter.before_upgrade(plan, self._reporter, baseline=self.baseline)
-        if isinstance(self.on_failure, BeforeUpgrade):
-            await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
-        if plan.kind == "unversioned":
-            await self.stamp_baseline()
+        # now (the GC frozen meanwhile: short pauses), and plan on them.
+        # Another replica may have migrated since our first plan.
+        with frozen_heap() as self._heap:
+            await anyio.to_thread.run_sync(self.scripts.imported)
+            self._heap.more()
             plan = await self.plan()
-        if plan.kind != "at_head":
-            await self.upgrade(plan)
-            await self.verify()
-        # A purge's fresh database, or RestoreBackup's pending copy, is done with.
-        await anyio.to_thread.run_sync(self._backups.settle)
+            self.raise_for_plan(plan)
+            if plan.kind == "at_head":
+                logger.info("Another process brought the schema to head before we took the lock")
+                return
+            await self.linter.before_upgrade(plan, self._reporter, baseline=self.baseline)
+            if isinstance(self.on_failure, BeforeUpgrade):
+                await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
+            if plan.kind == "unversioned":
+                await self.stamp_baseline()
+                plan = await self.plan()
+            if plan.kind != "at_head":
+                await self.upgrade(plan)
+                await self.verify()
+            # A purge's fresh database, or RestoreBackup's pending copy, is done with.
+            await anyio.to_thread.run_sync(self._backups.settle)
 
     async def check(self) -> None:
-        """Check mode: never migrate; wait up to ``check_timeout`` for the target.
+        """Check mode: never migrate; wait up to ``Timeouts.check`` for the target.
 
         Then :class:`~automigrator.SchemaBehindError`; what waiting cannot fix
         (ahead of the code, several heads, unversioned) is refused at once.
         """
         plan = await self.plan()
-        self._raise_refusal(plan)
+        self.raise_for_plan(plan)
         if plan.kind == "at_head":
             return
-        await self._waiter.migration(plan, self.plan, self._raise_refusal, self.check_timeout)
+        await self._waiter.until_target(
+            plan, self.plan, self.raise_for_plan, self._settings.timeouts.check
+        )
 
     async def plan(self) -> Plan:
         """Read the database's revisions (one short connection) and classify them.
 
-        While the database refuses connections, retries up to ``connect_timeout``.
+        While the database refuses connections, retries up to ``Timeouts.connect``.
         """
-        return self._reporter.planned(await self._waiter.reachable(self._plan))
+        return self._reporter.planned(await self._waiter.once_reachable(self._plan))
 
     def _plan(self, first: bool = False) -> Plan:
         plan = read_plan(self.scripts, self._engine, self.version_table, self.target, first=first)
-        return plan.served_ahead() if self.when_ahead == "serve" else plan
+        return plan.served_ahead() if self._settings.when_ahead == "serve" else plan
 
-    def _raise_refusal(self, plan: Plan, *, final: bool = True) -> None:
+    def raise_for_plan(self, plan: Plan, *, final: bool = True) -> None:
+        """Raise what forbids acting on ``plan``: ahead of the code, several heads, unversioned.
+
+        The one check a start, :func:`~automigrator.preview`,
+        :func:`~automigrator.lint` and the command line all make before
+        anything else. An unversioned database is refused only when
+        ``final`` (under the lock: another replica may have been seen half
+        way), and never with a ``baseline``.
+        """
         refusal = plan.refusal(
             final=final, baseline=self.baseline, version_table=str(self.version_table)
         )
@@ -402,13 +377,13 @@ class AutoMigrator(MigrationRunner):
     async def upgrade(self, plan: Plan) -> None:
         """Run the upgrade through env.py in a worker thread (again on a busy table)."""
         self._reporter.migrating(plan)
-        await self._upgrader.run(
-            self.target,
-            version_table=self.version_table,
+        hooks = RunHooks(
+            on_step=self._reporter.revision_begins,
             on_applied=self._applied,
             should_stop=lambda: self._stop_requested,
             lock=self._waiter.held,  # checked before each revision
         )
+        await self._upgrader.run(self.target, version_table=self.version_table, hooks=hooks)
         if self._stop_requested:
             applied = self.status.applied
             raise ShutdownRequestedError.between_revisions(applied[-1] if applied else None)
@@ -443,7 +418,7 @@ class AutoMigrator(MigrationRunner):
         """
         # After a wait we check the schema against the scripts' graph: read
         # it while another process migrates, not after.
-        lock = self._make_lock()
+        lock = self.migration_lock()
         async with self._waiter.holding(lock, read_ahead=self.scripts.graph) as waited:
             yield waited
 
@@ -457,14 +432,15 @@ class AutoMigrator(MigrationRunner):
         unique violation. Use it after the schema is ready (in the
         application's lifespan under :meth:`wrap_lifespan`, or after
         :meth:`wait_ready`). The status is left alone; waiting is bounded by
-        ``lock_timeout`` like a migration's. See the recipe in the docs.
+        ``Timeouts.lock`` like a migration's. See the recipe in the docs.
         """
-        lock = self._make_lock()
+        lock = self.migration_lock()
         async with self._waiter.holding(lock, read_ahead=lambda: None, report=False):
             yield
 
-    def _make_lock(self) -> MigrationLock | None:
-        option = self.lock_option
+    def migration_lock(self) -> MigrationLock | None:
+        """A new instance of the lock this migrator takes (None with ``lock=None``)."""
+        option = self._lock_option
         return lock_for(self._lock_engine, self.version_table) if option == "auto" else option
 
     # -- for failure policies ---------------------------------------------------

@@ -1,16 +1,37 @@
-"""The plan: where the database stands against the scripts, and what that forbids."""
+"""The plan: where the database stands against the scripts, what that forbids, and reading it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import anyio
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from .database._connections import (
+    VersionTable,
+    check_schema_exists,
+    has_other_tables,
+    read_revisions,
+    translate_error,
+)
 from .errors import (
     AutomigratorError,
+    ConfigurationError,
+    DatabaseUnavailableError,
     MultipleHeadsError,
     SchemaAheadError,
     UnversionedDatabaseError,
 )
+from .process._signals import abandonable
+from .scripts._scripts import Scripts
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
+
 
 PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]
 
@@ -65,16 +86,123 @@ def holds_heads(heads: tuple[str, ...], revisions: tuple[str, ...] | None, targe
     )
 
 
-@dataclass(frozen=True)
-class PendingRevision:
-    """A revision an upgrade would apply; with a preview's ``sql=True``, its SQL."""
+def read_plan(
+    scripts: Scripts,
+    engine: Engine,
+    version_table: VersionTable,
+    target: str,
+    *,
+    first: bool = False,
+) -> Plan:
+    """Read the version table and classify it against the scripts (in a worker thread).
 
-    revision: str
-    down_revisions: tuple[str, ...]
-    message: str
-    path: str
-    sql: str | None
-    """The SQL, or None when it could not be rendered."""
-    not_renderable: str | None
-    """Why it could not be rendered offline (it reads data through
-    ``op.get_bind()``, say), or None."""
+    At head with remembered heads this is one query and no graph. ``first``
+    (the first plan of an attempt) defers the graph for a database with no
+    revisions: it is behind whatever the scripts hold, and the replica that
+    migrates imports the scripts anyway.
+    """
+    remembered = scripts.remembered_heads(target)
+    # Without remembered heads, the graph is read before connecting: script
+    # errors come before any wait for the database.
+    graph = scripts.graph() if remembered is None and not first else None
+    try:
+        with engine.connect() as conn:
+            revisions = read_revisions(conn, version_table)
+            if revisions is None:
+                check_schema_exists(conn, version_table)
+            has_tables = revisions is None and has_other_tables(conn, version_table)
+    except DBAPIError as exc:
+        error = translate_error(exc, scripts.url, doing="reading the version table")
+        if isinstance(error, DatabaseUnavailableError):
+            scripts.graph()  # a script error first: waiting would not fix it
+        raise error from exc
+    if remembered is not None and holds_heads(remembered, revisions, target):
+        return Plan("at_head", revisions or (), remembered)  # one query, no graph
+    if first and not revisions:
+        # Multiple heads are refused under the lock, still before any DDL.
+        kind: PlanKind = "unversioned" if has_tables else "empty"
+        return Plan(kind, (), remembered or ())
+    return classify(graph or scripts.graph(), target, revisions, has_tables=has_tables)
+
+
+def classify(
+    script: ScriptDirectory,
+    target: str,
+    db_revisions: tuple[str, ...] | None,
+    *,
+    has_tables: bool,
+) -> Plan:
+    """Compare the database's revisions with the scripts; no DDL, no env.py."""
+    # Imports Alembic: only when the remembered heads could not decide.
+    from .scripts import _alembic_compat, _alembic_load
+
+    heads = tuple(sorted(script.get_heads()))
+    if not heads:
+        raise _alembic_load.no_revisions(script)
+    current = db_revisions or ()
+    if target == "head" and len(heads) > 1:
+        return Plan("multiple_heads", current, heads)
+    unknown = tuple(rev for rev in current if not _known(script, rev))
+    if unknown:
+        return Plan("ahead_of_code", current, heads, unknown=unknown)
+    if db_revisions is None and has_tables:
+        return Plan("unversioned", current, heads)
+    try:
+        targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
+        steps = _alembic_compat.upgrade_steps(script, target, current)
+    except _alembic_load.GRAPH_ERRORS as exc:
+        if _is_ancestor_of(script, target, current):
+            # The database is already past a pinned target: nothing to do,
+            # and we never downgrade (said plainly by the migrator).
+            return Plan("at_head", current, targets, past_target=True)
+        raise ConfigurationError(
+            f"Unknown migration target {target!r}: {exc}. Use 'head', 'heads', a revision "
+            "id or a branch label the scripts define."
+        ) from exc
+    pending = tuple(step.revision.revision for step in steps)
+    if not pending:
+        return Plan("at_head", current, targets, past_target=set(current) != set(targets))
+    return Plan("behind" if current else "empty", current, targets, pending=pending)
+
+
+def _known(script: ScriptDirectory, rev: str) -> bool:
+    from .scripts import _alembic_load
+
+    try:
+        found = script.get_revision(rev)
+    except _alembic_load.GRAPH_ERRORS:
+        return False
+    return found is not None and found.revision == rev
+
+
+def _is_ancestor_of(script: ScriptDirectory, target: str, current: Sequence[str]) -> bool:
+    from .scripts import _alembic_load
+
+    if not current:
+        return False
+    try:
+        wanted = {r.revision for r in script.get_revisions(target) if r is not None}
+        below = {r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")}
+    except _alembic_load.GRAPH_ERRORS:
+        return False
+    return bool(wanted) and wanted <= below
+
+
+async def revisions_soon(
+    engine: Engine, version_table: VersionTable, limit: float
+) -> tuple[str, ...] | None:
+    """The version table's rows if the database answers within ``limit`` seconds; else None.
+
+    Best effort, for the status after a failure: nothing is raised.
+    """
+
+    def read() -> tuple[str, ...] | None:
+        try:
+            with engine.connect() as conn:
+                return read_revisions(conn, version_table) or ()
+        except Exception:
+            return None
+
+    with anyio.move_on_after(limit):
+        return await abandonable(read)
+    return None

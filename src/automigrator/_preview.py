@@ -3,7 +3,7 @@
 ``preview(migrator)`` reads the plan (one short connection, as a start
 does), then lists each pending revision with its id, message and file; with
 ``sql=True``, each one's SQL as Alembic's offline mode renders it, one
-revision at a time (``_alembic.render_offline``). No DDL runs and no lock is
+revision at a time (``_alembic_run.render_offline``). No DDL runs and no lock is
 taken: another process may be migrating meanwhile, and the preview says what
 this one would have done from the revisions it read. ``lint(migrator)``
 judges the same revisions (``_lint``), weighed by the live tables' sizes.
@@ -16,10 +16,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from ._database import display
-from ._lint import LintReport
 from ._migrator import AutoMigrator
-from ._plan import PendingRevision, PlanKind
+from ._plan import PlanKind
+from .database._connections import display
+from .linting._linter import LintReport
+from .scripts._pending import PendingRevision
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,7 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
     are still rendered.
     """
     plan = await migrator.plan()
-    refusal = plan.refusal(baseline=migrator.baseline, version_table=str(migrator.version_table))
-    if refusal is not None:
-        raise refusal
+    migrator.raise_for_plan(plan)
     pending: list[PendingRevision] = []
     if plan.kind != "at_head":
         current = plan.db_revisions
@@ -68,11 +67,11 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
         scripts = migrator.scripts
 
         def render() -> list[PendingRevision]:
-            from . import _alembic  # imports Alembic: only when something is pending
+            from .scripts import _alembic_run  # imports Alembic: only when something is pending
 
             script = scripts.imported()
             with scripts.set_up():
-                return _alembic.render_offline(
+                return _alembic_run.render_offline(
                     scripts.config, script, migrator.target, current, sql=sql
                 )
 
@@ -103,11 +102,9 @@ async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintRepor
         start: tuple[str, ...] = () if since == "base" else (since,)
         return await anyio.to_thread.run_sync(lambda: linter.report(start, live=False, each=True))
     plan = await migrator.plan()
-    refusal = plan.refusal(baseline=migrator.baseline, version_table=str(migrator.version_table))
-    if refusal is not None:
-        raise refusal
+    migrator.raise_for_plan(plan)
     if plan.kind == "at_head":
-        return LintReport(display(migrator.url), (), (), (), None, linter.rows)
+        return LintReport(display(migrator.url), (), (), (), None, linter.settings.lint.rows)
     current = plan.db_revisions
     if plan.kind == "unversioned" and migrator.baseline is not None:
         current = (migrator.baseline,)

@@ -33,13 +33,12 @@ from typing import Any, NoReturn
 
 import anyio
 
-from ._configfile import read_multidb
-from ._database import display
 from ._group import MigratorGroup
-from ._lint import LintReport
 from ._migrator import AutoMigrator
 from ._preview import Preview, lint, preview
-from ._redaction import mask_credentials
+from ._settings import Ddl, Lint, MigratorSettings, Timeouts
+from .database._connections import display
+from .database._redaction import mask_credentials
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -55,7 +54,9 @@ from .errors import (
     UnsafeMigrationError,
     UnversionedDatabaseError,
 )
+from .linting._linter import LintReport
 from .policies import Chain, Fail, FailurePolicy, LogAndContinue, PurgeAndRetry, Retry
+from .scripts._configfile import read_multidb
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -107,6 +108,10 @@ exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 """
 
 
+# The library's defaults, read from its settings objects: none is written twice.
+DEFAULTS = MigratorSettings()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, minus the passwords: a usage error may quote ``--url`` back."""
 
@@ -134,16 +139,17 @@ def parser() -> argparse.ArgumentParser:
     linted.add_argument(
         "--lint-rows",
         type=int,
-        default=100_000,
+        default=DEFAULTS.lint.rows,
         metavar="N",
-        help="tables with fewer rows pass the rules that depend on size (100000)",
+        help=f"tables with fewer rows pass the rules that depend on size ({DEFAULTS.lint.rows})",
     )
     linted.add_argument(
         "--ddl-lock-timeout",
         type=_seconds_or_none,
-        default=2.0,
+        default=DEFAULTS.ddl.lock_timeout,
         metavar="S",
-        help="seconds a migration statement may wait for a table lock (2; 'none': the server's)",
+        help="seconds a migration statement may wait for a table lock "
+        f"({DEFAULTS.ddl.lock_timeout:g}; 'none': the server's)",
     )
     upgrade = commands.add_parser("upgrade", parents=[after, linted], help="migrate to the target")
     upgrade.add_argument(
@@ -157,16 +163,16 @@ def parser() -> argparse.ArgumentParser:
     upgrade.add_argument(
         "--lint",
         choices=("warn", "refuse", "off"),
-        default="warn",
+        default=DEFAULTS.lint.mode,
         help="before any DDL, lint the pending revisions: log (warn, the default), refuse "
         "(exit 15, nothing changed) or off",
     )
     upgrade.add_argument(
         "--ddl-lock-retries",
         type=int,
-        default=10,
+        default=DEFAULTS.ddl.retries,
         metavar="N",
-        help="tries again of a revision that met a busy table (10)",
+        help=f"tries again of a revision that met a busy table ({DEFAULTS.ddl.retries})",
     )
     commands.add_parser("check", parents=[after], help="is the database at the target?")
     status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
@@ -245,9 +251,17 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="a direct URL for the migration lock only, when --url goes through a pooler "
         "(default: $AUTOMIGRATOR_LOCK_URL, else --url)",
     )
-    parser.add_argument("--lock-timeout", type=float, default=default(300.0), help="seconds (300)")
     parser.add_argument(
-        "--connect-timeout", type=float, default=default(60.0), help="seconds (60)"
+        "--lock-timeout",
+        type=float,
+        default=default(DEFAULTS.timeouts.lock),
+        help=f"seconds ({DEFAULTS.timeouts.lock:g})",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=default(DEFAULTS.timeouts.connect),
+        help=f"seconds ({DEFAULTS.timeouts.connect:g})",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="only errors"
@@ -270,25 +284,27 @@ async def _command(args: argparse.Namespace) -> int:
         "url": args.url,
         "target": args.target,
         "enabled": True,
-        "lock_timeout": args.lock_timeout,
-        "connect_timeout": args.connect_timeout,
         "before_scripts": _resolve(args.before_scripts),
     }
+    timeouts = Timeouts(
+        connect=args.connect_timeout,
+        lock=args.lock_timeout,
+        check=args.timeout if args.command == "wait" else DEFAULTS.timeouts.check,
+    )
+    options["timeouts"] = timeouts
     if args.lock_url:
         options["lock_url"] = args.lock_url
     if args.command in ("upgrade", "lint"):
-        options.update(lint_rows=args.lint_rows, ddl_lock_timeout=args.ddl_lock_timeout)
+        retries = args.ddl_lock_retries if args.command == "upgrade" else DEFAULTS.ddl.retries
+        options["ddl"] = Ddl(lock_timeout=args.ddl_lock_timeout, retries=retries)
+        mode = args.lint if args.command == "upgrade" else DEFAULTS.lint.mode
+        options["lint"] = Lint(mode=mode, rows=args.lint_rows)
     if args.command == "upgrade":
-        options.update(
-            on_failure=POLICIES[args.on_failure],
-            baseline=args.baseline,
-            ddl_lock_retries=args.ddl_lock_retries,
-            lint=args.lint,
-        )
+        options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)
         status = await _runner(args.config, options).run()
         return 0 if status.state.value in ("ready", "degraded") else 1
     if args.command == "wait":
-        options.update(mode="check", check_timeout=args.timeout)
+        options.update(mode="check")
         await _runner(args.config, options).run()
         return 0
     runner = _runner(args.config, options)
@@ -306,11 +322,8 @@ async def _command(args: argparse.Namespace) -> int:
     for name, migrator in members.items():
         plan = await migrator.plan()
         if args.command == "check":
-            refusal = plan.refusal(
-                baseline=migrator.baseline, version_table=str(migrator.version_table)
-            )
-            if refusal is not None:  # ahead, several heads, unversioned: their own codes
-                raise refusal
+            # Ahead, several heads, unversioned: each has its own exit code.
+            migrator.raise_for_plan(plan)
             if plan.past_target:
                 print(
                     f"automigrator: {name + ': ' if name else ''}the database is at "

@@ -103,7 +103,7 @@ class DatabaseUnavailableError(AutomigratorError):
 
 
 class LockTimeoutError(AutomigratorError):
-    """The migration lock was not acquired within ``lock_timeout`` seconds."""
+    """The migration lock was not acquired within ``Timeouts.lock`` seconds."""
 
     kind: ErrorKind = "transient"
 
@@ -144,7 +144,7 @@ class SchemaAheadError(AutomigratorError):
 
 
 class SchemaBehindError(AutomigratorError):
-    """Check mode: the database stayed behind the code for ``check_timeout`` seconds.
+    """Check mode: the database stayed behind the code for ``Timeouts.check`` seconds.
 
     Transient: another replica or a migration Job may still bring it up;
     ``Retry`` waits again, a destructive policy never acts on it.
@@ -180,7 +180,7 @@ class UnversionedDatabaseError(AutomigratorError):
             or f"The database has tables but no version table {version_table!r}: these "
             "migrations did not create it. If its schema matches a revision, pass "
             "baseline='<revision>' to stamp it there first; if env.py keeps the version "
-            "table elsewhere, pass version_table=/version_table_schema=. Nothing was changed."
+            "table elsewhere, pass version_table=VersionTable(name, schema). Nothing was changed."
         )
         self.version_table = version_table
 

@@ -24,9 +24,9 @@ from sqlalchemy.engine import URL
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ._redaction import anonymize
 from ._status import MigrationState
 from ._types import Receive, Scope, Send
+from .database._redaction import anonymize
 
 if TYPE_CHECKING:
     from ._lifespan import MigrationRunner

@@ -2,7 +2,7 @@
 
 Each backend is a :class:`MigrationLock`. ``acquire(timeout)`` blocks a worker
 thread for at most ``timeout`` seconds; the migrator calls it in short slices
-so that it can log while it waits, honour ``lock_timeout`` and stop at once on
+so that it can log while it waits, honour ``Timeouts.lock`` and stop at once on
 shutdown.
 
 - PostgreSQL: a transaction-level advisory lock held by an open, idle
@@ -38,10 +38,10 @@ from typing import ClassVar, Protocol, runtime_checkable
 import sqlalchemy as sa
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ._database import VersionTable, is_memory_sqlite
+from .database._connections import VersionTable, create_engine, is_memory_sqlite, parse_url
 from .errors import ConfigurationError
 
 __all__ = [
@@ -471,8 +471,14 @@ class ProcessLock:
         return f"ProcessLock(name={self.name!r})"
 
 
-def lock_for(engine: Engine, table: VersionTable) -> MigrationLock:
-    """The default lock for the engine's database (``lock="auto"``)."""
+def lock_for(database: str | URL | Engine, table: VersionTable | None = None) -> MigrationLock:
+    """The lock ``lock="auto"`` takes for ``database`` (a URL or an engine) and ``table``.
+
+    Every migrator of that database and version table takes this one: hold
+    it to keep them out (a test standing in for a running migration).
+    """
+    table = table if table is not None else VersionTable()
+    engine = database if isinstance(database, Engine) else create_engine(parse_url(database))
     backend = engine.url.get_backend_name()
     if backend == "postgresql":
         return PostgresAdvisoryLock(engine, table)

@@ -15,8 +15,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from ._database import display
 from ._migrator import AutoMigrator
+from .database._connections import display
 from .events import Event
 
 __all__ = ["instrument"]

@@ -27,16 +27,22 @@ from typing import Literal, Protocol, runtime_checkable
 from sqlalchemy.engine import URL
 
 from ._plan import Plan
-from ._purge import Purged
 from ._status import MigrationStatus
-from .errors import AlreadyPurgedError, AutomigratorError, ErrorKind, first_line
+from .database._purge import Purged
+from .errors import (
+    AlreadyPurgedError,
+    AutomigratorError,
+    ConfigurationError,
+    ErrorKind,
+    first_line,
+)
 
 __all__ = [
     "BeforeUpgrade",
     "Chain",
     "Decision",
     "Fail",
-    "FailedMigrator",
+    "PolicyMigrator",
     "Failure",
     "FailurePolicy",
     "LogAndContinue",
@@ -75,7 +81,7 @@ class Decision:
     def retry(cls, reason: str, *, delay: float = 0.0) -> Decision:
         """Run the migrate step again after ``delay`` seconds."""
         if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay!r}")
+            raise ConfigurationError(f"delay must be >= 0, got {delay!r}")
         return cls("retry", reason, delay)
 
     @classmethod
@@ -84,8 +90,8 @@ class Decision:
         return cls("pass", reason)
 
 
-class FailedMigrator(Protocol):
-    """What a failure policy may use of the migrator whose run failed.
+class PolicyMigrator(Protocol):
+    """The migrator as a failure policy sees it: what it may use of the one whose run failed.
 
     :class:`~automigrator.AutoMigrator` is one; the Protocol keeps policies
     free of the migrator's module (policies sit below it).
@@ -131,7 +137,7 @@ class Failure:
     """1 for the first run of the migrate step, 2 after one retry, and so on."""
     history: tuple[Decision, ...]
     """Decisions already taken in this run, oldest first."""
-    migrator: FailedMigrator
+    migrator: PolicyMigrator
     """The migrator whose run failed (an :class:`~automigrator.AutoMigrator`)."""
 
     @property
@@ -157,7 +163,7 @@ class BeforeUpgrade(Protocol):
     upgrade: :class:`RestoreBackup` copies the database aside here.
     """
 
-    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+    async def before_upgrade(self, migrator: PolicyMigrator) -> None:
         """Prepare for the upgrade that is about to run."""
         ...
 
@@ -225,7 +231,7 @@ class Retry:
         kinds: tuple[ErrorKind, ...] = ("transient", "contention"),
     ) -> None:
         if times < 1 or delay < 0 or max_delay < delay:
-            raise ValueError(
+            raise ConfigurationError(
                 f"Retry(times={times!r}, delay={delay!r}, max_delay={max_delay!r}): times must "
                 "be >= 1 and 0 <= delay <= max_delay."
             )
@@ -259,7 +265,7 @@ class Chain:
 
     def __init__(self, *policies: FailurePolicy) -> None:
         if not policies or not all(isinstance(p, FailurePolicy) for p in policies):
-            raise ValueError(f"Chain needs failure policies, got {policies!r}")
+            raise ConfigurationError(f"Chain needs failure policies, got {policies!r}")
         self.policies = policies
 
     async def handle(self, failure: Failure) -> Decision:
@@ -276,7 +282,7 @@ class Chain:
             f"every policy in the chain passed the failure on ({'; '.join(passed)})"
         )
 
-    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+    async def before_upgrade(self, migrator: PolicyMigrator) -> None:
         """Each member's own ``before_upgrade``, in order."""
         for policy in self.policies:
             if isinstance(policy, BeforeUpgrade):
@@ -319,7 +325,7 @@ class PurgeAndRetry:
 
     def __init__(self, *, max_attempts: int = 1, backup: bool = True, keep: int = 3) -> None:
         if max_attempts < 1 or keep < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"PurgeAndRetry(max_attempts={max_attempts!r}, keep={keep!r}): both must be >= 1."
             )
         self.max_attempts, self.backup, self.keep = max_attempts, backup, keep
@@ -383,7 +389,7 @@ class RestoreBackup:
     refused before any DDL: PostgreSQL rolls a failed run back by itself.
     """
 
-    async def before_upgrade(self, migrator: FailedMigrator) -> None:
+    async def before_upgrade(self, migrator: PolicyMigrator) -> None:
         """Copy the database aside before the first DDL."""
         await migrator.snapshot()
 

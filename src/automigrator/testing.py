@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 import anyio
 from sqlalchemy import MetaData
 
-from ._database import create_engine
 from ._group import MigratorGroup
 from ._lifespan import MigrationRunner
-from ._lint import LintReport
 from ._migrator import AutoMigrator
 from ._status import MigrationStatus
+from .database._connections import create_engine
+from .linting._linter import LintReport
 
 __all__ = ["assert_at_head", "assert_migrations_are_safe", "assert_models_match", "upgrade"]
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator._database import VersionTable, create_engine, sync_url
+from automigrator.database._connections import sync_url
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.e2e.server import serve
@@ -77,7 +77,7 @@ def test_sigterm_while_waiting_for_the_lock_stops_the_server(example: tuple[Path
     # Another replica holds the lock; a rolling update stops this one, which
     # would otherwise wait lock_timeout (300 s).
     app_dir, url = example
-    holder = lock_for(create_engine(url), VersionTable())
+    holder = lock_for(url)
     assert holder.acquire(0)
     env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator._database import VersionTable, create_engine, sync_url
+from automigrator.database._connections import sync_url
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
@@ -66,7 +66,7 @@ def test_sigterm_while_waiting_for_the_lock_stops_the_server(
     # Another replica "migrates" (this test holds the lock); a rolling update
     # then stops this one. Without the stop it would wait lock_timeout (300 s).
     app_dir, url = example
-    holder = lock_for(create_engine(url), VersionTable())
+    holder = lock_for(url)
     assert holder.acquire(0)
     args = uvicorn(app_dir) if server_name == "uvicorn" else gunicorn(app_dir, 1)
     env = {"DATABASE_URL": url.render_as_string(hide_password=False)}

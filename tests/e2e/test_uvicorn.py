@@ -10,7 +10,7 @@ import websockets.exceptions
 import websockets.sync.client
 from sqlalchemy.engine import URL
 
-from automigrator._database import sync_url
+from automigrator.database._connections import sync_url
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve

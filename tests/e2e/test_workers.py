@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator._database import sync_url
+from automigrator.database._connections import sync_url
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
 from tests.e2e.server import serve

@@ -18,7 +18,7 @@ from alembic.operations import ops
 from sqlalchemy import CHAR, Enum, String
 from sqlalchemy.types import to_instance
 
-from ._findings import LintFinding
+from .._findings import LintFinding
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ RULES: dict[str, Rule] = {
             False,
             "without a lock timeout, a statement waiting for its table lock (behind one "
             "long query) makes every later query on the table wait behind it",
-            "keep ddl_lock_timeout set (the default, 2 s), or SET lock_timeout in the revision",
+            "keep Ddl(lock_timeout=) set (it is by default), or SET lock_timeout in the revision",
         ),
     )
 }

@@ -1,6 +1,6 @@
 """The lint: which pending operations would lock a busy table or break the old version.
 
-Each pending revision is rendered offline (``_alembic.render_offline``, as
+Each pending revision is rendered offline (``_alembic_run.render_offline``, as
 ``automigrator plan --sql`` does), and the Alembic operations it invokes are
 recorded on the way. The operation rules (``_lintrules``) judge those on
 every dialect; on PostgreSQL, squawk (``_squawk``), where installed, judges
@@ -23,23 +23,23 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 
-from ._database import display
-from ._findings import LintFinding
-from ._plan import PendingRevision, Plan
-from ._reporting import Reporter
-from ._scripts import Scripts
-from .errors import ConfigurationError, UnsafeMigrationError, first_line
-from .events import Event
+from .._findings import LintFinding
+from .._plan import Plan
+from .._settings import MigratorSettings
+from ..database._connections import display
+from ..errors import UnsafeMigrationError, first_line
+from ..events import Event
+from ..run._reporting import Reporter
+from ..scripts._pending import PendingRevision
+from ..scripts._scripts import Scripts
 
 logger = logging.getLogger("automigrator")
 
-LintMode = Literal["warn", "refuse", "off"]
-_MODES = ("warn", "refuse", "off")
 _ALLOW = re.compile(r"#\s*automigrator:\s*allow\s*=\s*([\w:,\- ]+)")
 
 
@@ -85,19 +85,10 @@ class Linter:
         self,
         scripts: Scripts,
         engine: Engine,
-        target: str,
-        mode: LintMode,
-        rows: int,
-        ddl_lock_timeout: float | None,
+        settings: MigratorSettings,
     ) -> None:
-        if mode not in _MODES:
-            raise ConfigurationError(f"lint must be one of {', '.join(_MODES)}; got {mode!r}.")
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-            raise ConfigurationError(f"lint_rows must be a whole number >= 0, got {rows!r}.")
-        self.scripts, self.engine, self.target = scripts, engine, target
-        self.mode: LintMode = mode
-        self.rows = rows
-        self.ddl_lock_timeout = ddl_lock_timeout
+        self.scripts, self.engine = scripts, engine
+        self.settings = settings  # the migrator's own: never copied
 
     def report(
         self, current: tuple[str, ...], *, live: bool = True, each: bool = False
@@ -108,14 +99,15 @@ class Linter:
         every revision as if the database stood just before it (for CI, with
         no live database: a table only its own revision creates is exempt).
         """
-        from . import _alembic, _lintrules, _squawk  # they import Alembic
+        from ..scripts import _alembic_run  # these import Alembic
+        from . import _rules, _squawk
 
         operations: dict[str, list[Any]] = {}
         with self.scripts.set_up():
-            pending = _alembic.render_offline(
+            pending = _alembic_run.render_offline(
                 self.scripts.config,
                 self.scripts.imported(),
-                self.target,
+                self.settings.target,
                 current,
                 sql=True,
                 operations=operations,
@@ -127,10 +119,10 @@ class Linter:
         for step in pending:
             if each:
                 created = set()
-            found += _lintrules.check(
+            found += _rules.check(
                 operations.get(step.revision, ()),
                 dialect=dialect,
-                lock_timeout=self.ddl_lock_timeout is not None,
+                lock_timeout=self.settings.ddl.lock_timeout is not None,
                 created=created,
                 revision=step.revision,
                 path=step.path,
@@ -154,7 +146,7 @@ class Linter:
             findings=tuple(found),
             not_linted=tuple((s.revision, s.not_renderable) for s in pending if s.not_renderable),
             squawk=squawk,
-            threshold=self.rows,
+            threshold=self.settings.lint.rows,
         )
 
     def _squawked(
@@ -169,7 +161,7 @@ class Linter:
         # The operation rules know what each op.* call means (a varchar only
         # widened, a table made earlier); squawk, which sees only SQL, has
         # the last word on raw SQL (op.execute) and adds the rules we lack.
-        from . import _lintrules, _squawk
+        from . import _rules, _squawk
 
         hits = _squawk.run(binary, {s.revision: s.sql for s in pending if s.sql})
         paths = {s.revision: s.path for s in pending}
@@ -179,7 +171,7 @@ class Linter:
                 if hit.table is not None and _among(hit.table, new_by[revision]):
                     continue
                 rule = _squawk.SAME_AS.get(hit.rule)
-                if rule == "no-lock-timeout" and self.ddl_lock_timeout is not None:
+                if rule == "no-lock-timeout" and self.settings.ddl.lock_timeout is not None:
                     continue  # automigrator sets it on the connection, where SQL cannot show it
                 if rule is None:
                     more.append(
@@ -202,7 +194,7 @@ class Linter:
                     for f in seen
                 ):
                     continue
-                made = _lintrules.finding(rule, hit.table, revision=revision, path=paths[revision])
+                made = _rules.finding(rule, hit.table, revision=revision, path=paths[revision])
                 more.append(replace(made, source="squawk"))
         return more
 
@@ -213,13 +205,13 @@ class Linter:
             {_split(f.table) for f in found if f.weighed and f.verdict == "flagged" and f.table},
             key=str,
         )
-        counts = row_counts(self.engine, tables, self.rows)
+        counts = row_counts(self.engine, tables, self.settings.lint.rows)
         weighed = []
         for f in found:
             if f.weighed and f.verdict == "flagged" and f.table:
                 size = counts.get(_split(f.table))
                 if size is not None:
-                    small = size[1] != "more_than" and size[0] < self.rows
+                    small = size[1] != "more_than" and size[0] < self.settings.lint.rows
                     f = replace(
                         f, rows=size[0], rows_are=size[1], verdict="small" if small else "flagged"
                     )
@@ -235,13 +227,13 @@ class Linter:
         :class:`~automigrator.UnsafeMigrationError` if any is flagged (or if the
         lint could not run at all).
         """
-        if self.mode == "off" or plan.kind == "empty":
+        if self.settings.lint.mode == "off" or plan.kind == "empty":
             return  # an empty database has no table to lock, no old version to break
         current = (baseline,) if plan.kind == "unversioned" and baseline else plan.db_revisions
         try:
             report = await anyio.to_thread.run_sync(lambda: self.report(current))
         except Exception as exc:  # the lint informs; only "refuse" makes it a gate
-            if self.mode == "refuse":
+            if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError.unlinted(exc) from exc
             logger.warning("Lint: could not check the pending revisions: %s", first_line(exc))
             return
@@ -255,9 +247,9 @@ class Linter:
                 why,
             )
         if report.flagged:
-            reporter.set(lint=report.flagged)
+            reporter.linted(report.flagged)
             reporter.emit(Event("lint", reporter.status))
-            if self.mode == "refuse":
+            if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError(findings=report.flagged)
 
 

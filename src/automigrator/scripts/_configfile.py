@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._redaction import mask_credentials
-from .errors import ConfigurationError
+from ..database._redaction import mask_credentials
+from ..errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
     import tomllib

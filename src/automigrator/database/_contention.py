@@ -17,7 +17,6 @@ and a timeout there would leave an invalid index behind.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._status import Blocker
+from .._status import Blocker
 
 # PostgreSQL: lock_not_available, deadlock_detected, serialization_failure.
 _CONTENTION_SQLSTATES = {"55P03", "40P01", "40001"}
@@ -34,33 +33,6 @@ _CONTENTION_SQLSTATES = {"55P03", "40P01", "40001"}
 _CONTENTION_MYSQL_CODES = {1205, 1213}
 # SQLite: SQLITE_BUSY ("database is locked"), SQLITE_LOCKED ("database table is locked").
 _SQLITE_BUSY_CODES = {5, 6}
-
-# The timeout grows by a quarter of the first one per try, up to twice it:
-# a table kept busy by a stream of short transactions gets a longer window,
-# and the stall a try can cause stays bounded.
-_GROWTH_STEPS = 4
-# Pauses between tries: the timeout, doubled each time, up to this, with jitter.
-_MAX_PAUSE = 20.0
-
-
-@dataclass(frozen=True)
-class DdlTimeouts:
-    """The DDL lock timeout and how many times a revision that hit it is tried again."""
-
-    timeout: float | None
-    """Seconds a migration statement may wait for a table lock; None: as the server says."""
-    retries: int
-
-    def for_try(self, tried: int) -> float | None:
-        """The lock timeout of the try after ``tried`` failed ones."""
-        if self.timeout is None:
-            return None
-        return self.timeout * (1 + min(tried, _GROWTH_STEPS) / _GROWTH_STEPS)
-
-    def pause(self, tried: int) -> float:
-        """Seconds to wait before the try after ``tried`` (>= 1) failed ones, with jitter."""
-        base = min((self.timeout or 1.0) * 2 ** (tried - 1), _MAX_PAUSE)
-        return float(base * random.uniform(0.5, 1.5))
 
 
 def is_contention(exc: BaseException) -> bool:
@@ -123,7 +95,7 @@ class StatementLog:
 
 
 @dataclass
-class LiveRun:
+class UpgradeTry:
     """One try of an upgrade: its lock timeout, and what the worker thread learnt."""
 
     timeout: float | None

@@ -1,6 +1,7 @@
 """The migration scripts of one migrator: config, Alembic's Config, the graph, remembered heads.
 
-The one place, with ``_alembic.py``, that reaches Alembic. Alembic itself is
+With ``_alembic_load.py`` and ``_alembic_run.py``, the one place that reaches
+Alembic. Alembic itself is
 imported only when a graph is needed: a start at head with remembered heads,
 or with plain files in Alembic's default layout (``_plainheads``), does
 without it. The graph is read from the files' text for planning
@@ -18,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
+from ..database._connections import VersionTable, parse_url
+from ..errors import ConfigurationError
 from . import _headcache, _plainheads
 from ._configfile import Settings, read_settings
-from ._database import VersionTable, parse_url
-from ._status import AppliedRevision
-from .errors import ConfigurationError
 
 # The options by which Alembic finds the revision files: what remembered heads
 # of a Config object built in code are keyed on.
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from ._contention import LiveRun
+    from ..database._contention import UpgradeTry
+    from ._hooks import RunHooks
 
 BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
 """A function that sets the application up for its migration scripts (``before_scripts=``)."""
@@ -63,6 +64,11 @@ class Scripts:
         multidb_name: str | None,
         before_scripts: BeforeScripts | None,
     ) -> None:
+        if before_scripts is not None and not callable(before_scripts):
+            raise ConfigurationError(
+                f"before_scripts={before_scripts!r} is not callable: pass a function that "
+                "sets the application up (it may return a context manager)."
+            )
         self.before_scripts = before_scripts
         self.multidb_name = multidb_name
         self._settings: Settings | None = None
@@ -71,10 +77,10 @@ class Scripts:
             self._settings = read_settings(config)
             config_url, self.name = self._settings.url, str(config)
         else:
-            from . import _alembic
+            from . import _alembic_load
 
-            self._config = _alembic.load_config(config)
-            config_url = _alembic.config_url(self._config)
+            self._config = _alembic_load.load_config(config)
+            config_url = _alembic_load.config_url(self._config)
             self.name = self._config.config_file_name or "<Config>"
         raw_url = url if url is not None else config_url
         # An ini shipped with `sqlalchemy.url = ""` (filled in at deploy time)
@@ -96,22 +102,22 @@ class Scripts:
     def config(self) -> Config:
         """The Alembic config env.py sees (with the URL applied); built on first use."""
         if self._config is None:
-            from . import _alembic
+            from . import _alembic_load
 
             assert self._settings is not None
-            config = _alembic.load_config(self._settings.path)
+            config = _alembic_load.load_config(self._settings.path)
             if self._url_given:
                 self._apply_url(config)
             self._config = config
         return self._config
 
     def _apply_url(self, config: Config) -> None:
-        from . import _alembic
+        from . import _alembic_load
 
         if self.multidb_name is None:
-            _alembic.set_url(config, self.url)
+            _alembic_load.set_url(config, self.url)
         else:  # the multidb template's env.py migrates the databases listed here
-            _alembic.set_url(config, self.url, section=self.multidb_name)
+            _alembic_load.set_url(config, self.url, section=self.multidb_name)
             config.set_main_option("databases", self.multidb_name)
 
     def forget(self) -> None:
@@ -157,10 +163,10 @@ class Scripts:
         return folder / "__pycache__" / _headcache.FILE_NAME, key
 
     def _config_object_place(self) -> tuple[Path, str] | None:
-        from . import _alembic
+        from . import _alembic_load
 
         config = self.config
-        options = {name: _alembic.option(config, name) for name in _SCRIPT_OPTIONS}
+        options = {name: _alembic_load.option(config, name) for name in _SCRIPT_OPTIONS}
         location = options["script_location"]
         if not location or (not os.path.isabs(location) and ":" in location):
             return None  # none, or a package resource (pkg:dir)
@@ -210,7 +216,7 @@ class Scripts:
     def imported(self) -> ScriptDirectory:
         """The scripts imported and checked, ready to run (once per attempt)."""
         if self._script is None:
-            from . import _alembic
+            from . import _alembic_load
 
             if self._graph is None and self._cache_place() is not None:
                 # A run that planned without the graph (an empty database)
@@ -219,7 +225,7 @@ class Scripts:
                 self._read_graph()
 
             with self.set_up():
-                self._script = _alembic.load_script(self.config)
+                self._script = _alembic_load.load_script(self.config)
         return self._script
 
     def upgrade(
@@ -227,42 +233,40 @@ class Scripts:
         target: str,
         *,
         version_table: VersionTable,
-        on_applied: Callable[[AppliedRevision], None],
-        should_stop: Callable[[], bool],
-        lock: object = None,
-        live: LiveRun | None = None,
-        on_step: Callable[[str, str], None] = lambda revision, message: None,
+        hooks: RunHooks,
+        live: UpgradeTry | None = None,
     ) -> None:
-        """Run env.py's upgrade to ``target`` in this (worker) thread, checking ``lock``.
+        """Run env.py's upgrade to ``target`` in this (worker) thread, calling ``hooks``.
 
-        ``live`` gives env.py's connection its lock timeout and learns its id;
-        ``on_step(revision, message)`` is called as each revision begins.
+        ``live`` gives env.py's connection its lock timeout and learns its id.
         """
-        from . import _alembic
+        from . import _alembic_run
 
         script = self.imported()
         with self.set_up():
-            _alembic.upgrade(
+            _alembic_run.run_env(
                 self.config,
                 script,
                 target,
                 url=self.url,
                 version_table=version_table,
-                on_applied=on_applied,
-                should_stop=should_stop,
-                lock=lock,
+                hooks=hooks,
                 live=live,
-                on_step=on_step,
             )
 
     def stamp(self, revision: str, *, version_table: VersionTable) -> None:
         """Run env.py's stamp at ``revision`` in this (worker) thread."""
-        from . import _alembic
+        from . import _alembic_run
 
         script = self.imported()
         with self.set_up():
-            _alembic.stamp(
-                self.config, script, revision, url=self.url, version_table=version_table
+            _alembic_run.run_env(
+                self.config,
+                script,
+                revision,
+                url=self.url,
+                version_table=version_table,
+                stamp=True,
             )
 
     @contextmanager

@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
-from ._plan import Plan
-from ._status import AppliedRevision, MigrationState, MigrationStatus
-from .errors import AutomigratorError, ShutdownRequestedError
-from .events import STATE_EVENTS, Event, Listener
-from .policies import Decision
+from .._findings import LintFinding
+from .._plan import Plan
+from .._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
+from ..errors import AutomigratorError, ShutdownRequestedError
+from ..events import STATE_EVENTS, Event, Listener
+from ..policies import Decision
 
 logger = logging.getLogger("automigrator")
 
@@ -32,24 +33,81 @@ class Reporter:
         self.status = MigrationStatus()
         self._listeners: list[Listener] = []
 
-    def set(self, **changes: Any) -> None:
-        """Change fields of the status; a new state is announced."""
+    def _change(self, **changes: Any) -> None:
+        # The one writer of the status; a new state is announced. Callers use
+        # the named transitions below, each typed.
         before = self.status.state
         self.status = replace(self.status, **changes)
         if self.status.state is not before:
             self.emit(Event(STATE_EVENTS[self.status.state], self.status))
 
+    # -- the transitions of a run, in the order they happen --------------------
+
+    def attempt(self, number: int) -> None:
+        """Attempt ``number`` (1, 2, ...) of the run begins."""
+        self._change(attempts=number)
+
+    def waiting(self, what: Literal["database", "lock", "migration"]) -> None:
+        """The run waits for the database, the migration lock, or (check mode) the target."""
+        self._change(state=MigrationState.WAITING, waiting_for=what)
+
+    def done_waiting(self, state: MigrationState | None = None) -> None:
+        """The wait is over; the state becomes ``state`` (None: left as it is)."""
+        if state is None:
+            self._change(waiting_for=None)
+        else:
+            self._change(state=state, waiting_for=None)
+
+    def locked(self) -> None:
+        """The migration lock was taken at once: the run goes on under it."""
+        self._change(state=MigrationState.MIGRATING)
+
+    def linted(self, flagged: tuple[LintFinding, ...]) -> None:
+        """The lint of the pending revisions flagged ``flagged``."""
+        self._change(lint=flagged)
+
+    def revision_started(self, running: RunningRevision | None) -> None:
+        """A revision begins (None: the upgrade try ended); nothing blocks it yet."""
+        self._change(running=running, blocked_by=())
+
+    def revision_begins(self, revision: str, message: str) -> None:
+        """A revision begins (called from the migration's worker thread)."""
+        running = RunningRevision(revision=revision, message=message, started=time.time())
+        self.revision_started(running)
+
+    def blocked(self, by: tuple[Blocker, ...]) -> None:
+        """The running revision waits for a table lock these sessions hold."""
+        self._change(blocked_by=by)
+        self.emit(Event("blocked", self.status))
+
+    def ddl_retried(self) -> None:
+        """A revision that met a busy table is tried again."""
+        self._change(ddl_retries=self.status.ddl_retries + 1)
+        self.emit(Event("ddl_retry", self.status))
+
+    def attempt_failed(self, error: AutomigratorError) -> None:
+        """The attempt failed with ``error``; the failure policy decides next."""
+        self._change(error=error.summary(), error_kind=error.kind)
+
+    def retrying(self) -> None:
+        """The policy decided to try again: back to ``pending``."""
+        self._change(state=MigrationState.PENDING)
+
+    def revisions_read(self, revisions: tuple[str, ...]) -> None:
+        """After a failure: where the database really is."""
+        self._change(revisions_after=revisions)
+
     def planned(self, plan: Plan) -> Plan:
         """A plan was read: the revisions before (the first plan's) and now, the heads."""
         before = self.status.revisions_before
-        self.set(
+        self._change(
             revisions_before=plan.db_revisions if before is None else before,
             revisions_after=plan.db_revisions,
             heads=plan.heads,
         )
         logger.debug("Plan: %s", plan)
         if plan.unknown and plan.kind == "at_head" and self.status.ahead != plan.unknown:
-            self.set(ahead=plan.unknown)
+            self._change(ahead=plan.unknown)
             logger.warning(
                 "The database is at %s, which this code does not know: it is ahead of the "
                 "code (a rollback deploy?). Serving anyway (when_ahead='serve'); nothing is "
@@ -67,7 +125,7 @@ class Reporter:
 
     def migrating(self, plan: Plan) -> None:
         """The upgrade of ``plan`` begins."""
-        self.set(state=MigrationState.MIGRATING)
+        self._change(state=MigrationState.MIGRATING)
         logger.info(
             "Migrating from %s to %s: %d revision(s) to apply",
             ", ".join(plan.db_revisions) or "an empty database",
@@ -82,7 +140,7 @@ class Reporter:
 
     def finish(self, state: MigrationState, started: float) -> None:
         """The run ends in ``state``; it started at ``started`` (monotonic)."""
-        self.set(state=state, duration=time.monotonic() - started)
+        self._change(state=state, duration=time.monotonic() - started)
         if state is MigrationState.READY:
             logger.info(
                 "Schema ready at %s (%d revision(s) applied in %.2f s)",
@@ -101,19 +159,19 @@ class Reporter:
             yield
         except ShutdownRequestedError as exc:
             logger.warning("%s", exc.message)
-            self.set(error=exc.summary(), error_kind=exc.kind)
+            self.attempt_failed(exc)
             self.finish(MigrationState.FAILED, started)
             raise
         except BaseException:
             if self.status.state not in _FINAL:
                 # Cancelled by the server or the caller: say so.
-                self.set(error="Stopped before the run finished", error_kind="shutdown")
+                self._change(error="Stopped before the run finished", error_kind="shutdown")
                 self.finish(MigrationState.FAILED, started)
             raise
 
     def applied(self, revision: AppliedRevision) -> None:
         """One more revision applied (called from the migration's worker thread)."""
-        self.set(applied=(*self.status.applied, revision))
+        self._change(applied=(*self.status.applied, revision))
         self.emit(Event("revision_applied", self.status, revision=revision))
 
     def decided(self, decision: Decision, error: AutomigratorError) -> None:

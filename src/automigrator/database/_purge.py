@@ -43,9 +43,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._database import VersionTable, is_memory_sqlite, lost_schema_hint, translate_error
+from ..errors import AlreadyPurgedError, ConfigurationError, first_line
+from ._connections import VersionTable, is_memory_sqlite, lost_schema_hint, translate_error
 from ._redaction import redact
-from .errors import AlreadyPurgedError, ConfigurationError, first_line
 
 logger = logging.getLogger("automigrator")
 

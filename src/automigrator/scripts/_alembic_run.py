@@ -1,11 +1,9 @@
-"""Calling Alembic: the config, the scripts, the plan, and running env.py.
+"""Running env.py through Alembic: the upgrade, the stamp and the offline render.
 
-With ``_scripts.py`` (which calls it) the only module that calls Alembic;
-its private API is reached through ``_alembic_compat.py`` alone.
-
-It loads the config and the script directory, plans an upgrade against the
-revisions read from the database, and runs the upgrade through the user's own
-env.py in the calling (worker) thread, recording each applied revision.
+The upgrade runs through the user's own env.py in the calling (worker)
+thread. A supervisor goes with it: it records each applied revision, checks
+the migration lock before each revision (and takes its guard on env.py's
+connection), and ends the run between two revisions when a shutdown asks.
 Alembic's and SQLAlchemy's errors are translated here, chained with ``from``.
 """
 
@@ -13,35 +11,25 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from configparser import Error as ConfigParserError
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
-from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps, version_locations
-from ._configfile import config_error_text
-from ._contention import LiveRun, is_contention
-from ._database import VersionTable, display, mismatch, translate_error
-from ._logguard import LoggingGuard
-from ._plan import PendingRevision, Plan
-from ._redaction import redact
-from ._status import AppliedRevision
-from ._textgraph import graph_problem
-from .errors import (
+from .._status import AppliedRevision
+from ..database._connections import VersionTable, display, mismatch, translate_error
+from ..database._contention import UpgradeTry, is_contention
+from ..database._redaction import redact
+from ..errors import (
     AutomigratorError,
     ConfigurationError,
     ContentionError,
@@ -50,206 +38,31 @@ from .errors import (
     MigrationError,
     first_line,
 )
-from .locking import HeldLock
+from ..locking import HeldLock
+from ..process._logging import LoggingGuard
+from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps
+from ._configfile import config_error_text
+from ._hooks import RunHooks
+from ._pending import PendingRevision
 
 logger = logging.getLogger("automigrator")
+
 
 # Alembic keeps the running environment in module globals (alembic.context,
 # alembic.op): two runs at once in one process would trample each other.
 _RUN_LOCK = threading.Lock()
 
-OnApplied = Callable[[AppliedRevision], None]
-OnStep = Callable[[str, str], None]
 
-
-def load_config(source: str | os.PathLike[str] | Config) -> Config:
-    """An Alembic Config: built from a file ``_settings`` has read and checked, or as given.
-
-    A given ``Config`` is checked here: it must name a ``script_location``.
-    """
-    if not isinstance(source, Config):
-        path = Path(source)
-        if path.suffix != ".toml":
-            return Config(path)
-        try:
-            return Config(toml_file=path)
-        except TypeError as exc:  # Alembic before 1.16 has no toml_file
-            raise ConfigurationError(
-                f"{str(path)!r}: Alembic settings in pyproject.toml need Alembic 1.16 or "
-                "newer. Upgrade Alembic, or pass an alembic.ini."
-            ) from exc
-    try:
-        location = option(source, "script_location")
-    except ConfigParserError as exc:
-        raise ConfigurationError(
-            f"Could not read the Alembic config {source.config_file_name!r}: "
-            f"{config_error_text(exc)}"
-        ) from exc
-    if not location:
-        raise ConfigurationError(
-            f"The Alembic config {source.config_file_name or source.toml_file_name!r} has no "
-            "'script_location'. Add 'script_location = <folder with env.py>' to its "
-            "[alembic] section."
-        )
-    return source
-
-
-def option(cfg: Config, name: str) -> str | None:
-    """An ``[alembic]`` option of the config (or of pyproject.toml's ``[tool.alembic]``)."""
-    # get_alembic_option (Alembic 1.16+) also reads pyproject.toml.
-    getter = getattr(cfg, "get_alembic_option", None) or cfg.get_main_option
-    value: str | None = getter(name)
-    return value
-
-
-def set_url(cfg: Config, url: URL, *, section: str | None = None) -> None:
-    """Make ``url`` the ``sqlalchemy.url`` that env.py reads (in ``section``, for multidb)."""
-    # ConfigParser interpolates '%': a percent-encoded password must be doubled.
-    value = url.render_as_string(hide_password=False).replace("%", "%%")
-    if section is None:
-        cfg.set_main_option("sqlalchemy.url", value)
-    else:
-        cfg.set_section_option(section, "sqlalchemy.url", value)
-
-
-def config_url(cfg: Config) -> str | None:
-    """The ``sqlalchemy.url`` of the config, if any."""
-    return cfg.get_main_option("sqlalchemy.url") or None
-
-
-def load_script(cfg: Config) -> ScriptDirectory:
-    """The script directory, checked: folders exist, revision files import, graph is sound."""
-    try:
-        script = ScriptDirectory.from_config(cfg)
-    except CommandError as exc:
-        raise ConfigurationError(
-            f"Could not load the migration scripts: {exc}. Check 'script_location' in "
-            f"{cfg.config_file_name or cfg.toml_file_name!r}."
-        ) from exc
-    # Alembic treats a missing versions folder as "no revisions", which would
-    # make an empty database look up to date.
-    for location in version_locations(script):
-        if not Path(location).is_dir():
-            raise ConfigurationError(
-                f"The versions folder {str(location)!r} does not exist. Create it, or fix "
-                "'script_location' / 'version_locations' in the Alembic config."
-            )
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        try:
-            heads = script.get_heads()
-        except (RevisionError, CommandError, KeyError) as exc:
-            # A KeyError is Alembic meeting a down_revision that names no
-            # revision: the files' text says which file, and what to fix.
-            problem = _graph_problem(script)
-            raise ConfigurationError(
-                problem or f"The revision graph is broken: {type(exc).__name__}: {exc}"
-            ) from exc
-        except Exception as exc:
-            raise ConfigurationError(
-                _graph_problem(script)
-                or f"A revision file failed to import: {type(exc).__name__}: {exc}"
-            ) from exc
-    for warning in seen:
-        if "present more than once" in str(warning.message):
-            # Alembic keeps one of the two files and skips the other.
-            raise ConfigurationError(
-                _graph_problem(script) or f"A revision id is used twice: {warning.message}"
-            )
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if not heads:
-        raise no_revisions(script)
-    return script
-
-
-def _graph_problem(script: ScriptDirectory) -> str | None:
-    recursive = bool(getattr(script, "recursive_version_locations", False))
-    return graph_problem(version_locations(script), recursive)
-
-
-def no_revisions(script: ScriptDirectory) -> ConfigurationError:
-    """Scripts without one revision: a wrong folder, never "ready at base"."""
-    folders = ", ".join(repr(folder) for folder in version_locations(script))
-    return ConfigurationError(
-        f"No revision file was found in {folders}: an empty database would look up to "
-        "date. Point 'script_location' / 'version_locations' at the folder holding the "
-        "revisions (if env.py chooses a folder at run time, set version_locations to it)."
-    )
-
-
-def make_plan(
-    script: ScriptDirectory,
-    target: str,
-    db_revisions: tuple[str, ...] | None,
-    *,
-    has_tables: bool,
-) -> Plan:
-    """Compare the database's revisions with the scripts; no DDL, no env.py."""
-    heads = tuple(sorted(script.get_heads()))
-    if not heads:
-        raise no_revisions(script)
-    current = db_revisions or ()
-    if target == "head" and len(heads) > 1:
-        return Plan("multiple_heads", current, heads)
-    unknown = tuple(rev for rev in current if not _known(script, rev))
-    if unknown:
-        return Plan("ahead_of_code", current, heads, unknown=unknown)
-    if db_revisions is None and has_tables:
-        return Plan("unversioned", current, heads)
-    try:
-        targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
-        steps = upgrade_steps(script, target, current)
-    except (CommandError, RevisionError) as exc:
-        if _is_ancestor_of(script, target, current):
-            # The database is already past a pinned target: nothing to do,
-            # and we never downgrade (said plainly by the migrator).
-            return Plan("at_head", current, targets, past_target=True)
-        raise ConfigurationError(
-            f"Unknown migration target {target!r}: {exc}. Use 'head', 'heads', a revision "
-            "id or a branch label the scripts define."
-        ) from exc
-    pending = tuple(step.revision.revision for step in steps)
-    if not pending:
-        return Plan("at_head", current, targets, past_target=set(current) != set(targets))
-    return Plan("behind" if current else "empty", current, targets, pending=pending)
-
-
-def _known(script: ScriptDirectory, rev: str) -> bool:
-    try:
-        found = script.get_revision(rev)
-    except (CommandError, RevisionError):
-        return False
-    return found is not None and found.revision == rev
-
-
-def _is_ancestor_of(script: ScriptDirectory, target: str, current: Sequence[str]) -> bool:
-    if not current:
-        return False
-    try:
-        wanted = {r.revision for r in script.get_revisions(target) if r is not None}
-        below = {r.revision for r in script.revision_map.iterate_revisions(tuple(current), "base")}
-    except (CommandError, RevisionError):
-        return False
-    return bool(wanted) and wanted <= below
-
-
-class _Recorder:
-    """Collects the revisions applied during one upgrade, and logs each one."""
+class _Supervisor:
+    """Goes with one upgrade: records and logs each applied revision, checks the
+    lock before each one (and takes its guard), and stops between two when asked."""
 
     def __init__(
-        self,
-        on_applied: OnApplied,
-        version_table: VersionTable,
-        should_stop: Callable[[], bool] = lambda: False,
-        lock: object = None,
-        live: LiveRun | None = None,
-        on_step: OnStep = lambda revision, message: None,
+        self, hooks: RunHooks, version_table: VersionTable, live: UpgradeTry | None = None
     ) -> None:
-        self.on_applied = on_applied
+        self.hooks = hooks
         self.live = live
-        self.on_step = on_step
-        self.should_stop = should_stop
-        self.lock = lock if isinstance(lock, HeldLock) else None
+        self.lock = hooks.lock if isinstance(hooks.lock, HeldLock) else None
         self.version_table = version_table
         self.steps: list[RevisionStep] = []
         self.applied: list[AppliedRevision] = []
@@ -269,7 +82,7 @@ class _Recorder:
         # (Raising from on_version_apply instead would roll back the version
         # row of a revision whose DDL stays.)
         for index, step in enumerate(self.steps):
-            if index and self.should_stop():
+            if index and self.hooks.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
             if not self.guarded:  # the guard already keeps others out until our commit
@@ -279,7 +92,7 @@ class _Recorder:
                 self.live.log.next_revision()
             revision = getattr(step, "revision", None)
             if revision is not None:
-                self.on_step(str(revision.revision), str(revision.doc or "").strip())
+                self.hooks.on_step(str(revision.revision), str(revision.doc or "").strip())
             yield step
 
     def lock_lost(self) -> bool:
@@ -340,7 +153,7 @@ class _Recorder:
             applied.message,
             applied.duration,
         )
-        self.on_applied(applied)
+        self.hooks.on_applied(applied)
 
     def running_revision(self) -> str | None:
         """The revision that was running when the run failed; None before the first."""
@@ -381,7 +194,7 @@ def _environment(
     script: ScriptDirectory,
     fn: Any,
     destination: str,
-    recorder: _Recorder,
+    recorder: _Supervisor,
     url: URL,
 ) -> EnvironmentContext:
     """An EnvironmentContext whose configure() and run_migrations() add our recorder.
@@ -405,8 +218,8 @@ def _environment(
         if table != recorder.version_table:
             raise ConfigurationError(
                 f"env.py uses the version table {str(table)!r} but automigrator was told "
-                f"{str(recorder.version_table)!r}. Pass version_table= and "
-                "version_table_schema= to AutoMigrator to match env.py."
+                f"{str(recorder.version_table)!r}. Pass "
+                "version_table=VersionTable(name, schema) to AutoMigrator to match env.py."
             )
         theirs = kwargs.pop("on_version_apply", None) or ()
         theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else (theirs,)
@@ -430,41 +243,6 @@ def _environment(
     env.configure = configure_with_recorder  # type: ignore[method-assign]
     env.run_migrations = run_migrations_with_recorder  # type: ignore[method-assign]
     return env
-
-
-def upgrade(
-    cfg: Config,
-    script: ScriptDirectory,
-    target: str,
-    *,
-    url: URL,
-    version_table: VersionTable,
-    on_applied: OnApplied,
-    should_stop: Callable[[], bool] = lambda: False,
-    lock: object = None,
-    live: LiveRun | None = None,
-    on_step: OnStep = lambda revision, message: None,
-) -> tuple[AppliedRevision, ...]:
-    """Run ``alembic upgrade <target>`` through the user's env.py, in this thread.
-
-    This is ``alembic.command.upgrade`` with the script directory built once
-    (by the caller, shared with plan and verify) and a recorder attached.
-    ``should_stop`` is asked before each revision after the first: when it
-    says so, the run ends there, cleanly (Alembic commits what it applied).
-    A ``lock`` that is a :class:`~automigrator.locking.HeldLock` is checked
-    before each revision and before a transactional one commits, and its
-    guard is taken on the migration's connection. ``live`` gives env.py's
-    connection the try's lock timeout and follows what each revision keeps;
-    ``on_step(revision, message)`` is called as each revision begins.
-    """
-    return _run_env(
-        cfg,
-        script,
-        lambda rev: upgrade_steps(script, target, rev),
-        destination=target,
-        url=url,
-        recorder=_Recorder(on_applied, version_table, should_stop, lock, live, on_step),
-    )
 
 
 def render_offline(
@@ -550,31 +328,44 @@ def _render_step(
     return buffer.getvalue(), None
 
 
-def stamp(
-    cfg: Config, script: ScriptDirectory, revision: str, *, url: URL, version_table: VersionTable
-) -> None:
-    """Run ``alembic stamp <revision>`` (no DDL but the version table) through env.py."""
-    _run_env(
-        cfg,
-        script,
-        lambda rev: stamp_steps(script, revision, rev),
-        destination=revision,
-        url=url,
-        recorder=_Recorder(lambda _: None, version_table),
-    )
+# A stamp runs no revision: nothing to report, nothing to stop, no lock to check.
+_STAMP_HOOKS = RunHooks(
+    on_step=lambda revision, message: None,
+    on_applied=lambda applied: None,
+    should_stop=lambda: False,
+    lock=None,
+)
 
 
-def _run_env(
+def run_env(
     cfg: Config,
     script: ScriptDirectory,
-    make_steps: Callable[[Any], Iterable[Any]],
-    *,
     destination: str,
+    *,
     url: URL,
-    recorder: _Recorder,
+    version_table: VersionTable,
+    hooks: RunHooks = _STAMP_HOOKS,
+    live: UpgradeTry | None = None,
+    stamp: bool = False,
 ) -> tuple[AppliedRevision, ...]:
+    """Run ``alembic upgrade <destination>`` (or ``stamp``) through the user's env.py, here.
+
+    This is ``alembic.command.upgrade`` with the script directory built once
+    (by the caller, shared with plan and verify) and a supervisor attached.
+    ``hooks.should_stop`` is asked before each revision after the first:
+    when it says so, the run ends there, cleanly (Alembic commits what it
+    applied). A ``hooks.lock`` that is a
+    :class:`~automigrator.locking.HeldLock` is checked before each revision
+    and before a transactional one commits, and its guard is taken on the
+    migration's connection. ``live`` gives env.py's connection the try's
+    lock timeout and follows what each revision keeps. With ``stamp``, the
+    version table is set to ``destination`` and no revision runs.
+    """
+    make_steps = stamp_steps if stamp else upgrade_steps
+    recorder = _Supervisor(hooks, version_table, live)
+
     def steps(rev: Any, context: MigrationContext) -> Iterator[Any]:
-        return recorder.planned(make_steps(rev))
+        return recorder.planned(make_steps(script, destination, rev))
 
     with _RUN_LOCK, LoggingGuard() as guard:
         recorder.guard = guard
@@ -601,7 +392,7 @@ def _run_env(
     return tuple(recorder.applied)
 
 
-def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> AutomigratorError:
+def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> AutomigratorError:
     revision = recorder.running_revision()
     if is_contention(exc):
         return _contention_error(exc, recorder, revision, url)
@@ -641,12 +432,12 @@ def _translate_run_error(exc: Exception, recorder: _Recorder, url: URL) -> Autom
 
 
 def _contention_error(
-    exc: Exception, recorder: _Recorder, revision: str | None, url: URL
+    exc: Exception, recorder: _Supervisor, revision: str | None, url: URL
 ) -> AutomigratorError:
     detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
     name = f"Revision {revision}" if revision else "The version table's update"
     timeout = recorder.live.timeout if recorder.live is not None else None
-    waited = f" (ddl_lock_timeout {timeout:g} s)" if timeout is not None else ""
+    waited = f" (Ddl(lock_timeout={timeout:g}))" if timeout is not None else ""
     kept = recorder.live.log.kept if recorder.live is not None else []
     if not kept:
         return ContentionError(

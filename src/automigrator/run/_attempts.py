@@ -9,12 +9,12 @@ from dataclasses import replace
 import anyio
 from sqlalchemy.engine import URL, Engine
 
-from ._database import VersionTable, as_error, display
-from ._planner import revisions_soon
+from .._plan import revisions_soon
+from .._status import MigrationState, MigrationStatus
+from ..database._connections import VersionTable, as_error, display
+from ..errors import ShutdownRequestedError
+from ..policies import Decision, Failure, FailurePolicy, PolicyMigrator
 from ._reporting import Reporter
-from ._status import MigrationState, MigrationStatus
-from .errors import ShutdownRequestedError
-from .policies import Decision, FailedMigrator, Failure, FailurePolicy
 
 logger = logging.getLogger("automigrator")
 
@@ -35,14 +35,14 @@ class Attempts:
 
     async def run(
         self,
-        migrator: FailedMigrator,
+        migrator: PolicyMigrator,
         policy: FailurePolicy,
         attempt: Callable[[], Awaitable[None]],
         *,
-        fresh: Callable[[], None],
+        before_each: Callable[[], None],
         started: float,
     ) -> MigrationStatus:
-        """``attempt()`` until it succeeds, ``fresh()`` before each; the policy decides.
+        """``attempt()`` until it succeeds, ``before_each()`` before each; the policy decides.
 
         Raises the error when the policy decides to fail.
         """
@@ -51,8 +51,8 @@ class Attempts:
         logger.info("Checking the schema of %s", display(self.url))
         while True:
             number += 1
-            self.reporter.set(attempts=number)
-            fresh()
+            self.reporter.attempt(number)
+            before_each()
             try:
                 await attempt()
             except ShutdownRequestedError:
@@ -62,7 +62,7 @@ class Attempts:
             else:
                 self.reporter.finish(MigrationState.READY, started)
                 return self.reporter.status
-            self.reporter.set(error=error.summary(), error_kind=error.kind)
+            self.reporter.attempt_failed(error)
             failure = Failure(
                 error=error, attempt=number, history=tuple(history), migrator=migrator
             )
@@ -76,7 +76,7 @@ class Attempts:
             history.append(decision)
             self.reporter.decided(decision, error)
             if decision.action == "retry":
-                self.reporter.set(state=MigrationState.PENDING)
+                self.reporter.retrying()
                 await anyio.sleep(decision.delay)
                 continue
             degraded = decision.action == "degrade"
@@ -92,5 +92,5 @@ class Attempts:
         # DDL may have rolled everything back), if it answers soon.
         after = await revisions_soon(self.engine, self.version_table, _END_READ_TIMEOUT)
         if after is not None:
-            self.reporter.set(revisions_after=after)
+            self.reporter.revisions_read(after)
         self.reporter.finish(state, started)

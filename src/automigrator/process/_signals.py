@@ -1,25 +1,35 @@
-"""Stop waiting when the server is asked to stop.
+"""Shutdown signals and the worker threads a wait may abandon.
 
-uvicorn (and gunicorn's uvicorn worker) catch SIGTERM and SIGINT themselves
-and only set a flag, which they read after the lifespan start-up has finished.
-A replica waiting minutes for the lock or for the database would ignore a
-shutdown until ``lock_timeout``. For the whole run we chain our handler in
-front of the server's (the server still sees the signal) and record it; a
-*wait* (never a migration) is cancelled by it at once, or as it begins if the
-signal came first. The previous handler is put back after the run.
+**Signals.** uvicorn (and gunicorn's uvicorn worker) catch SIGTERM and
+SIGINT themselves and only set a flag, which they read after the lifespan
+start-up has finished. A replica waiting minutes for the lock or for the
+database would ignore a shutdown until the lock timeout. For the whole run
+we chain our handler in front of the server's (the server still sees the
+signal) and record it; a *wait* (never a migration) is cancelled by it at
+once, or as it begins if the signal came first. The previous handler is put
+back after the run.
+
+**Abandonable work.** A connect to a host that never answers can only be
+left behind, not stopped: the driver's own timeouts end it later
+(PostgreSQL's libpq may try several times, ten seconds each). In one of
+anyio's worker threads, which are not daemon threads, it would keep the
+process alive after a SIGTERM had ended the start-up: Python joins such
+threads before exiting. So such work runs in a daemon thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -110,3 +120,35 @@ def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:  # trio, or no loop at all
         return None
+
+
+T = TypeVar("T")
+
+
+async def abandonable(work: Callable[[], T]) -> T:
+    """``work()`` in a daemon thread; a cancellation returns at once and leaves it running."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio: its worker threads, abandoned on cancel
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the waiter was cancelled: nobody wants it
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:
+            result, error = None, exc
+        # A closed loop (RuntimeError) means the process is ending: nobody waits.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="automigrator connect", daemon=True).start()
+    return await future

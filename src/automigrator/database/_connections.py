@@ -18,8 +18,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
-from ._redaction import mask_credentials, redact
-from .errors import (
+from ..errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
@@ -27,6 +26,7 @@ from .errors import (
     PoolerError,
     first_line,
 )
+from ._redaction import mask_credentials, redact
 
 # Async drivers cannot serve our synchronous reads; each maps to the sync
 # drivers of the same database, in order of preference.

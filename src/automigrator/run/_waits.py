@@ -24,20 +24,20 @@ import anyio.to_thread
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from ._database import display, translate_error
-from ._plan import Plan
-from ._reporting import Reporter
-from ._signals import cancelled_by_shutdown
-from ._status import MigrationState
-from ._threads import abandonable
-from .errors import (
+from .._plan import Plan
+from .._settings import Timeouts
+from .._status import MigrationState
+from ..database._connections import display, translate_error
+from ..errors import (
     DatabaseUnavailableError,
     LockTimeoutError,
     SchemaBehindError,
     ShutdownRequestedError,
     first_line,
 )
-from .locking import MigrationLock
+from ..locking import MigrationLock
+from ..process._signals import abandonable, cancelled_by_shutdown
+from ._reporting import Reporter
 
 logger = logging.getLogger("automigrator")
 
@@ -57,7 +57,7 @@ _LOCK_SLICE = 1.0
 # keeps a database that comes up late from waiting long for our next try.
 _CONNECT_FIRST_DELAY = 0.25
 _CAP = 4.0
-# With connect_timeout=0 (no retry) the one try still has a bound.
+# With Timeouts(connect=0) (no retry) the one try still has a bound.
 _ONE_TRY = 10.0
 
 
@@ -112,25 +112,24 @@ async def poll(
 class Waiter:
     """The two waits of a migrator: for the database, and for the migration lock."""
 
-    def __init__(
-        self, reporter: Reporter, url: URL, connect_timeout: float, lock_timeout: float
-    ) -> None:
+    def __init__(self, reporter: Reporter, url: URL, timeouts: Timeouts) -> None:
         self.reporter = reporter
         self.url = url
-        self.connect_timeout = connect_timeout
-        self.lock_timeout = lock_timeout
+        self.timeouts = timeouts  # the migrator's own: never copied
         self.held: MigrationLock | None = None  # the lock held now, if any
 
-    async def reachable(self, work: Callable[[], T]) -> T:
+    async def once_reachable(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which connects) in a thread; wait while the database is down.
 
         Every try, the first included, is bounded by the deadline
-        (``connect_timeout``; one try of at most 10 s when it is 0) and stops
+        (``Timeouts.connect``; one try of at most 10 s when it is 0) and stops
         on SIGTERM: a server that accepts connections and never answers
-        cannot hold a start-up. Retries back off from 0.25 s to 4 s.
+        cannot hold a start-up. Retries back off (``_CONNECT_FIRST_DELAY`` doubling
+        up to ``_CAP``).
         """
         started = time.monotonic()
-        limit = self.connect_timeout if self.connect_timeout > 0 else _ONE_TRY
+        connect = self.timeouts.connect
+        limit = connect if connect > 0 else _ONE_TRY
         tried = 0
         error: DatabaseUnavailableError | None = None
         state = self.reporter.status.state
@@ -142,7 +141,7 @@ class Waiter:
             if error is not None:  # nothing to say before the first failure
                 logger.warning(
                     "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
-                    "before connect_timeout",
+                    "before the connect timeout",
                     tries,
                     error.message,
                     min(pause(tries), left),
@@ -159,11 +158,11 @@ class Waiter:
                 try:
                     return (await abandonable(work),)
                 except DatabaseUnavailableError as exc:
-                    if self.connect_timeout <= 0:
+                    if connect <= 0:
                         raise
                     error = exc
                     if self.reporter.status.waiting_for != "database":
-                        self.reporter.set(state=MigrationState.WAITING, waiting_for="database")
+                        self.reporter.waiting("database")
             return None
 
         try:
@@ -177,20 +176,20 @@ class Waiter:
             )
         finally:
             if self.reporter.status.waiting_for == "database":
-                self.reporter.set(state=state, waiting_for=None)
+                self.reporter.done_waiting(state)
         if result is None and error is None:
             raise DatabaseUnavailableError(
                 f"The database at {display(self.url)} did not answer within {limit:g} s: it "
                 "accepts connections but never replies, or the network drops its answers. "
-                "Check the host and port in the URL, or raise connect_timeout."
+                "Check the host and port in the URL, or raise Timeouts(connect=)."
             )
         if result is None:
             assert error is not None
             raise DatabaseUnavailableError(
                 f"{error.message} Gave up after {tried} attempts in "
-                f"{time.monotonic() - started:.1f} s (connect_timeout={self.connect_timeout:g}): "
+                f"{time.monotonic() - started:.1f} s (Timeouts(connect={connect:g})): "
                 "start the database first, check the host and port in the URL, or raise "
-                "connect_timeout."
+                "Timeouts(connect=)."
             ) from error
         if tried > 1:
             logger.info(
@@ -231,25 +230,25 @@ class Waiter:
         """Take the lock; True when another process held it and we waited.
 
         A try that does not block first (most runs never wait); then tries of
-        at most 1 s each, up to ``lock_timeout``, with ``read_ahead()`` run in
+        at most 1 s each, up to ``Timeouts.lock``, with ``read_ahead()`` run in
         a thread beside the wait (its failure is only logged).
         """
         if await self._try(lock, 0.0):
             if report:
-                self.reporter.set(state=MigrationState.MIGRATING)
+                self.reporter.locked()
             return False
         started = time.monotonic()
 
         async def log(tries: int, left: float) -> None:
             if report:
-                self.reporter.set(state=MigrationState.WAITING, waiting_for="lock")
+                self.reporter.waiting("lock")
             # Who holds it is only for the log line: asked on a connection of
             # its own, it must not stall the wait if that connection freezes.
             holder = None
             with anyio.move_on_after(_HOLDER_LIMIT):
                 holder = await abandonable(lock.holder)
             logger.info(
-                "Waiting for the migration lock (%r)%s; %.0f s left before lock_timeout",
+                "Waiting for the migration lock (%r)%s; %.0f s left before the lock timeout",
                 lock,
                 f", held by {holder}" if holder else ", held by another process",
                 left,
@@ -266,7 +265,7 @@ class Waiter:
                 try:
                     got = await poll(
                         attempt,
-                        limit=self.lock_timeout,
+                        limit=self.timeouts.lock,
                         waiting_for="the migration lock",
                         log=log,
                     )
@@ -276,19 +275,19 @@ class Waiter:
                     tg.cancel_scope.cancel()
         finally:
             if self.reporter.status.waiting_for == "lock":
-                self.reporter.set(waiting_for=None)
+                self.reporter.done_waiting()
         if failed is not None:
             raise failed
         if got is None:
             raise LockTimeoutError(
-                f"Gave up waiting for the migration lock after {self.lock_timeout:g} s "
+                f"Gave up waiting for the migration lock after {self.timeouts.lock:g} s "
                 f"({lock!r}). Another process is migrating, or one hung holding it: check "
-                "it, or raise lock_timeout for long migrations.",
-                timeout=self.lock_timeout,
+                "it, or raise Timeouts(lock=) for long migrations.",
+                timeout=self.timeouts.lock,
             )
         logger.info("The migration lock was freed after %.1f s", time.monotonic() - started)
         if report:
-            self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
+            self.reporter.done_waiting(MigrationState.PENDING)
         return True
 
     async def _try(self, lock: MigrationLock, wait: float) -> bool:
@@ -317,7 +316,7 @@ class Waiter:
             raise
         return got
 
-    async def migration(
+    async def until_target(
         self,
         plan: Plan,
         replan: Callable[[], Awaitable[Plan]],
@@ -326,7 +325,7 @@ class Waiter:
     ) -> None:
         """Check mode: wait until another process brings the database to the target.
 
-        One plan every 0.5 s; ``refuse(plan)`` raises for a plan that waiting
+        One plan every ``_CHECK_EVERY``; ``refuse(plan)`` raises for a plan that waiting
         cannot fix. After ``limit`` seconds, :class:`SchemaBehindError`.
         """
         logger.info(
@@ -336,7 +335,7 @@ class Waiter:
             ", ".join(plan.heads),
             limit,
         )
-        self.reporter.set(state=MigrationState.WAITING, waiting_for="migration")
+        self.reporter.waiting("migration")
 
         async def at_target(left: float) -> Plan | None:
             nonlocal plan
@@ -364,10 +363,10 @@ class Waiter:
                 f"Check mode: after {limit:g} s the database is still at "
                 f"{', '.join(plan.db_revisions) or 'base'}, not at {', '.join(plan.heads)}. "
                 "Nothing here migrates it: run the migration Job (or a replica in migrate "
-                "mode), or raise check_timeout (the CLI's wait --timeout)."
+                "mode), or raise Timeouts(check=) (the CLI's wait --timeout)."
             )
         logger.info("Check mode: the database reached %s", ", ".join(reached.heads))
-        self.reporter.set(state=MigrationState.PENDING, waiting_for=None)
+        self.reporter.done_waiting(MigrationState.PENDING)
 
 
 async def _quietly(work: Callable[[], object]) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._findings import RowsAre
+from .._findings import RowsAre
 
 logger = logging.getLogger("automigrator")
 

@@ -1,8 +1,8 @@
 """The scripts' heads from the files' text alone: a cold start at head without Alembic.
 
 A new container starts with nothing remembered (often with a read-only
-script folder), and importing Alembic to build the graph costs about
-100 ms, most of such a start (docs/performance.md). When the config keeps
+script folder), and importing Alembic to build the graph is most of
+such a start (figures in docs/performance.md). When the config keeps
 Alembic's default layout (one ``versions`` folder under ``script_location``,
 no ``version_locations``, not ``sourceless``) and every file states its
 names plainly, the heads are computed here the way Alembic computes them:

@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
+import random
+from functools import partial
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from ._contention import DdlTimeouts, LiveRun, blockers
-from ._database import VersionTable
+from .._settings import Ddl
+from .._status import Blocker, RunningRevision
+from ..database._connections import VersionTable
+from ..database._contention import UpgradeTry, blockers
+from ..errors import ContentionError, ShutdownRequestedError
+from ..process._signals import abandonable
+from ..scripts._hooks import RunHooks
+from ..scripts._scripts import Scripts
 from ._reporting import Reporter
-from ._scripts import Scripts
-from ._status import AppliedRevision, Blocker, RunningRevision
-from ._threads import abandonable
 from ._waits import poll
-from .errors import ContentionError, ShutdownRequestedError
-from .events import Event
 
 logger = logging.getLogger("automigrator")
 
@@ -41,6 +42,27 @@ _BLOCKERS_AFTER = 1.0
 _LOOKUP_LIMIT = 2.0
 
 
+# The timeout grows by a quarter of the first one per try, up to twice it:
+# a table kept busy by a stream of short transactions gets a longer window,
+# and the stall a try can cause stays bounded.
+_GROWTH_STEPS = 4
+# Pauses between tries: the timeout, doubled each time, up to this, with jitter.
+_MAX_PAUSE = 20.0
+
+
+def try_timeout(ddl: Ddl, tried: int) -> float | None:
+    """The DDL lock timeout of the try after ``tried`` failed ones."""
+    if ddl.lock_timeout is None:
+        return None
+    return ddl.lock_timeout * (1 + min(tried, _GROWTH_STEPS) / _GROWTH_STEPS)
+
+
+def retry_pause(ddl: Ddl, tried: int) -> float:
+    """Seconds to wait before the try after ``tried`` (>= 1) failed ones, with jitter."""
+    base = min((ddl.lock_timeout or 1.0) * 2 ** (tried - 1), _MAX_PAUSE)
+    return float(base * random.uniform(0.5, 1.5))
+
+
 class Upgrader:
     """Runs ``Scripts.upgrade`` with the DDL lock timeout, its retries and the watcher."""
 
@@ -49,70 +71,43 @@ class Upgrader:
         scripts: Scripts,
         reporter: Reporter,
         engine: Engine,
-        *,
-        timeouts: DdlTimeouts,
-        progress_interval: float,
+        ddl: Ddl,
     ) -> None:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
-        self.timeouts = timeouts
-        self.progress_interval = progress_interval
+        self.ddl = ddl  # the migrator's own: never copied
 
-    async def run(
-        self,
-        target: str,
-        *,
-        version_table: VersionTable,
-        on_applied: Callable[[AppliedRevision], None],
-        should_stop: Callable[[], bool],
-        lock: object,
-    ) -> None:
+    async def run(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
         """Upgrade to ``target``; a revision that met a busy table is tried again."""
         tried = 0
         while True:
-            live = LiveRun(timeout=self.timeouts.for_try(tried))
-
-            def work(live: LiveRun = live) -> None:
-                self.scripts.upgrade(
-                    target,
-                    version_table=version_table,
-                    on_applied=on_applied,
-                    should_stop=should_stop,
-                    lock=lock,
-                    live=live,
-                    on_step=self._started,
-                )
-
+            live = UpgradeTry(timeout=try_timeout(self.ddl, tried))
+            work = partial(
+                self.scripts.upgrade, target, version_table=version_table, hooks=hooks, live=live
+            )
+            failed: Exception | None = None
             try:
-                await self._watched(live, work)
-                return
+                # The upgrade in a worker thread; the watcher beside it, on the loop.
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch, live)
+                    try:
+                        await anyio.to_thread.run_sync(work)
+                    except Exception as exc:  # kept out of an ExceptionGroup
+                        failed = exc
+                    tg.cancel_scope.cancel()
+                if failed is None:
+                    return
+                raise failed
             except ContentionError as exc:
                 tried += 1
-                if tried > self.timeouts.retries:
+                if tried > self.ddl.retries:
                     raise self._exhausted(exc, tried) from exc
                 await self._pause(exc, tried)
             finally:
-                self.reporter.set(running=None, blocked_by=())
+                self.reporter.revision_started(None)
 
-    async def _watched(self, live: LiveRun, work: Callable[[], None]) -> None:
-        failed: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, live)
-            try:
-                await anyio.to_thread.run_sync(work)
-            except Exception as exc:  # kept out of an ExceptionGroup
-                failed = exc
-            tg.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
-
-    def _started(self, revision: str, message: str) -> None:
-        # Called from the worker thread as each revision begins.
-        running = RunningRevision(revision=revision, message=message, started=time.time())
-        self.reporter.set(running=running, blocked_by=())
-
-    async def _watch(self, live: LiveRun) -> None:
+    async def _watch(self, live: UpgradeTry) -> None:
         beats: tuple[str, int] = ("", 0)
         timeout = live.timeout or 4 * _TICK
         tick, after = min(_TICK, timeout / 4), min(_BLOCKERS_AFTER, timeout / 2)
@@ -124,7 +119,7 @@ class Upgrader:
             elapsed = running.elapsed
             if live.session is not None and elapsed >= after:
                 await self._look_for_blockers(running, live.session)
-            due = int(elapsed // self.progress_interval)
+            due = int(elapsed // self.ddl.progress_interval)
             if beats[0] != running.revision:
                 beats = (running.revision, 0)
             if due > beats[1]:
@@ -144,8 +139,7 @@ class Upgrader:
             return
         if self.reporter.status.running != running:
             return  # the revision finished meanwhile
-        self.reporter.set(blocked_by=found)
-        self.reporter.emit(Event("blocked", self.reporter.status))
+        self.reporter.blocked(found)
         if found:
             table = next((b.table for b in found if b.table), None)
             logger.warning(
@@ -154,22 +148,21 @@ class Upgrader:
                 running.revision,
                 f" on {table}" if table else "",
                 "; ".join(str(b) for b in found),
-                _seconds(self.timeouts.timeout),
+                _seconds(self.ddl.lock_timeout),
             )
 
     async def _pause(self, error: ContentionError, tried: int) -> None:
-        pause = self.timeouts.pause(tried)
+        pause = retry_pause(self.ddl, tried)
         blocked = self.reporter.status.blocked_by
-        self.reporter.set(ddl_retries=self.reporter.status.ddl_retries + 1)
-        self.reporter.emit(Event("ddl_retry", self.reporter.status))
+        self.reporter.ddl_retried()
         logger.warning(
             "%s%s; trying again in %.1f s (%d of %d), with a lock timeout of %s",
             error.message.split(". ")[0],
             f" (held by {'; '.join(str(b) for b in blocked)})" if blocked else "",
             pause,
             tried,
-            self.timeouts.retries,
-            _seconds(self.timeouts.for_try(tried)),
+            self.ddl.retries,
+            _seconds(try_timeout(self.ddl, tried)),
         )
 
         async def nothing(left: float) -> None:
@@ -192,7 +185,7 @@ class Upgrader:
         return ContentionError(
             f"{error.message.split('. ')[0]}, {tried} time(s) in a row: the table stayed "
             f"busy.{who} Nothing of the revision stayed. End the blocking transaction or "
-            "migrate at a quieter time; raise ddl_lock_timeout / ddl_lock_retries to wait "
+            "migrate at a quieter time; raise Ddl(lock_timeout=, retries=) to wait "
             "longer (every query on the table waits as long).",
             revision=error.revision,
         )

@@ -1,15 +1,22 @@
-"""Our log lines, visible by default under a server that configured only its own loggers.
+"""Our logging beside the application's: kept intact across env.py, and visible under a server.
 
-uvicorn, gunicorn, hypercorn and granian set up their own loggers, never
-the root one. An application that configured no logging therefore saw none
-of our phase and per-revision lines (INFO): a 12 s revision was 12 s of
-silence. So when a server starts the migration and nothing would show our
-lines (no handler on our logger nor on the root, our level not set), they go
-to the server's own error-log handlers, in its format, or else to stderr.
+**Kept intact.** Every env.py that Alembic generates calls
+``logging.config.fileConfig(...)`` whose default
+``disable_existing_loggers=True`` disables every logger that existed before
+(uvicorn's, the application's, and ours) and replaces the root handlers.
+:class:`LoggingGuard` puts back what was there as soon as env.py calls
+``context.configure()`` (so the revisions' own log lines, and ours, flow
+through the application's logging) and again when the run ends.
 
-An application that configures logging before the start (``basicConfig``,
-``dictConfig``, a handler on ``automigrator``) keeps full control: nothing
-is added, and a handler added here steps aside once the root logger has a
+**Visible under a server.** uvicorn, gunicorn, hypercorn and granian set up
+their own loggers, never the root one. An application that configured no
+logging therefore saw none of our phase and per-revision lines (INFO). So
+when a server starts the migration and nothing would show our lines (no
+handler on our logger nor on the root, our level not set), they go to the
+server's own error-log handlers, in its format, or else to stderr. An
+application that configures logging before the start (``basicConfig``,
+``dictConfig``, a handler on ``automigrator``) keeps full control: nothing is
+added, and a handler added here steps aside once the root logger has a
 handler of the application's. Alembic's own plugin set-up lines are quieted.
 """
 
@@ -17,6 +24,50 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from types import TracebackType
+
+
+@dataclass
+class _LoggerState:
+    logger: logging.Logger
+    disabled: bool
+    level: int
+    propagate: bool
+    handlers: list[logging.Handler]
+
+
+class LoggingGuard:
+    """Snapshot every existing logger on entry; ``restore()`` puts them back."""
+
+    def __enter__(self) -> LoggingGuard:
+        loggers = [logging.getLogger()]
+        loggers += [
+            logger
+            for logger in list(logging.Logger.manager.loggerDict.values())
+            if isinstance(logger, logging.Logger)
+        ]
+        self._saved = [
+            _LoggerState(lg, lg.disabled, lg.level, lg.propagate, list(lg.handlers))
+            for lg in loggers
+        ]
+        return self
+
+    def restore(self) -> None:
+        for state in self._saved:
+            state.logger.disabled = state.disabled
+            state.logger.setLevel(state.level)
+            state.logger.propagate = state.propagate
+            state.logger.handlers[:] = state.handlers
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.restore()
+
 
 logger = logging.getLogger("automigrator")
 

@@ -1,0 +1,299 @@
+"""The settings of a migrator: frozen objects, each validated where it is built.
+
+In the spirit of httpx's ``Timeout`` and ``Limits``: each group of related
+options is one small frozen object whose ``__post_init__`` raises a
+:class:`~automigrator.ConfigurationError` naming the field at fault, so a
+wrong value fails where it is written, never at the first start. The
+defaults live here once; the command line reads them from these classes.
+:class:`MigratorSettings` gathers one migrator's settings; its collaborators
+(the waits, the upgrade, the lint) are handed the same frozen objects, so
+what one sees every other sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .database._connections import VersionTable
+from .errors import ConfigurationError
+from .locking import MigrationLock
+from .policies import Fail, FailurePolicy
+
+logger = logging.getLogger("automigrator")
+
+Mode = Literal["migrate", "check"]
+"""``migrate`` (the default) or ``check``: never migrate, wait for the target."""
+WhenDisabled = Literal["skip", "check"]
+WhenAhead = Literal["refuse", "serve"]
+LintMode = Literal["warn", "refuse", "off"]
+LockOption = MigrationLock | Literal["auto"] | None
+"""The ``lock=`` argument: ``"auto"`` (the database's own lock), a lock, or None."""
+
+
+def _seconds(owner: str, name: str, value: object, *, zero: bool = False) -> float:
+    """A finite number of seconds (> 0, or >= 0 with ``zero``), else a named error."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = float(value) if ok else math.nan  # type: ignore[arg-type]
+    if not (math.isfinite(number) and (number >= 0 if zero else number > 0)):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigurationError(
+            f"{owner}({name}={value!r}): {name} must be a finite number of seconds {bound}."
+        )
+    return number
+
+
+def _count(owner: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{owner}({name}={value!r}): {name} must be a whole number >= 0.")
+    return value
+
+
+def _choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        said = " or ".join(repr(c) for c in choices)
+        raise ConfigurationError(f"{owner}({name}={value!r}): use {said}.")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long each wait of a run may last, in seconds.
+
+    Args:
+        connect: keep trying this long while the database refuses connections
+            (it is still starting), backing off between tries; ``0`` fails
+            at once. Bad credentials are never retried.
+        lock: wait this long for another process's migration (the lock).
+        check: check mode waits this long for another process to bring the
+            database to the target.
+        shutdown: with ``block_startup=False``, how long a shutdown waits for
+            the running revision; the run stops before the next.
+    """
+
+    connect: float = 60.0
+    lock: float = 300.0
+    check: float = 300.0
+    shutdown: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "lock", "check", "shutdown"):
+            # 0 means "one try" for connect and "do not wait" for shutdown.
+            zero = name in ("connect", "shutdown")
+            object.__setattr__(
+                self, name, _seconds("Timeouts", name, getattr(self, name), zero=zero)
+            )
+
+
+@dataclass(frozen=True)
+class Ddl:
+    """How the migration's own statements treat a busy table.
+
+    Args:
+        lock_timeout: seconds a migration statement may wait for a table lock
+            (PostgreSQL ``lock_timeout``, MySQL/MariaDB ``lock_wait_timeout``,
+            SQLite's busy timeout), so that queries on a busy table never
+            queue behind it for longer; ``None`` leaves the server's setting.
+        retries: how many times a revision that met a busy table (lock
+            timeout, deadlock, serialization failure) with nothing of it kept
+            is tried again, after a pause with jitter and with a longer timeout.
+        progress_interval: seconds between "still applying" lines of a long revision.
+    """
+
+    lock_timeout: float | None = 2.0
+    retries: int = 10
+    progress_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.lock_timeout is not None:
+            timeout = _seconds("Ddl", "lock_timeout", self.lock_timeout)
+            object.__setattr__(self, "lock_timeout", timeout)
+        _count("Ddl", "retries", self.retries)
+        interval = _seconds("Ddl", "progress_interval", self.progress_interval)
+        object.__setattr__(self, "progress_interval", interval)
+
+
+@dataclass(frozen=True)
+class Lint:
+    """The lint of the pending revisions, before any DDL (see the Plan and lint page).
+
+    Args:
+        mode: ``"warn"`` (log the findings, keep them in the status),
+            ``"refuse"`` (:class:`~automigrator.UnsafeMigrationError`, nothing
+            changed) or ``"off"``. ``lint="refuse"`` is short for
+            ``lint=Lint(mode="refuse")``.
+        rows: tables with fewer rows pass the rules that depend on size.
+    """
+
+    mode: LintMode = "warn"
+    rows: int = 100_000
+
+    def __post_init__(self) -> None:
+        _choice("Lint", "mode", self.mode, ("warn", "refuse", "off"))
+        _count("Lint", "rows", self.rows)
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Whether a start runs migrations: fixed, or read once from an environment variable.
+
+    ``enabled=True`` or ``enabled=False`` on the migrator is short for
+    ``Switch(enabled=...)``.
+
+    Args:
+        env_var: the variable read when ``enabled`` is None.
+        default: the switch when that variable is unset. ``True``: code that
+            installs the migrator means to migrate, and a forgotten variable
+            must not leave an app serving an old schema.
+        enabled: a fixed value; the variable is then not read.
+        when_disabled: the switch off means ``"skip"`` (touch nothing) or
+            ``"check"`` (check mode: wait for the target, never migrate).
+    """
+
+    env_var: str = "RUN_MIGRATIONS"
+    default: bool = True
+    enabled: bool | None = None
+    when_disabled: WhenDisabled = "skip"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.env_var, str) or not self.env_var:
+            raise ConfigurationError(f"Switch(env_var={self.env_var!r}): name a variable.")
+        _choice("Switch", "when_disabled", self.when_disabled, ("skip", "check"))
+
+    def read(self, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
+        """The switch, and a phrase saying where it came from (for the log)."""
+        if self.enabled is not None:
+            return self.enabled, f"enabled={self.enabled}"
+        env = os.environ if environ is None else environ
+        raw = env.get(self.env_var)
+        if raw is None:
+            state = "on" if self.default else "off"
+            return self.default, f"{self.env_var} is unset; default {state}"
+        # Set but empty is not unset: "RUN_MIGRATIONS=" is a mistake to name, as
+        # the docs promise for anything but the switch words.
+        return parse_switch(self.env_var, raw), f"{self.env_var}={raw.strip()}"
+
+
+def parse_switch(name: str, value: str) -> bool:
+    """Read a switch value; anything but the known words is an error, never a silent False."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigurationError(
+        f"{name}={value!r} is not a switch value. Use one of 1/0, true/false, yes/no, "
+        "on/off (any case), or unset it to use the default."
+    )
+
+
+@dataclass(frozen=True)
+class MigratorSettings:
+    """One migrator's settings, validated as a whole; read it as ``migrator.settings``.
+
+    Built by :class:`~automigrator.AutoMigrator` from its arguments (see
+    there); frozen, and shared by every part of the migrator.
+    """
+
+    target: str = "head"
+    switch: Switch = field(default_factory=Switch)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    ddl: Ddl = field(default_factory=Ddl)
+    lint: Lint = field(default_factory=Lint)
+    version_table: VersionTable = field(default_factory=VersionTable)
+    baseline: str | None = None
+    mode: Mode = "migrate"
+    when_ahead: WhenAhead = "refuse"
+    block_startup: bool = True
+
+    def __post_init__(self) -> None:
+        target = self.target
+        if target == "base":
+            raise ConfigurationError(
+                "target='base' would mean a downgrade to nothing: automigrator only upgrades. "
+                "Use 'head', 'heads', a revision id or a branch label; downgrade with the "
+                "Alembic CLI."
+            )
+        if not isinstance(target, str) or not target or target[0] in "+-" or ":" in target:
+            raise ConfigurationError(
+                f"target={target!r} is not a start-up target. Use 'head', 'heads', a revision "
+                "id or a branch label; relative targets and ranges would move on every start."
+            )
+        _choice("AutoMigrator", "mode", self.mode, ("migrate", "check"))
+        _choice("AutoMigrator", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        for name, kind in (
+            ("switch", Switch),
+            ("timeouts", Timeouts),
+            ("ddl", Ddl),
+            ("lint", Lint),
+            ("version_table", VersionTable),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigurationError(
+                    f"AutoMigrator({name}={getattr(self, name)!r}): pass a {kind.__name__}."
+                )
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        enabled: bool | Switch | None,
+        timeouts: Timeouts | None,
+        ddl: Ddl | None,
+        lint: LintMode | Lint,
+        version_table: str | VersionTable,
+        **rest: Any,
+    ) -> MigratorSettings:
+        """From ``AutoMigrator``'s arguments, shorthands included."""
+        if isinstance(lint, str):
+            lint = Lint(mode=lint)
+        if isinstance(version_table, str):
+            version_table = VersionTable(version_table)
+        switch = enabled if isinstance(enabled, Switch) else Switch(enabled=enabled)
+        return cls(
+            switch=switch,
+            timeouts=timeouts if timeouts is not None else Timeouts(),
+            ddl=ddl if ddl is not None else Ddl(),
+            lint=lint,
+            version_table=version_table,
+            **rest,
+        )
+
+
+def failure_policy(on_failure: object) -> FailurePolicy:
+    """``on_failure=``, checked; None is :class:`~automigrator.Fail`."""
+    if on_failure is None:
+        return Fail()
+    if not isinstance(on_failure, FailurePolicy):
+        raise ConfigurationError(
+            f"on_failure={on_failure!r} is not a failure policy: it needs "
+            "'async def handle(self, failure) -> Decision'."
+        )
+    return on_failure
+
+
+def lock_option(lock: object, lock_url: object) -> LockOption:
+    """``lock=`` (with ``lock_url=``), checked; ``lock=None`` is allowed, with a warning."""
+    if not (lock is None or lock == "auto" or isinstance(lock, MigrationLock)):
+        raise ConfigurationError(
+            f"lock={lock!r} is not a lock. Use 'auto', None, or an object with "
+            "acquire(timeout), release() and holder()."
+        )
+    if lock_url is not None and lock != "auto":
+        raise ConfigurationError(
+            "lock_url= is for the database's own lock (lock='auto'); a lock you pass as "
+            "lock= brings its own connection. Drop one of the two."
+        )
+    if lock is None:
+        logger.warning(
+            "Migration lock disabled (lock=None): concurrent replicas may migrate at the same "
+            "time and fail."
+        )
+    return lock

@@ -1,0 +1,29 @@
+"""The hooks of an upgrade run: what it tells its migrator, and asks it, as it goes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._status import AppliedRevision
+from ..locking import MigrationLock
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """Built once per upgrade by the migrator and passed down unchanged.
+
+    The path is ``Upgrader.run`` -> ``Scripts.upgrade`` ->
+    ``_alembic_run.upgrade`` -> its supervisor, which calls them from the
+    worker thread that runs env.py.
+    """
+
+    on_step: Callable[[str, str], None]
+    """A revision begins: ``(revision, message)``."""
+    on_applied: Callable[[AppliedRevision], None]
+    """A revision was applied (and, with transactional DDL, is about to commit)."""
+    should_stop: Callable[[], bool]
+    """Asked before each revision after the first: True ends the run there (a shutdown)."""
+    lock: MigrationLock | None
+    """The lock held for this run: checked before each revision, its guard taken on
+    env.py's connection where the lock has one."""
