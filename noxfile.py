@@ -16,6 +16,13 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session
+def quick(session: nox.Session) -> None:
+    """The tests without the slow ones (the ``slow`` marker: real servers started, long waits)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
 # The version matrix, on demand (CI runs the tests session: the latest set).
 # ``nox -s matrix`` runs all of it; one cell:
 # ``nox -s "matrix-3.10(sqlalchemy='2.0', alembic='oldest')"``; pytest

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from tests.faults import Proxy
+from tests.helpers import R3
 from tests.processes import start_replicas
 from tests.project import EMAIL, USERS, make_project
-from tests.test_poolers import R3
 
 from benchmarks.replicas import available, fresh_database
 

@@ -8,17 +8,25 @@ AUTOMIGRATOR_TEST_REQUIRE_SERVERS=1 (as in CI), where they fail instead.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from tests.project import CHAIN, make_project
+
+# The shared helpers' asserts report as the tests' own do (registered here,
+# before any test file imports tests/helpers.py).
+pytest.register_assert_rewrite("tests.helpers")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,9 +101,26 @@ def pg_url(tmp_path: Path) -> Iterator[URL]:
     yield from make_db_url("postgresql", tmp_path)
 
 
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A fresh, empty database on each server backend (PostgreSQL, MariaDB)."""
+    yield from make_db_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def fresh_db(tmp_path: Path) -> Iterator[Callable[[str], URL]]:
+    """``fresh_db(kind)``: a fresh database of that kind, for tests that pick it themselves.
+
+    ``kind`` is "sqlite", "postgresql" or "mariadb" (one SQLite database a
+    test); every database made is dropped when the test ends.
+    """
+    with ExitStack() as made:
+        yield lambda kind: made.enter_context(contextmanager(make_db_url)(kind, tmp_path))
+
+
 @pytest.fixture
 def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A file whose creation lets a waiting revision (tests/test_gate.py) finish."""
+    """A file whose creation lets a waiting revision (tests/helpers.py's WAITING_USERS) finish."""
     path = tmp_path / "release"
     monkeypatch.setenv("AM_RELEASE", str(path))
     return path
@@ -143,3 +168,32 @@ def signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("AM_SIGNALS", str(folder))
     return folder
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastapi_app"
+
+
+def async_url(url: URL) -> str:
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    return url.set(drivername=drivers[url.get_backend_name()]).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def example_app(
+    request: pytest.FixtureRequest,
+    fresh_db: Callable[[str], URL],
+    monkeypatch: pytest.MonkeyPatch,
+) -> ModuleType:
+    """The example app's module, imported with a fresh test database in DATABASE_URL."""
+    url = fresh_db(request.param)  # dropped after the test
+    monkeypatch.setenv("DATABASE_URL", async_url(url))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.delitem(sys.modules, "models", raising=False)
+    spec = importlib.util.spec_from_file_location("example_app", EXAMPLE / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

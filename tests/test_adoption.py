@@ -16,12 +16,11 @@ import sqlalchemy as sa
 from automigrator import AutoMigrator, MigrationState
 from automigrator.database._connections import sync_url
 from automigrator.testing import assert_models_match
-from tests.conftest import revisions
-from tests.test_testing_helpers import EXAMPLE, example_app  # noqa: F401 (a fixture)
+from tests.conftest import EXAMPLE, revisions
 
 
 def test_a_create_all_database_is_adopted_at_its_baseline_with_its_rows(
-    example_app: ModuleType,  # noqa: F811
+    example_app: ModuleType,
 ) -> None:
     from models import Author, Base  # the example's models
 
@@ -44,7 +43,7 @@ def test_a_create_all_database_is_adopted_at_its_baseline_with_its_rows(
 
 
 def test_the_same_migrator_builds_an_empty_database_from_its_revisions(
-    example_app: ModuleType,  # noqa: F811
+    example_app: ModuleType,
 ) -> None:
     from models import Base
 

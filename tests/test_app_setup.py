@@ -20,8 +20,8 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, ConfigurationError, MigrationError, MigrationState
 from tests.conftest import revisions, tables
+from tests.helpers import run_cli
 from tests.project import make_project
-from tests.test_cli import run_cli
 
 # A revision whose module reads the app's settings when imported, as files
 # that import the app's models do.

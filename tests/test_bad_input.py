@@ -155,6 +155,8 @@ def test_bad_lock_and_policy_arguments(ini: Path) -> None:
         (lambda: Switch(env_var=""), r"Switch\(env_var=''\)"),
         (lambda: Retry(times=0), r"Retry\(times=0"),
         (lambda: Chain(), "Chain needs failure policies"),
+        (lambda: VersionTable(""), r"VersionTable\(name=''\)"),
+        (lambda: VersionTable("v", " "), r"VersionTable\(schema=' '\)"),
         (lambda: PurgeAndRetry(keep=0), r"PurgeAndRetry\(max_attempts=1, keep=0\)"),
     ],
 )
@@ -261,7 +263,7 @@ def test_scripts_with_no_revision_never_make_a_database_ready(ini: Path, db_url:
 def test_the_command_does_not_call_scripts_without_revisions_up_to_date(
     ini: Path, sqlite_url: URL
 ) -> None:
-    from tests.test_cli import cli
+    from tests.helpers import cli
 
     empty = ini.parent / "migrations" / "none_here"
     empty.mkdir()
@@ -281,7 +283,7 @@ def test_base_is_not_a_start_up_target(ini: Path) -> None:
 def test_a_target_older_than_the_database_is_said_plainly(
     ini: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.test_cli import cli
+    from tests.helpers import cli
 
     anyio.run(AutoMigrator(ini, url=sqlite_url).run)  # at r3
     with caplog.at_level(logging.WARNING, logger="automigrator"):

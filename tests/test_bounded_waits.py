@@ -17,6 +17,7 @@ from tests.conftest import server_url
 from tests.faults import Background, Proxy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["postgresql", "mariadb"])
 @pytest.mark.parametrize("connect_timeout", [5.0, 0.0])
 def test_a_silent_server_makes_the_start_give_up_at_its_deadline(
@@ -36,31 +37,32 @@ def test_a_silent_server_makes_the_start_give_up_at_its_deadline(
     assert migrator.status.error_kind == "transient"
 
 
-def test_a_waiter_whose_connection_freezes_mid_try_keeps_its_deadline(ini: Path) -> None:
+@pytest.mark.slow
+def test_a_waiter_whose_connection_freezes_mid_try_keeps_its_deadline(
+    ini: Path, pg_url: URL
+) -> None:
     # Another process holds the lock (this test, directly); the waiter's
     # connections go through a proxy that freezes while it waits: the server's
     # lock_timeout answer never reaches it, and no RST comes either.
     from automigrator import LockTimeoutError, MigrationState
     from automigrator.locking import lock_for
-    from tests.conftest import fresh_database
 
-    for real in fresh_database("postgresql"):
-        holder = lock_for(real)
-        assert holder.acquire(0)
-        try:
-            with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
-                url = real.set(host="127.0.0.1", port=proxy.port)
-                migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(lock=30))
-                run = Background(migrator)
-                while migrator.status.waiting_for != "lock":
-                    assert run.thread.is_alive(), run.error
-                    time.sleep(0.01)
-                proxy.freeze()
-                error = run.result()  # joined with a bound: a hang fails the test
-        finally:
-            holder.release()
+    holder = lock_for(pg_url)
+    assert holder.acquire(0)
+    try:
+        with Proxy(pg_url.host or "127.0.0.1", pg_url.port or 0) as proxy:
+            url = pg_url.set(host="127.0.0.1", port=proxy.port)
+            migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(lock=30))
+            run = Background(migrator)
+            while migrator.status.waiting_for != "lock":
+                assert run.thread.is_alive(), run.error
+                time.sleep(0.01)
+            proxy.freeze()
+            error = run.result()  # joined with a bound: a hang fails the test
+    finally:
+        holder.release()
 
-        # Cut at the try's deadline and reported as transient: never a hang.
-        assert isinstance(error, (DatabaseUnavailableError, LockTimeoutError)), repr(error)
-        assert migrator.status.state is MigrationState.FAILED
-        assert migrator.status.error_kind == "transient"
+    # Cut at the try's deadline and reported as transient: never a hang.
+    assert isinstance(error, (DatabaseUnavailableError, LockTimeoutError)), repr(error)
+    assert migrator.status.state is MigrationState.FAILED
+    assert migrator.status.error_kind == "transient"

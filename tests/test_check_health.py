@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -24,9 +23,9 @@ from automigrator import (
     Timeouts,
 )
 from tests.conftest import revisions
+from tests.helpers import HANG_GUARD, get, watching
 from tests.processes import start_replicas
 from tests.project import BROKEN, EMAIL, USERS, Rev, make_project, write_revision
-from tests.test_waiting import HANG_GUARD, watching
 
 
 def test_check_mode_at_head_starts_without_migrating(ini: Path, db_url: URL) -> None:
@@ -103,12 +102,6 @@ def test_switch_off_can_mean_check(ini: Path, sqlite_url: URL) -> None:
 
     assert skip.state is MigrationState.DISABLED
     assert revisions(sqlite_url) == {"r3"}
-
-
-async def get(app: object, path: str = "/") -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.get(path)
 
 
 def health(migrator: AutoMigrator, **options: bool) -> tuple[int, dict[str, object]]:

@@ -13,27 +13,8 @@ from sqlalchemy.engine import URL
 
 from automigrator.scripts._headcache import FILE_NAME
 from tests.conftest import revisions, tables
+from tests.helpers import ROOT, cli, run_cli
 from tests.project import Rev, write_revision
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m automigrator ARGS`` as a process; its exit code, stdout and stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "automigrator", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
-def cli(ini: Path, url: URL | str, *args: str) -> subprocess.CompletedProcess[str]:
-    target = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-    return run_cli("-c", str(ini), "--url", target, *args)
 
 
 def test_upgrade_check_and_status(ini: Path, db_url: URL) -> None:

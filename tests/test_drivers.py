@@ -7,6 +7,7 @@ reads and the lock use the synchronous sibling of an async driver (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -15,7 +16,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator
 from automigrator.database._connections import sync_url
-from tests.conftest import make_db_url, revisions
+from tests.conftest import revisions
 from tests.project import CHAIN, make_project
 
 DRIVERS = [
@@ -33,25 +34,21 @@ DRIVERS = [
 
 @pytest.mark.parametrize(("backend", "driver", "template"), DRIVERS)
 def test_driver_migrates_and_locks(
-    tmp_path: Path, backend: str, driver: str, template: str
+    tmp_path: Path, fresh_db: Callable[[str], URL], backend: str, driver: str, template: str
 ) -> None:
-    databases = make_db_url(backend, tmp_path)
-    plain = next(databases)
-    try:
-        dialect = "mysql" if backend == "mariadb" else backend
-        url: URL = plain.set(drivername=f"{dialect}+{driver}")
-        ini = make_project(tmp_path / "p", CHAIN, template=template)
-        migrator = AutoMigrator(ini, url=url)
+    plain = fresh_db(backend)
+    dialect = "mysql" if backend == "mariadb" else backend
+    url: URL = plain.set(drivername=f"{dialect}+{driver}")
+    ini = make_project(tmp_path / "p", CHAIN, template=template)
+    migrator = AutoMigrator(ini, url=url)
 
-        status = anyio.run(migrator.run)
-        again = anyio.run(AutoMigrator(ini, url=url).run)
+    status = anyio.run(migrator.run)
+    again = anyio.run(AutoMigrator(ini, url=url).run)
 
-        assert status.revisions_after == ("r3",)
-        assert again.applied == ()
-        assert revisions(sync_url(url)) == {"r3"}
-        lock = migrator.migration_lock()
-        assert lock is not None
-        assert lock.acquire(0)  # the lock works through this driver's sibling
-        lock.release()
-    finally:
-        databases.close()
+    assert status.revisions_after == ("r3",)
+    assert again.applied == ()
+    assert revisions(sync_url(url)) == {"r3"}
+    lock = migrator.migration_lock()
+    assert lock is not None
+    assert lock.acquire(0)  # the lock works through this driver's sibling
+    lock.release()

@@ -8,7 +8,6 @@ injected under ``PurgeAndRetry`` and must purge nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -25,16 +24,10 @@ from automigrator import (
     PurgeAndRetry,
     Timeouts,
 )
-from tests.conftest import make_db_url, revisions
+from tests.conftest import revisions
 from tests.faults import Background, Proxy, wait_for
+from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, backups, deployed, user_rows
 from tests.project import write_revision
-from tests.test_policies import ALWAYS_BROKEN, OLD_ROWS, deployed, user_rows
-from tests.test_purge import backups
-
-
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    yield from make_db_url(request.param, tmp_path)
 
 
 def through(proxy: Proxy, url: URL) -> URL:

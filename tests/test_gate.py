@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,69 +11,27 @@ import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from automigrator import (
     AutoMigrateMiddleware,
     AutoMigrator,
     LogAndContinue,
-    MigrationRunner,
     MigrationState,
     ReadinessGate,
     Timeouts,
 )
 from tests.conftest import revisions
-from tests.project import Rev, make_project
-from tests.test_waiting import HANG_GUARD, watching
-
-# A migration that runs until the test lets it finish (a file appears): the
-# test decides when it ends, nothing depends on timing.
-WAITING_USERS = Rev(
-    "r1",
-    None,
-    "create users, when released",
-    """
-    import os
-    import time
-
-    release = os.environ["AM_RELEASE"]
-    while not os.path.exists(release):
-        time.sleep(0.01)
-    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True),
-                    sa.Column("name", sa.String(50)), sa.Column("email", sa.String(100)))
-    """,
+from tests.helpers import (
+    HANG_GUARD,
+    WAITING_USERS,
+    Hits,
+    client,
+    make_app,
+    shut_down_while_migrating,
+    watching,
 )
-
-
-class Hits:
-    """Counts the requests that reach a handler, and those that came too early."""
-
-    def __init__(self, migrator: MigrationRunner) -> None:
-        self.migrator = migrator
-        self.total = 0
-        self.early = 0
-
-    async def items(self, request: Request) -> PlainTextResponse:
-        self.total += 1
-        if not self.migrator.status.ready:
-            self.early += 1
-        return PlainTextResponse("items")
-
-
-def make_app(migrator: MigrationRunner, hits: Hits) -> Starlette:
-    async def live(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("alive")
-
-    return Starlette(routes=[Route("/items", hits.items), Route("/livez", live)])
-
-
-@asynccontextmanager
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
+from tests.project import Rev, make_project
 
 
 async def websocket_messages(app: Any, path: str) -> list[dict[str, Any]]:
@@ -172,28 +128,6 @@ def test_a_failed_background_migration_keeps_the_gate_shut(
     assert anyio.run(main) == 503
     assert hits.total == 0
     assert "Migrations failed in the background" in caplog.text
-
-
-async def shut_down_while_migrating(
-    running: Callable[[], AbstractAsyncContextManager[object]], release: Path
-) -> None:
-    """Enter ``running()``; once a migration runs, leave it (the server's shutdown).
-
-    The waiting revision is let finish only once the shutdown has begun.
-    """
-    async with (
-        watching("Shutting down during a migration") as stopping,
-        watching("Migrating from") as migrating,
-        anyio.create_task_group() as tg,
-    ):
-
-        async def release_when_stopping() -> None:
-            await stopping.event.wait()
-            await anyio.Path(release).touch()  # the revision may now finish
-
-        tg.start_soon(release_when_stopping)
-        async with running():
-            await migrating.event.wait()
 
 
 def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,19 @@ from automigrator import (
     Timeouts,
 )
 from tests.asgi import get_during_lifespan
-from tests.conftest import make_db_url, revisions, tables
+from tests.conftest import revisions, tables
+from tests.helpers import (
+    HANG_GUARD,
+    WAITING_USERS,
+    Hits,
+    client,
+    held_lock,
+    make_app,
+    run_cli,
+    shut_down_while_migrating,
+    watching,
+)
 from tests.project import BROKEN, CHAIN, USERS, Rev, make_project
-from tests.test_cli import run_cli
-from tests.test_gate import WAITING_USERS, Hits, client, make_app, shut_down_while_migrating
-from tests.test_waiting import HANG_GUARD, held_lock, watching
 
 INVOICES = Rev(
     "b1",
@@ -331,15 +338,10 @@ def multidb_project(root: Path, urls: dict[str, URL]) -> Path:
     return ini
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    yield from make_db_url(request.param, tmp_path)
-
-
 def test_multidb_template_each_database_planned_locked_and_migrated(
-    tmp_path: Path, server_url: URL, billing_url: URL
+    tmp_path: Path, server_db: URL, billing_url: URL
 ) -> None:
-    ini = multidb_project(tmp_path / "proj", {"engine1": server_url, "engine2": billing_url})
+    ini = multidb_project(tmp_path / "proj", {"engine1": server_db, "engine2": billing_url})
     group = MigratorGroup.from_multidb(ini)
     events: list[Event] = []
     group.subscribe(events.append)
@@ -349,11 +351,11 @@ def test_multidb_template_each_database_planned_locked_and_migrated(
 
     assert status.state is MigrationState.READY
     assert list(group.migrators) == ["engine1", "engine2"]
-    assert "accounts" in tables(server_url)
-    assert "events" not in tables(server_url)
+    assert "accounts" in tables(server_db)
+    assert "events" not in tables(server_db)
     assert "events" in tables(billing_url)
     assert "accounts" not in tables(billing_url)
-    assert revisions(server_url) == revisions(billing_url) == {"m1"}
+    assert revisions(server_db) == revisions(billing_url) == {"m1"}
     assert [e.revision.revision for e in events if e.revision] == ["m1", "m1"]
     assert again.state is MigrationState.READY
     assert again.applied == ()

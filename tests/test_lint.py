@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from automigrator import (
 )
 from automigrator.policies import Chain, Fail, PurgeAndRetry
 from automigrator.testing import assert_migrations_are_safe
-from tests.conftest import make_db_url, revisions, rows, tables
+from tests.conftest import revisions, rows, tables
+from tests.helpers import cli
 from tests.project import Rev, make_project
-from tests.test_cli import cli
 
 BASE = Rev(
     "r1",
@@ -295,15 +294,10 @@ def test_the_same_revision_is_refused_on_a_big_table_and_applied_on_a_small_one(
     assert status.lint == ()
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    yield from make_db_url(request.param, tmp_path)
-
-
 def test_a_locked_table_is_not_waited_for_and_counts_as_big(
-    tmp_path: Path, server_url: URL
+    tmp_path: Path, server_db: URL
 ) -> None:
-    url, server = server_url, dialect(server_url)
+    url, server = server_db, dialect(server_db)
     ini = project(tmp_path / "p", WEIGHED[server])
     at_base(ini, url)
     fill(url, 10)  # small: it would pass, if its size could be read

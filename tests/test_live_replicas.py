@@ -16,9 +16,9 @@ from sqlalchemy.engine import URL
 
 from tests.conftest import revisions, rows
 from tests.faults import wait_for
+from tests.helpers import line_with
 from tests.processes import start_replicas
 from tests.project import Rev, make_project, waiting
-from tests.test_lock_lost import line_with
 
 ITEMS = Rev(
     "r1",

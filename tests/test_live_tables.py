@@ -15,7 +15,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -41,11 +41,10 @@ from automigrator import (
     SchemaAheadError,
 )
 from automigrator.process._logging import LoggingGuard
-from tests.conftest import make_db_url, revisions
+from tests.conftest import revisions
 from tests.faults import Background, wait_for
+from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
 from tests.project import Rev, make_project, waiting
-from tests.test_policies import OLD_ROWS, deployed, user_rows
-from tests.test_purge import backups
 
 ADD_AGE = Rev("r3", "r2", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
 # Where DDL is not transactional, the CREATE TABLE stays when the ALTER times out.
@@ -59,11 +58,6 @@ HALF = Rev(
     """,
 )
 READER_LIMIT = 3  # seconds a reader's SELECT may wait for a lock before it fails
-
-
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    yield from make_db_url(request.param, tmp_path)
 
 
 def connect(url: URL, *, limit: float | None = None) -> Connection:
@@ -334,7 +328,6 @@ def test_bad_live_table_settings_are_named(tmp_path: Path) -> None:
 def test_the_cli_takes_the_lock_timeout_and_exits_13_on_a_busy_table(
     tmp_path: Path, sqlite_url: URL
 ) -> None:
-    from tests.test_cli import cli
 
     ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
     bad = cli(ini, sqlite_url, "upgrade", "--ddl-lock-timeout", "soon")

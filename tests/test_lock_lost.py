@@ -8,11 +8,9 @@ test. A lost lock stops the run as ``transient``; nothing is purged.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -26,12 +24,17 @@ from automigrator import (
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.faults import Background, wait_for
+from tests.helpers import (
+    OLD_ROWS,
+    R4,
+    after_a_lost_lock_in_r3,
+    backups,
+    deployed,
+    line_with,
+    user_rows,
+)
 from tests.processes import start_replicas
-from tests.project import Rev, waiting, write_revision
-from tests.test_policies import OLD_ROWS, deployed, user_rows
-from tests.test_purge import backups
-
-R4 = Rev("r4", "r3", "after the wait", 'op.create_table("r4_done", sa.Column("id", sa.Integer))')
+from tests.project import waiting, write_revision
 
 
 def execute(url: URL, sql: str) -> list[tuple[object, ...]]:
@@ -42,17 +45,6 @@ def execute(url: URL, sql: str) -> list[tuple[object, ...]]:
             return [tuple(r) for r in result] if result.returns_rows else []
     finally:
         engine.dispose()
-
-
-def line_with(proc: subprocess.Popen[str], *words: str, seconds: float = 60) -> str:
-    """The first line of the process's stderr that holds one of ``words``."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + seconds
-    for line in proc.stderr:
-        if any(word in line for word in words):
-            return line
-        assert time.monotonic() < deadline, f"none of {words} within {seconds} s"
-    raise AssertionError(f"the process ended before saying any of {words}")
 
 
 def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
@@ -110,37 +102,23 @@ def kill_lock_session(url: URL) -> None:
         execute(url, f"KILL {pid}")
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.conftest import make_db_url
-
-    yield from make_db_url(request.param, tmp_path)
-
-
 def test_a_lock_lost_mid_run_stops_the_run_and_purges_nothing(
     tmp_path: Path,
-    server_url: URL,
+    server_db: URL,
     signals: Path,
 ) -> None:
-    ini = deployed(tmp_path, server_url, broken=waiting("r3", "r2"))
+    ini = deployed(tmp_path, server_db, broken=waiting("r3", "r2"))
     write_revision(ini.parent, R4)
-    migrator = AutoMigrator(ini, url=server_url, on_failure=PurgeAndRetry())
+    migrator = AutoMigrator(ini, url=server_db, on_failure=PurgeAndRetry())
     run = Background(migrator)
     wait_for(signals / "r3.running")
 
-    kill_lock_session(server_url)
+    kill_lock_session(server_db)
     (signals / "r3.go").touch()
     error = run.result()
 
     assert isinstance(error, LockLostError), repr(error)
     assert migrator.status.attempts == 1  # transient: no purge
-    assert backups(server_url) == []
-    assert user_rows(server_url) == OLD_ROWS
-    assert revisions(server_url) == after_a_lost_lock_in_r3(server_url)
-
-
-def after_a_lost_lock_in_r3(url: URL) -> set[str]:
-    """Where the database is when the lock was lost during r3 (of r3, r4)."""
-    # PostgreSQL rolled r3 back before its commit; MariaDB kept r3 (its DDL
-    # was made) and stopped before r4.
-    return {"r2"} if url.get_backend_name() == "postgresql" else {"r3"}
+    assert backups(server_db) == []
+    assert user_rows(server_db) == OLD_ROWS
+    assert revisions(server_db) == after_a_lost_lock_in_r3(server_db)

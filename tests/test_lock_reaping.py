@@ -17,17 +17,15 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, LockLostError, PurgeAndRetry
 from tests.conftest import revisions
 from tests.faults import Background, Proxy, wait_for
+from tests.helpers import OLD_ROWS, R3, R4, after_a_lost_lock_in_r3, backups, deployed, user_rows
 from tests.processes import start_replicas
 from tests.project import waiting, write_revision
-from tests.test_lock_lost import R4, after_a_lost_lock_in_r3, server_url  # noqa: F401
-from tests.test_policies import OLD_ROWS, deployed, user_rows
-from tests.test_poolers import R3
-from tests.test_purge import backups
 
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
@@ -37,18 +35,19 @@ def runs_of_r3(signals: Path) -> int:
     return len(running.read_text().split()) if running.exists() else 0
 
 
+@pytest.mark.slow
 def test_a_holder_cut_off_without_fin_loses_the_lock_and_the_next_replica_migrates(
     tmp_path: Path,
-    server_url: URL,  # noqa: F811
+    server_db: URL,
     signals: Path,
 ) -> None:
-    ini = deployed(tmp_path, server_url, broken=R3)
-    port = server_url.port or DEFAULT_PORTS[server_url.get_backend_name()]
-    with Proxy(server_url.host or "127.0.0.1", port) as proxy:
+    ini = deployed(tmp_path, server_db, broken=R3)
+    port = server_db.port or DEFAULT_PORTS[server_db.get_backend_name()]
+    with Proxy(server_db.host or "127.0.0.1", port) as proxy:
         # The holder runs an unattended box's policy: it must purge nothing.
         [holder] = start_replicas(
             ini,
-            server_url.set(host="127.0.0.1", port=proxy.port),
+            server_db.set(host="127.0.0.1", port=proxy.port),
             1,
             env={"AM_POLICY": "appliance"},
         )
@@ -56,7 +55,7 @@ def test_a_holder_cut_off_without_fin_loses_the_lock_and_the_next_replica_migrat
         proxy.freeze()
         # A successor with the default policy: it fails with LockTimeoutError
         # after 90 s if the vanished holder's lock is never freed.
-        [successor] = start_replicas(ini, server_url, 1, env={"AM_LOCK_TIMEOUT": "90"})
+        [successor] = start_replicas(ini, server_db, 1, env={"AM_LOCK_TIMEOUT": "90"})
         deadline = time.monotonic() + 120
         while runs_of_r3(signals) < 2:  # the successor took the lock and runs r3
             if successor.poll() is not None or time.monotonic() > deadline:
@@ -72,29 +71,30 @@ def test_a_holder_cut_off_without_fin_loses_the_lock_and_the_next_replica_migrat
         _, holder_err = holder.communicate(timeout=120)
 
     assert json.loads(out.strip().splitlines()[-1])["state"] == "ready"
-    assert revisions(server_url) == {"r3"}
+    assert revisions(server_db) == {"r3"}
     assert "lock was lost" in holder_err, holder_err[-3000:]
     assert holder.returncode == 0  # Retry, then at head: ready
-    assert backups(server_url) == []
-    assert user_rows(server_url) == OLD_ROWS
+    assert backups(server_db) == []
+    assert user_rows(server_db) == OLD_ROWS
 
 
+@pytest.mark.slow
 def test_a_lock_connection_that_freezes_mid_run_stops_the_run_within_its_reap_time(
     tmp_path: Path,
-    server_url: URL,  # noqa: F811
+    server_db: URL,
     signals: Path,
 ) -> None:
     # Only the lock's connection goes through the proxy (lock_url=), so the
     # migration itself runs on: its look at the lock before r4 meets a
     # connection that never answers. It must not wait for ever.
-    ini = deployed(tmp_path, server_url, broken=waiting("r3", "r2"))
+    ini = deployed(tmp_path, server_db, broken=waiting("r3", "r2"))
     write_revision(ini.parent, R4)
-    port = server_url.port or DEFAULT_PORTS[server_url.get_backend_name()]
-    with Proxy(server_url.host or "127.0.0.1", port) as proxy:
+    port = server_db.port or DEFAULT_PORTS[server_db.get_backend_name()]
+    with Proxy(server_db.host or "127.0.0.1", port) as proxy:
         migrator = AutoMigrator(
             ini,
-            url=server_url,
-            lock_url=server_url.set(host="127.0.0.1", port=proxy.port),
+            url=server_db,
+            lock_url=server_db.set(host="127.0.0.1", port=proxy.port),
             on_failure=PurgeAndRetry(),
         )
         run = Background(migrator)
@@ -105,6 +105,6 @@ def test_a_lock_connection_that_freezes_mid_run_stops_the_run_within_its_reap_ti
 
     assert isinstance(error, LockLostError), repr(error)
     assert migrator.status.attempts == 1  # transient: no purge
-    assert backups(server_url) == []
-    assert user_rows(server_url) == OLD_ROWS
-    assert revisions(server_url) == after_a_lost_lock_in_r3(server_url)
+    assert backups(server_db) == []
+    assert user_rows(server_db) == OLD_ROWS
+    assert revisions(server_db) == after_a_lost_lock_in_r3(server_db)

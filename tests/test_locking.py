@@ -22,6 +22,7 @@ REPLICAS = 64
 DEFAULT_MAX_CONNECTIONS = {"postgresql": 100, "mysql": 151}
 
 
+@pytest.mark.slow
 def test_sixty_four_processes_one_migrates_the_others_wait(ini: Path, db_url: URL) -> None:
     procs = start_replicas(ini, db_url, REPLICAS)
     kind = {"postgresql": "postgresql", "mysql": "mariadb"}.get(db_url.get_backend_name())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -329,22 +330,18 @@ def test_percent_encoded_password_survives_the_ini_interpolation(tmp_path: Path)
 
 
 @pytest.mark.parametrize("kind", ["sqlite+aiosqlite", "postgresql+asyncpg"])
-def test_async_template_runs_unchanged(tmp_path: Path, kind: str) -> None:
-    from tests.conftest import make_db_url
-
+def test_async_template_runs_unchanged(
+    tmp_path: Path, fresh_db: Callable[[str], URL], kind: str
+) -> None:
     backend = "sqlite" if kind.startswith("sqlite") else "postgresql"
-    gen = make_db_url(backend, tmp_path)
-    url = next(gen)
-    try:
-        ini = make_project(tmp_path / "p", CHAIN, template="async")
-        async_url = url.set(drivername=kind)
+    url = fresh_db(backend)
+    ini = make_project(tmp_path / "p", CHAIN, template="async")
+    async_url = url.set(drivername=kind)
 
-        status = run(AutoMigrator(ini, url=async_url))
+    status = run(AutoMigrator(ini, url=async_url))
 
-        assert status.revisions_after == ("r3",)
-        assert revisions(url) == {"r3"}
-    finally:
-        gen.close()
+    assert status.revisions_after == ("r3",)
+    assert revisions(url) == {"r3"}
 
 
 def test_logging_guard_keeps_the_apps_loggers_alive(

@@ -35,44 +35,9 @@ from automigrator import (
 )
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows, server_url
+from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, deployed, user_rows
 from tests.processes import start_replicas
 from tests.project import EMAIL, USERS, Rev, make_project, write_revision
-
-# The deploy: a revision that makes part of its DDL, then fails on the rows
-# already there (two users called "ann"). From scratch it works.
-UNIQUE_NAMES = Rev(
-    "r3",
-    "r2",
-    "audit table and unique names",
-    """
-    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
-    op.create_index("ix_users_name", "users", ["name"], unique=True)
-    """,
-)
-# A revision that fails wherever it runs.
-ALWAYS_BROKEN = Rev("r3", "r2", "always broken", 'raise RuntimeError("r3 is broken")')
-
-
-def deployed(tmp_path: Path, url: URL, broken: Rev = UNIQUE_NAMES) -> Path:
-    """A database at r2 holding the application's rows, and a deploy adding ``broken``."""
-    ini = make_project(tmp_path / "proj", (USERS, EMAIL))
-    anyio.run(AutoMigrator(ini, url=url).run)
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("INSERT INTO users (name, email) VALUES (:n, :e)"),
-            [{"n": "ann", "e": "a@x"}, {"n": "ann", "e": "b@x"}, {"n": "bob", "e": "c@x"}],
-        )
-    engine.dispose()
-    write_revision(ini.parent, broken)
-    return ini
-
-
-def user_rows(url: URL) -> list[tuple[object, ...]]:
-    return rows(url, "SELECT name, email FROM users ORDER BY email")
-
-
-OLD_ROWS = [("ann", "a@x"), ("ann", "b@x"), ("bob", "c@x")]
 
 
 def test_fail_leaves_the_database_as_the_database_left_it(tmp_path: Path, db_url: URL) -> None:

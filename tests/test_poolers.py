@@ -23,16 +23,11 @@ from automigrator import AutoMigrator, PoolerError, PostgresAdvisoryLock, Timeou
 from automigrator.locking import lock_for
 from tests.conftest import revisions, rows
 from tests.faults import wait_for
+from tests.helpers import R3, line_with
 from tests.poolers import PgBouncer, PoolMode
 from tests.processes import start_replicas
-from tests.project import EMAIL, USERS, make_project, waiting
-from tests.test_lock_lost import line_with
+from tests.project import EMAIL, USERS, make_project
 
-# r3 waits for the test outside any transaction (as a CREATE INDEX
-# CONCURRENTLY runs), so the migration pins no server connection meanwhile.
-R3 = waiting(
-    "r3", "r2", then='op.create_table("r3_done", sa.Column("id", sa.Integer))', autocommit=True
-)
 REPLICAS = 4
 
 

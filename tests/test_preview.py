@@ -18,8 +18,8 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator, SchemaAheadError, Timeouts, preview
 from automigrator.locking import lock_for
 from tests.conftest import revisions, tables
+from tests.helpers import cli
 from tests.project import EMAIL, USERS, Rev, make_project
-from tests.test_cli import cli
 
 SEED = Rev(
     "r3",

@@ -31,32 +31,15 @@ from automigrator import (
     PurgeAndRetry,
     RestoreBackup,
 )
-from automigrator.database._purge import like_prefix, quarantine_prefix
 from tests.conftest import revisions, rows, server_url
 from tests.faults import wait_for
+from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, backups, cli, deployed, user_rows
 from tests.processes import start_replicas
 from tests.project import Rev, waiting
-from tests.test_cli import cli
-from tests.test_policies import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, deployed, user_rows
 
 DROPS_THEN_FAILS = Rev(
     "r3", "r2", "drops the table, then fails", 'op.drop_table("users")\nraise RuntimeError("r3")'
 )
-
-
-def backups(url: URL) -> list[str]:
-    """Every backup automigrator made of ``url``: files, schemas or databases, oldest first."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        path = Path(str(url.database))
-        return sorted(str(p) for p in path.parent.glob(f"{path.name}.backup-*.sqlite"))
-    if backend == "postgresql":
-        catalog, column, name = "pg_namespace", "nspname", "public"
-    else:
-        catalog, column, name = "information_schema.schemata", "schema_name", str(url.database)
-    pattern = like_prefix(quarantine_prefix(name, backend)).replace("%", "%%")
-    found = rows(url, f"SELECT {column} FROM {catalog} WHERE {column} LIKE '{pattern}' ESCAPE '!'")
-    return sorted(str(r[0]) for r in found)
 
 
 def rows_in(url: URL, backup: str) -> list[tuple[object, ...]]:
@@ -98,6 +81,7 @@ def test_a_crash_loop_purges_once_and_the_rows_stay_in_the_backup(
         assert backup.rsplit("/", 1)[-1] in run.stderr  # the message names the backup
 
 
+@pytest.mark.slow
 def test_sixteen_processes_with_a_failing_revision_purge_once(
     tmp_path: Path, quarantines_dropped: URL
 ) -> None:

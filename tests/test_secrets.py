@@ -20,9 +20,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, ConfigurationError, HealthApp, LogAndContinue, Timeouts
 from tests.conftest import server_url
-from tests.test_check_health import get
-from tests.test_cli import run_cli
-from tests.test_policies import deployed
+from tests.helpers import deployed, get, run_cli
 
 PASSWORD = "p@ss:w/rd%25x"  # '%25' is a literal part of it, not an escape
 FORMS = (PASSWORD, quote(PASSWORD, safe=""), "rd%25x", "w/rd", "%25x")

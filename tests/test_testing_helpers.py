@@ -6,8 +6,6 @@ its own: with its settings (``DATABASE_URL``) in the environment.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -22,36 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from automigrator import AutoMigrator, MigrationState, MigratorGroup
 from automigrator.testing import assert_at_head, assert_models_match, upgrade
-from tests.conftest import make_db_url
 from tests.project import CHAIN, USERS, make_project
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastapi_app"
-
-
-def async_url(url: URL) -> str:
-    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-    return url.set(drivername=drivers[url.get_backend_name()]).render_as_string(
-        hide_password=False
-    )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def example_app(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ModuleType]:
-    """The example app's module, imported with a fresh test database in DATABASE_URL."""
-    database = make_db_url(request.param, tmp_path)  # dropped when the generator closes
-    url = next(database)
-    monkeypatch.setenv("DATABASE_URL", async_url(url))
-    monkeypatch.syspath_prepend(str(EXAMPLE))
-    monkeypatch.delitem(sys.modules, "models", raising=False)
-    spec = importlib.util.spec_from_file_location("example_app", EXAMPLE / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    database.close()
 
 
 # --8<-- [start:testclient]

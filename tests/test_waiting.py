@@ -27,41 +27,11 @@ from automigrator import (
 from automigrator.locking import MigrationLock, lock_for
 from tests.conftest import revisions
 from tests.e2e.server import free_port
+from tests.helpers import HANG_GUARD, held_lock, watching
 
-# Guards against a hang only: a wait that ignored the stop would last
-# lock_timeout / connect_timeout (10 minutes here).
-HANG_GUARD = 60
+# The lock_timeout / connect_timeout of waits that only a stop may end: a
+# wait that ignored the stop would last 10 minutes, far past HANG_GUARD.
 LONG = 600
-
-
-class LogEvent(logging.Handler):
-    """Sets an event when a record's message holds the text (logged on the event loop)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-        self.event = anyio.Event()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        self.messages.append(message)
-        if self.text in message:
-            self.event.set()
-
-
-@asynccontextmanager
-async def watching(text: str) -> AsyncIterator[LogEvent]:
-    handler = LogEvent(text)
-    logger = logging.getLogger("automigrator")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 async def _pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
@@ -160,12 +130,6 @@ def test_wrong_credentials_are_not_retried(
         anyio.run(migrator.run)
 
     assert "Database not reachable" not in caplog.text
-
-
-def held_lock(url: URL) -> MigrationLock:
-    lock = lock_for(url)
-    assert lock.acquire(0)
-    return lock
 
 
 class RecordingLock:

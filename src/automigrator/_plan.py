@@ -49,7 +49,8 @@ class Plan:
     pending: tuple[str, ...] = ()
     """Revisions an upgrade would apply, in order."""
     unknown: tuple[str, ...] = ()
-    """Database revisions the scripts do not know (``ahead_of_code``)."""
+    """Database revisions the scripts do not know (``ahead_of_code``); ``pending`` then
+    holds what the known ones lack, if anything (behind and ahead at once)."""
     past_target: bool = False
     """``at_head`` because the database is already past a pinned target (never downgraded)."""
 
@@ -58,7 +59,8 @@ class Plan:
 
         The unknown revisions stay in ``unknown``.
         """
-        return replace(self, kind="at_head") if self.kind == "ahead_of_code" else self
+        servable = self.kind == "ahead_of_code" and not self.pending
+        return replace(self, kind="at_head") if servable else self
 
     def refusal(
         self, *, final: bool = True, baseline: str | None = None, version_table: str = ""
@@ -71,7 +73,7 @@ class Plan:
         if self.kind == "multiple_heads":
             return MultipleHeadsError(heads=self.heads)
         if self.kind == "ahead_of_code":
-            return SchemaAheadError(revisions=self.unknown)
+            return SchemaAheadError(revisions=self.unknown, missing=self.pending)
         if self.kind == "unversioned" and baseline is None and final:
             return UnversionedDatabaseError(version_table=version_table)
         return None
@@ -110,7 +112,9 @@ def read_plan(
             revisions = read_revisions(conn, version_table)
             if revisions is None:
                 check_schema_exists(conn, version_table)
-            has_tables = revisions is None and has_other_tables(conn, version_table)
+            # An empty version table (a baseline stamp that did not finish) beside
+            # tables is unversioned too: never planned as an empty database.
+            has_tables = not revisions and has_other_tables(conn, version_table)
     except DBAPIError as exc:
         error = translate_error(exc, scripts.url, doing="reading the version table")
         if isinstance(error, DatabaseUnavailableError):
@@ -144,8 +148,18 @@ def classify(
         return Plan("multiple_heads", current, heads)
     unknown = tuple(rev for rev in current if not _known(script, rev))
     if unknown:
-        return Plan("ahead_of_code", current, heads, unknown=unknown)
-    if db_revisions is None and has_tables:
+        # The rows the code knows must already hold the target: a database
+        # both behind and ahead is refused even where ahead is served.
+        known = tuple(rev for rev in current if rev not in unknown)
+        missing: tuple[str, ...] = ()
+        if known:
+            try:
+                steps = _alembic_compat.upgrade_steps(script, target, known)
+                missing = tuple(step.revision.revision for step in steps)
+            except _alembic_load.GRAPH_ERRORS:
+                missing = ()  # the known rows are past a pinned target
+        return Plan("ahead_of_code", current, heads, unknown=unknown, pending=missing)
+    if not db_revisions and has_tables:
         return Plan("unversioned", current, heads)
     try:
         targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))

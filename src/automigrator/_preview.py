@@ -72,7 +72,7 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
             script = scripts.imported()
             with scripts.set_up():
                 return _alembic_run.render_offline(
-                    scripts.config, script, migrator.target, current, sql=sql
+                    scripts.config, script, migrator.target, current, url=scripts.url, sql=sql
                 )
 
         pending = await anyio.to_thread.run_sync(render)

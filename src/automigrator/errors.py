@@ -127,15 +127,29 @@ class SchemaAheadError(AutomigratorError):
 
     kind: ErrorKind = "schema_ahead"
 
-    def __init__(self, message: str | None = None, *, revisions: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        revisions: tuple[str, ...],
+        missing: tuple[str, ...] = (),
+    ) -> None:
+        lacks = (
+            f" It also lacks {', '.join(missing)}, which this code needs: it is behind "
+            "and ahead at once (another branch, or a deploy that skipped one), so it is "
+            "never served, whatever when_ahead says."
+            if missing
+            else ""
+        )
         super().__init__(
             message
             or f"The database is at revision {', '.join(revisions)}, which these migration "
-            "scripts do not know: this deploy is older than the database (a rollback?). "
+            f"scripts do not know: this deploy is older than the database (a rollback?).{lacks} "
             "Deploy code that contains that revision, or downgrade the database with the "
             "newer code first. Nothing was changed."
         )
         self.revisions = revisions
+        self.missing = missing
 
     @property
     def revision(self) -> str:
@@ -177,10 +191,11 @@ class UnversionedDatabaseError(AutomigratorError):
     def __init__(self, message: str | None = None, *, version_table: str = "") -> None:
         super().__init__(
             message
-            or f"The database has tables but no version table {version_table!r}: these "
-            "migrations did not create it. If its schema matches a revision, pass "
-            "baseline='<revision>' to stamp it there first; if env.py keeps the version "
-            "table elsewhere, pass version_table=VersionTable(name, schema). Nothing was changed."
+            or f"The database has tables but no revision in a version table "
+            f"{version_table!r}: these migrations did not create them (or a baseline stamp "
+            "did not finish). If its schema matches a revision, pass baseline='<revision>' "
+            "to stamp it there first; if env.py keeps the version table elsewhere, pass "
+            "version_table=VersionTable(name, schema). Nothing was changed."
         )
         self.version_table = version_table
 

@@ -41,7 +41,13 @@ from filelock import Timeout as FileLockTimeout
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .database._connections import VersionTable, create_engine, is_memory_sqlite, parse_url
+from .database._connections import (
+    VersionTable,
+    create_engine,
+    is_memory_sqlite,
+    parse_url,
+    sqlite_file,
+)
 from .errors import ConfigurationError
 
 __all__ = [
@@ -487,7 +493,7 @@ def lock_for(database: str | URL | Engine, table: VersionTable | None = None) ->
     if backend == "sqlite":
         if is_memory_sqlite(engine.url):
             return ProcessLock(f"sqlite-memory:{table}")
-        return SQLiteFileLock(engine.url.database or "")
+        return SQLiteFileLock(sqlite_file(engine.url))
     raise ConfigurationError(
         f"No cross-process migration lock is available for the {backend!r} dialect. Pass "
         "lock=<an object with acquire(timeout), release() and holder()> (see "

@@ -1,4 +1,4 @@
-"""The example app, copied per test, with a fresh database on each backend."""
+"""The example app, copied per test, with a fresh database on each backend. All slow."""
 
 from __future__ import annotations
 
@@ -11,8 +11,17 @@ from sqlalchemy.engine import URL
 
 from tests.conftest import make_db_url
 
+HERE = Path(__file__).resolve().parent
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
 ASYNC_DRIVER = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here starts real server processes: slow, out of ``nox -s quick``."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

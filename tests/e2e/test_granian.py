@@ -13,28 +13,12 @@ from sqlalchemy.engine import URL
 from automigrator.database._connections import sync_url
 from automigrator.locking import lock_for
 from tests.conftest import revisions
+from tests.e2e.helpers import BROKEN_0005, SLOW_0005, granian
 from tests.e2e.server import serve
-from tests.e2e.test_uvicorn import BROKEN_0005, SLOW_0005
 
 pytestmark = pytest.mark.e2e
 
 READY = "Schema ready at 0004"
-
-
-def granian(app_dir: Path, *extra: str) -> list[str]:
-    return [
-        "granian",
-        "--interface",
-        "asgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--working-dir",
-        str(app_dir),
-        *extra,
-        "app:app",
-    ]
 
 
 def test_example_migrates_then_serves(example: tuple[Path, URL]) -> None:

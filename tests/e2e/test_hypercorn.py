@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.e2e.helpers import BROKEN_0005, hypercorn
 from tests.e2e.server import serve
-from tests.e2e.test_uvicorn import BROKEN_0005
 
 pytestmark = pytest.mark.e2e
-
-
-def hypercorn(*extra: str) -> list[str]:
-    return ["hypercorn", "app:app", "--bind", "127.0.0.1:{port}", *extra]
 
 
 def test_example_migrates_then_serves(example: tuple[Path, URL]) -> None:

@@ -12,28 +12,13 @@ from automigrator.database._connections import sync_url
 from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
+from tests.e2e.helpers import BROKEN_0005, gunicorn
 from tests.e2e.server import serve
-from tests.e2e.test_uvicorn import BROKEN_0005
 
 pytestmark = pytest.mark.e2e
 
 WORKERS = 4
 STARTED = "Application startup complete."
-
-
-def gunicorn(app_dir: Path, workers: int) -> list[str]:
-    return [
-        "gunicorn",
-        "app:app",
-        "--chdir",
-        str(app_dir),
-        "-w",
-        str(workers),
-        "-k",
-        "uvicorn_worker.UvicornWorker",
-        "-b",
-        "127.0.0.1:{port}",
-    ]
 
 
 SERVERS = {

@@ -13,33 +13,11 @@ from sqlalchemy.engine import URL
 from automigrator.database._connections import sync_url
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
+from tests.e2e.helpers import BROKEN_0005, SLOW_0005
 from tests.e2e.server import serve
 from tests.project import BROKEN, CHAIN, EMAIL, USERS, make_project
 
 pytestmark = pytest.mark.e2e
-
-BROKEN_0005 = '''"""add a column, then break
-
-Revision ID: 0005
-Revises: 0004
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0005"
-down_revision = "0004"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.add_column("authors", sa.Column("born", sa.Integer))
-    raise RuntimeError("0005 is broken on purpose")
-
-
-def downgrade() -> None:
-    pass
-'''
 
 
 def test_example_migrates_then_serves(example: tuple[Path, URL]) -> None:
@@ -153,30 +131,6 @@ def test_django_with_a_failing_migration_stops_uvicorn(tmp_path: Path, sqlite_ur
     assert code != 0
     assert "Migration r3 (half done then broken) failed" in server.log
     assert "Application startup complete." not in server.log
-
-
-SLOW_0005 = '''"""wait for the test's release file
-
-Revision ID: 0005
-Revises: 0004
-"""
-import os
-import time
-
-revision = "0005"
-down_revision = "0004"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    while not os.path.exists(os.environ["AM_RELEASE"]):
-        time.sleep(0.01)
-
-
-def downgrade() -> None:
-    pass
-'''
 
 
 def test_serving_at_once_with_503_until_the_schema_is_ready(

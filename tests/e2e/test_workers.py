@@ -20,11 +20,8 @@ from sqlalchemy.engine import URL
 from automigrator.database._connections import sync_url
 from tests.conftest import revisions
 from tests.e2e.conftest import uvicorn
+from tests.e2e.helpers import BROKEN_0005, granian, gunicorn, hypercorn
 from tests.e2e.server import serve
-from tests.e2e.test_granian import granian
-from tests.e2e.test_hypercorn import hypercorn
-from tests.e2e.test_replicas import gunicorn
-from tests.e2e.test_uvicorn import BROKEN_0005
 
 pytestmark = pytest.mark.e2e
 

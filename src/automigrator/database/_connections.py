@@ -160,6 +160,16 @@ def is_memory_sqlite(url: URL) -> bool:
     )
 
 
+def sqlite_file(url: URL) -> str:
+    """The file of a SQLite URL, also in URI form (``sqlite:///file:app.db?mode=ro&uri=true``)."""
+    database = url.database or ""
+    if database.startswith("file:"):
+        # sqlite3's URI filename: the path is between "file:" and any "?".
+        database = database.removeprefix("file:").split("?", 1)[0]
+        database = database.removeprefix("//") if database.startswith("///") else database
+    return database
+
+
 # Every connection of ours has a deadline on connecting, and a dead peer is
 # noticed: libpq's keepalives and TCP user timeout end a connection whose
 # server vanished (no FIN, no RST) within about 30 s; PyMySQL/mysqlclient
@@ -190,10 +200,20 @@ def _bounded(url: URL) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class VersionTable:
-    """Where the revisions are stored: Alembic's version table."""
+    """Where the revisions are stored: Alembic's version table (env.py's
+    ``version_table`` and ``version_table_schema``)."""
 
     name: str = "alembic_version"
     schema: str | None = None
+
+    def __post_init__(self) -> None:
+        for field, value, optional in (("name", self.name, False), ("schema", self.schema, True)):
+            if (value is None and optional) or (isinstance(value, str) and value.strip()):
+                continue
+            raise ConfigurationError(
+                f"VersionTable({field}={value!r}): name the table"
+                + (", or leave schema=None for the default schema." if optional else ".")
+            )
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}" if self.schema else self.name

@@ -32,7 +32,7 @@ from .._findings import LintFinding
 from .._plan import Plan
 from .._settings import MigratorSettings
 from ..database._connections import display
-from ..errors import UnsafeMigrationError, first_line
+from ..errors import ConfigurationError, UnsafeMigrationError, first_line
 from ..events import Event
 from ..run._reporting import Reporter
 from ..scripts._pending import PendingRevision
@@ -109,6 +109,7 @@ class Linter:
                 self.scripts.imported(),
                 self.settings.target,
                 current,
+                url=self.scripts.url,
                 sql=True,
                 operations=operations,
             )
@@ -137,6 +138,8 @@ class Linter:
                 logger.warning("Lint: squawk was not used (%s); the operation rules apply", exc)
                 squawk = None
         allowed = {step.revision: _allowances(step.path) for step in pending}
+        for step in pending:
+            _check_allowances(step.path, allowed[step.revision], _squawk.find())
         found = [_allowed(f, allowed[f.revision]) for f in found]
         if live:
             found = self._weighed(found)
@@ -269,6 +272,29 @@ def _allowances(path: str) -> set[str]:
     return {
         rule.strip() for match in _ALLOW.findall(text) for rule in match.split(",") if rule.strip()
     }
+
+
+def _check_allowances(path: str, names: set[str], squawk: str | None) -> None:
+    """A name in an allow comment that is no rule is a mistake to name, never ignored.
+
+    Our rules are known here; squawk's (``squawk:<rule>``, or bare) are
+    asked of squawk. Without squawk, only the ``squawk:`` form is taken on
+    trust: its findings cannot appear either.
+    """
+    from . import _rules, _squawk
+
+    for name in sorted(names):
+        bare = name.removeprefix("squawk:")
+        if name in _rules.RULES:
+            continue
+        known = _squawk.knows(squawk, bare) if squawk is not None else None
+        if known or (known is None and name.startswith("squawk:")):
+            continue
+        raise ConfigurationError(
+            f"{path}: '# automigrator: allow={name}' names no rule (a misspelling?). Our "
+            f"rules: {', '.join(sorted(_rules.RULES))}; squawk's are written "
+            "squawk:<rule>. Fix or remove the comment."
+        )
 
 
 def _allowed(f: LintFinding, allowed: set[str]) -> LintFinding:

@@ -82,6 +82,28 @@ class SquawkError(Exception):
     """squawk could not be run, or said something we cannot read."""
 
 
+def knows(binary: str, rule: str) -> bool | None:
+    """Whether squawk has a rule of that name; None when squawk cannot be asked."""
+    with tempfile.TemporaryDirectory(prefix="automigrator-squawk-") as folder:
+        Path(folder, "empty.sql").write_text("", encoding="utf-8")
+        try:
+            # squawk checks the names it is told to exclude: exit 2 for a
+            # name it does not have.
+            done = subprocess.run(
+                [binary, f"--exclude={rule}", "empty.sql"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=folder,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    if done.returncode == 2 and "invalid rule name" in done.stderr:
+        return False
+    return done.returncode == 0 or None
+
+
 def run(binary: str, sql: Mapping[str, str]) -> dict[str, list[Hit]]:
     """squawk's findings for each revision's SQL (keyed as ``sql`` is)."""
     if not sql:

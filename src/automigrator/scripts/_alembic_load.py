@@ -129,6 +129,15 @@ def load_script(cfg: Config) -> ScriptDirectory:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if not heads:
         raise no_revisions(script)
+    for revision in script.walk_revisions():
+        # Alembic would fail on it with an AttributeError as it plans (a raw
+        # error, taken for the revision's own): say which file it is.
+        if not callable(getattr(revision.module, "upgrade", None)):
+            raise ConfigurationError(
+                f"{revision.path}: revision {revision.revision} has no upgrade() function, "
+                "which Alembic calls to apply it. Define it (an empty one is "
+                "'def upgrade() -> None: pass'); nothing was changed."
+            )
     return script
 
 

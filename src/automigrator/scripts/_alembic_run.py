@@ -22,6 +22,8 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -65,6 +67,7 @@ class _Supervisor:
         self.lock = hooks.lock if isinstance(hooks.lock, HeldLock) else None
         self.version_table = version_table
         self.steps: list[RevisionStep] = []
+        self.asked = False
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
@@ -72,6 +75,7 @@ class _Supervisor:
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
+        self.asked = True  # env.py called run_migrations(): Alembic asks for the steps
         self.steps = list(steps)
         return self._until_stopped()
 
@@ -251,6 +255,7 @@ def render_offline(
     target: str,
     current: Sequence[str],
     *,
+    url: URL,
     sql: bool,
     operations: dict[str, list[Any]] | None = None,
 ) -> list[PendingRevision]:
@@ -260,10 +265,20 @@ def render_offline(
     upgrade --sql``), each starting from the heads the ones before it leave, so
     a revision that cannot be rendered is reported and the rest still are.
     Nothing connects to the database (env.py's offline path takes a URL).
+    What env.py and the revisions say (their SQL, their errors) is redacted
+    with ``url``: user code may quote the URL it was given.
     With ``operations``, each revision's Alembic operations (``op.add_column``
     is an ``AddColumnOp``), as it invokes them, are listed there by revision.
     """
-    steps = list(upgrade_steps(script, target, tuple(current)))
+    try:
+        steps = list(upgrade_steps(script, target, tuple(current)))
+    except (CommandError, RevisionError) as exc:
+        # Only a start that names its own starting point gets here with a
+        # revision the scripts lack (the lint's since=): say which.
+        raise ConfigurationError(
+            f"Cannot start from {', '.join(current) or 'base'}: {exc}. Name a revision id or "
+            "branch label the scripts define, or 'base' for all of them."
+        ) from exc
     heads = list(current)
     rendered: list[PendingRevision] = []
     with _RUN_LOCK, LoggingGuard(), ExitStack() as stack:
@@ -273,6 +288,7 @@ def render_offline(
             if recorded is not None and operations is not None:
                 recorded.into = operations.setdefault(step.revision.revision, [])
             text, why = _render_step(cfg, script, step, heads) if sql else (None, None)
+            text, why = (None if t is None else redact(t, url) for t in (text, why))
             revision = step.revision
             rendered.append(
                 PendingRevision(
@@ -372,6 +388,12 @@ def run_env(
         try:
             with _environment(cfg, script, steps, destination, recorder, url):
                 script.run_env()
+            if not recorder.asked:
+                raise ConfigurationError(
+                    "env.py returned without calling context.run_migrations(): no revision "
+                    "could run. Fix env.py (Alembic's templates call it inside "
+                    "context.begin_transaction()); nothing was changed."
+                )
         except AutomigratorError:
             raise
         except Exception as exc:
@@ -413,6 +435,14 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         detail = f"{type(exc).__name__}: {config_error_text(exc)}"
     else:
         detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
+    if _missing_privilege(exc):
+        # The same refusal on every try, and no purge grants a privilege.
+        return ConfigurationError(
+            f"Revision {revision or '(before the first)'} was refused by the database for lack "
+            f"of a privilege: {detail}. Grant the database user what the revision needs (or "
+            "migrate as the tables' owner); this is not the revision's fault, and nothing "
+            "is purged for it."
+        )
     if revision is None:
         # env.py itself failed (an import, the app's settings) before any
         # revision ran: nothing was changed, and no retry or purge will fix it.
@@ -429,6 +459,32 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         "its partial changes may remain.",
         revision=revision,
     )
+
+
+# PostgreSQL insufficient_privilege (also "must be owner of ...").
+_PRIVILEGE_SQLSTATES = {"42501"}
+# MySQL/MariaDB: table, column or routine command denied; database access
+# denied; "you need (at least one of) the ... privilege".
+_PRIVILEGE_MYSQL_CODES = {1142, 1143, 1370, 1044, 1227}
+# SQLite: SQLITE_READONLY (a file or folder the process may not write).
+_SQLITE_READONLY = 8
+
+
+def _missing_privilege(exc: Exception) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _PRIVILEGE_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _PRIVILEGE_MYSQL_CODES:
+        return True
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return int(sqlite_code) & 0xFF == _SQLITE_READONLY
+    # Python < 3.11's sqlite3 has no error code: its message says it.
+    return type(orig).__module__.startswith("sqlite3") and "readonly database" in str(orig)
 
 
 def _contention_error(
