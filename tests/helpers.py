@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from automigrator import AutoMigrator, MigrationRunner
 from automigrator.database._purge import like_prefix, quarantine_prefix
-from automigrator.locking import MigrationLock, lock_for
+from automigrator.locking import MigrationLock, MySQLLock, lock_for
 from tests.conftest import rows
 from tests.project import EMAIL, USERS, Rev, make_project, waiting, write_revision
 
@@ -260,3 +260,27 @@ async def get(app: object, path: str = "/") -> httpx.Response:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         return await client.get(path)
+
+
+# Locks left behind
+
+
+def locks_left(url: URL) -> list[tuple[object, ...]]:
+    """Sessions still holding a lock of ours on ``url``'s database: the lock or its fence.
+
+    PostgreSQL: any granted advisory lock on the database (past any pooler);
+    MySQL/MariaDB: the lock's and the fence's names in use; SQLite: none (its
+    file lock goes with the process).
+    """
+    if url.get_backend_name() == "sqlite":
+        return []
+    if url.get_backend_name() == "postgresql":
+        return rows(
+            url,
+            "SELECT pid, objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+    lock = lock_for(url)
+    assert isinstance(lock, MySQLLock)
+    used = rows(url, f"SELECT IS_USED_LOCK('{lock.name}'), IS_USED_LOCK('{lock.name}:guard')")
+    return [row for row in used if any(value is not None for value in row)]

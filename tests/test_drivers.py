@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator
 from automigrator.database._connections import sync_url
 from tests.conftest import revisions
+from tests.helpers import locks_left
 from tests.project import CHAIN, make_project
 
 DRIVERS = [
@@ -48,6 +49,7 @@ def test_driver_migrates_and_locks(
     assert status.revisions_after == ("r3",)
     assert again.applied == ()
     assert revisions(sync_url(url)) == {"r3"}
+    assert locks_left(plain) == []  # the fence went with env.py's connection, async or not
     lock = migrator.migration_lock()
     assert lock is not None
     assert lock.acquire(0)  # the lock works through this driver's sibling

@@ -8,15 +8,19 @@ test. A lost lock stops the run as ``transient``; nothing is purged.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
+import anyio
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
     LockLostError,
+    MigrationState,
     MySQLLock,
     PostgresAdvisoryLock,
     PurgeAndRetry,
@@ -26,6 +30,7 @@ from tests.conftest import revisions
 from tests.faults import Background, wait_for
 from tests.helpers import (
     OLD_ROWS,
+    R3,
     R4,
     after_a_lost_lock_in_r3,
     backups,
@@ -122,3 +127,58 @@ def test_a_lock_lost_mid_run_stops_the_run_and_purges_nothing(
     assert backups(server_db) == []
     assert user_rows(server_db) == OLD_ROWS
     assert revisions(server_db) == after_a_lost_lock_in_r3(server_db)
+
+
+def second_start_or_exit(proc: subprocess.Popen[str], running: Path, seconds: float = 60) -> None:
+    """Until ``proc`` exits or a second process starts the revision (a line each)."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and len(running.read_text().split()) < 2:
+        assert time.monotonic() < deadline, "the second replica neither ran nor stopped"
+        time.sleep(0.05)
+
+
+def test_the_ddl_connection_fences_a_second_migrator_after_the_lock_is_lost(
+    tmp_path: Path,
+    server_db: URL,
+    signals: Path,
+) -> None:
+    # r3 is the last revision and waits in autocommit_block() (PostgreSQL's
+    # transaction guard used to end there); its lock session is killed.
+    ini = deployed(tmp_path, server_db, broken=R3)
+    migrator = AutoMigrator(ini, url=server_db)
+    first = Background(migrator)
+    wait_for(signals / "r3.running")
+
+    kill_lock_session(server_db)
+    [second] = start_replicas(ini, server_db, 1)
+    second_start_or_exit(second, signals / "r3.running")
+    (signals / "r3.go").touch()
+    error = first.result()
+    _, said = second.communicate(timeout=60)
+
+    assert len((signals / "r3.running").read_text().split()) == 1  # never two at once
+    assert second.returncode != 0
+    assert "guard" in said
+    assert isinstance(error, LockLostError), repr(error)  # never "ready" after a lost lock
+    assert migrator.status.state is MigrationState.FAILED
+    assert backups(server_db) == []
+
+
+def test_an_exclusive_block_whose_lock_was_lost_raises_and_its_transaction_rolls_back(
+    tmp_path: Path, server_db: URL
+) -> None:
+    ini = deployed(tmp_path, server_db)
+    migrator = AutoMigrator(ini, url=server_db)
+    engine = sa.create_engine(server_db, poolclass=sa.NullPool)
+
+    async def seed_while_the_lock_is_lost() -> None:
+        with engine.begin() as conn:  # the transaction around the block: the documented way
+            async with migrator.exclusively():
+                conn.exec_driver_sql("INSERT INTO users (name, email) VALUES ('admin', 'a@x')")
+                kill_lock_session(server_db)  # as a server timeout or a frozen holder would
+
+    with pytest.raises(LockLostError) as caught:
+        anyio.run(seed_while_the_lock_is_lost)
+
+    assert "exclusively()" in str(caught.value)
+    assert ("admin", "a@x") not in user_rows(server_db)  # rolled back with the block

@@ -19,28 +19,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, PoolerError, PostgresAdvisoryLock, Timeouts
-from automigrator.locking import lock_for
-from tests.conftest import revisions, rows
+from automigrator import AutoMigrator, PoolerError, Timeouts
+from tests.conftest import revisions
 from tests.faults import wait_for
-from tests.helpers import R3, line_with
+from tests.helpers import R3, line_with, locks_left
 from tests.poolers import PgBouncer, PoolMode
 from tests.processes import start_replicas
 from tests.project import EMAIL, USERS, make_project
 
 REPLICAS = 4
-
-
-def locks_left(url: URL) -> list[tuple[object, ...]]:
-    """Server sessions still holding our advisory lock (checked past any pooler)."""
-    lock = lock_for(url)
-    assert isinstance(lock, PostgresAdvisoryLock)
-    unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
-    return rows(
-        url,
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        f"AND classid = {unsigned >> 32} AND objid = {unsigned & 0xFFFFFFFF}",
-    )
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
@@ -60,6 +47,9 @@ def test_replicas_through_pgbouncer_migrate_once(
             ]
             (signals / "r3.go").touch()
             results = [proc.communicate(timeout=120) for proc in procs]
+            # Asked while PgBouncer still keeps its server connections: one
+            # that held a lock or a fence would hold it now.
+            left = locks_left(pg_url)
         finally:
             (signals / "r3.go").touch()
             for proc in procs:
@@ -72,7 +62,7 @@ def test_replicas_through_pgbouncer_migrate_once(
     statuses = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
     assert [s["state"] for s in statuses] == ["ready"] * REPLICAS
     assert revisions(pg_url) == {"r3"}
-    assert locks_left(pg_url) == []  # nothing stranded on a pooled server connection
+    assert left == []  # nothing stranded on a pooled server connection
 
 
 def test_lock_url_keeps_the_lock_out_of_a_pool_too_small_for_it(

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -24,6 +24,7 @@ from automigrator import (
     AutoMigrator,
     Chain,
     ConfigurationError,
+    Ddl,
     Decision,
     LogAndContinue,
     MigrationError,
@@ -32,7 +33,7 @@ from automigrator import (
     RestoreBackup,
 )
 from tests.conftest import revisions, rows, server_url
-from tests.faults import wait_for
+from tests.faults import Background, wait_for
 from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, backups, cli, deployed, user_rows
 from tests.processes import start_replicas
 from tests.project import Rev, waiting
@@ -302,3 +303,31 @@ def test_a_schema_lost_to_an_old_purge_is_named_with_its_quarantine(
 
     with pytest.raises(ConfigurationError, match="public_quarantine_20250101t000000000000"):
         anyio.run(AutoMigrator(ini, url=pg_url).run)
+
+
+def test_a_purge_behind_a_reader_gives_up_at_the_ddl_lock_timeout_and_moves_nothing(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url)  # r3 fails on its first statement: a purge is due
+    reader = sa.create_engine(url, poolclass=sa.NullPool).connect()
+    reader.begin()
+    reader.exec_driver_sql("SELECT * FROM alembic_version").all()  # its table stays open
+    try:
+        migrator = AutoMigrator(ini, url=url, on_failure=PurgeAndRetry(), ddl=Ddl(lock_timeout=1))
+        error = Background(migrator).result()
+        reading = reader.in_transaction()  # the run ended while the reader still reads
+    finally:
+        reader.rollback()
+        reader.close()
+
+    assert reading
+    assert isinstance(error, MigrationError), repr(error)  # the revision's: nothing purged
+    assert backups(url) == []  # the quarantine made for the intent is gone again
+    assert user_rows(url) == OLD_ROWS
+    assert revisions(url) == {"r2"}
+    # With the reader gone, the purge is not refused as "already purged":
+    # nothing was. It backs up, purges, and r1-r3 run on the empty database.
+    status = anyio.run(AutoMigrator(ini, url=url, on_failure=PurgeAndRetry()).run)
+    assert status.state is MigrationState.READY
+    assert len(backups(url)) == 1

@@ -185,3 +185,19 @@ def test_a_sqlite_uri_locks_beside_its_file_and_makes_no_folder(
     assert status.state is MigrationState.READY
     assert not (tmp_path / "file:").exists()
     assert Path(f"{sqlite_url.database}.automigrator.lock").exists()
+
+
+def test_a_lock_file_that_cannot_be_made_is_configuration_by_its_cause(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # Where the lock file goes stands a folder (as an unwritable one would
+    # fail; the tests run as root, whom file modes do not stop).
+    Path(f"{sqlite_url.database}.automigrator.lock").mkdir()
+    migrator = AutoMigrator(make_project(tmp_path / "p", (USERS,)), url=sqlite_url)
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(migrator.run)
+
+    assert "IsADirectoryError" in caught.value.message
+    assert "ExceptionGroup" not in caught.value.message
+    assert "writable" in caught.value.message

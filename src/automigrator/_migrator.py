@@ -31,10 +31,10 @@ from ._settings import (
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .database._connections import VersionTable, create_engine, display, lock_engine
 from .database._purge import Backups, Purged
-from .errors import AutomigratorError, MigrationError, ShutdownRequestedError
+from .errors import AutomigratorError, LockLostError, MigrationError, ShutdownRequestedError
 from .events import Listener
 from .linting._linter import Linter
-from .locking import MigrationLock, lock_for
+from .locking import HeldLock, MigrationLock, lock_for
 from .policies import BeforeUpgrade, FailurePolicy
 from .process._gcfreeze import FrozenHeap, frozen_heap
 from .process._signals import listening
@@ -138,7 +138,9 @@ class AutoMigrator(MigrationRunner):
         self._waiter = Waiter(self._reporter, self.url, settings.timeouts)
         self._stop_requested = False  # a shutdown asked the background run to stop
         self._heap = FrozenHeap(owned=False)  # the freeze of the running migration
-        self._backups = Backups(self._engine, settings.version_table)
+        self._backups = Backups(
+            self._engine, settings.version_table, lock_timeout=settings.ddl.lock_timeout
+        )
         self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
         self._upgrader = Upgrader(self.scripts, self._reporter, self._engine, settings.ddl)
         self.linter = Linter(self.scripts, self._engine, settings)
@@ -433,10 +435,24 @@ class AutoMigrator(MigrationRunner):
         application's lifespan under :meth:`wrap_lifespan`, or after
         :meth:`wait_ready`). The status is left alone; waiting is bounded by
         ``Timeouts.lock`` like a migration's. See the recipe in the docs.
+
+        A block that ends after its lock was lost (a server timeout, a
+        holder frozen past its reap time) raises
+        :class:`~automigrator.LockLostError` on exit: open the transaction
+        around the block, and it rolls back instead of committing beside
+        another replica's. Work committed inside the block, or on a
+        connection of its own, is not fenced.
         """
         lock = self.migration_lock()
         async with self._waiter.holding(lock, read_ahead=lambda: None, report=False):
             yield
+            if isinstance(lock, HeldLock) and not await anyio.to_thread.run_sync(lock.held):
+                raise LockLostError(
+                    "The migration lock was lost during an exclusively() block (its "
+                    "connection was closed: a server timeout, a pooler, the network, or this "
+                    "process paused past its reap time): another replica may have run the "
+                    "same block meanwhile. A transaction opened around the block rolls back."
+                )
 
     def migration_lock(self) -> MigrationLock | None:
         """A new instance of the lock this migrator takes (None with ``lock=None``)."""

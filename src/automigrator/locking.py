@@ -25,6 +25,7 @@ shutdown.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import socket
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from filelock import FileLock
@@ -49,6 +50,8 @@ from .database._connections import (
     sqlite_file,
 )
 from .errors import ConfigurationError
+
+logger = logging.getLogger("automigrator")
 
 __all__ = [
     "HeldLock",
@@ -91,11 +94,17 @@ class HeldLock(Protocol):
         ...
 
     def guard(self, connection: Connection) -> bool | None:
-        """Take a second, transaction-scoped guard on the migration's own connection.
+        """Take the fence: a second lock, held by the connection that runs the DDL.
 
-        True when held, False when another process holds it, None when the
-        backend has no such guard.
+        Held for the whole run (autocommit blocks included), so a second
+        migrator that took the main lock after this one lost it still cannot
+        run DDL while this one's connection lives. True when taken, False
+        when another process holds it, None when the backend has none.
         """
+        ...
+
+    def release_guard(self, dbapi_connection: Any) -> None:
+        """Let the fence go on that (driver) connection, the run being over."""
         ...
 
 
@@ -155,8 +164,38 @@ class _ServerLock:
                 # that met the loss leaves it invalidated: PendingRollbackError).
                 return False
 
-    def guard(self, connection: Connection) -> bool | None:
+    def _fence(self) -> tuple[str, str] | None:
+        """The statements that take and let go of the fence; None where there is none."""
         return None
+
+    def guard(self, connection: Connection) -> bool | None:
+        fence = self._fence()
+        if fence is None:
+            return None
+        # Straight to the driver: through SQLAlchemy the statement would begin
+        # a transaction that Alembic then takes for the caller's.
+        return bool(_driver_scalar(connection.connection.dbapi_connection, fence[0]))
+
+    def release_guard(self, dbapi_connection: Any) -> None:
+        fence = self._fence()
+        if fence is None:
+            return
+        # Through a pooler in transaction mode each statement may reach
+        # another server connection than the one holding the fence; the one
+        # just given back is handed out first (PgBouncer's default), so a
+        # few tries reach it. Each try is its own transaction.
+        for _ in range(_RELEASE_TRIES):
+            released = _driver_scalar(dbapi_connection, fence[1])
+            dbapi_connection.rollback()
+            if released:
+                return
+        logger.warning(
+            "The migration's fence (%r) could not be let go: its server connection was not "
+            "reached. A pooler in transaction mode keeps it until that connection closes; "
+            "until then a migration stops with LockLostError. Point env.py at the server "
+            "directly, or use session pooling.",
+            self,
+        )
 
     def abort(self) -> None:
         """Cut the lock's connection from another thread (it froze mid-query).
@@ -302,14 +341,11 @@ class PostgresAdvisoryLock(_ServerLock):
             f"'{round(self.reap_after * 1000):d}ms', true)"
         )
 
-    def guard(self, connection: Connection) -> bool | None:
-        # A transaction-level lock on a second key, on the migration's own
-        # connection: two migrations cannot overlap even if the lock was
-        # lost, since each holds this one until its transaction ends.
-        found = connection.execute(
-            sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": self.key ^ _GUARD_BITS}
-        )
-        return bool(found.scalar())
+    def _fence(self) -> tuple[str, str]:
+        # A session-level lock on a second key, on the migration's own
+        # connection: it outlives each transaction and autocommit block.
+        key = self.key ^ _GUARD_BITS
+        return f"SELECT pg_try_advisory_lock({key:d})", f"SELECT pg_advisory_unlock({key:d})"
 
     def acquire(self, timeout: float) -> bool:
         # Polled, never waited for in the server: a session blocked in
@@ -388,6 +424,11 @@ class MySQLLock(_ServerLock):
     def _unlock(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
 
+    def _fence(self) -> tuple[str, str]:
+        # A second named lock, taken by the migration's own connection.
+        name = f"{self.name}:guard"
+        return f"SELECT GET_LOCK('{name}', 0)", f"SELECT RELEASE_LOCK('{name}')"
+
     def _held_query(self) -> sa.TextClause:
         return sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()").bindparams(name=self.name)
 
@@ -442,6 +483,9 @@ class SQLiteFileLock:
         return bool(self._lock.is_locked)
 
     def guard(self, connection: Connection) -> bool | None:
+        return None
+
+    def release_guard(self, dbapi_connection: Any) -> None:
         return None
 
     def holder(self) -> str | None:
@@ -512,3 +556,15 @@ _HEARTBEATS_PER_REAP = 6
 
 # Flips bits of the session key: the guard's key, distinct from it.
 _GUARD_BITS = 0x5A5A5A5A5A5A5A5A
+# Tries to let the fence go before saying it could not be (see release_guard).
+_RELEASE_TRIES = 8
+
+
+def _driver_scalar(dbapi_connection: Any, sql: str) -> Any:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+        return row[0] if row else None
+    finally:
+        cursor.close()

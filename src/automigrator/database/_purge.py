@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -144,9 +145,14 @@ class Backups:
     Every method runs in a worker thread, with our connections closed.
     """
 
-    def __init__(self, engine: Engine, table: VersionTable) -> None:
+    def __init__(
+        self, engine: Engine, table: VersionTable, *, lock_timeout: float | None = None
+    ) -> None:
         self.engine = engine
         self.table = table
+        # The purge's own statements wait this long for a table lock (the
+        # migration's DDL lock timeout), never unbounded behind a blocker.
+        self.lock_timeout = lock_timeout
         self.backend = engine.url.get_backend_name()
         self._snapshot: Snapshot | None = None
 
@@ -169,6 +175,9 @@ class Backups:
             return self._purge_sqlite(backup=backup, keep=keep)
         if self.backend == "postgresql":
             with self.engine.begin() as conn:  # one transaction: all of it or none
+                if self.lock_timeout is not None:
+                    milliseconds = max(1, round(self.lock_timeout * 1000))
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = {milliseconds:d}"))
                 return self._purge_postgresql(conn, backup=backup, keep=keep)
         if self.backend in ("mysql", "mariadb"):
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -291,23 +300,35 @@ class Backups:
         for view in (name for name, kind in rows if kind == "VIEW"):
             conn.execute(sa.text(f"DROP VIEW {quote(database)}.{quote(view)}"))
         # The quarantine holds the marker even without a backup: a purge is
-        # remembered either way.
+        # remembered either way. The marker is written before anything moves:
+        # a process killed while its RENAME waits (which the server may still
+        # finish) leaves the intent, and the next start does not purge again.
         quarantine = quarantine_prefix(database, "mysql") + stamp()
         conn.execute(sa.text(f"CREATE DATABASE {quote(quarantine)}"))
-        if tables and backup:
-            moves = ", ".join(
-                f"{quote(database)}.{quote(t)} TO {quote(quarantine)}.{quote(t)}" for t in tables
-            )
-            conn.execute(sa.text(f"RENAME TABLE {moves}"))
-        elif tables:
-            conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
-            for name in tables:
-                conn.execute(sa.text(f"DROP TABLE {quote(database)}.{quote(name)}"))
-            conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
         conn.execute(
             sa.text(f"CREATE TABLE {quote(quarantine)}.automigrator_purge (settled BOOL NOT NULL)")
         )
         conn.execute(sa.text(f"INSERT INTO {quote(quarantine)}.automigrator_purge VALUES (0)"))
+        if self.lock_timeout is not None:
+            seconds = max(1, math.ceil(self.lock_timeout))
+            conn.execute(sa.text(f"SET SESSION lock_wait_timeout = {seconds:d}"))
+        try:
+            if tables and backup:
+                moves = ", ".join(
+                    f"{quote(database)}.{quote(t)} TO {quote(quarantine)}.{quote(t)}"
+                    for t in tables
+                )
+                conn.execute(sa.text(f"RENAME TABLE {moves}"))
+            elif tables:
+                conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
+                for name in tables:
+                    conn.execute(sa.text(f"DROP TABLE {quote(database)}.{quote(name)}"))
+                conn.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
+        except DBAPIError:
+            if backup:
+                # RENAME TABLE is atomic: it moved nothing, so the intent goes.
+                conn.execute(sa.text(f"DROP DATABASE {quote(quarantine)}"))
+            raise
         _rotate(
             conn,
             "SELECT schema_name FROM information_schema.schemata",

@@ -28,7 +28,10 @@ from .._plan import Plan
 from .._settings import Timeouts
 from .._status import MigrationState
 from ..database._connections import display, translate_error
+from ..database._redaction import redact
 from ..errors import (
+    AutomigratorError,
+    ConfigurationError,
     DatabaseUnavailableError,
     LockTimeoutError,
     SchemaBehindError,
@@ -291,7 +294,7 @@ class Waiter:
         return True
 
     async def _try(self, lock: MigrationLock, wait: float) -> bool:
-        failed: DBAPIError | None = None
+        failed: Exception | None = None
         got = False
         # Shielded: a lock won just as we are cancelled must still be released.
         # Bounded all the same: a try whose connection froze (no answer, no
@@ -301,11 +304,11 @@ class Waiter:
                 tg.start_soon(_watchdog, lock, wait + _TRY_GRACE)
                 try:
                     got = await anyio.to_thread.run_sync(lock.acquire, wait)
-                except DBAPIError as exc:  # kept out of an ExceptionGroup
+                except Exception as exc:  # kept out of an ExceptionGroup
                     failed = exc
                 tg.cancel_scope.cancel()
         if failed is not None:
-            raise translate_error(failed, self.url, doing="taking the migration lock") from failed
+            raise self._lock_error(failed, lock) from failed
         # A cancel that arrived during the shielded slice lands here, at once.
         try:
             await anyio.lowlevel.checkpoint()
@@ -315,6 +318,24 @@ class Waiter:
                     await anyio.to_thread.run_sync(lock.release)
             raise
         return got
+
+    def _lock_error(self, error: Exception, lock: MigrationLock) -> AutomigratorError:
+        # The lock's own failure, by its real cause: never an ExceptionGroup,
+        # and never taken for a revision's.
+        if isinstance(error, AutomigratorError):
+            return error
+        if isinstance(error, DBAPIError):
+            return translate_error(error, self.url, doing="taking the migration lock")
+        where = (
+            " (its file, beside the database: is that folder writable?)"
+            if isinstance(error, OSError)
+            else ""
+        )
+        return ConfigurationError(
+            f"The migration lock {lock!r} could not be taken{where}: "
+            f"{redact(f'{type(error).__name__}: {first_line(error)}', self.url)}. "
+            "Nothing was changed."
+        )
 
     async def until_target(
         self,

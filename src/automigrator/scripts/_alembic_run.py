@@ -9,6 +9,7 @@ Alembic's and SQLAlchemy's errors are translated here, chained with ``from``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -18,6 +19,7 @@ from configparser import Error as ConfigParserError
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo, RevisionStep
@@ -71,7 +73,8 @@ class _Supervisor:
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
-        self.guarded = False  # the lock's transaction guard is held (PostgreSQL)
+        # The fence while held: (its pool, the check-in listener, the driver connection).
+        self.fenced: tuple[Any, Any, Any] | None = None
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -89,8 +92,7 @@ class _Supervisor:
             if index and self.hooks.should_stop():
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
-            if not self.guarded:  # the guard already keeps others out until our commit
-                self.check_lock(f"before {_step_name(step)}")
+            self.check_lock(f"before {_step_name(step)}")
             self.yielded = index + 1
             if self.live is not None:
                 self.live.log.next_revision()
@@ -112,16 +114,46 @@ class _Supervisor:
                 "may be migrating. The next start continues from what was committed."
             )
 
-    def take_guard(self, connection: Any) -> None:
-        """Take the lock's transaction-level guard on the migration's connection."""
-        guarded = None if self.lock is None else self.lock.guard(connection)
-        self.guarded = bool(guarded)
+    def take_guard(self, connection: Connection) -> None:
+        """Take the lock's fence on the connection that runs the DDL, for the whole run.
+
+        It is let go when that connection goes back to its pool (or closes):
+        after env.py's transaction ended, whatever way the run ended.
+        """
+        lock = self.lock
+        guarded = None if lock is None else lock.guard(connection)
         if guarded is False:
             raise LockLostError(
-                "Another process holds the migration's transaction guard: it is migrating "
-                "this database although our lock said otherwise (the lock was lost). Stopped "
-                "before any revision."
+                "Another process holds the migration's guard (the lock held by the connection "
+                "that runs its DDL): it is migrating this database although our lock said "
+                "otherwise (it lost its lock, and its migration still runs). Stopped before "
+                "any revision; the next start plans again."
             )
+        if lock is None or not guarded:
+            return
+        ours = connection.connection.dbapi_connection
+        pool = connection.engine.pool
+
+        def let_go(dbapi_connection: Any, record: Any) -> None:
+            if dbapi_connection is ours and self.fenced is not None:
+                self.fenced = None
+                with contextlib.suppress(Exception):  # a dead connection took it along
+                    lock.release_guard(dbapi_connection)
+
+        sa.event.listen(pool, "checkin", let_go)
+        self.fenced = (pool, let_go, ours)
+
+    def drop_guard(self) -> None:
+        """After the run: the fence is let go if env.py kept its connection open."""
+        if self.fenced is None:
+            return
+        pool, let_go, ours = self.fenced
+        self.fenced = None
+        with contextlib.suppress(Exception):
+            sa.event.remove(pool, "checkin", let_go)
+        if self.lock is not None and not getattr(ours, "closed", False):
+            with contextlib.suppress(Exception):
+                self.lock.release_guard(ours)
 
     def started(self) -> None:
         self._mark = time.perf_counter()
@@ -239,7 +271,7 @@ def _environment(
 
     def run_migrations_with_recorder(**kw: Any) -> None:
         connection = env.get_context().connection
-        if connection is not None and connection.in_transaction():
+        if isinstance(connection, Connection):
             recorder.take_guard(connection)  # before Alembic reads the version table
         recorder.started()
         run_migrations(**kw)
@@ -386,8 +418,15 @@ def run_env(
     with _RUN_LOCK, LoggingGuard() as guard:
         recorder.guard = guard
         try:
-            with _environment(cfg, script, steps, destination, recorder, url):
-                script.run_env()
+            try:
+                with _environment(cfg, script, steps, destination, recorder, url):
+                    script.run_env()
+            finally:
+                recorder.drop_guard()
+            if recorder.applied:
+                # A run that lost its lock never ends ready, whatever its last
+                # revision did: the fence kept others out, the status says so.
+                recorder.check_lock("after its last revision")
             if not recorder.asked:
                 raise ConfigurationError(
                     "env.py returned without calling context.run_migrations(): no revision "
