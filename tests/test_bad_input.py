@@ -19,9 +19,11 @@ from automigrator import (
     ConfigurationError,
     DatabaseUnavailableError,
     Ddl,
+    Decision,
     Lint,
     LogAndContinue,
     MigrationState,
+    MigratorGroup,
     PostgresAdvisoryLock,
     PurgeAndRetry,
     Retry,
@@ -130,6 +132,11 @@ def test_bad_lock_and_policy_arguments(ini: Path) -> None:
         AutoMigrator(ini, url="sqlite://", on_failure="continue")  # type: ignore[arg-type]
 
 
+def untyped(thing: object) -> Any:
+    """``thing``, called as a user without type checking would."""
+    return thing
+
+
 @pytest.mark.parametrize(
     ("build", "named"),
     [
@@ -157,12 +164,52 @@ def test_bad_lock_and_policy_arguments(ini: Path) -> None:
         (lambda: Chain(), "Chain needs failure policies"),
         (lambda: VersionTable(""), r"VersionTable\(name=''\)"),
         (lambda: VersionTable("v", " "), r"VersionTable\(schema=' '\)"),
-        (lambda: PurgeAndRetry(keep=0), r"PurgeAndRetry\(max_attempts=1, keep=0\)"),
+        (lambda: PurgeAndRetry(keep=0), r"PurgeAndRetry\(keep=0\): keep must be"),
+        (
+            lambda: untyped(PurgeAndRetry)(backup="no"),
+            r"PurgeAndRetry\(backup='no'\): use True",
+        ),
+        (lambda: untyped(Retry)(times="3"), r"Retry\(times='3'\)"),
+        (lambda: Retry(delay=5, max_delay=1), r"max_delay must be >= delay"),
+        (
+            lambda: untyped(LogAndContinue)(kinds="transient"),
+            r"LogAndContinue\(kinds='trans",
+        ),
+        (lambda: untyped(Retry)(kinds=("busy",)), r"Retry\(kinds=\('busy',\)\)"),
+        (lambda: untyped(Decision.retry)("again", delay="1"), r"Decision.retry\(delay='1'\)"),
+        (
+            lambda: untyped(Switch)(enabled="false"),
+            r"Switch\(enabled='false'\): use",
+        ),
+        (lambda: untyped(Switch)(default="no"), r"Switch\(default='no'\)"),
     ],
 )
 def test_bad_settings_are_named_where_they_are_built(build: Any, named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
         build()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"enabled": "false"}, r"Switch\(enabled='false'\)"),  # a truthy string would migrate
+        ({"block_startup": "no"}, r"AutoMigrator\(block_startup='no'\)"),
+        ({"baseline": 123}, r"AutoMigrator\(baseline=123\)"),
+        ({"lint": "loud"}, r"Lint\(mode='loud'\)"),
+    ],
+)
+def test_bad_arguments_are_named_and_nothing_migrates(
+    ini: Path, sqlite_url: URL, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        AutoMigrator(ini, url=sqlite_url, **options)
+    assert tables(sqlite_url) == set()
+
+
+def test_a_groups_shutdown_timeout_is_named_as_written(ini: Path) -> None:
+    member = AutoMigrator(ini, url="sqlite://")
+    with pytest.raises(ConfigurationError, match=r"MigratorGroup\(shutdown_timeout=-1\)"):
+        MigratorGroup({"app": member}, shutdown_timeout=-1)
 
 
 def test_settings_shorthands_and_objects_are_the_same(ini: Path) -> None:

@@ -1,6 +1,6 @@
 """A lint finding: one pending operation that is unsafe on a live database, and why.
 
-Kept apart from the lint itself (``_lint``), which imports Alembic: the
+Kept apart from the lint itself (``linting/``), which imports Alembic: the
 status and the errors carry findings, and they must import without it.
 """
 

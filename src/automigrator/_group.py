@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from ._checks import seconds
 from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
-from ._settings import Timeouts
 from ._status import MigrationState, MigrationStatus
 from .database._connections import display
 from .errors import ConfigurationError, ShutdownRequestedError
@@ -92,7 +92,9 @@ class MigratorGroup(MigrationRunner):
         if shutdown_timeout is None:
             shutdown_timeout = max(m.settings.timeouts.shutdown for m in migrators.values())
         else:
-            shutdown_timeout = Timeouts(shutdown=shutdown_timeout).shutdown  # checked there
+            shutdown_timeout = seconds(
+                "MigratorGroup", "shutdown_timeout", shutdown_timeout, zero=True
+            )
         super().__init__(block_startup=block_startup, shutdown_timeout=shutdown_timeout)
         self.migrators: dict[str, AutoMigrator] = dict(migrators)
         self._stopping = False

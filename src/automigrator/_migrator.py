@@ -56,35 +56,28 @@ class AutoMigrator(MigrationRunner):
 
     Use ``lifespan=migrator.lifespan`` (FastAPI, Starlette) or wrap any ASGI app
     in ``AutoMigrateMiddleware(app, migrator=migrator)``. Every argument but
-    ``config`` is keyword-only, optional and checked here: a wrong one raises
-    :class:`~automigrator.ConfigurationError` naming it. The Settings page
-    says what each one does; in short:
+    ``config`` is keyword-only and checked here (a wrong one raises
+    :class:`~automigrator.ConfigurationError` naming it); ``None`` means the
+    settings object's defaults. The Settings page says what each one does.
 
     Args:
-        config: path to ``alembic.ini`` (or a ``pyproject.toml`` holding the
-            Alembic settings), or an ``alembic.config.Config``.
-        url: the database URL env.py sees; default: the config's ``sqlalchemy.url``.
-        target: ``"head"`` (one head required), ``"heads"``, a revision id or a
-            branch label.
-        enabled: ``True``/``False``, or a :class:`~automigrator.Switch`
-            (default: ``RUN_MIGRATIONS``, read once, here; on when unset).
+        config: ``alembic.ini`` (or a ``pyproject.toml``), or an Alembic ``Config``.
+        url: the database URL env.py sees; default: the config's.
+        target: ``"head"``, ``"heads"``, a revision id or a branch label.
+        enabled: ``True``, ``False`` or a :class:`~automigrator.Switch`.
         on_failure: a failure policy (default :class:`~automigrator.Fail`).
-        lock: ``"auto"`` (the database's own lock), a
-            :class:`~automigrator.MigrationLock`, or ``None`` (no lock).
+        lock: ``"auto"``, a :class:`~automigrator.MigrationLock`, or ``None``.
         lock_url: a URL for the lock's connection only (past a pooler).
-        timeouts: :class:`~automigrator.Timeouts` (connect, lock, check, shutdown).
-        version_table: env.py's version table: a name or a
-            :class:`~automigrator.VersionTable` (with its schema).
-        baseline: a revision to stamp an unversioned database at before upgrading.
+        timeouts: a :class:`~automigrator.Timeouts`.
+        version_table: a name or a :class:`~automigrator.VersionTable`.
+        baseline: the revision an unversioned database is stamped at first.
         mode: ``"migrate"``, or ``"check"``: never migrate, wait for the target.
-        block_startup: start the app once the schema is ready (``True``), or
-            at once behind a readiness gate.
-        before_scripts: sets the application up before env.py or the revision
-            files are imported or run (may return a context manager).
-        multidb_name: for Alembic's ``multidb`` template, this migrator's database.
-        ddl: :class:`~automigrator.Ddl` (the table-lock timeout, its retries).
+        block_startup: start the app once ready, or at once behind a gate.
+        before_scripts: sets the app up before env.py and the revisions load.
+        multidb_name: for Alembic's ``multidb`` template, this one's database.
+        ddl: a :class:`~automigrator.Ddl` (the table-lock timeout, its retries).
         when_ahead: a database ahead of the code: ``"refuse"`` or ``"serve"``.
-        lint: ``"warn"``, ``"refuse"``, ``"off"``, or a :class:`~automigrator.Lint`.
+        lint: a :class:`~automigrator.Lint`, or its mode alone.
     """
 
     def __init__(
@@ -98,7 +91,7 @@ class AutoMigrator(MigrationRunner):
         lock: LockOption = "auto",
         lock_url: str | URL | None = None,
         timeouts: Timeouts | None = None,
-        version_table: str | VersionTable = "alembic_version",
+        version_table: str | VersionTable | None = None,
         baseline: str | None = None,
         mode: Mode = "migrate",
         block_startup: bool = True,
@@ -106,7 +99,7 @@ class AutoMigrator(MigrationRunner):
         multidb_name: str | None = None,
         ddl: Ddl | None = None,
         when_ahead: WhenAhead = "refuse",
-        lint: LintMode | Lint = "warn",
+        lint: LintMode | Lint | None = None,
     ) -> None:
         settings = MigratorSettings.build(
             target=target,
@@ -122,7 +115,9 @@ class AutoMigrator(MigrationRunner):
         )
         self.on_failure: FailurePolicy = failure_policy(on_failure)
         self._lock_option = lock_option(lock, lock_url)
-        super().__init__(block_startup=block_startup, shutdown_timeout=settings.timeouts.shutdown)
+        super().__init__(
+            block_startup=settings.block_startup, shutdown_timeout=settings.timeouts.shutdown
+        )
         self._settings = settings
         self.scripts = Scripts(
             config, url=url, multidb_name=multidb_name, before_scripts=before_scripts
@@ -133,7 +128,7 @@ class AutoMigrator(MigrationRunner):
         self._engine: Engine = create_engine(self.url)
         self._lock_engine = self._engine if lock_url is None else lock_engine(lock_url, self.url)
         self.enabled, self._switch_source = settings.switch.read()
-        self._checking = settings.mode == "check"
+        self._checking = settings.mode == "check"  # each run() decides again
         self._reporter = Reporter()
         self._waiter = Waiter(self._reporter, self.url, settings.timeouts)
         self._stop_requested = False  # a shutdown asked the background run to stop
@@ -324,7 +319,7 @@ class AutoMigrator(MigrationRunner):
             if plan.kind == "at_head":
                 logger.info("Another process brought the schema to head before we took the lock")
                 return
-            await self.linter.before_upgrade(plan, self._reporter, baseline=self.baseline)
+            await self.linter.before_upgrade(plan, self._reporter)
             if isinstance(self.on_failure, BeforeUpgrade):
                 await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
             if plan.kind == "unversioned":
@@ -346,9 +341,7 @@ class AutoMigrator(MigrationRunner):
         self.raise_for_plan(plan)
         if plan.kind == "at_head":
             return
-        await self._waiter.until_target(
-            plan, self.plan, self.raise_for_plan, self._settings.timeouts.check
-        )
+        await self._waiter.until_target(plan, self.plan, self.raise_for_plan)
 
     async def plan(self) -> Plan:
         """Read the database's revisions (one short connection) and classify them.

@@ -62,6 +62,13 @@ class Plan:
         servable = self.kind == "ahead_of_code" and not self.pending
         return replace(self, kind="at_head") if servable else self
 
+    def start(self, baseline: str | None) -> tuple[str, ...]:
+        """Where an upgrade of this plan starts: the revisions, or an unversioned
+        database's ``baseline`` (a start stamps it there first)."""
+        if self.kind == "unversioned" and baseline is not None:
+            return (baseline,)
+        return self.db_revisions
+
     def refusal(
         self, *, final: bool = True, baseline: str | None = None, version_table: str = ""
     ) -> AutomigratorError | None:

@@ -6,7 +6,7 @@ does), then lists each pending revision with its id, message and file; with
 revision at a time (``_alembic_run.render_offline``). No DDL runs and no lock is
 taken: another process may be migrating meanwhile, and the preview says what
 this one would have done from the revisions it read. ``lint(migrator)``
-judges the same revisions (``_lint``), weighed by the live tables' sizes.
+judges the same revisions (``linting/``), weighed by the live tables' sizes.
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
     migrator.raise_for_plan(plan)
     pending: list[PendingRevision] = []
     if plan.kind != "at_head":
-        current = plan.db_revisions
-        if plan.kind == "unversioned" and migrator.baseline is not None:
-            current = (migrator.baseline,)  # a start stamps it there first
+        current = plan.start(migrator.baseline)
         scripts = migrator.scripts
 
         def render() -> list[PendingRevision]:
@@ -105,7 +103,5 @@ async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintRepor
     migrator.raise_for_plan(plan)
     if plan.kind == "at_head":
         return LintReport(display(migrator.url), (), (), (), None, linter.settings.lint.rows)
-    current = plan.db_revisions
-    if plan.kind == "unversioned" and migrator.baseline is not None:
-        current = (migrator.baseline,)
+    current = plan.start(migrator.baseline)
     return await anyio.to_thread.run_sync(lambda: linter.report(current))

@@ -13,12 +13,12 @@ what one sees every other sees.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._checks import choice, count, flag, seconds
 from .database._connections import VersionTable
 from .errors import ConfigurationError
 from .locking import MigrationLock
@@ -33,30 +33,6 @@ WhenAhead = Literal["refuse", "serve"]
 LintMode = Literal["warn", "refuse", "off"]
 LockOption = MigrationLock | Literal["auto"] | None
 """The ``lock=`` argument: ``"auto"`` (the database's own lock), a lock, or None."""
-
-
-def _seconds(owner: str, name: str, value: object, *, zero: bool = False) -> float:
-    """A finite number of seconds (> 0, or >= 0 with ``zero``), else a named error."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    number = float(value) if ok else math.nan  # type: ignore[arg-type]
-    if not (math.isfinite(number) and (number >= 0 if zero else number > 0)):
-        bound = ">= 0" if zero else "> 0"
-        raise ConfigurationError(
-            f"{owner}({name}={value!r}): {name} must be a finite number of seconds {bound}."
-        )
-    return number
-
-
-def _count(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{owner}({name}={value!r}): {name} must be a whole number >= 0.")
-    return value
-
-
-def _choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        said = " or ".join(repr(c) for c in choices)
-        raise ConfigurationError(f"{owner}({name}={value!r}): use {said}.")
 
 
 @dataclass(frozen=True)
@@ -84,7 +60,7 @@ class Timeouts:
             # 0 means "one try" for connect and "do not wait" for shutdown.
             zero = name in ("connect", "shutdown")
             object.__setattr__(
-                self, name, _seconds("Timeouts", name, getattr(self, name), zero=zero)
+                self, name, seconds("Timeouts", name, getattr(self, name), zero=zero)
             )
 
 
@@ -109,10 +85,10 @@ class Ddl:
 
     def __post_init__(self) -> None:
         if self.lock_timeout is not None:
-            timeout = _seconds("Ddl", "lock_timeout", self.lock_timeout)
+            timeout = seconds("Ddl", "lock_timeout", self.lock_timeout)
             object.__setattr__(self, "lock_timeout", timeout)
-        _count("Ddl", "retries", self.retries)
-        interval = _seconds("Ddl", "progress_interval", self.progress_interval)
+        count("Ddl", "retries", self.retries)
+        interval = seconds("Ddl", "progress_interval", self.progress_interval)
         object.__setattr__(self, "progress_interval", interval)
 
 
@@ -132,8 +108,8 @@ class Lint:
     rows: int = 100_000
 
     def __post_init__(self) -> None:
-        _choice("Lint", "mode", self.mode, ("warn", "refuse", "off"))
-        _count("Lint", "rows", self.rows)
+        choice("Lint", "mode", self.mode, ("warn", "refuse", "off"))
+        count("Lint", "rows", self.rows)
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -165,7 +141,10 @@ class Switch:
     def __post_init__(self) -> None:
         if not isinstance(self.env_var, str) or not self.env_var:
             raise ConfigurationError(f"Switch(env_var={self.env_var!r}): name a variable.")
-        _choice("Switch", "when_disabled", self.when_disabled, ("skip", "check"))
+        flag("Switch", "default", self.default)
+        if self.enabled is not None:
+            flag("Switch", "enabled", self.enabled)
+        choice("Switch", "when_disabled", self.when_disabled, ("skip", "check"))
 
     def read(self, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
         """The switch, and a phrase saying where it came from (for the log)."""
@@ -202,16 +181,18 @@ class MigratorSettings:
     there); frozen, and shared by every part of the migrator.
     """
 
-    target: str = "head"
-    switch: Switch = field(default_factory=Switch)
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    ddl: Ddl = field(default_factory=Ddl)
-    lint: Lint = field(default_factory=Lint)
-    version_table: VersionTable = field(default_factory=VersionTable)
-    baseline: str | None = None
-    mode: Mode = "migrate"
-    when_ahead: WhenAhead = "refuse"
-    block_startup: bool = True
+    # No defaults here: AutoMigrator's signature and the settings classes
+    # hold each one once.
+    target: str
+    switch: Switch
+    timeouts: Timeouts
+    ddl: Ddl
+    lint: Lint
+    version_table: VersionTable
+    baseline: str | None
+    mode: Mode
+    when_ahead: WhenAhead
+    block_startup: bool
 
     def __post_init__(self) -> None:
         target = self.target
@@ -226,8 +207,13 @@ class MigratorSettings:
                 f"target={target!r} is not a start-up target. Use 'head', 'heads', a revision "
                 "id or a branch label; relative targets and ranges would move on every start."
             )
-        _choice("AutoMigrator", "mode", self.mode, ("migrate", "check"))
-        _choice("AutoMigrator", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        choice("AutoMigrator", "mode", self.mode, ("migrate", "check"))
+        choice("AutoMigrator", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        flag("AutoMigrator", "block_startup", self.block_startup)
+        if self.baseline is not None and not (isinstance(self.baseline, str) and self.baseline):
+            raise ConfigurationError(
+                f"AutoMigrator(baseline={self.baseline!r}): name a revision id, or None."
+            )
         for name, kind in (
             ("switch", Switch),
             ("timeouts", Timeouts),
@@ -247,15 +233,16 @@ class MigratorSettings:
         enabled: bool | Switch | None,
         timeouts: Timeouts | None,
         ddl: Ddl | None,
-        lint: LintMode | Lint,
-        version_table: str | VersionTable,
+        lint: LintMode | Lint | None,
+        version_table: str | VersionTable | None,
         **rest: Any,
     ) -> MigratorSettings:
-        """From ``AutoMigrator``'s arguments, shorthands included."""
-        if isinstance(lint, str):
-            lint = Lint(mode=lint)
-        if isinstance(version_table, str):
-            version_table = VersionTable(version_table)
+        """From ``AutoMigrator``'s arguments: None is the object's defaults, and the
+        shorthands (``lint="refuse"``, ``version_table="v"``, ``enabled=False``)."""
+        if lint is None or isinstance(lint, str):
+            lint = Lint() if lint is None else Lint(mode=lint)
+        if version_table is None or isinstance(version_table, str):
+            version_table = VersionTable(*(() if version_table is None else (version_table,)))
         switch = enabled if isinstance(enabled, Switch) else Switch(enabled=enabled)
         return cls(
             switch=switch,

@@ -11,6 +11,7 @@ Exit codes (also in ``automigrator --help``):
 12    the scripts have several heads
 13    the database could not be reached, or the lock not taken in time
 14    tables but no version table (pass ``--baseline``)
+15    the lint refused a pending revision (``upgrade --lint refuse``)
 130   stopped by SIGINT/SIGTERM while waiting
 ====  ==========================================================
 
@@ -29,14 +30,14 @@ import pkgutil
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import anyio
 
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
 from ._preview import Preview, lint, preview
-from ._settings import Ddl, Lint, MigratorSettings, Timeouts
+from ._settings import Ddl, Lint, LintMode, Timeouts
 from .database._connections import display
 from .database._redaction import mask_credentials
 from .errors import (
@@ -109,7 +110,7 @@ exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 
 
 # The library's defaults, read from its settings objects: none is written twice.
-DEFAULTS = MigratorSettings()
+TIMEOUTS, DDL, LINT = Timeouts(), Ddl(), Lint()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,17 +140,17 @@ def parser() -> argparse.ArgumentParser:
     linted.add_argument(
         "--lint-rows",
         type=int,
-        default=DEFAULTS.lint.rows,
+        default=LINT.rows,
         metavar="N",
-        help=f"tables with fewer rows pass the rules that depend on size ({DEFAULTS.lint.rows})",
+        help=f"tables with fewer rows pass the rules that depend on size ({LINT.rows})",
     )
     linted.add_argument(
         "--ddl-lock-timeout",
         type=_seconds_or_none,
-        default=DEFAULTS.ddl.lock_timeout,
+        default=DDL.lock_timeout,
         metavar="S",
         help="seconds a migration statement may wait for a table lock "
-        f"({DEFAULTS.ddl.lock_timeout:g}; 'none': the server's)",
+        f"({DDL.lock_timeout:g}; 'none': the server's)",
     )
     upgrade = commands.add_parser("upgrade", parents=[after, linted], help="migrate to the target")
     upgrade.add_argument(
@@ -162,17 +163,17 @@ def parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--baseline", help="stamp an unversioned database at this revision")
     upgrade.add_argument(
         "--lint",
-        choices=("warn", "refuse", "off"),
-        default=DEFAULTS.lint.mode,
-        help="before any DDL, lint the pending revisions: log (warn, the default), refuse "
-        "(exit 15, nothing changed) or off",
+        choices=get_args(LintMode),
+        default=LINT.mode,
+        help=f"before any DDL, lint the pending revisions: log (warn), refuse (exit 15, "
+        f"nothing changed) or off; default {LINT.mode}",
     )
     upgrade.add_argument(
         "--ddl-lock-retries",
         type=int,
-        default=DEFAULTS.ddl.retries,
+        default=DDL.retries,
         metavar="N",
-        help=f"tries again of a revision that met a busy table ({DEFAULTS.ddl.retries})",
+        help=f"tries again of a revision that met a busy table ({DDL.retries})",
     )
     commands.add_parser("check", parents=[after], help="is the database at the target?")
     status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
@@ -254,14 +255,14 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--lock-timeout",
         type=float,
-        default=default(DEFAULTS.timeouts.lock),
-        help=f"seconds ({DEFAULTS.timeouts.lock:g})",
+        default=default(TIMEOUTS.lock),
+        help=f"seconds ({TIMEOUTS.lock:g})",
     )
     parser.add_argument(
         "--connect-timeout",
         type=float,
-        default=default(DEFAULTS.timeouts.connect),
-        help=f"seconds ({DEFAULTS.timeouts.connect:g})",
+        default=default(TIMEOUTS.connect),
+        help=f"seconds ({TIMEOUTS.connect:g})",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="only errors"
@@ -289,15 +290,15 @@ async def _command(args: argparse.Namespace) -> int:
     timeouts = Timeouts(
         connect=args.connect_timeout,
         lock=args.lock_timeout,
-        check=args.timeout if args.command == "wait" else DEFAULTS.timeouts.check,
+        check=args.timeout if args.command == "wait" else TIMEOUTS.check,
     )
     options["timeouts"] = timeouts
     if args.lock_url:
         options["lock_url"] = args.lock_url
     if args.command in ("upgrade", "lint"):
-        retries = args.ddl_lock_retries if args.command == "upgrade" else DEFAULTS.ddl.retries
+        retries = args.ddl_lock_retries if args.command == "upgrade" else DDL.retries
         options["ddl"] = Ddl(lock_timeout=args.ddl_lock_timeout, retries=retries)
-        mode = args.lint if args.command == "upgrade" else DEFAULTS.lint.mode
+        mode = args.lint if args.command == "upgrade" else LINT.mode
         options["lint"] = Lint(mode=mode, rows=args.lint_rows)
     if args.command == "upgrade":
         options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)

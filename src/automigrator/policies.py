@@ -26,6 +26,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from sqlalchemy.engine import URL
 
+from ._checks import count, flag, seconds
+from ._checks import kinds as check_kinds
 from ._plan import Plan
 from ._status import MigrationStatus
 from .database._purge import Purged
@@ -42,10 +44,10 @@ __all__ = [
     "Chain",
     "Decision",
     "Fail",
-    "PolicyMigrator",
     "Failure",
     "FailurePolicy",
     "LogAndContinue",
+    "PolicyMigrator",
     "PurgeAndRetry",
     "RestoreBackup",
     "Retry",
@@ -80,9 +82,7 @@ class Decision:
     @classmethod
     def retry(cls, reason: str, *, delay: float = 0.0) -> Decision:
         """Run the migrate step again after ``delay`` seconds."""
-        if delay < 0:
-            raise ConfigurationError(f"delay must be >= 0, got {delay!r}")
-        return cls("retry", reason, delay)
+        return cls("retry", reason, seconds("Decision.retry", "delay", delay, zero=True))
 
     @classmethod
     def pass_on(cls, reason: str = "not handled") -> Decision:
@@ -189,7 +189,7 @@ class LogAndContinue:
     """
 
     def __init__(self, *, kinds: tuple[ErrorKind, ...] | None = None) -> None:
-        self.kinds = kinds
+        self.kinds = None if kinds is None else check_kinds("LogAndContinue", kinds)
 
     async def handle(self, failure: Failure) -> Decision:
         if self.kinds is not None and failure.kind not in self.kinds:
@@ -230,12 +230,14 @@ class Retry:
         max_delay: float = 30.0,
         kinds: tuple[ErrorKind, ...] = ("transient", "contention"),
     ) -> None:
-        if times < 1 or delay < 0 or max_delay < delay:
+        self.times = count("Retry", "times", times, least=1)
+        self.delay = seconds("Retry", "delay", delay, zero=True)
+        self.max_delay = seconds("Retry", "max_delay", max_delay, zero=True)
+        if self.max_delay < self.delay:
             raise ConfigurationError(
-                f"Retry(times={times!r}, delay={delay!r}, max_delay={max_delay!r}): times must "
-                "be >= 1 and 0 <= delay <= max_delay."
+                f"Retry(delay={delay!r}, max_delay={max_delay!r}): max_delay must be >= delay."
             )
-        self.times, self.delay, self.max_delay, self.kinds = times, delay, max_delay, kinds
+        self.kinds = check_kinds("Retry", kinds)
 
     async def handle(self, failure: Failure) -> Decision:
         if failure.kind not in self.kinds:
@@ -324,11 +326,9 @@ class PurgeAndRetry:
     """
 
     def __init__(self, *, max_attempts: int = 1, backup: bool = True, keep: int = 3) -> None:
-        if max_attempts < 1 or keep < 1:
-            raise ConfigurationError(
-                f"PurgeAndRetry(max_attempts={max_attempts!r}, keep={keep!r}): both must be >= 1."
-            )
-        self.max_attempts, self.backup, self.keep = max_attempts, backup, keep
+        self.max_attempts = count("PurgeAndRetry", "max_attempts", max_attempts, least=1)
+        self.backup = flag("PurgeAndRetry", "backup", backup)
+        self.keep = count("PurgeAndRetry", "keep", keep, least=1)
 
     async def handle(self, failure: Failure) -> Decision:
         if failure.kind != "migration":

@@ -2,7 +2,7 @@
 
 Each pending revision is rendered offline (``_alembic_run.render_offline``, as
 ``automigrator plan --sql`` does), and the Alembic operations it invokes are
-recorded on the way. The operation rules (``_lintrules``) judge those on
+recorded on the way. The operation rules (``_rules``) judge those on
 every dialect; on PostgreSQL, squawk (``_squawk``), where installed, judges
 the rendered SQL too. Operations on a table the plan creates first are
 exempt (no one uses it yet); a revision's file may allow a rule
@@ -33,7 +33,6 @@ from .._plan import Plan
 from .._settings import MigratorSettings
 from ..database._connections import display
 from ..errors import ConfigurationError, UnsafeMigrationError, first_line
-from ..events import Event
 from ..run._reporting import Reporter
 from ..scripts._pending import PendingRevision
 from ..scripts._scripts import Scripts
@@ -221,9 +220,7 @@ class Linter:
             weighed.append(f)
         return weighed
 
-    async def before_upgrade(
-        self, plan: Plan, reporter: Reporter, *, baseline: str | None
-    ) -> None:
+    async def before_upgrade(self, plan: Plan, reporter: Reporter) -> None:
         """At start-up, under the lock and before any DDL: lint ``plan``'s pending revisions.
 
         Logs and reports the findings; with ``lint="refuse"``, raises
@@ -232,7 +229,7 @@ class Linter:
         """
         if self.settings.lint.mode == "off" or plan.kind == "empty":
             return  # an empty database has no table to lock, no old version to break
-        current = (baseline,) if plan.kind == "unversioned" and baseline else plan.db_revisions
+        current = plan.start(self.settings.baseline)
         try:
             report = await anyio.to_thread.run_sync(lambda: self.report(current))
         except Exception as exc:  # the lint informs; only "refuse" makes it a gate
@@ -251,7 +248,6 @@ class Linter:
             )
         if report.flagged:
             reporter.linted(report.flagged)
-            reporter.emit(Event("lint", reporter.status))
             if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError(findings=report.flagged)
 

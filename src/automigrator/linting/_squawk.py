@@ -7,7 +7,7 @@ mapped onto automigrator's rule names where they mean the same, so a
 problem both see is reported once. Its style rules (``prefer-*``) judge the
 schema, not the deploy, and are left out, as is its statement timeout rule
 (a long migration is not a fault); its lock timeout rule is kept only when
-automigrator sets none (``ddl_lock_timeout=None``).
+automigrator sets none (``Ddl(lock_timeout=None)``).
 """
 
 from __future__ import annotations

@@ -65,10 +65,15 @@ class Reporter:
     def linted(self, flagged: tuple[LintFinding, ...]) -> None:
         """The lint of the pending revisions flagged ``flagged``."""
         self._change(lint=flagged)
+        self.emit(Event("lint", self.status))
 
-    def revision_started(self, running: RunningRevision | None) -> None:
-        """A revision begins (None: the upgrade try ended); nothing blocks it yet."""
+    def revision_started(self, running: RunningRevision) -> None:
+        """A revision begins; nothing blocks it yet."""
         self._change(running=running, blocked_by=())
+
+    def try_ended(self) -> None:
+        """An upgrade try ended, well or not: no revision runs, nothing blocks."""
+        self._change(running=None, blocked_by=())
 
     def revision_begins(self, revision: str, message: str) -> None:
         """A revision begins (called from the migration's worker thread)."""

@@ -105,7 +105,7 @@ class Upgrader:
                     raise self._exhausted(exc, tried) from exc
                 await self._pause(exc, tried)
             finally:
-                self.reporter.revision_started(None)
+                self.reporter.try_ended()
 
     async def _watch(self, live: UpgradeTry) -> None:
         beats: tuple[str, int] = ("", 0)

@@ -113,7 +113,8 @@ async def poll(
 
 
 class Waiter:
-    """The two waits of a migrator: for the database, and for the migration lock."""
+    """The waits of a migrator: for the database, for the migration lock, and (check
+    mode) for another process's migration."""
 
     def __init__(self, reporter: Reporter, url: URL, timeouts: Timeouts) -> None:
         self.reporter = reporter
@@ -342,13 +343,13 @@ class Waiter:
         plan: Plan,
         replan: Callable[[], Awaitable[Plan]],
         refuse: Callable[[Plan], None],
-        limit: float,
     ) -> None:
         """Check mode: wait until another process brings the database to the target.
 
         One plan every ``_CHECK_EVERY``; ``refuse(plan)`` raises for a plan that waiting
-        cannot fix. After ``limit`` seconds, :class:`SchemaBehindError`.
+        cannot fix. After ``Timeouts.check`` seconds, :class:`SchemaBehindError`.
         """
+        limit = self.timeouts.check
         logger.info(
             "Check mode: the database is at %s, not at %s; waiting up to %g s for another "
             "process to migrate it",

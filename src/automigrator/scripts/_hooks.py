@@ -14,7 +14,7 @@ class RunHooks:
     """Built once per upgrade by the migrator and passed down unchanged.
 
     The path is ``Upgrader.run`` -> ``Scripts.upgrade`` ->
-    ``_alembic_run.upgrade`` -> its supervisor, which calls them from the
+    ``_alembic_run.run_env`` -> its supervisor, which calls them from the
     worker thread that runs env.py.
     """
 
