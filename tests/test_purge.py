@@ -36,7 +36,7 @@ from tests.conftest import revisions, rows, server_url
 from tests.faults import Background, wait_for
 from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, backups, cli, deployed, user_rows
 from tests.processes import start_replicas
-from tests.project import Rev, waiting
+from tests.project import Rev, waiting, write_revision
 
 DROPS_THEN_FAILS = Rev(
     "r3", "r2", "drops the table, then fails", 'op.drop_table("users")\nraise RuntimeError("r3")'
@@ -331,3 +331,34 @@ def test_a_purge_behind_a_reader_gives_up_at_the_ddl_lock_timeout_and_moves_noth
     status = anyio.run(AutoMigrator(ini, url=url, on_failure=PurgeAndRetry()).run)
     assert status.state is MigrationState.READY
     assert len(backups(url)) == 1
+
+
+@pytest.mark.parametrize("then", ["degraded serving", "the old version serving"])
+def test_restore_backup_never_goes_back_over_rows_written_after_a_failed_update(
+    tmp_path: Path, sqlite_url: URL, then: str
+) -> None:
+    # The update fails and is put back; then the documented appliance recipe
+    # serves degraded, or (RestoreBackup alone: start-up fails) the old
+    # version is rolled back to and serves.
+    ini = deployed(tmp_path, sqlite_url, broken=DROPS_THEN_FAILS)
+    degraded = then == "degraded serving"
+    policy = Chain(RestoreBackup(), LogAndContinue()) if degraded else RestoreBackup()
+    failed = AutoMigrator(ini, url=sqlite_url, on_failure=policy)
+    if degraded:
+        assert anyio.run(failed.run).state is MigrationState.DEGRADED
+    else:
+        with pytest.raises(MigrationError):
+            anyio.run(failed.run)
+    # Meanwhile the application writes: 25 rows the next update must keep.
+    with sa.create_engine(sqlite_url, poolclass=sa.NullPool).begin() as conn:
+        for number in range(25):
+            conn.exec_driver_sql(f"INSERT INTO users (name) VALUES ('new{number}')")
+    fixed = Rev("r3", "r2", "fixed", 'op.create_table("audit", sa.Column("id", sa.Integer))')
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    write_revision(ini.parent, fixed)
+
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert status.state is MigrationState.READY
+    assert rows(sqlite_url, "SELECT count(*) FROM users WHERE name LIKE 'new%'") == [(25,)]
+    assert set(OLD_ROWS) <= set(user_rows(sqlite_url))

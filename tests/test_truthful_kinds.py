@@ -9,6 +9,8 @@ rows stay where they are.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, ConfigurationError, MigrationState, PurgeAndRetry
 from tests.conftest import revisions, rows, server_url, tables
-from tests.helpers import backups
+from tests.helpers import OLD_ROWS, backups, deployed, user_rows
 from tests.project import EMAIL, USERS, Rev, make_project
 
 
@@ -201,3 +203,46 @@ def test_a_lock_file_that_cannot_be_made_is_configuration_by_its_cause(
     assert "IsADirectoryError" in caught.value.message
     assert "ExceptionGroup" not in caught.value.message
     assert "writable" in caught.value.message
+
+
+FULL_DISK = """
+import resource, signal, sys
+import anyio
+from automigrator import AutoMigrator, PurgeAndRetry
+
+# Files may grow to 12 KiB, no more: as a full disk answers a write.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, resource.RLIM_INFINITY))
+migrator = AutoMigrator(sys.argv[1], url=sys.argv[2], on_failure=PurgeAndRetry())
+try:
+    anyio.run(migrator.run)
+except Exception as exc:
+    print(type(exc).__name__)
+print(migrator.status.error_kind)
+"""
+
+
+def test_a_backup_that_cannot_be_written_purges_nothing_and_leaves_no_partial_copy(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    ini = deployed(tmp_path, sqlite_url)  # r3 fails on its first statement: a purge is due
+    with sa.create_engine(sqlite_url, poolclass=sa.NullPool).begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE ballast (data TEXT)")
+        conn.exec_driver_sql("INSERT INTO ballast VALUES (printf('%.40000c', 'x'))")
+    database = Path(str(sqlite_url.database))
+    assert database.stat().st_size > 12 * 1024  # its copy cannot be written whole
+
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(ini), str(sqlite_url)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert "BackupError" in run.stderr  # the purge's failure, named
+    assert "Traceback" not in run.stderr
+    assert run.stdout.split()[-1] == "migration"  # the run's own failure, not purged for
+    assert user_rows(sqlite_url) == OLD_ROWS
+    assert backups(sqlite_url) == []
+    assert list(database.parent.glob("*.partial")) == []

@@ -15,6 +15,7 @@ from .database._purge import Purged
 from .errors import (
     AlreadyPurgedError,
     AutomigratorError,
+    BackupError,
     ConfigurationError,
     ContentionError,
     DatabaseUnavailableError,
@@ -65,6 +66,7 @@ __all__ = [
     "AutoMigrateMiddleware",
     "AutoMigrator",
     "AutomigratorError",
+    "BackupError",
     "BeforeScripts",
     "BeforeUpgrade",
     "Blocker",

@@ -15,6 +15,7 @@ AutomigratorError                 every error the library raises
 ├── MigrationError                kind "migration": a revision failed, or did not stick
 │   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
 ├── UnsafeMigrationError          kind "unsafe": lint="refuse" found an unsafe revision
+├── BackupError                   kind "backup": a backup could not be written; nothing moved
 └── ShutdownRequestedError        kind "shutdown": the server stopped us while we waited
 ```
 
@@ -37,15 +38,16 @@ if TYPE_CHECKING:
 __all__ = [
     "AlreadyPurgedError",
     "AutomigratorError",
+    "BackupError",
     "ConfigurationError",
     "ContentionError",
     "DatabaseUnavailableError",
     "ErrorKind",
     "LockLostError",
-    "PoolerError",
     "LockTimeoutError",
     "MigrationError",
     "MultipleHeadsError",
+    "PoolerError",
     "SchemaAheadError",
     "SchemaBehindError",
     "ShutdownRequestedError",
@@ -64,6 +66,7 @@ ErrorKind = Literal[
     "contention",
     "unsafe",
     "shutdown",
+    "backup",
 ]
 
 
@@ -233,6 +236,16 @@ class MigrationError(AutomigratorError):
             "context.run_migrations() inside a transaction that is committed, and with the "
             "same version table?)."
         )
+
+
+class BackupError(AutomigratorError):
+    """A backup could not be written (a full disk, a read-only folder): nothing was moved.
+
+    The purge or the restore that needed it did not happen, and no partial
+    copy is left behind. No policy purges for it.
+    """
+
+    kind: ErrorKind = "backup"
 
 
 class AlreadyPurgedError(MigrationError):

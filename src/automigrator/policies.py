@@ -383,8 +383,9 @@ class RestoreBackup:
     The database is then exactly as before the attempt (same tables, same
     rows), and the failure is passed on: alone, start-up fails;
     ``Chain(RestoreBackup(), LogAndContinue())`` starts degraded on the old
-    schema. The copy (``<db>.before-migration.sqlite``) is kept until a
-    migration succeeds; a start that finds it (the last attempt was killed
+    schema. The copy (``<db>.before-migration.sqlite``) is dropped once it is
+    put back, so what is written after (degraded, or by the old version) is
+    never gone back over; a start that finds it (the last attempt was killed
     mid-revision or mid-restore) puts it back first. Other databases are
     refused before any DDL: PostgreSQL rolls a failed run back by itself.
     """

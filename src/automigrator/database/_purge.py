@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import AlreadyPurgedError, ConfigurationError, first_line
+from ..errors import AlreadyPurgedError, BackupError, ConfigurationError, first_line
 from ._connections import VersionTable, is_memory_sqlite, lost_schema_hint, translate_error
 from ._redaction import redact
 
@@ -115,12 +115,19 @@ def sqlite_copy(source: Path, destination: Path) -> None:
     """
     partial = destination.with_name(f".{destination.name}.partial")
     partial.unlink(missing_ok=True)
-    # closing(): sqlite3's own context manager commits but never closes.
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    with open(partial, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(partial, destination)
+    try:
+        # closing(): sqlite3's own context manager commits but never closes.
+        with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, destination)
+    except (sqlite3.Error, OSError) as exc:
+        partial.unlink(missing_ok=True)  # never half a copy taking a backup's place
+        raise BackupError(
+            f"Could not write the copy {str(destination)!r} ({type(exc).__name__}: {exc}): "
+            "free space there, or make the folder writable. Nothing was moved or deleted."
+        ) from exc
 
 
 def remove_sqlite_files(path: Path, *, database: bool = True) -> list[Path]:
@@ -383,11 +390,21 @@ class Backups:
         logger.info("Copied the database aside before migrating: %s", copy)
 
     def restore(self) -> bool:
-        """Put back this attempt's copy (kept for the next attempt); False if none."""
+        """Put back this attempt's copy, then drop it; False if there was none.
+
+        Once the database is back as it was, the copy has done its work: kept,
+        the next start would put it back again over whatever was written
+        since (a degraded start, the old version serving). Only an attempt
+        that never got here (killed mid-revision or mid-restore) leaves it,
+        for the next start to restore.
+        """
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return False
         restore_snapshot(self.engine.url, snapshot)
+        path = sqlite_path(self.engine.url)
+        for done in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
+            done.unlink(missing_ok=True)
         return True
 
     def forget_snapshot(self) -> None:
@@ -480,7 +497,8 @@ def sqlite_snapshot(url: URL) -> Path:
 
 
 def restore_snapshot(url: URL, snapshot: Snapshot) -> None:
-    """Put the database back as the copy holds it; the copy itself stays.
+    """Put the database back as the copy holds it; the copy itself stays (its caller
+    drops it once this returns).
 
     A kill at any point leaves the copy intact, so the next start restores again.
     """
