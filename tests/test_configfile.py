@@ -88,3 +88,18 @@ def test_per_dialect_version_folders_through_a_config_built_in_code(
 
     assert [a.revision for a in status.applied] == ["r1", "r2", "r3"]
     assert revisions(db_url) == {"r3"}
+
+
+def test_tomli_is_a_dependency_where_python_has_no_tomllib() -> None:
+    # Alembic before 1.16 does not bring it, and pytest does (so the suite
+    # never noticed): an app on Python 3.10 with Alembic 1.13 did not start.
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    needed = [Requirement(r) for r in requires("automigrator") or ()]
+    tomli = [r for r in needed if r.name == "tomli"]
+    assert len(tomli) == 1
+    assert tomli[0].marker is not None
+    assert tomli[0].marker.evaluate({"python_version": "3.10"})
+    assert not tomli[0].marker.evaluate({"python_version": "3.11"})

@@ -25,7 +25,7 @@ from ..errors import ConfigurationError
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # pragma: no cover - Alembic depends on tomli there
+else:  # pragma: no cover - our own dependency there (pyproject.toml)
     import tomli as tomllib
 
 SECTION = "alembic"
