@@ -417,3 +417,27 @@ def test_subclass_can_override_the_migrate_step(tmp_path: Path, sqlite_url: URL)
     assert status.state is MigrationState.READY
     assert revisions(sqlite_url) == {"r4"}
     assert rows(sqlite_url, "SELECT name, phone FROM users") == [("admin", None)]
+
+
+def test_a_failure_says_which_revisions_stay_as_the_transactions_made_them(
+    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = Rev("r3", "r2", "broken", 'raise RuntimeError("r3 is broken")')
+    ini = make_project(tmp_path / "p", (USERS, EMAIL, broken))
+
+    with (
+        caplog.at_level(logging.INFO, logger="automigrator"),
+        pytest.raises(MigrationError) as caught,
+    ):
+        run(AutoMigrator(ini, url=db_url))
+
+    applied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Applied")]
+    if db_url.get_backend_name() == "postgresql":
+        # Alembic's template runs all three in one transaction: nothing stays.
+        assert "0 were committed and stay; 2 were rolled back" in caught.value.message
+        assert all("kept when its transaction commits" in line for line in applied)
+        assert revisions(db_url) == set()
+    else:
+        assert "failed after 2 of 3 revision(s) were applied" in caught.value.message
+        assert not any("kept when" in line for line in applied)
+        assert revisions(db_url) == {"r2"}

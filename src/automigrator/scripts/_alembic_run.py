@@ -70,6 +70,10 @@ class _Supervisor:
         self.version_table = version_table
         self.steps: list[RevisionStep] = []
         self.asked = False
+        # Where DDL is transactional, an applied revision stays only once its
+        # transaction commits (with the whole run, by Alembic's default).
+        self.transactional = False
+        self.committed = 0  # applied revisions a commit has made final
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
@@ -182,14 +186,24 @@ class _Supervisor:
         self._mark = now
         self.applied.append(applied)
         logger.info(
-            "Applied %d/%d %s %s in %.2f s",
+            "Applied %d/%d %s %s in %.2f s%s",
             len(self.applied),
             len(self.steps),
             applied.revision,
             applied.message,
             applied.duration,
+            "" if commits or not self.transactional else " (kept when its transaction commits)",
         )
         self.hooks.on_applied(applied)
+
+    def follow_commits(self, connection: Connection, *, transactional: bool) -> None:
+        """Count, at each commit of env.py's connection, the revisions made final."""
+        self.transactional = transactional
+
+        def committed(conn: Connection) -> None:
+            self.committed = len(self.applied)
+
+        sa.event.listen(connection, "commit", committed)
 
     def running_revision(self) -> str | None:
         """The revision that was running when the run failed; None before the first."""
@@ -264,10 +278,11 @@ def _environment(
         if isinstance(connection, Connection):
             _check_where(url, connection.engine.url)
         configure(*args, **kwargs)
-        if recorder.live is not None and isinstance(connection, Connection):
-            recorder.live.attach(
-                connection, transactional=env.get_context().impl.transactional_ddl
-            )
+        if isinstance(connection, Connection):
+            transactional = env.get_context().impl.transactional_ddl
+            recorder.follow_commits(connection, transactional=transactional)
+            if recorder.live is not None:
+                recorder.live.attach(connection, transactional=transactional)
 
     def run_migrations_with_recorder(**kw: Any) -> None:
         connection = env.get_context().connection
@@ -491,11 +506,23 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         )
     message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
     done = len(recorder.applied)
+    if recorder.transactional:
+        # Alembic's default runs every revision in one transaction: those
+        # "applied" before this one went with it unless a commit came between.
+        kept = recorder.committed
+        where = (
+            f"failed: {detail}. Of the {done} revision(s) that ran before it, {kept} were "
+            f"committed and stay; {done - kept} were rolled back with it (same transaction)."
+        )
+    else:
+        where = (
+            f"failed after {done} of {len(recorder.steps)} revision(s) were applied: {detail}. "
+            "On databases without transactional DDL (SQLite, MySQL/MariaDB) its partial "
+            "changes may remain."
+        )
     return MigrationError(
-        f"Migration {revision} ({message.strip() or 'no message'}) failed after "
-        f"{done} of {len(recorder.steps)} revision(s) were applied: {detail}. Fix the revision "
-        "and start again; on databases without transactional DDL (SQLite, MySQL/MariaDB) "
-        "its partial changes may remain.",
+        f"Migration {revision} ({message.strip() or 'no message'}) {where} Fix the revision "
+        "and start again.",
         revision=revision,
     )
 
