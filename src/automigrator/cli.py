@@ -94,6 +94,9 @@ commands:
   lint      the pending revisions' unsafe operations (exit 15 if any), weighed by
             the live tables' sizes; --since REV|base lints without a database
   wait      block until another process has migrated (init containers)
+  exclusively -- COMMAND...
+            run COMMAND holding the migration lock, one process at a time
+            (seeding after upgrade); exits with COMMAND's status
 
 examples:
   automigrator -c alembic.ini upgrade
@@ -102,6 +105,7 @@ examples:
   automigrator plan --sql > pending.sql
   automigrator lint --since base
   automigrator wait --timeout 600
+  automigrator upgrade && automigrator exclusively -- python -m app.seed
 
 exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 12 several heads, 13 unreachable or lock timeout, 14 unversioned, 15 unsafe
@@ -201,6 +205,14 @@ def parser() -> argparse.ArgumentParser:
         "wait", parents=[after], help="block until the database is at the target"
     )
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
+    exclusive = commands.add_parser(
+        "exclusively",
+        parents=[after],
+        help="run a command holding the migration lock (seeding)",
+    )
+    exclusive.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its args"
+    )
     return root
 
 
@@ -310,6 +322,8 @@ async def _command(args: argparse.Namespace) -> int:
         return 0
     runner = _runner(args.config, options)
     members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
+    if args.command == "exclusively":
+        return await _exclusively(args.config, options, args.argv)
     if args.command == "plan":
         previews = {name: await preview(m, sql=args.sql) for name, m in members.items()}
         _print_previews(previews, as_json=args.json)
@@ -412,6 +426,28 @@ def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
             print(f"{label}: {f} [{f.path}]")
         for revision, why in report.not_linted:
             print(f"not linted past its failure: revision {revision} ({why})")
+
+
+async def _exclusively(config: str, options: dict[str, Any], argv: list[str]) -> int:
+    # The shell's start-up seeding, one process at a time, as exclusively()
+    # does in an application: the lock is held while COMMAND runs.
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    if not command:
+        raise ConfigurationError(
+            "exclusively needs a command to run: automigrator exclusively -- python -m app.seed"
+        )
+    runner = _runner(config, options)
+    if isinstance(runner, MigratorGroup):
+        raise ConfigurationError(
+            f"{config!r} lists several databases (the multidb template): give --url for the "
+            "one whose lock the command should hold."
+        )
+    async with runner.exclusively():
+        try:
+            done = await anyio.run_process(command, stdout=None, stderr=None, check=False)
+        except OSError as exc:
+            raise ConfigurationError(f"Could not run {command[0]!r}: {exc}.") from exc
+    return done.returncode
 
 
 def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGroup:
