@@ -32,15 +32,17 @@ from tests.project import EMAIL, USERS, Rev, make_project, waiting, write_revisi
 
 # A deploy that fails on the rows already there
 
-# The deploy: a revision that makes part of its DDL, then fails on the rows
-# already there (two users called "ann"). From scratch it works.
+# The deploy: a revision that fails on the rows already there (two users
+# called "ann") with its first statement, so nothing of it stays anywhere: a
+# migration failure for the destructive policies. From scratch it works. (A
+# revision that fails half way is a partial one: tests/test_partial.py.)
 UNIQUE_NAMES = Rev(
     "r3",
     "r2",
-    "audit table and unique names",
+    "unique names and audit table",
     """
-    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
     op.create_index("ix_users_name", "users", ["name"], unique=True)
+    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
     """,
 )
 # A revision that fails wherever it runs.

@@ -129,7 +129,7 @@ def test_restore_backup_puts_the_sqlite_file_back(tmp_path: Path, sqlite_url: UR
     status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
 
     assert status.state is MigrationState.DEGRADED
-    # The partial DDL of r3 (the audit table) is gone: same tables, same rows.
+    # Nothing of r3 stays: same tables, same rows.
     assert sqlite_content(sqlite_url) == before
 
 

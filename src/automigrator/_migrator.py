@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -30,6 +31,7 @@ from ._settings import (
 )
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .database._connections import VersionTable, create_engine, display, lock_engine
+from .database._partials import Partials
 from .database._purge import Backups, Purged
 from .errors import AutomigratorError, LockLostError, MigrationError, ShutdownRequestedError
 from .events import Listener
@@ -137,7 +139,14 @@ class AutoMigrator(MigrationRunner):
             self._engine, settings.version_table, lock_timeout=settings.ddl.lock_timeout
         )
         self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
-        self._upgrader = Upgrader(self.scripts, self._reporter, self._engine, settings.ddl)
+        self._partials = Partials(self._engine, settings.version_table)
+        self._upgrader = Upgrader(
+            self.scripts,
+            self._reporter,
+            self._engine,
+            settings.ddl,
+            self._partials,
+        )
         self.linter = Linter(self.scripts, self._engine, settings)
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
@@ -378,7 +387,9 @@ class AutoMigrator(MigrationRunner):
             should_stop=lambda: self._stop_requested,
             lock=self._waiter.held,  # checked before each revision
         )
-        await self._upgrader.run(self.target, version_table=self.version_table, hooks=hooks)
+        await self._upgrader.run(
+            plan, target=self.target, version_table=self.version_table, hooks=hooks
+        )
         if self._stop_requested:
             applied = self.status.applied
             raise ShutdownRequestedError.between_revisions(applied[-1] if applied else None)
@@ -421,20 +432,10 @@ class AutoMigrator(MigrationRunner):
     async def exclusively(self) -> AsyncIterator[None]:
         """Hold the migration lock for a block of start-up work that must not run twice at once.
 
-        For seeding (the first admin user, default groups): every replica
-        runs the block, one at a time, so an idempotent seed ("create it if it
-        is missing") never races another replica's into duplicate rows or a
-        unique violation. Use it after the schema is ready (in the
-        application's lifespan under :meth:`wrap_lifespan`, or after
-        :meth:`wait_ready`). The status is left alone; waiting is bounded by
-        ``Timeouts.lock`` like a migration's. See the recipe in the docs.
-
-        A block that ends after its lock was lost (a server timeout, a
-        holder frozen past its reap time) raises
-        :class:`~automigrator.LockLostError` on exit: open the transaction
-        around the block, and it rolls back instead of committing beside
-        another replica's. Work committed inside the block, or on a
-        connection of its own, is not fenced.
+        For seeding: every replica runs the block, one at a time, after the
+        schema is ready; waiting is bounded by ``Timeouts.lock``. A block that
+        ends after its lock was lost raises :class:`~automigrator.LockLostError`
+        on exit, so a transaction opened around it rolls back. See the recipe.
         """
         lock = self.migration_lock()
         async with self._waiter.holding(lock, read_ahead=lambda: None, report=False):
@@ -451,6 +452,12 @@ class AutoMigrator(MigrationRunner):
         """A new instance of the lock this migrator takes (None with ``lock=None``)."""
         option = self._lock_option
         return lock_for(self._lock_engine, self.version_table) if option == "auto" else option
+
+    async def resolve(self, revision: str) -> bool:
+        """Forget that ``revision`` was left partly applied (a person finished or undid
+        it by hand); False if it was not remembered. ``automigrator resolve``."""
+        forget = partial(self._partials.forget, revision)
+        return bool(await anyio.to_thread.run_sync(forget))
 
     # -- for failure policies ---------------------------------------------------
 

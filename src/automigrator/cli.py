@@ -97,6 +97,9 @@ commands:
   exclusively -- COMMAND...
             run COMMAND holding the migration lock, one process at a time
             (seeding after upgrade); exits with COMMAND's status
+  resolve REVISION
+            after finishing or undoing by hand a revision left partly
+            applied, let starts run it again
 
 examples:
   automigrator -c alembic.ini upgrade
@@ -213,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     exclusive.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its args"
     )
+    resolve = commands.add_parser(
+        "resolve", parents=[after], help="a partly applied revision was finished by hand"
+    )
+    resolve.add_argument("revision", help="the revision named by the partial failure")
     return root
 
 
@@ -324,6 +331,17 @@ async def _command(args: argparse.Namespace) -> int:
     members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
     if args.command == "exclusively":
         return await _exclusively(args.config, options, args.argv)
+    if args.command == "resolve":
+        runner = _runner(args.config, options)
+        members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
+        cleared = [n for n, m in members.items() if await m.resolve(args.revision)]
+        if not cleared:
+            raise ConfigurationError(
+                f"No revision {args.revision!r} is remembered as partly applied: nothing to "
+                "resolve (check the revision id in the failure's message)."
+            )
+        print(f"automigrator: {args.revision} resolved; the next start runs it again")
+        return 0
     if args.command == "plan":
         previews = {name: await preview(m, sql=args.sql) for name, m in members.items()}
         _print_previews(previews, as_json=args.json)

@@ -12,6 +12,7 @@ AutomigratorError                 every error the library raises
 ├── MultipleHeadsError            kind "multiple_heads": the scripts have several heads
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
 ├── ContentionError               kind "contention": a revision met a busy table, deadlock
+├── PartialMigrationError         kind "partial": a revision failed half way, and that half stays
 ├── MigrationError                kind "migration": a revision failed, or did not stick
 │   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
 ├── UnsafeMigrationError          kind "unsafe": lint="refuse" found an unsafe revision
@@ -47,6 +48,7 @@ __all__ = [
     "LockTimeoutError",
     "MigrationError",
     "MultipleHeadsError",
+    "PartialMigrationError",
     "PoolerError",
     "SchemaAheadError",
     "SchemaBehindError",
@@ -67,6 +69,7 @@ ErrorKind = Literal[
     "unsafe",
     "shutdown",
     "backup",
+    "partial",
 ]
 
 
@@ -201,6 +204,26 @@ class UnversionedDatabaseError(AutomigratorError):
             "version_table=VersionTable(name, schema). Nothing was changed."
         )
         self.version_table = version_table
+
+
+class PartialMigrationError(AutomigratorError):
+    """A revision failed after some of its statements took effect, and they stay.
+
+    Where DDL is not transactional (MySQL/MariaDB, and PostgreSQL's autocommit
+    blocks) nothing takes those statements back: running the revision again
+    would meet its own half-done work, and purging would blame the data for
+    it. It is remembered in the database (``automigrator_partial``) and every
+    start refuses to run the revision until a person has finished or undone
+    those statements and said so (``automigrator resolve REVISION``). No
+    policy purges or retries it.
+    """
+
+    kind: ErrorKind = "partial"
+
+    def __init__(self, message: str, *, revision: str, statements: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.statements = statements
 
 
 class ContentionError(AutomigratorError):

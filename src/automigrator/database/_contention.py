@@ -53,6 +53,11 @@ def is_contention(exc: BaseException) -> bool:
     return type(orig).__module__.startswith("sqlite3") and "is locked" in str(orig)
 
 
+# Statements that change nothing: never "kept" (a revision that only read
+# before it failed may be tried again, and is no partial one).
+_READ_ONLY = ("SELECT ", "SHOW ", "EXPLAIN ", "DESCRIBE ", "SET ")
+
+
 class StatementLog:
     """Which statements of the running revision stay whatever happens next.
 
@@ -81,6 +86,8 @@ class StatementLog:
 
     def _executed(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         head = " ".join(statement.split())[:80]
+        if head.upper().startswith(_READ_ONLY):
+            return  # a read leaves nothing behind to meet again
         if not self.transactional or _autocommit(conn):
             self.kept.append(head)
         else:

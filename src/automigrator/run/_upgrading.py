@@ -21,11 +21,13 @@ import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from .._plan import Plan
 from .._settings import Ddl
 from .._status import Blocker, RunningRevision
 from ..database._connections import VersionTable
 from ..database._contention import UpgradeTry, blockers
-from ..errors import ContentionError, ShutdownRequestedError
+from ..database._partials import Partials
+from ..errors import ContentionError, PartialMigrationError, ShutdownRequestedError
 from ..process._signals import abandonable
 from ..scripts._hooks import RunHooks
 from ..scripts._scripts import Scripts
@@ -72,14 +74,42 @@ class Upgrader:
         reporter: Reporter,
         engine: Engine,
         ddl: Ddl,
+        partials: Partials,
     ) -> None:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
         self.ddl = ddl  # the migrator's own: never copied
+        self.partials = partials
 
-    async def run(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
-        """Upgrade to ``target``; a revision that met a busy table is tried again."""
+    async def run(
+        self, plan: Plan, *, target: str, version_table: VersionTable, hooks: RunHooks
+    ) -> None:
+        """Upgrade ``plan`` to ``target``; a revision that met a busy table is tried again.
+
+        A revision remembered as partly applied is refused before anything
+        runs; one that stops half way now is remembered.
+        """
+        remembered = await anyio.to_thread.run_sync(self.partials.among, plan.pending)
+        if remembered is not None:
+            raise PartialMigrationError(
+                f"Revision {remembered.revision} was left partly applied at "
+                f"{remembered.failed_at} (these statements stay: {remembered.statements}). "
+                "Finish or undo them by hand, then run "
+                f"'automigrator resolve {remembered.revision}'; nothing was run.",
+                revision=remembered.revision,
+                statements=tuple(remembered.statements.split("; ")),
+            )
+        try:
+            await self._tries(target, version_table=version_table, hooks=hooks)
+        except PartialMigrationError as exc:
+            remember = partial(self.partials.remember, exc.revision, exc.statements)
+            await anyio.to_thread.run_sync(remember)
+            raise
+        if self.partials.seen:  # past every pending revision: nothing is partly applied
+            await anyio.to_thread.run_sync(self.partials.forget)
+
+    async def _tries(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
         tried = 0
         while True:
             live = UpgradeTry(timeout=try_timeout(self.ddl, tried))

@@ -40,6 +40,7 @@ from ..errors import (
     DatabaseUnavailableError,
     LockLostError,
     MigrationError,
+    PartialMigrationError,
     first_line,
 )
 from ..locking import HeldLock
@@ -74,6 +75,7 @@ class _Supervisor:
         # transaction commits (with the whole run, by Alembic's default).
         self.transactional = False
         self.committed = 0  # applied revisions a commit has made final
+        self.dialect = ""
         self.applied: list[AppliedRevision] = []
         self.guard: LoggingGuard | None = None
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
@@ -199,11 +201,29 @@ class _Supervisor:
     def follow_commits(self, connection: Connection, *, transactional: bool) -> None:
         """Count, at each commit of env.py's connection, the revisions made final."""
         self.transactional = transactional
+        self.dialect = connection.dialect.name
 
         def committed(conn: Connection) -> None:
             self.committed = len(self.applied)
 
         sa.event.listen(connection, "commit", committed)
+
+    def half_done(self) -> tuple[str, list[str]] | None:
+        """The revision a stop now leaves half done, and what of it stays; else None.
+
+        Inside a revision: what of it took effect. Between two: the last
+        one, where DDL is transactional and its commit has not come (its
+        autocommit blocks stay, its version row goes). SQLite is left out:
+        its policies recover the whole file.
+        """
+        kept = self.live.log.kept if self.live is not None else []
+        if not kept or self.dialect == "sqlite":
+            return None
+        if len(self.applied) < self.yielded:
+            return str(self.steps[self.yielded - 1].revision.revision), list(kept)
+        if self.transactional and self.committed < len(self.applied):
+            return self.applied[-1].revision, list(kept)
+        return None
 
     def running_revision(self) -> str | None:
         """The revision that was running when the run failed; None before the first."""
@@ -448,7 +468,12 @@ def run_env(
                     "could run. Fix env.py (Alembic's templates call it inside "
                     "context.begin_transaction()); nothing was changed."
                 )
-        except AutomigratorError:
+        except AutomigratorError as stopped:
+            # A stop of ours (a lost lock) inside a revision, or before the
+            # commit of one whose autocommit blocks ran, leaves it half done.
+            half = recorder.half_done() if isinstance(stopped, LockLostError) else None
+            if half is not None:
+                raise _partial_error(recorder, *half, stopped.summary()) from stopped
             raise
         except Exception as exc:
             # A revision that failed after our lock was lost may have met
@@ -470,6 +495,12 @@ def run_env(
 
 def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> AutomigratorError:
     revision = recorder.running_revision()
+    half = recorder.half_done()
+    if half is not None:
+        # Whatever the error (a busy table, a lost connection, the revision's
+        # own), part of a revision stays: only a person can finish it.
+        detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
+        return _partial_error(recorder, *half, detail)
     if is_contention(exc):
         return _contention_error(exc, recorder, revision, url)
     if isinstance(exc, DBAPIError) and (revision is None or _connection_lost(exc)):
@@ -551,6 +582,23 @@ def _missing_privilege(exc: Exception) -> bool:
         return int(sqlite_code) & 0xFF == _SQLITE_READONLY
     # Python < 3.11's sqlite3 has no error code: its message says it.
     return type(orig).__module__.startswith("sqlite3") and "readonly database" in str(orig)
+
+
+def _partial_error(
+    recorder: _Supervisor, revision: str, kept: list[str], detail: str
+) -> PartialMigrationError:
+    message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
+    statements = "; ".join(kept[:5]) + ("; ..." if len(kept) > 5 else "")
+    where = "in an autocommit block" if recorder.transactional else "without transactional DDL"
+    return PartialMigrationError(
+        f"Revision {revision} ({message.strip() or 'no message'}) failed after "
+        f"{len(kept)} of its statement(s) took effect, and those stay (they ran {where}): "
+        f"{statements}. It failed on: {detail}. Finish or undo them by hand, then run "
+        f"'automigrator resolve {revision}'; until then every start refuses to run it "
+        "(nothing is retried or purged for it).",
+        revision=revision,
+        statements=tuple(kept),
+    )
 
 
 def _contention_error(

@@ -1,0 +1,102 @@
+"""A revision that stopped half way is its own kind, remembered, and never purged or retried.
+
+Where DDL is not transactional (MariaDB; PostgreSQL's autocommit blocks) a
+revision that fails after some of its statements took effect leaves the
+schema between two revisions. Before, that was kind ``migration``: the next
+start ran the revision again into its own half ("Duplicate column"), and
+``PurgeAndRetry`` quarantined the whole database for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, MigrationState, PartialMigrationError, PurgeAndRetry
+from tests.conftest import revisions, rows
+from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
+from tests.project import Rev, write_revision
+
+ADD_THEN_FAIL = Rev(
+    "r3",
+    "r2",
+    "adds a column, then fails",
+    'op.add_column("users", sa.Column("age", sa.Integer))\nraise RuntimeError("r3 fails")',
+)
+# PostgreSQL: what runs in an autocommit block stays when the revision fails.
+AUTOCOMMIT_THEN_FAIL = Rev(
+    "r3",
+    "r2",
+    "indexes outside the transaction, then fails",
+    """
+    with op.get_context().autocommit_block():
+        op.create_index("ix_users_email", "users", ["email"], postgresql_concurrently=True)
+    raise RuntimeError("r3 fails")
+    """,
+)
+
+
+def start(ini: Path, url: URL) -> tuple[AutoMigrator, BaseException | None]:
+    migrator = AutoMigrator(ini, url=url, on_failure=PurgeAndRetry())
+    try:
+        anyio.run(migrator.run)
+    except Exception as exc:
+        return migrator, exc
+    return migrator, None
+
+
+@pytest.mark.parametrize("server", ["mariadb", "postgresql"])
+def test_a_half_applied_revision_is_partial_remembered_and_never_purged(
+    tmp_path: Path, fresh_db: Callable[[str], URL], server: str
+) -> None:
+    url = fresh_db(server)
+    half = ADD_THEN_FAIL if server == "mariadb" else AUTOCOMMIT_THEN_FAIL
+    ini = deployed(tmp_path, url, broken=half)
+
+    first, failed = start(ini, url)
+    again, refused = start(ini, url)
+
+    assert isinstance(failed, PartialMigrationError), repr(failed)
+    assert failed.kind == "partial"
+    assert failed.revision == "r3"
+    assert "ALTER TABLE users ADD" in failed.message or "CREATE INDEX" in failed.message
+    assert "automigrator resolve r3" in failed.message
+    assert first.status.state is MigrationState.FAILED
+    # The next start does not run r3 into its own half: it is refused, by name.
+    assert isinstance(refused, PartialMigrationError), repr(refused)
+    assert "left partly applied" in refused.message
+    assert again.status.attempts == 1
+    assert backups(url) == []  # nothing purged, either time
+    assert user_rows(url) == OLD_ROWS
+    assert revisions(url) == {"r2"}
+    assert rows(url, "SELECT revision FROM automigrator_partial") == [("r3",)]
+
+
+def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=ADD_THEN_FAIL)
+    _, failed = start(ini, url)
+    assert isinstance(failed, PartialMigrationError)
+
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.begin() as conn:  # the operator undoes what stayed
+        conn.exec_driver_sql("ALTER TABLE users DROP COLUMN age")
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    write_revision(ini.parent, Rev("r3", "r2", "fixed", ADD_THEN_FAIL.body.split("\n")[0]))
+    resolved = cli(ini, url, "resolve", "r3")
+    unknown = cli(ini, url, "resolve", "r9")
+    status = anyio.run(AutoMigrator(ini, url=url).run)
+
+    assert resolved.returncode == 0, resolved.stderr
+    assert unknown.returncode == 2
+    assert "r9" in unknown.stderr
+    assert status.state is MigrationState.READY
+    assert revisions(url) == {"r3"}
+    assert rows(url, "SELECT count(*) FROM automigrator_partial") == [(0,)]
