@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from automigrator import AutoMigrator, MigrationRunner
 from automigrator.database._purge import like_prefix, quarantine_prefix
-from automigrator.locking import MigrationLock, MySQLLock, lock_for
+from automigrator.locking import MigrationLock, MySQLLock, PostgresAdvisoryLock, lock_for
 from tests.conftest import rows
 from tests.project import EMAIL, USERS, Rev, make_project, waiting, write_revision
 
@@ -286,3 +286,32 @@ def locks_left(url: URL) -> list[tuple[object, ...]]:
     assert isinstance(lock, MySQLLock)
     used = rows(url, f"SELECT IS_USED_LOCK('{lock.name}'), IS_USED_LOCK('{lock.name}:guard')")
     return [row for row in used if any(value is not None for value in row)]
+
+
+def kill_lock_session(url: URL) -> None:
+    """End the session that holds our advisory lock / named lock, as a server would."""
+    if url.get_backend_name() == "postgresql":
+        lock = lock_for(url)
+        assert isinstance(lock, PostgresAdvisoryLock)
+        unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
+        [(killed,)] = _execute(
+            url,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND granted AND classid = {unsigned >> 32} AND objid = {unsigned & 0xFFFFFFFF}",
+        )
+        assert killed
+    else:
+        lock = lock_for(url)
+        assert isinstance(lock, MySQLLock)
+        [(pid,)] = _execute(url, f"SELECT IS_USED_LOCK('{lock.name}')")
+        _execute(url, f"KILL {pid}")
+
+
+def _execute(url: URL, sql: str) -> list[tuple[object, ...]]:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            result = conn.exec_driver_sql(sql)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

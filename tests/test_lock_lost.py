@@ -21,12 +21,9 @@ from automigrator import (
     AutoMigrator,
     LockLostError,
     MigrationState,
-    MySQLLock,
     PartialMigrationError,
-    PostgresAdvisoryLock,
     PurgeAndRetry,
 )
-from automigrator.locking import lock_for
 from tests.conftest import revisions
 from tests.faults import Background, wait_for
 from tests.helpers import (
@@ -36,6 +33,7 @@ from tests.helpers import (
     after_a_lost_lock_in_r3,
     backups,
     deployed,
+    kill_lock_session,
     line_with,
     user_rows,
 )
@@ -87,25 +85,6 @@ def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
     assert revisions(pg_url) == {"r3"}
     assert backups(pg_url) == []
     assert user_rows(pg_url) == OLD_ROWS
-
-
-def kill_lock_session(url: URL) -> None:
-    """End the session that holds our advisory lock / named lock, as a server would."""
-    if url.get_backend_name() == "postgresql":
-        lock = lock_for(url)
-        assert isinstance(lock, PostgresAdvisoryLock)
-        unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
-        [(killed,)] = execute(
-            url,
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-            f"AND granted AND classid = {unsigned >> 32} AND objid = {unsigned & 0xFFFFFFFF}",
-        )
-        assert killed
-    else:
-        lock = lock_for(url)
-        assert isinstance(lock, MySQLLock)
-        [(pid,)] = execute(url, f"SELECT IS_USED_LOCK('{lock.name}')")
-        execute(url, f"KILL {pid}")
 
 
 def test_a_lock_lost_mid_run_stops_the_run_and_purges_nothing(

@@ -12,6 +12,7 @@ connection until it ends.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -22,7 +23,7 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator, PoolerError, Timeouts
 from tests.conftest import revisions
 from tests.faults import wait_for
-from tests.helpers import R3, line_with, locks_left
+from tests.helpers import R3, kill_lock_session, line_with, locks_left
 from tests.poolers import PgBouncer, PoolMode
 from tests.processes import start_replicas
 from tests.project import EMAIL, USERS, make_project
@@ -104,3 +105,37 @@ def test_statement_pooling_is_refused_by_name_and_nothing_changes(
     assert migrator.status.attempts == 1  # a configuration error: never retried
     assert revisions(pg_url) == set()
     assert sa.inspect(sa.create_engine(pg_url, poolclass=sa.NullPool)).get_table_names() == []
+
+
+def test_the_fence_holds_through_transaction_pooling_when_the_lock_is_direct(
+    tmp_path: Path, pg_url: URL, signals: Path
+) -> None:
+    # env.py through PgBouncer, the lock direct (lock_url=, as for a small
+    # pool). The holder's lock session is killed while r3 waits in an
+    # autocommit block: its fence sits on a pooled server connection, which
+    # PgBouncer may hand to the next migrator's env.py. Advisory locks are
+    # re-entrant, so that migrator used to pass the fence and run r3 too.
+    ini = make_project(tmp_path / "proj", (USERS, EMAIL, R3))
+    direct = {"AM_LOCK_URL": pg_url.render_as_string(False), "AM_LOCK_TIMEOUT": "30"}
+    with PgBouncer(pg_url, "transaction", pool_size=3) as bouncer:
+        pooled = bouncer.url(pg_url)
+        [holder] = start_replicas(ini, pooled, 1, env=direct)
+        try:
+            wait_for(signals / "r3.running")
+            kill_lock_session(pg_url)
+            [second] = start_replicas(ini, pooled, 1, env=direct)
+            running = signals / "r3.running"
+            deadline = time.monotonic() + 90
+            while second.poll() is None and len(running.read_text().split()) < 2:
+                assert time.monotonic() < deadline, "the second replica neither ran nor stopped"
+                time.sleep(0.05)
+            ran = len(running.read_text().split())
+            (signals / "r3.go").touch()
+            _, refused = second.communicate(timeout=90)
+        finally:
+            (signals / "r3.go").touch()
+            holder.communicate(timeout=90)
+
+    assert ran == 1  # r3 never ran beside the holder
+    assert second.returncode != 0
+    assert "guard" in refused, refused[-3000:]

@@ -36,7 +36,7 @@ from tests.conftest import revisions, rows, server_url
 from tests.faults import Background, wait_for
 from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, backups, cli, deployed, user_rows
 from tests.processes import start_replicas
-from tests.project import Rev, waiting, write_revision
+from tests.project import EMAIL, USERS, Rev, make_project, waiting, write_revision
 
 DROPS_THEN_FAILS = Rev(
     "r3", "r2", "drops the table, then fails", 'op.drop_table("users")\nraise RuntimeError("r3")'
@@ -310,6 +310,8 @@ def test_a_purge_behind_a_reader_gives_up_at_the_ddl_lock_timeout_and_moves_noth
 ) -> None:
     url = fresh_db("mariadb")
     ini = deployed(tmp_path, url)  # r3 fails on its first statement: a purge is due
+    with sa.create_engine(url, poolclass=sa.NullPool).begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW user_names AS SELECT name FROM users")
     reader = sa.create_engine(url, poolclass=sa.NullPool).connect()
     reader.begin()
     reader.exec_driver_sql("SELECT * FROM alembic_version").all()  # its table stays open
@@ -325,6 +327,7 @@ def test_a_purge_behind_a_reader_gives_up_at_the_ddl_lock_timeout_and_moves_noth
     assert isinstance(error, MigrationError), repr(error)  # the revision's: nothing purged
     assert backups(url) == []  # the quarantine made for the intent is gone again
     assert user_rows(url) == OLD_ROWS
+    assert len(rows(url, "SELECT name FROM user_names")) == len(OLD_ROWS)  # the view stays
     assert revisions(url) == {"r2"}
     # With the reader gone, the purge is not refused as "already purged":
     # nothing was. It backs up, purges, and r1-r3 run on the empty database.
@@ -362,3 +365,36 @@ def test_restore_backup_never_goes_back_over_rows_written_after_a_failed_update(
     assert status.state is MigrationState.READY
     assert rows(sqlite_url, "SELECT count(*) FROM users WHERE name LIKE 'new%'") == [(25,)]
     assert set(OLD_ROWS) <= set(user_rows(sqlite_url))
+
+
+def test_restore_backup_drops_its_copy_after_a_failure_that_is_not_the_revisions(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # The attempt meets a writer's lock (contention): RestoreBackup passes it
+    # on and puts nothing back. The copy used to stay, and the next start put
+    # it back over what the degraded app wrote meanwhile.
+    ini = make_project(tmp_path / "p", (USERS, EMAIL))
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    write_revision(
+        ini.parent, Rev("r3", "r2", "age", 'op.add_column("users", sa.Column("age", sa.Integer))')
+    )
+    policy = Chain(RestoreBackup(), LogAndContinue())
+    writer = sqlite3.connect(str(sqlite_url.database), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the application holds the write lock
+    try:
+        busy = AutoMigrator(
+            ini, url=sqlite_url, on_failure=policy, ddl=Ddl(lock_timeout=0.3, retries=0)
+        )
+        assert anyio.run(busy.run).state is MigrationState.DEGRADED
+        assert busy.status.error_kind == "contention"
+        writer.execute("INSERT INTO users (name) VALUES ('written while degraded')")
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url, on_failure=policy).run)
+
+    assert status.state is MigrationState.READY
+    assert rows(
+        sqlite_url, "SELECT count(*) FROM users WHERE name = 'written while degraded'"
+    ) == [(1,)]

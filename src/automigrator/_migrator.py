@@ -264,6 +264,7 @@ class AutoMigrator(MigrationRunner):
                     self, self.on_failure, self.migrate, before_each=self._renew, started=started
                 )
         finally:
+            self._backups.forget_snapshot()  # the policy has decided: a copy left goes
             done.set()
 
     def _renew(self) -> None:

@@ -344,8 +344,18 @@ class PostgresAdvisoryLock(_ServerLock):
     def _fence(self) -> tuple[str, str]:
         # A session-level lock on a second key, on the migration's own
         # connection: it outlives each transaction and autocommit block.
+        # Advisory locks are re-entrant: a server session that already holds
+        # it is another migrator's, handed over by a pooler in transaction
+        # mode, never ours (we take it once per run): refused, like a holder.
         key = self.key ^ _GUARD_BITS
-        return f"SELECT pg_try_advisory_lock({key:d})", f"SELECT pg_advisory_unlock({key:d})"
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        take = (
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND granted AND pid = pg_backend_pid() AND classid = {unsigned >> 32:d} "
+            f"AND objid = {unsigned & 0xFFFFFFFF:d} AND objsubid = 1) THEN false "
+            f"ELSE pg_try_advisory_lock({key:d}) END"
+        )
+        return take, f"SELECT pg_advisory_unlock({key:d})"
 
     def acquire(self, timeout: float) -> bool:
         # Polled, never waited for in the server: a session blocked in
@@ -425,9 +435,11 @@ class MySQLLock(_ServerLock):
         conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.name})
 
     def _fence(self) -> tuple[str, str]:
-        # A second named lock, taken by the migration's own connection.
+        # A second named lock, taken by the migration's own connection (named
+        # locks nest: one this session already holds is another migrator's).
         name = f"{self.name}:guard"
-        return f"SELECT GET_LOCK('{name}', 0)", f"SELECT RELEASE_LOCK('{name}')"
+        take = f"SELECT IF(IS_USED_LOCK('{name}') = CONNECTION_ID(), 0, GET_LOCK('{name}', 0))"
+        return take, f"SELECT RELEASE_LOCK('{name}')"
 
     def _held_query(self) -> sa.TextClause:
         return sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()").bindparams(name=self.name)

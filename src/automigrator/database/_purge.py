@@ -27,6 +27,7 @@ and schemas are never matched: every ``LIKE`` is escaped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -114,8 +115,8 @@ def sqlite_copy(source: Path, destination: Path) -> None:
     Written to a temporary name, synced, then renamed over ``destination``.
     """
     partial = destination.with_name(f".{destination.name}.partial")
-    partial.unlink(missing_ok=True)
     try:
+        partial.unlink(missing_ok=True)
         # closing(): sqlite3's own context manager commits but never closes.
         with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
             src.backup(dst)
@@ -123,7 +124,8 @@ def sqlite_copy(source: Path, destination: Path) -> None:
             os.fsync(written.fileno())
         os.replace(partial, destination)
     except (sqlite3.Error, OSError) as exc:
-        partial.unlink(missing_ok=True)  # never half a copy taking a backup's place
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)  # never half a copy taking a backup's place
         raise BackupError(
             f"Could not write the copy {str(destination)!r} ({type(exc).__name__}: {exc}): "
             "free space there, or make the folder writable. Nothing was moved or deleted."
@@ -304,8 +306,7 @@ class Backups:
             {"db": database},
         ).all()
         tables = [name for name, kind in rows if kind == "BASE TABLE"]
-        for view in (name for name, kind in rows if kind == "VIEW"):
-            conn.execute(sa.text(f"DROP VIEW {quote(database)}.{quote(view)}"))
+        views = [name for name, kind in rows if kind == "VIEW"]
         # The quarantine holds the marker even without a backup: a purge is
         # remembered either way. The marker is written before anything moves:
         # a process killed while its RENAME waits (which the server may still
@@ -336,6 +337,10 @@ class Backups:
                 # RENAME TABLE is atomic: it moved nothing, so the intent goes.
                 conn.execute(sa.text(f"DROP DATABASE {quote(quarantine)}"))
             raise
+        # Views last, once the tables are moved (they are schema: the
+        # migrations make them again), under the same lock timeout.
+        for view in views:
+            conn.execute(sa.text(f"DROP VIEW {quote(database)}.{quote(view)}"))
         _rotate(
             conn,
             "SELECT schema_name FROM information_schema.schemata",
@@ -408,7 +413,17 @@ class Backups:
         return True
 
     def forget_snapshot(self) -> None:
-        """A new attempt: the last one's copy is not this one's (it stays on disk)."""
+        """An attempt of this process is over: the copy it took, if still there, goes.
+
+        The policy has decided by now; a copy it did not put back (a busy
+        table, a shutdown, a lost lock: failures that are not the
+        revision's) would otherwise be put back by the next start over what
+        was written since. Only a process killed mid-attempt leaves one.
+        """
+        if self._snapshot is not None:
+            path = sqlite_path(self.engine.url)
+            for copy in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
+                copy.unlink(missing_ok=True)
         self._snapshot = None
 
 
