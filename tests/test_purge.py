@@ -32,6 +32,7 @@ from automigrator import (
     PurgeAndRetry,
     RestoreBackup,
 )
+from automigrator.database._purge import quarantine_prefix
 from tests.conftest import revisions, rows, server_url
 from tests.faults import Background, wait_for
 from tests.helpers import ALWAYS_BROKEN, OLD_ROWS, UNIQUE_NAMES, backups, cli, deployed, user_rows
@@ -398,3 +399,50 @@ def test_restore_backup_drops_its_copy_after_a_failure_that_is_not_the_revisions
     assert rows(
         sqlite_url, "SELECT count(*) FROM users WHERE name = 'written while degraded'"
     ) == [(1,)]
+
+
+def _quarantine(url: URL, stamp: str, settled: bool | None) -> str:
+    """A quarantine database as a purge leaves it; ``settled=None``: its marker has no row."""
+    name = quarantine_prefix(str(url.database), "mysql") + stamp
+    with sa.create_engine(
+        url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+    ).connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+        conn.exec_driver_sql(f"CREATE TABLE `{name}`.automigrator_purge (settled BOOL NOT NULL)")
+        if settled is not None:
+            conn.exec_driver_sql(
+                f"INSERT INTO `{name}`.automigrator_purge VALUES ({int(settled)})"
+            )
+    return name
+
+
+def test_a_marker_without_its_row_recorded_no_purge_and_blocks_none(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    # A kill between the marker's CREATE and its INSERT: nothing was moved yet.
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url)
+    empty = _quarantine(url, "20250101t000000000000", settled=None)
+
+    status = anyio.run(AutoMigrator(ini, url=url, on_failure=PurgeAndRetry()).run)
+
+    assert status.state is MigrationState.READY  # purged, then migrated from scratch
+    assert [b for b in backups(url) if b != empty] != []
+
+
+def test_an_unsettled_purge_blocks_the_next_whatever_the_clocks_said(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    # The unsettled quarantine holds the rows; a settled one made by a host
+    # whose clock ran ahead sorts after it by name.
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url)
+    holding = _quarantine(url, "20250101t000000000000", settled=False)
+    _quarantine(url, "20991231t000000000000", settled=True)
+
+    with pytest.raises(MigrationError):
+        anyio.run(AutoMigrator(ini, url=url, on_failure=PurgeAndRetry()).run)
+
+    assert len(backups(url)) == 2  # no third: not purged again
+    assert holding in backups(url)
+    assert user_rows(url) == OLD_ROWS

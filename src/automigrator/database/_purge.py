@@ -225,12 +225,9 @@ class Backups:
                     conn.execute(sa.text(f"COMMENT ON SCHEMA {_quote(conn, schema)} IS NULL"))
         elif self.backend in ("mysql", "mariadb"):
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                newest = _newest_mysql_marker(conn, self._mysql_database())
-                if newest is not None and not newest[1]:
+                for name in _unsettled_mysql_markers(conn, self._mysql_database()):
                     conn.execute(
-                        sa.text(
-                            f"UPDATE {_quote(conn, newest[0])}.automigrator_purge SET settled = 1"
-                        )
+                        sa.text(f"UPDATE {_quote(conn, name)}.automigrator_purge SET settled = 1")
                     )
 
     def _purge_sqlite(self, *, backup: bool, keep: int) -> Purged:
@@ -294,9 +291,9 @@ class Backups:
 
     def _purge_mysql(self, conn: Connection, *, backup: bool, keep: int) -> Purged:
         database = self._mysql_database()
-        newest = _newest_mysql_marker(conn, database)
-        if newest is not None and not newest[1]:
-            raise AlreadyPurgedError(f"database {newest[0]}")
+        unsettled = _unsettled_mysql_markers(conn, database)
+        if unsettled:
+            raise AlreadyPurgedError(f"database {unsettled[-1]}")
         quote = conn.dialect.identifier_preparer.quote
         rows = conn.execute(
             sa.text(
@@ -441,33 +438,31 @@ def _schema_comment(conn: Connection, schema: str) -> str:
     return str(found or "")
 
 
-def _newest_mysql_marker(conn: Connection, database: str) -> tuple[str, bool] | None:
-    """The newest quarantine database of ``database`` and whether its purge is settled."""
+def _unsettled_mysql_markers(conn: Connection, database: str) -> list[str]:
+    """The quarantines of ``database`` whose purge no migration has settled yet.
+
+    Every quarantine is asked, not the newest by name: names carry the
+    purging host's clock, which may have been ahead or jumped back. A marker
+    table without its row (a kill between the two statements) recorded no
+    purge: nothing was moved before that row.
+    """
     names = (
         conn.execute(
             sa.text(
-                "SELECT schema_name FROM information_schema.schemata "
-                "WHERE schema_name LIKE :pattern ESCAPE '!' ORDER BY schema_name DESC"
+                "SELECT table_schema FROM information_schema.tables "
+                "WHERE table_schema LIKE :pattern ESCAPE '!' AND table_name = 'automigrator_purge'"
             ),
             {"pattern": like_prefix(quarantine_prefix(database, "mysql"))},
         )
         .scalars()
         .all()
     )
-    for name in names:
-        has_marker = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM information_schema.tables "
-                "WHERE table_schema = :db AND table_name = 'automigrator_purge'"
-            ),
-            {"db": name},
-        ).scalar()
-        if has_marker:
-            settled = conn.execute(
-                sa.text(f"SELECT min(settled) FROM {_quote(conn, name)}.automigrator_purge")
-            ).scalar()
-            return str(name), bool(settled)
-    return None
+    unsettled = []
+    for name in sorted(names):
+        query = f"SELECT count(*) FROM {_quote(conn, name)}.automigrator_purge WHERE NOT settled"
+        if conn.execute(sa.text(query)).scalar():
+            unsettled.append(str(name))
+    return unsettled
 
 
 def _rotate(
