@@ -21,10 +21,13 @@ from automigrator import (
     AutoMigrator,
     LockLostError,
     MigrationState,
+    MySQLLock,
     PartialMigrationError,
+    PostgresAdvisoryLock,
     PurgeAndRetry,
 )
-from tests.conftest import revisions
+from automigrator.locking import lock_for
+from tests.conftest import revisions, tables
 from tests.faults import Background, wait_for
 from tests.helpers import (
     OLD_ROWS,
@@ -38,7 +41,7 @@ from tests.helpers import (
     user_rows,
 )
 from tests.processes import start_replicas
-from tests.project import waiting, write_revision
+from tests.project import make_project, waiting, write_revision
 
 
 def execute(url: URL, sql: str) -> list[tuple[object, ...]]:
@@ -168,3 +171,21 @@ def test_an_exclusive_block_whose_lock_was_lost_raises_and_its_transaction_rolls
 
     assert "exclusively()" in str(caught.value)
     assert ("admin", "a@x") not in user_rows(server_db)  # rolled back with the block
+
+
+def test_a_baseline_stamp_is_fenced_like_an_upgrade(tmp_path: Path, server_db: URL) -> None:
+    ini = make_project(tmp_path / "p")
+    anyio.run(AutoMigrator(ini, url=server_db, target="r1").run)
+    execute(server_db, "DROP TABLE alembic_version")  # unversioned: tables, no version table
+    # Another migrator's DDL connection holds the fence (its lock was lost).
+    holder = sa.create_engine(server_db, poolclass=sa.NullPool).connect()
+    fence = lock_for(server_db)
+    assert isinstance(fence, PostgresAdvisoryLock | MySQLLock)
+    try:
+        assert fence.guard(holder)
+        with pytest.raises(LockLostError, match="guard"):
+            anyio.run(AutoMigrator(ini, url=server_db, baseline="r1").run)
+    finally:
+        holder.close()
+
+    assert "alembic_version" not in tables(server_db)  # nothing stamped beside it

@@ -172,11 +172,6 @@ class AutoMigrator(MigrationRunner):
         """env.py's version table (``settings.version_table``)."""
         return self._settings.version_table
 
-    @property
-    def mode(self) -> Mode:
-        """``migrate`` or ``check`` (``settings.mode``)."""
-        return self._settings.mode
-
     def __repr__(self) -> str:
         return (
             f"AutoMigrator({self.scripts.name!r}, "
@@ -220,7 +215,7 @@ class AutoMigrator(MigrationRunner):
         policy sees it and the database is not asked twice.
         """
         self._preplanned = None
-        if not self.should_run() or self.mode == "check":
+        if not self.should_run() or self._settings.mode == "check":
             return True
         try:
             plan = await self._waiter.once_reachable(lambda: self._plan(first=True))
@@ -244,7 +239,7 @@ class AutoMigrator(MigrationRunner):
         (an at-head database costs one query).
         """
         started = time.monotonic()
-        self._checking = self.mode == "check"
+        self._checking = self._settings.mode == "check"
         if not self.should_run():
             if self._settings.switch.when_disabled != "check":
                 self._reporter.reset(MigrationStatus(state=MigrationState.DISABLED, duration=0.0))
@@ -412,9 +407,11 @@ class AutoMigrator(MigrationRunner):
         logger.warning(
             "The database has tables but no version table: stamping it at baseline %s", baseline
         )
-        await anyio.to_thread.run_sync(
-            lambda: self.scripts.stamp(baseline, version_table=self.version_table)
+        hooks = RunHooks.lock_only(self._waiter.held)  # no revision runs: fenced all the same
+        stamp = partial(
+            self.scripts.stamp, baseline, version_table=self.version_table, hooks=hooks
         )
+        await anyio.to_thread.run_sync(stamp)
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[bool]:

@@ -411,15 +411,6 @@ def _render_step(
     return buffer.getvalue(), None
 
 
-# A stamp runs no revision: nothing to report, nothing to stop, no lock to check.
-_STAMP_HOOKS = RunHooks(
-    on_step=lambda revision, message: None,
-    on_applied=lambda applied: None,
-    should_stop=lambda: False,
-    lock=None,
-)
-
-
 def run_env(
     cfg: Config,
     script: ScriptDirectory,
@@ -427,7 +418,7 @@ def run_env(
     *,
     url: URL,
     version_table: VersionTable,
-    hooks: RunHooks = _STAMP_HOOKS,
+    hooks: RunHooks,
     live: UpgradeTry | None = None,
     stamp: bool = False,
 ) -> tuple[AppliedRevision, ...]:

@@ -27,3 +27,8 @@ class RunHooks:
     lock: MigrationLock | None
     """The lock held for this run: checked before each revision, its guard taken on
     env.py's connection where the lock has one."""
+
+    @classmethod
+    def lock_only(cls, lock: MigrationLock | None) -> RunHooks:
+        """For a stamp: no revision runs, only the lock matters (checked, fenced)."""
+        return cls(lambda revision, message: None, lambda applied: None, lambda: False, lock)

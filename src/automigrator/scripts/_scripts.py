@@ -254,8 +254,8 @@ class Scripts:
                 live=live,
             )
 
-    def stamp(self, revision: str, *, version_table: VersionTable) -> None:
-        """Run env.py's stamp at ``revision`` in this (worker) thread."""
+    def stamp(self, revision: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
+        """Run env.py's stamp at ``revision`` in this (worker) thread, fenced as an upgrade."""
         from . import _alembic_run
 
         script = self.imported()
@@ -266,6 +266,7 @@ class Scripts:
                 revision,
                 url=self.url,
                 version_table=version_table,
+                hooks=hooks,
                 stamp=True,
             )
 
