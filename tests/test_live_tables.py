@@ -34,6 +34,7 @@ from automigrator import (
     Event,
     Failure,
     HealthApp,
+    MigrationState,
     PartialMigrationError,
     PurgeAndRetry,
     RestoreBackup,
@@ -41,7 +42,7 @@ from automigrator import (
     SchemaAheadError,
 )
 from automigrator.process._logging import LoggingGuard
-from tests.conftest import revisions
+from tests.conftest import revisions, rows
 from tests.faults import Background, wait_for
 from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
 from tests.project import Rev, make_project, waiting
@@ -366,3 +367,46 @@ def test_restore_backup_puts_nothing_back_for_a_busy_table(
     assert not any("put back" in r.getMessage() for r in caplog.records)
     assert revisions(sqlite_url) == {"r2"}
     assert user_rows(sqlite_url) == OLD_ROWS
+
+
+CONCURRENT_INDEX = Rev(
+    "r3",
+    "r2",
+    "index the emails concurrently",
+    """
+    with op.get_context().autocommit_block():
+        op.create_index("ix_users_email", "users", ["email"], postgresql_concurrently=True)
+    """,
+)
+
+
+def test_a_concurrent_index_that_timed_out_leaves_no_invalid_index_and_purges_nothing(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # The database's own lock_timeout ends the build while an old reader's
+    # transaction is open: PostgreSQL leaves an INVALID index behind, which
+    # the next try met as "already exists" (a 'migration' failure: purged).
+    ini = deployed(tmp_path, pg_url, broken=CONCURRENT_INDEX)
+    with connect(pg_url) as conn:
+        conn.execute(sa.text(f"ALTER DATABASE {pg_url.database} SET lock_timeout = '300ms'"))
+        conn.commit()
+    # A report's transaction: it keeps its snapshot, which the build waits out.
+    reader = connect(pg_url).execution_options(isolation_level="REPEATABLE READ")
+    reader.execute(sa.text("SELECT count(*) FROM users")).scalar()
+    migrator = AutoMigrator(
+        ini, url=pg_url, on_failure=PurgeAndRetry(), ddl=Ddl(lock_timeout=0.3, retries=1)
+    )
+    try:
+        with pytest.raises(ContentionError):
+            anyio.run(migrator.run)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    assert migrator.status.ddl_retries == 1
+    assert backups(pg_url) == []  # a busy table, never purged for
+    assert user_rows(pg_url) == OLD_ROWS
+    # With the reader gone, the next start drops what is left and builds it.
+    assert anyio.run(AutoMigrator(ini, url=pg_url).run).state is MigrationState.READY
+    invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
+    assert rows(pg_url, invalid) == [(0,)]

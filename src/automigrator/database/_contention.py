@@ -17,6 +17,7 @@ and a timeout there would leave an invalid index behind.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,3 +240,40 @@ def blockers(engine: Engine, session: int) -> tuple[Blocker, ...]:
                 for row in rows
             )
     return ()
+
+
+# CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON ...
+_CONCURRENT_INDEX = re.compile(
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r'((?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?)\s+ON\b',
+    re.IGNORECASE,
+)
+
+
+def failed_concurrent_index(engine: Engine, statement: str | None) -> tuple[str, bool] | None:
+    """After a failed ``CREATE INDEX CONCURRENTLY``: its INVALID index, dropped if it can be.
+
+    PostgreSQL leaves the index of a build that failed (a lock timeout while
+    it waited out older transactions) INVALID, and the next try fails on it
+    as "already exists". Returns (name, dropped) when such an index is there;
+    None when the statement was no concurrent build or left no INVALID index.
+    Only an INVALID index of that very name is dropped, concurrently, and
+    only if that takes no longer than a second.
+    """
+    found = _CONCURRENT_INDEX.match(statement or "")
+    if found is None:
+        return None
+    name = found.group(1)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        invalid = conn.execute(
+            sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
+            {"name": name},
+        ).scalar()
+        if not invalid:
+            return None
+        try:
+            conn.exec_driver_sql("SET lock_timeout = '1s'")
+            conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        except DBAPIError:
+            return name, False
+    return name, True

@@ -30,8 +30,14 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from .._status import AppliedRevision
-from ..database._connections import VersionTable, display, mismatch, translate_error
-from ..database._contention import UpgradeTry, is_contention
+from ..database._connections import (
+    VersionTable,
+    create_engine,
+    display,
+    mismatch,
+    translate_error,
+)
+from ..database._contention import UpgradeTry, failed_concurrent_index, is_contention
 from ..database._redaction import redact
 from ..errors import (
     AutomigratorError,
@@ -492,6 +498,10 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         # own), part of a revision stays: only a person can finish it.
         detail = redact(f"{type(exc).__name__}: {first_line(exc)}", url)
         return _partial_error(recorder, *half, detail)
+    if recorder.dialect == "postgresql" and isinstance(exc, DBAPIError):
+        leftover = failed_concurrent_index(create_engine(url), exc.statement)
+        if leftover is not None:
+            return _failed_build_error(exc, revision, *leftover, url)
     if is_contention(exc):
         return _contention_error(exc, recorder, revision, url)
     if isinstance(exc, DBAPIError) and (revision is None or _connection_lost(exc)):
@@ -528,7 +538,9 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         )
     message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
     done = len(recorder.applied)
-    if recorder.transactional:
+    if recorder.transactional and not done:
+        where = f"failed: {detail}."
+    elif recorder.transactional:
         # Alembic's default runs every revision in one transaction: those
         # "applied" before this one went with it unless a commit came between.
         kept = recorder.committed
@@ -589,6 +601,25 @@ def _partial_error(
         "(nothing is retried or purged for it).",
         revision=revision,
         statements=tuple(kept),
+    )
+
+
+def _failed_build_error(
+    exc: Exception, revision: str | None, index: str, dropped: bool, url: URL
+) -> ContentionError:
+    # The build waited out other transactions and gave up (a lock timeout of
+    # the server's, the database's or the role's): the revision is fine.
+    after = (
+        "its INVALID index was dropped, so nothing of it stayed"
+        if dropped
+        else "its INVALID index could not be dropped yet (the table is busy): the next try "
+        "drops it first"
+    )
+    return ContentionError(
+        f"Revision {revision} built the index {index} concurrently, and the build failed "
+        f"({redact(f'{type(exc).__name__}: {first_line(exc)}', url)}): {after}. Another "
+        "transaction kept it waiting; try again at a quieter time.",
+        revision=revision,
     )
 
 
