@@ -9,6 +9,7 @@ start ran the revision again into its own half ("Duplicate column"), and
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,3 +101,27 @@ def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
     assert status.state is MigrationState.READY
     assert revisions(url) == {"r3"}
     assert rows(url, "SELECT count(*) FROM automigrator_partial") == [(0,)]
+
+
+def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
+    tmp_path: Path, fresh_db: Callable[[str], URL], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The migrating user may alter tables but not create ours.
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=ADD_THEN_FAIL)
+    user = f"am_p{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%'")
+        conn.exec_driver_sql(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE, ALTER ON {url.database}.* TO '{user}'@'%%'"
+        )
+    try:
+        _, failed = start(ini, url.set(username=user))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+
+    assert isinstance(failed, PartialMigrationError), repr(failed)
+    assert any("Could not remember" in r.getMessage() for r in caplog.records)
+    assert backups(url) == []

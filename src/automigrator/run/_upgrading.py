@@ -27,7 +27,12 @@ from .._status import Blocker, RunningRevision
 from ..database._connections import VersionTable
 from ..database._contention import UpgradeTry, blockers
 from ..database._partials import Partials
-from ..errors import ContentionError, PartialMigrationError, ShutdownRequestedError
+from ..errors import (
+    ContentionError,
+    PartialMigrationError,
+    ShutdownRequestedError,
+    first_line,
+)
 from ..process._signals import abandonable
 from ..scripts._hooks import RunHooks
 from ..scripts._scripts import Scripts
@@ -104,7 +109,16 @@ class Upgrader:
             await self._tries(target, version_table=version_table, hooks=hooks)
         except PartialMigrationError as exc:
             remember = partial(self.partials.remember, exc.revision, exc.statements)
-            await anyio.to_thread.run_sync(remember)
+            try:
+                await anyio.to_thread.run_sync(remember)
+            except Exception as failed:  # the failure itself still goes to the policy
+                logger.error(
+                    "Could not remember that %s was left partly applied (%s: %s): the next "
+                    "start may run it again into what stayed",
+                    exc.revision,
+                    type(failed).__name__,
+                    first_line(failed),
+                )
             raise
         if self.partials.seen:  # past every pending revision: nothing is partly applied
             await anyio.to_thread.run_sync(self.partials.forget)
