@@ -294,7 +294,7 @@ def kill_lock_session(url: URL) -> None:
         lock = lock_for(url)
         assert isinstance(lock, PostgresAdvisoryLock)
         unsigned = lock.key & 0xFFFFFFFFFFFFFFFF
-        [(killed,)] = _execute(
+        [(killed,)] = execute(
             url,
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
             f"AND granted AND classid = {unsigned >> 32} AND objid = {unsigned & 0xFFFFFFFF}",
@@ -303,11 +303,12 @@ def kill_lock_session(url: URL) -> None:
     else:
         lock = lock_for(url)
         assert isinstance(lock, MySQLLock)
-        [(pid,)] = _execute(url, f"SELECT IS_USED_LOCK('{lock.name}')")
-        _execute(url, f"KILL {pid}")
+        [(pid,)] = execute(url, f"SELECT IS_USED_LOCK('{lock.name}')")
+        execute(url, f"KILL {pid}")
 
 
-def _execute(url: URL, sql: str) -> list[tuple[object, ...]]:
+def execute(url: URL, sql: str) -> list[tuple[object, ...]]:
+    """``sql`` on ``url`` in autocommit, from a connection of its own; its rows."""
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:

@@ -36,22 +36,13 @@ from tests.helpers import (
     after_a_lost_lock_in_r3,
     backups,
     deployed,
+    execute,
     kill_lock_session,
     line_with,
     user_rows,
 )
 from tests.processes import start_replicas
 from tests.project import make_project, waiting, write_revision
-
-
-def execute(url: URL, sql: str) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            result = conn.exec_driver_sql(sql)
-            return [tuple(r) for r in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def test_an_idle_session_timeout_never_frees_the_lock_mid_migration(
