@@ -569,7 +569,7 @@ _HEARTBEATS_PER_REAP = 6
 # Flips bits of the session key: the guard's key, distinct from it.
 _GUARD_BITS = 0x5A5A5A5A5A5A5A5A
 # Tries to let the fence go before saying it could not be (see release_guard).
-_RELEASE_TRIES = 8
+_RELEASE_TRIES = 64
 
 
 def _driver_scalar(dbapi_connection: Any, sql: str) -> Any:
