@@ -6,15 +6,18 @@ PostgreSQL and MariaDB: connections are accepted, nothing is ever answered.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, DatabaseUnavailableError, Timeouts
 from tests.conftest import server_url
 from tests.faults import Background, Proxy
+from tests.project import Rev, make_project
 
 
 @pytest.mark.slow
@@ -66,3 +69,41 @@ def test_a_waiter_whose_connection_freezes_mid_try_keeps_its_deadline(
     assert isinstance(error, (DatabaseUnavailableError, LockTimeoutError)), repr(error)
     assert migrator.status.state is MigrationState.FAILED
     assert migrator.status.error_kind == "transient"
+
+
+# The revision writes down what libpq was told for its own connection.
+RECORDS_ITS_CONNECTION = Rev(
+    "r1",
+    None,
+    "records its connection's parameters",
+    """
+    import json, os
+    parameters = op.get_bind().connection.dbapi_connection.info.get_parameters()
+    with open(os.environ["AM_PARAMETERS"], "w") as out:
+        json.dump(parameters, out)
+    """,
+)
+
+
+@pytest.mark.parametrize(
+    ("query", "idle"), [({}, "10"), ({"keepalives_idle": "7"}, "7")], ids=["ours", "the-url-s"]
+)
+def test_env_py_s_connection_gets_our_keepalives_unless_the_url_sets_its_own(
+    tmp_path: Path,
+    pg_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    query: dict[str, str],
+    idle: str,
+) -> None:
+    # Before, env.py's connection had none: on a silent network a revision's
+    # statement waited for the kernel (hours), "Still applying r2" without end.
+    recorded = tmp_path / "parameters.json"
+    monkeypatch.setenv("AM_PARAMETERS", str(recorded))
+    ini = make_project(tmp_path / "p", (RECORDS_ITS_CONNECTION,))
+
+    anyio.run(AutoMigrator(ini, url=pg_url.update_query_dict(query)).run)
+
+    parameters = json.loads(recorded.read_text())
+    assert parameters["keepalives_idle"] == idle
+    assert (parameters["keepalives"], parameters["tcp_user_timeout"]) == ("1", "30000")
+    assert parameters["connect_timeout"] == "10"

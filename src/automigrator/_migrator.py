@@ -331,8 +331,15 @@ class AutoMigrator(MigrationRunner):
                 await self.stamp_baseline()
                 plan = await self.plan()
             if plan.kind != "at_head":
-                await self.upgrade(plan)
-                await self.verify()
+                try:
+                    await self.upgrade(plan)
+                    await self.verify()
+                except AutomigratorError as exc:
+                    # RestoreBackup's copy goes back under this lock: after it,
+                    # another process could migrate or write before the policy.
+                    if exc.kind == "migration" and self._backups.holds_snapshot():
+                        await self.restore_snapshot()
+                    raise
             # A purge's fresh database, or RestoreBackup's pending copy, is done with.
             await anyio.to_thread.run_sync(self._backups.settle)
 
@@ -382,6 +389,7 @@ class AutoMigrator(MigrationRunner):
             on_applied=self._applied,
             should_stop=lambda: self._stop_requested,
             lock=self._waiter.held,  # checked before each revision
+            partials=self._partials,
         )
         await self._upgrader.run(
             plan, target=self.target, version_table=self.version_table, hooks=hooks

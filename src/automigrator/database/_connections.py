@@ -193,6 +193,25 @@ _BOUNDS: dict[str, dict[str, object]] = {
 _BOUNDS["psycopg2"] = {k: v for k, v in _BOUNDS["psycopg"].items() if k != "prepare_threshold"}
 
 
+# What env.py's connection gets of those, through the URL it reads: its
+# statements may run for hours, so no read or write timeout (MySQL drivers
+# offer no keepalive: there a silent network is bounded by the server's
+# wait_timeout on its side only); our repeated-statement setting stays ours.
+_ENV_PY_BOUNDS: tuple[str, ...] = ("connect_timeout", "keepalives", "keepalives_idle")
+_ENV_PY_BOUNDS += ("keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+def for_env_py(url: URL) -> URL:
+    """``url`` with our connect timeout and keepalives added (a value it sets wins).
+
+    So that a revision's connection on a silent network (no FIN, no RST)
+    ends within about 30 s on PostgreSQL instead of at the kernel's hours.
+    """
+    bounds = _bounded(url)
+    added = {key: str(bounds[key]) for key in _ENV_PY_BOUNDS if key in bounds}
+    return url.update_query_dict(added) if added else url
+
+
 def _bounded(url: URL) -> dict[str, object]:
     bounds = _BOUNDS.get(url.get_driver_name(), {})
     return {key: value for key, value in bounds.items() if key not in url.query}
@@ -217,6 +236,32 @@ class VersionTable:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def atomic_sqlite_revisions(connection: Connection) -> None:
+    """Make each revision on ``connection`` (SQLite) one transaction: all of it or none.
+
+    SQLite's DDL is transactional, but Python's sqlite3 driver opens a
+    transaction only before INSERT, UPDATE or DELETE: a revision's CREATE and
+    ALTER statements commit one by one, and a process killed between them
+    (or before the version row) leaves the revision half applied for the
+    next start to trip on. Alembic begins a transaction per revision where
+    DDL is not transactional and commits it after the version row; here
+    each such begin also sends ``BEGIN`` (SQLAlchemy's documented recipe for
+    pysqlite), so the revision's statements and its version row commit
+    together. A transaction already under way on the connection gets its
+    ``BEGIN`` now. ``PRAGMA foreign_keys`` cannot change inside a
+    transaction: a revision that needs it off sets it in env.py, before
+    the migrations run.
+    """
+
+    def begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    sa.event.listen(connection, "begin", begin)
+    driver = connection.connection.dbapi_connection
+    if connection.in_transaction() and not getattr(driver, "in_transaction", True):
+        connection.exec_driver_sql("BEGIN")
 
 
 def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | None:
@@ -287,7 +332,8 @@ def lost_schema_hint(conn: Connection) -> str:
 def has_other_tables(conn: Connection, table: VersionTable) -> bool:
     """True when the version table's schema holds tables besides the version table."""
     names = sa.inspect(conn).get_table_names(schema=table.schema)
-    return any(name != table.name for name in names)
+    # automigrator_partial is ours (a run's marks): alone, it makes no schema.
+    return any(name not in (table.name, "automigrator_partial") for name in names)
 
 
 # Markers in driver messages that mean "your settings are wrong", which no

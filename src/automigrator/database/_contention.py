@@ -56,7 +56,7 @@ def is_contention(exc: BaseException) -> bool:
 
 # Statements that change nothing: never "kept" (a revision that only read
 # before it failed may be tried again, and is no partial one).
-_READ_ONLY = ("SELECT ", "SHOW ", "EXPLAIN ", "DESCRIBE ", "SET ")
+_READ_ONLY = ("SELECT ", "SHOW ", "EXPLAIN ", "DESCRIBE ", "SET ", "BEGIN")
 
 
 class StatementLog:
@@ -81,6 +81,10 @@ class StatementLog:
     def attach(self, connection: Connection, *, transactional: bool) -> None:
         """Follow the statements and commits of the migration's ``connection``."""
         self.transactional = transactional
+        if transactional and connection.dialect.name == "sqlite":
+            # Atomic revisions (atomic_sqlite_revisions): a revision that failed,
+            # even at its COMMIT (SQLite's busy error comes there), left nothing.
+            return
         event.listen(connection, "after_cursor_execute", self._executed)
         event.listen(connection, "commit", self._committed)
         event.listen(connection, "rollback", self._rolled_back)

@@ -10,20 +10,38 @@ that would run a remembered revision refuses instead, until
 ``automigrator resolve REVISION`` (or a successful migration past it)
 clears it. One short connection when written, and one query under the lock
 before an upgrade; none at head.
+
+A process killed in the middle of a revision writes nothing on its way out,
+so each revision's row is written *before* it runs (``RUNNING``), in its own
+transaction, and deleted with its version row: where a kill leaves some of
+the revision committed and not its version row, the row stays, and the next
+start refuses the revision like any partial one. Nothing of the revision
+committed (PostgreSQL's transactional DDL, SQLite's atomic revisions, a
+MySQL kill before its first DDL) takes the row with it. The table exists
+only during an upgrade, or while a partial revision is remembered.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..errors import PartialMigrationError, first_line
 from ._connections import VersionTable
 
+logger = logging.getLogger("automigrator")
+
 TABLE = "automigrator_partial"
+# What a revision's row says while it runs: written in the revision's own
+# transaction, so it stays only if something of the revision was committed
+# (a DDL statement on MySQL/MariaDB, an autocommit block on PostgreSQL) and
+# its version row was not: the process stopped half way.
+RUNNING = "(the process running it stopped before it finished: any of its statements may stay)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,26 @@ class Remembered:
     revision: str
     failed_at: str
     statements: str
+
+    def refusal(self) -> PartialMigrationError:
+        """The error every start raises for this revision until it is resolved."""
+        if self.statements == RUNNING:
+            what = (
+                "was being applied when its process stopped (killed, or cut off) before it "
+                "finished: some of its statements may stay. Compare the schema with the "
+                "revision, finish or undo what it did by hand"
+            )
+        else:
+            what = (
+                f"was left partly applied (these statements stay: {self.statements}). "
+                "Finish or undo them by hand"
+            )
+        return PartialMigrationError(
+            f"Revision {self.revision} {what} (at {self.failed_at}), then run "
+            f"'automigrator resolve {self.revision}'; nothing was run.",
+            revision=self.revision,
+            statements=tuple(self.statements.split("; ")),
+        )
 
 
 class Partials:
@@ -62,6 +100,62 @@ class Partials:
                     revision=revision, failed_at=at, statements="; ".join(statements)
                 )
             )
+
+    def ensure(self) -> bool:
+        """Before an upgrade, from a connection of ours: the table exists, so that
+        env.py's connection can mark each revision running. False (and a
+        warning) where it cannot be made (no CREATE privilege): the run goes on
+        unmarked. Never on SQLite, whose revisions are atomic."""
+        if self.engine.url.get_backend_name() == "sqlite":
+            return False
+        try:
+            with self.engine.begin() as conn:
+                self.table.create(conn, checkfirst=True)
+        except sa.exc.DBAPIError as exc:
+            logger.warning(
+                "Could not create %s (%s): a process stopped half way through a revision "
+                "will not be noticed by the next start",
+                TABLE,
+                first_line(exc.orig or exc),
+            )
+            return False
+        return True
+
+    def mark_running(self, conn: Connection, revision: str) -> Remembered | None:
+        """On env.py's connection, in ``revision``'s transaction, before its first
+        statement, under the fence: mark it running. A row already there was left
+        by a process that stopped in it (no live one can hold the fence): it is
+        returned, and nothing is marked."""
+        found = conn.execute(
+            sa.select(self.table).where(self.table.c.revision == revision)
+        ).first()
+        if found is not None:
+            return Remembered(found.revision, found.failed_at, found.statements)
+        at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        conn.execute(
+            self.table.insert().values(revision=revision, failed_at=at, statements=RUNNING)
+        )
+        return None
+
+    def clear_running(self, conn: Connection, revision: str | None = None) -> None:
+        """``revision``'s running row goes (None: every one): on env.py's connection, with
+        its version row, or from a connection of our own when nothing of it stayed."""
+        query = self.table.delete().where(self.table.c.statements == RUNNING)
+        if revision is not None:
+            query = query.where(self.table.c.revision == revision)
+        conn.execute(query)
+
+    def forget_running(self) -> None:
+        """A failure that left nothing of its revision: its running row goes."""
+        with self.engine.begin() as conn:
+            if self._exists(conn):
+                self.clear_running(conn)
+
+    def drop(self) -> None:
+        """After a successful upgrade past every pending revision: the table goes."""
+        with self.engine.begin() as conn:
+            if self._exists(conn):
+                self.table.drop(conn)
 
     def among(self, revisions: Collection[str] | None) -> Remembered | None:
         """The first remembered revision among ``revisions`` (None: any at all)."""

@@ -164,6 +164,7 @@ class Backups:
         self.lock_timeout = lock_timeout
         self.backend = engine.url.get_backend_name()
         self._snapshot: Snapshot | None = None
+        self._restored = False  # this attempt's copy was put back
 
     # -- purge --------------------------------------------------------------
 
@@ -363,10 +364,13 @@ class Backups:
     def snapshot(self) -> None:
         """Copy the SQLite database aside before migrating, unless a copy is pending.
 
-        A copy still there means an earlier attempt never succeeded (it
-        failed, or was killed mid-revision or mid-restore): the database may
-        be damaged, so it is put back from that copy first, and the copy is
-        kept. Only a successful migration (:meth:`settle`) drops it.
+        A copy still there was left by an attempt that was stopped (killed)
+        before its end. Nothing is put back from it: each revision commits
+        whole or not at all (``atomic_sqlite_revisions``), so the database
+        stands at the last revision that attempt completed, and since then
+        the application may have written to it (putting the copy back would
+        go back in time over those rows). The copy is replaced by this
+        attempt's own.
         """
         url = self.engine.url
         path, copy, absent = (
@@ -376,30 +380,33 @@ class Backups:
         )
         if copy.exists() or absent.exists():
             logger.warning(
-                "An earlier migration attempt did not finish; putting the database back as it "
-                "was before it, from %s",
-                copy if copy.exists() else "nothing (there was no database)",
+                "An earlier migration attempt was stopped before its end; its copy %s is "
+                "not put back (each revision commits whole or not at all: the database stands "
+                "at the last one it completed) and is replaced by this attempt's copy",
+                copy if copy.exists() else "(there was no database)",
             )
-            self._snapshot = "taken" if copy.exists() else "absent"
-            restore_snapshot(url, self._snapshot)
-            return
+            absent.unlink(missing_ok=True)
         if path.exists():
             sqlite_copy(path, copy)
             self._snapshot = "taken"
         else:
             _write_atomically(absent, "")
+            copy.unlink(missing_ok=True)
             self._snapshot = "absent"
+        self._restored = False
         logger.info("Copied the database aside before migrating: %s", copy)
 
     def restore(self) -> bool:
         """Put back this attempt's copy, then drop it; False if there was none.
 
-        Once the database is back as it was, the copy has done its work: kept,
-        the next start would put it back again over whatever was written
-        since (a degraded start, the old version serving). Only an attempt
-        that never got here (killed mid-revision or mid-restore) leaves it,
-        for the next start to restore.
+        The migrator calls it under the lock as soon as a revision of the
+        attempt fails (no other process can have written in between); the
+        policy's later call finds it done and says True. Once the database is
+        back as it was, the copy has done its work: kept, a later start
+        could put it back over whatever was written since.
         """
+        if self._restored:
+            return True  # already, under the lock, as the attempt failed
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return False
@@ -407,21 +414,27 @@ class Backups:
         path = sqlite_path(self.engine.url)
         for done in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
             done.unlink(missing_ok=True)
+        self._restored = True
         return True
+
+    def holds_snapshot(self) -> bool:
+        """Whether this attempt took a copy that is not put back yet."""
+        return self._snapshot is not None and not self._restored
 
     def forget_snapshot(self) -> None:
         """An attempt of this process is over: the copy it took, if still there, goes.
 
-        The policy has decided by now; a copy it did not put back (a busy
-        table, a shutdown, a lost lock: failures that are not the
-        revision's) would otherwise be put back by the next start over what
-        was written since. Only a process killed mid-attempt leaves one.
+        The policy has decided by now; a copy nobody put back (a busy table,
+        a shutdown, a lost lock: failures that are not the revision's) is
+        not needed: the database stands at a revision boundary. Only a
+        process killed mid-attempt leaves one (the next attempt replaces it).
         """
         if self._snapshot is not None:
             path = sqlite_path(self.engine.url)
             for copy in (sqlite_snapshot(self.engine.url), _absent_marker(path)):
                 copy.unlink(missing_ok=True)
         self._snapshot = None
+        self._restored = False
 
 
 def _quote(conn: Connection, name: str) -> str:

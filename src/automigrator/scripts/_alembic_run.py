@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from .._status import AppliedRevision
 from ..database._connections import (
     VersionTable,
+    atomic_sqlite_revisions,
     create_engine,
     display,
     mismatch,
@@ -87,6 +88,9 @@ class _Supervisor:
         self.yielded = 0  # steps handed to Alembic: it runs each as it gets it
         # The fence while held: (its pool, the check-in listener, the driver connection).
         self.fenced: tuple[Any, Any, Any] | None = None
+        # env.py's SQLite connection, its revisions made atomic (none elsewhere).
+        self.atomic_sqlite: Connection | None = None
+        self.connection: Connection | None = None  # env.py's, once configured
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -105,13 +109,27 @@ class _Supervisor:
                 logger.warning("Stopping before revision %s: shutdown", step.revision.revision)
                 return
             self.check_lock(f"before {_step_name(step)}")
+            if not index and self.atomic_sqlite is not None:
+                # What Alembic wrote before the first revision (the version
+                # table) commits now: the revision's transaction starts with it.
+                self.atomic_sqlite.commit()
             self.yielded = index + 1
+            self._mark_running(step)
             if self.live is not None:
-                self.live.log.next_revision()
+                self.live.log.next_revision()  # the mark is ours, never the revision's
             revision = getattr(step, "revision", None)
             if revision is not None:
                 self.hooks.on_step(str(revision.revision), str(revision.doc or "").strip())
             yield step
+
+    def _mark_running(self, step: Any) -> None:
+        partials, connection = self.hooks.partials, self.connection
+        revision = getattr(getattr(step, "revision", None), "revision", None)
+        if partials is None or connection is None or revision is None or self.dialect == "sqlite":
+            return
+        left = partials.mark_running(connection, str(revision))
+        if left is not None:
+            raise left.refusal()
 
     def lock_lost(self) -> bool:
         """True when there is a lock to check and it is no longer ours."""
@@ -192,6 +210,9 @@ class _Supervisor:
             duration=now - self._mark,
         )
         self._mark = now
+        partials, connection = self.hooks.partials, self.connection
+        if partials is not None and connection is not None and self.dialect != "sqlite":
+            partials.clear_running(connection, applied.revision)  # with the version row
         self.applied.append(applied)
         logger.info(
             "Applied %d/%d %s %s in %.2f s%s",
@@ -208,6 +229,7 @@ class _Supervisor:
         """Count, at each commit of env.py's connection, the revisions made final."""
         self.transactional = transactional
         self.dialect = connection.dialect.name
+        self.connection = connection
 
         def committed(conn: Connection) -> None:
             self.committed = len(self.applied)
@@ -301,14 +323,21 @@ def _environment(
         theirs = tuple(theirs) if isinstance(theirs, (list, tuple)) else (theirs,)
         kwargs["on_version_apply"] = (*theirs, recorder.version_applied)
         connection = kwargs.get("connection")
+        # A transaction env.py began itself is its own: Alembic commits none then.
+        external = isinstance(connection, Connection) and connection.in_transaction()
         if isinstance(connection, Connection):
             _check_where(url, connection.engine.url)
         configure(*args, **kwargs)
+        if isinstance(connection, Connection) and connection.dialect.name == "sqlite":
+            atomic_sqlite_revisions(connection)
+            if not external:
+                recorder.atomic_sqlite = connection
         if isinstance(connection, Connection):
             transactional = env.get_context().impl.transactional_ddl
             recorder.follow_commits(connection, transactional=transactional)
             if recorder.live is not None:
-                recorder.live.attach(connection, transactional=transactional)
+                atomic = transactional or recorder.atomic_sqlite is not None
+                recorder.live.attach(connection, transactional=atomic)
 
     def run_migrations_with_recorder(**kw: Any) -> None:
         connection = env.get_context().connection
@@ -548,11 +577,17 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
             f"failed: {detail}. Of the {done} revision(s) that ran before it, {kept} were "
             f"committed and stay; {done - kept} were rolled back with it (same transaction)."
         )
+    elif recorder.atomic_sqlite is not None:
+        where = (
+            f"failed after {done} of {len(recorder.steps)} revision(s) were applied: {detail}. "
+            "It was rolled back whole (each SQLite revision is one transaction); those "
+            "before it stay."
+        )
     else:
         where = (
             f"failed after {done} of {len(recorder.steps)} revision(s) were applied: {detail}. "
-            "On databases without transactional DDL (SQLite, MySQL/MariaDB) its partial "
-            "changes may remain."
+            "On databases without transactional DDL (MySQL/MariaDB) its partial changes may "
+            "remain."
         )
     return MigrationError(
         f"Migration {revision} ({message.strip() or 'no message'}) {where} Fix the revision "

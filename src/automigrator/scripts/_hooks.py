@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._status import AppliedRevision
+from ..database._partials import Partials
 from ..locking import MigrationLock
 
 
@@ -27,6 +28,10 @@ class RunHooks:
     lock: MigrationLock | None
     """The lock held for this run: checked before each revision, its guard taken on
     env.py's connection where the lock has one."""
+    partials: Partials | None = None
+    """Where each revision is marked running (in its own transaction) until its
+    version row is written: a stop half way leaves the mark (not on SQLite,
+    whose revisions are atomic)."""
 
     @classmethod
     def lock_only(cls, lock: MigrationLock | None) -> RunHooks:

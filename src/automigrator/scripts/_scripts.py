@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from ..database._connections import VersionTable, parse_url
+from ..database._connections import VersionTable, for_env_py, parse_url
 from ..errors import ConfigurationError
 from . import _headcache, _plainheads
 from ._configfile import Settings, read_settings
@@ -114,10 +114,11 @@ class Scripts:
     def _apply_url(self, config: Config) -> None:
         from . import _alembic_load
 
+        url = for_env_py(self.url)  # its connection bounded as ours are
         if self.multidb_name is None:
-            _alembic_load.set_url(config, self.url)
+            _alembic_load.set_url(config, url)
         else:  # the multidb template's env.py migrates the databases listed here
-            _alembic_load.set_url(config, self.url, section=self.multidb_name)
+            _alembic_load.set_url(config, url, section=self.multidb_name)
             config.set_main_option("databases", self.multidb_name)
 
     def forget(self) -> None:
