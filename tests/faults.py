@@ -58,6 +58,12 @@ class Proxy:
     ) -> None:
         self.close()
 
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far (closed ones included, until ``drop()``)."""
+        with self._lock:
+            return len(self._pairs)
+
     def freeze(self) -> None:
         """Stop forwarding; connections stay open and silent."""
         self._frozen.set()

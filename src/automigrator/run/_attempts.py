@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL, Engine
 from .._plan import revisions_soon
 from .._status import MigrationState, MigrationStatus
 from ..database._connections import VersionTable, as_error, display
-from ..errors import ShutdownRequestedError
+from ..errors import AutomigratorError, DatabaseUnavailableError, ShutdownRequestedError
 from ..policies import Decision, Failure, FailurePolicy, PolicyMigrator
 from ._reporting import Reporter
 
@@ -69,7 +69,7 @@ class Attempts:
             try:
                 decision = await policy.handle(failure)
             except BaseException:
-                await self._end(MigrationState.FAILED, started)
+                await self._end(MigrationState.FAILED, started, error)
                 raise
             # A chain names the member that decided; a lone policy is named here.
             decision = replace(decision, policy=decision.policy or repr(policy))
@@ -81,15 +81,19 @@ class Attempts:
                 continue
             degraded = decision.action == "degrade"
             await self._end(
-                MigrationState.DEGRADED if degraded else MigrationState.FAILED, started
+                MigrationState.DEGRADED if degraded else MigrationState.FAILED, started, error
             )
             if degraded:
                 return self.reporter.status
             raise error
 
-    async def _end(self, state: MigrationState, started: float) -> None:
+    async def _end(self, state: MigrationState, started: float, error: AutomigratorError) -> None:
         # After a failure, show where the database really is (transactional
-        # DDL may have rolled everything back), if it answers soon.
+        # DDL may have rolled everything back), if it answers soon. Not when
+        # it did not answer at all: the start ends at its connect deadline.
+        if isinstance(error, DatabaseUnavailableError):
+            self.reporter.finish(state, started)
+            return
         after = await revisions_soon(self.engine, self.version_table, _END_READ_TIMEOUT)
         if after is not None:
             self.reporter.revisions_read(after)

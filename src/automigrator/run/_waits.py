@@ -11,6 +11,7 @@ so even a shielded try keeps its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -308,16 +309,17 @@ class Waiter:
                 except Exception as exc:  # kept out of an ExceptionGroup
                     failed = exc
                 tg.cancel_scope.cancel()
-        if failed is not None:
-            raise self._lock_error(failed, lock) from failed
-        # A cancel that arrived during the shielded slice lands here, at once.
+        # A cancel that arrived during the shielded slice lands here, at once
+        # (before the error of a try a shutdown cut short).
         try:
             await anyio.lowlevel.checkpoint()
         except BaseException:
             if got:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(lock.release)
             raise
+        if failed is not None:
+            raise self._lock_error(failed, lock) from failed
         return got
 
     def _lock_error(self, error: Exception, lock: MigrationLock) -> AutomigratorError:
@@ -416,10 +418,17 @@ async def _release(lock: MigrationLock) -> None:
 
 
 async def _watchdog(lock: MigrationLock, seconds: float) -> None:
-    await anyio.sleep(seconds)
+    # A shutdown cuts the try at once: the shielded try would otherwise keep
+    # SIGTERM waiting for a frozen connection until the grace ran out.
+    with anyio.CancelScope() as early, cancelled_by_shutdown(early):
+        await anyio.sleep(seconds)
     abort = getattr(lock, "abort", None)  # only our server locks can cut their connection
-    if abort is not None:
+    if abort is None:
+        return
+    if early.cancel_called:
+        logger.warning("Shutting down: cutting the migration lock's connection mid-try")
+    else:
         logger.warning(
             "The migration lock's connection did not answer in %.0f s: cutting it", seconds
         )
-        await anyio.to_thread.run_sync(abort)
+    await anyio.to_thread.run_sync(abort)
