@@ -267,6 +267,26 @@ def _step_name(step: Any) -> str:
     return f"revision {revision}" if revision else "the stamp"
 
 
+@contextmanager
+def _no_other_sqlite_file(ours: URL) -> Iterator[None]:
+    """While env.py runs here: a SQLite connection to another file is refused before
+    it is made (connecting would create that file), in this thread only."""
+    here = threading.current_thread()
+
+    def before_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+        if threading.current_thread() is not here or dialect.name != "sqlite":
+            return
+        database = cargs[0] if cargs else cparams.get("database")
+        if isinstance(database, str) and database and not database.startswith("file:"):
+            _check_where(ours, ours.set(database=database))
+
+    sa.event.listen(sa.engine.Engine, "do_connect", before_connect)
+    try:
+        yield
+    finally:
+        sa.event.remove(sa.engine.Engine, "do_connect", before_connect)
+
+
 def _check_where(ours: URL, theirs: URL) -> None:
     """Refuse an env.py that migrates another database than the one planned and locked."""
     how = mismatch(ours, theirs)
@@ -480,7 +500,10 @@ def run_env(
         recorder.guard = guard
         try:
             try:
-                with _environment(cfg, script, steps, destination, recorder, url):
+                with (
+                    _environment(cfg, script, steps, destination, recorder, url),
+                    _no_other_sqlite_file(url),
+                ):
                     script.run_env()
             finally:
                 recorder.drop_guard()
