@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 from automigrator import (
     AutoMigrator,
+    Ddl,
     Fail,
     PurgeAndRetry,
     RestoreBackup,
@@ -136,9 +137,19 @@ class Steps:
 
 
 def migrator(ini: str, url: str | sa.URL, policy: str, steps: Steps, lock: float) -> AutoMigrator:
-    """The matrix's migrator: ``policy`` by name, a lock timeout of ``lock`` seconds."""
+    """The matrix's migrator: ``policy`` by name, a lock timeout of ``lock`` seconds.
+
+    An impatient one (``lock`` under a second: the second process, while the
+    first is paused) also gives up on a busy table after one short retry:
+    the paused process may hold a table lock until it goes on.
+    """
+    impatient = lock < 1
     made = AutoMigrator(
-        ini, url=url, on_failure=POLICIES[policy](), timeouts=Timeouts(lock=lock, connect=20)
+        ini,
+        url=url,
+        on_failure=POLICIES[policy](),
+        timeouts=Timeouts(lock=lock, connect=20),
+        ddl=Ddl(lock_timeout=0.5, retries=1) if impatient else None,
     )
     made.subscribe(steps.listen)
     return made

@@ -91,8 +91,8 @@ class StatementLog:
 
     def _executed(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         head = " ".join(statement.split())[:80]
-        if head.upper().startswith(_READ_ONLY):
-            return  # a read leaves nothing behind to meet again
+        if head.upper().startswith(_READ_ONLY) or "automigrator_partial" in head:
+            return  # a read leaves nothing behind to meet again; the marks are ours
         if not self.transactional or _autocommit(conn):
             self.kept.append(head)
         else:

@@ -101,15 +101,17 @@ class Partials:
                 )
             )
 
-    def ensure(self) -> bool:
-        """Before an upgrade, from a connection of ours: the table exists, so that
-        env.py's connection can mark each revision running. False (and a
-        warning) where it cannot be made (no CREATE privilege): the run goes on
-        unmarked. Never on SQLite, whose revisions are atomic."""
-        if self.engine.url.get_backend_name() == "sqlite":
-            return False
+    def prepare(self, conn: Connection) -> bool:
+        """On env.py's connection, under the fence, before its first revision: the
+        table exists. False (and a warning) where it cannot be made (no CREATE
+        privilege, its catalog busy past the DDL lock timeout env.py's
+        connection has): the run goes on unmarked. PostgreSQL tries it in a
+        savepoint, so that a refusal leaves the run's transaction usable."""
         try:
-            with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                with conn.begin_nested():
+                    self.table.create(conn, checkfirst=True)
+            else:
                 self.table.create(conn, checkfirst=True)
         except sa.exc.DBAPIError as exc:
             logger.warning(
@@ -145,11 +147,12 @@ class Partials:
             query = query.where(self.table.c.revision == revision)
         conn.execute(query)
 
-    def forget_running(self) -> None:
-        """A failure that left nothing of its revision: its running row goes."""
+    def forget_running(self, revision: str) -> None:
+        """``revision`` failed and nothing of it stayed: its running mark goes (from a
+        connection of ours, while env.py's still holds the fence)."""
         with self.engine.begin() as conn:
             if self._exists(conn):
-                self.clear_running(conn)
+                self.clear_running(conn, revision)
 
     def drop(self) -> None:
         """After a successful upgrade past every pending revision: the table goes."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -30,7 +29,6 @@ from ..database._contention import UpgradeTry, blockers
 from ..database._partials import RUNNING, Partials
 from ..errors import (
     ContentionError,
-    LockLostError,
     PartialMigrationError,
     ShutdownRequestedError,
     first_line,
@@ -102,13 +100,11 @@ class Upgrader:
         # connection: its marker may be a live migrator's that lost its lock.
         if remembered is not None and remembered.statements != RUNNING:
             raise remembered.refusal()
-        if not await anyio.to_thread.run_sync(self.partials.ensure):
-            hooks = replace(hooks, partials=None)  # nowhere to mark revisions running
         try:
             await self._tries(target, version_table=version_table, hooks=hooks)
-        except (LockLostError, ShutdownRequestedError):
-            raise  # another process may run the revision now: its mark is not ours to clear
         except PartialMigrationError as exc:
+            if exc.statements == (RUNNING,):
+                raise  # a refusal of a revision already remembered
             remember = partial(self.partials.remember, exc.revision, exc.statements)
             try:
                 await anyio.to_thread.run_sync(remember)
@@ -121,25 +117,8 @@ class Upgrader:
                     first_line(failed),
                 )
             raise
-        except BaseException:
-            # Nothing of the revision stayed (else it would be partial): its
-            # running mark, committed with nothing, must not refuse the next start.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._forget_running)
-            raise
         # Past every pending revision: nothing is partly applied, the table goes.
         await anyio.to_thread.run_sync(self.partials.drop)
-
-    def _forget_running(self) -> None:
-        try:
-            self.partials.forget_running()
-        except Exception as failed:
-            logger.warning(
-                "Could not clear the running mark of the failed revision (%s: %s): the next "
-                "start will refuse it as partly applied until 'automigrator resolve'",
-                type(failed).__name__,
-                first_line(failed),
-            )
 
     async def _tries(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
         tried = 0
@@ -165,9 +144,6 @@ class Upgrader:
                 tried += 1
                 if tried > self.ddl.retries:
                     raise self._exhausted(exc, tried) from exc
-                # Nothing of the revision stayed, but its running mark may have
-                # (committed by a DDL statement that then waited): the next try's.
-                await anyio.to_thread.run_sync(self._forget_running)
                 await self._pause(exc, tried)
             finally:
                 self.reporter.try_ended()

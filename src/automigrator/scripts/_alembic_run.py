@@ -91,6 +91,8 @@ class _Supervisor:
         # env.py's SQLite connection, its revisions made atomic (none elsewhere).
         self.atomic_sqlite: Connection | None = None
         self.connection: Connection | None = None  # env.py's, once configured
+        self.marking = False  # revisions are marked running in automigrator_partial
+        self.marked: str | None = None  # the revision this run marked and not yet cleared
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -114,7 +116,7 @@ class _Supervisor:
                 # table) commits now: the revision's transaction starts with it.
                 self.atomic_sqlite.commit()
             self.yielded = index + 1
-            self._mark_running(step)
+            self._mark_running(step, first=not index)
             if self.live is not None:
                 self.live.log.next_revision()  # the mark is ours, never the revision's
             revision = getattr(step, "revision", None)
@@ -122,14 +124,40 @@ class _Supervisor:
                 self.hooks.on_step(str(revision.revision), str(revision.doc or "").strip())
             yield step
 
-    def _mark_running(self, step: Any) -> None:
+    def _mark_running(self, step: Any, *, first: bool) -> None:
+        # Under the fence, on env.py's connection: the marks of a migrator
+        # that lost its lock can never touch another's.
         partials, connection = self.hooks.partials, self.connection
         revision = getattr(getattr(step, "revision", None), "revision", None)
         if partials is None or connection is None or revision is None or self.dialect == "sqlite":
             return
+        if first:
+            self.marking = partials.prepare(connection)
+        if not self.marking:
+            return
         left = partials.mark_running(connection, str(revision))
         if left is not None:
             raise left.refusal()
+        self.marked = str(revision)
+
+    def unmark_failed(self) -> None:
+        """A revision failed with nothing of it kept, but its mark was committed (by a
+        MySQL DDL statement, or a PostgreSQL autocommit block): the mark goes, from
+        a connection of ours while env.py's still holds the fence."""
+        partials, marked = self.hooks.partials, self.marked
+        if partials is None or marked is None or self.half_done() is not None:
+            return  # no mark of this run's; or a partial revision, to remember
+        self.marked = None
+        try:
+            partials.forget_running(marked)
+        except Exception as exc:
+            logger.warning(
+                "Could not clear the running mark of %s (%s): the next start refuses it "
+                "as partly applied until 'automigrator resolve %s'",
+                marked,
+                first_line(exc),
+                marked,
+            )
 
     def lock_lost(self) -> bool:
         """True when there is a lock to check and it is no longer ours."""
@@ -213,6 +241,7 @@ class _Supervisor:
         partials, connection = self.hooks.partials, self.connection
         if partials is not None and connection is not None and self.dialect != "sqlite":
             partials.clear_running(connection, applied.revision)  # with the version row
+            self.marked = None
         self.applied.append(applied)
         logger.info(
             "Applied %d/%d %s %s in %.2f s%s",
@@ -364,7 +393,11 @@ def _environment(
         if isinstance(connection, Connection):
             recorder.take_guard(connection)  # before Alembic reads the version table
         recorder.started()
-        run_migrations(**kw)
+        try:
+            run_migrations(**kw)
+        except Exception:
+            recorder.unmark_failed()
+            raise
 
     env.configure = configure_with_recorder  # type: ignore[method-assign]
     env.run_migrations = run_migrations_with_recorder  # type: ignore[method-assign]
