@@ -476,7 +476,7 @@ class AutoMigrator(MigrationRunner):
         """
         self._close_connections()
         return await anyio.to_thread.run_sync(
-            lambda: self._backups.purge(backup=backup, keep=keep)
+            lambda: self._backups.purge(backup=backup, keep=keep, fence=self._waiter.fence)
         )
 
     async def snapshot(self) -> None:

@@ -383,11 +383,13 @@ class RestoreBackup:
     The database is then exactly as before the attempt (same tables, same
     rows), and the failure is passed on: alone, start-up fails;
     ``Chain(RestoreBackup(), LogAndContinue())`` starts degraded on the old
-    schema. The copy (``<db>.before-migration.sqlite``) is dropped once it is
-    put back, so what is written after (degraded, or by the old version) is
-    never gone back over; a start that finds it (the last attempt was killed
-    mid-revision or mid-restore) puts it back first. Other databases are
-    refused before any DDL: PostgreSQL rolls a failed run back by itself.
+    schema. The copy (``<db>.before-migration.sqlite``) goes back under the
+    migration lock as the revision fails, and is dropped once put back, so
+    what is written after (degraded, or by the old version) is never gone
+    back over. A copy left by a killed attempt is not put back (each SQLite
+    revision commits whole or not at all: the database stands at a revision
+    boundary); the next attempt replaces it. Other databases are refused
+    before any DDL: PostgreSQL rolls a failed run back by itself.
     """
 
     async def before_upgrade(self, migrator: PolicyMigrator) -> None:

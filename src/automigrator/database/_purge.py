@@ -168,7 +168,9 @@ class Backups:
 
     # -- purge --------------------------------------------------------------
 
-    def purge(self, *, backup: bool, keep: int) -> Purged:
+    def purge(
+        self, *, backup: bool, keep: int, fence: Callable[[Connection], None] | None = None
+    ) -> Purged:
         """Back the database up (unless ``backup`` is False), then empty it.
 
         Raises :class:`AlreadyPurgedError` while an earlier purge is unsettled,
@@ -176,21 +178,31 @@ class Backups:
         changed: PostgreSQL's purge is one transaction).
         """
         try:
-            return self._purge(backup=backup, keep=keep)
+            return self._purge(backup=backup, keep=keep, fence=fence)
         except DBAPIError as exc:
             raise translate_error(exc, self.engine.url, doing="purging the database") from exc
 
-    def _purge(self, *, backup: bool, keep: int) -> Purged:
+    def _purge(
+        self, *, backup: bool, keep: int, fence: Callable[[Connection], None] | None
+    ) -> Purged:
+        # A server purge takes the lock's fence on its own connection first,
+        # and checks the lock is still ours: a holder paused past its reap
+        # time never purges what a successor has migrated since. (SQLite's
+        # file lock is never reaped.)
         if self.backend == "sqlite":
             return self._purge_sqlite(backup=backup, keep=keep)
         if self.backend == "postgresql":
             with self.engine.begin() as conn:  # one transaction: all of it or none
+                if fence is not None:
+                    fence(conn)
                 if self.lock_timeout is not None:
                     milliseconds = max(1, round(self.lock_timeout * 1000))
                     conn.execute(sa.text(f"SET LOCAL lock_timeout = {milliseconds:d}"))
                 return self._purge_postgresql(conn, backup=backup, keep=keep)
         if self.backend in ("mysql", "mariadb"):
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                if fence is not None:
+                    fence(conn)
                 return self._purge_mysql(conn, backup=backup, keep=keep)
         raise ConfigurationError(f"Purging a {self.backend!r} database is not supported.")
 

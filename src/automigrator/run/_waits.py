@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from .._plan import Plan
@@ -34,12 +34,13 @@ from ..errors import (
     AutomigratorError,
     ConfigurationError,
     DatabaseUnavailableError,
+    LockLostError,
     LockTimeoutError,
     SchemaBehindError,
     ShutdownRequestedError,
     first_line,
 )
-from ..locking import MigrationLock
+from ..locking import HeldLock, MigrationLock
 from ..process._signals import abandonable, cancelled_by_shutdown
 from ._reporting import Reporter
 
@@ -228,6 +229,21 @@ class Waiter:
             self.held = None
             with anyio.CancelScope(shield=True):
                 await _release(lock)
+
+    def fence(self, connection: Connection) -> None:
+        """Take the held lock's fence on ``connection`` (ours, for a purge), then
+        check the lock is still ours; LockLostError if not. A lock lost once
+        never comes back: held now means held since it was taken."""
+        lock = self.held
+        if not isinstance(lock, HeldLock):
+            return
+        if lock.guard(connection) is False or not lock.held():
+            raise LockLostError(
+                "The migration lock was lost before the purge (its connection was closed: "
+                "a server timeout, the network, or this process paused past its reap time): "
+                "another process may have migrated since. Nothing was moved; the next start "
+                "plans again."
+            )
 
     async def acquire(
         self, lock: MigrationLock, *, read_ahead: Callable[[], object], report: bool = True
