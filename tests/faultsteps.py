@@ -127,7 +127,7 @@ class Steps:
         try:
             yield
         finally:
-            os.replace, os.unlink, os.fsync, fcntl.flock = replace, unlink, fsync, flock  # type: ignore[assignment]
+            os.replace, os.unlink, os.fsync, fcntl.flock = replace, unlink, fsync, flock
             sa.event.remove(sa.engine.Engine, "before_cursor_execute", statement)
             sa.event.remove(sa.engine.Engine, "commit", commit)
 
@@ -205,8 +205,9 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    import alembic.command  # noqa: F401  (imported once, before any fork)
-    import psycopg  # noqa: F401
-    import pymysql  # noqa: F401
+    import importlib
+
+    for module in ("alembic.command", "psycopg", "pymysql"):  # once, before any fork
+        importlib.import_module(module)
 
     serve()

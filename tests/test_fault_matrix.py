@@ -361,7 +361,8 @@ class Invariants:
     def _after(self, when: str, status: dict[str, object] | None) -> None:
         missing = set(OLD_ROWS) - kept_rows(self.url)
         if missing:
-            self.problems.append(f"{when}: rows in no database and no copy: {sorted(missing)}")  # type: ignore[type-var]
+            lost = sorted(str(row) for row in missing)
+            self.problems.append(f"{when}: rows in no database and no copy: {lost}")
         if self.purges > 1:
             self.problems.append(f"{when}: {self.purges} purges for one failure")
         wrong = schema_problem(self.url)
