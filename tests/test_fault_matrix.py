@@ -55,7 +55,7 @@ from automigrator.database._purge import like_prefix, quarantine_prefix
 from automigrator.locking import MySQLLock, PostgresAdvisoryLock, lock_for
 from tests.conftest import server_url
 from tests.faultsteps import Steps, migrator
-from tests.helpers import OLD_ROWS, backups, execute, locks_left
+from tests.helpers import OLD_ROWS, UNIQUE_NAMES, backups, execute, locks_left
 from tests.project import EMAIL, USERS, Rev, make_project, write_revision
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -69,15 +69,8 @@ R3 = Rev(
     op.create_table("notes", sa.Column("id", sa.Integer))
     """,
 )
-R4 = Rev(
-    "r4",
-    "r3",
-    "unique names, and an audit table",
-    """
-    op.create_index("ix_users_name", "users", ["name"], unique=True)
-    op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))
-    """,
-)
+# The deploy's failing revision: UNIQUE_NAMES (fails on the rows, works from scratch), as r4.
+R4 = Rev("r4", "r3", UNIQUE_NAMES.message, UNIQUE_NAMES.body)
 HEAD = "r4"
 ORDER = ["r1", "r2", "r3", "r4"]
 PASSWORD = "fm-Pw-7f3a9c"
@@ -237,15 +230,6 @@ def deploy(tmp_path: Path) -> Path:
 
 
 # -- what must hold -------------------------------------------------------------
-
-
-def _query(url: URL, sql: str) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def schema_of(url: URL) -> tuple[list[str], dict[str, bool], set[str]]:
