@@ -125,3 +125,31 @@ def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
     assert isinstance(failed, PartialMigrationError), repr(failed)
     assert any("Could not remember" in r.getMessage() for r in caplog.records)
     assert backups(url) == []
+
+
+def test_a_user_who_cannot_create_our_table_still_migrates_unmarked(
+    tmp_path: Path, fresh_db: Callable[[str], URL], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The migrating user may alter tables but not create ours: the revisions
+    # run without their running marks, and say so.
+    url = fresh_db("mariadb")
+    ini = deployed(
+        tmp_path, url, broken=Rev("r3", "r2", "add age", ADD_THEN_FAIL.body.split("\n")[0])
+    )
+    user = f"am_p{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%'")
+        conn.exec_driver_sql(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE, ALTER ON {url.database}.* TO '{user}'@'%%'"
+        )
+    try:
+        migrator, failed = start(ini, url.set(username=user))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+
+    assert failed is None, repr(failed)
+    assert migrator.status.state is MigrationState.READY
+    assert revisions(url) == {"r3"}
+    assert any("Could not create automigrator_partial" in r.getMessage() for r in caplog.records)

@@ -239,7 +239,7 @@ class _Supervisor:
         )
         self._mark = now
         partials, connection = self.hooks.partials, self.connection
-        if partials is not None and connection is not None and self.dialect != "sqlite":
+        if self.marking and partials is not None and connection is not None:
             partials.clear_running(connection, applied.revision)  # with the version row
             self.marked = None
         self.applied.append(applied)
