@@ -334,15 +334,6 @@ class Invariants:
     purges: int = 0  # the databases emptied so far, as the runs' output says
 
     def after(self, when: str, status: dict[str, object] | None) -> None:
-        try:
-            self._after(when, status)
-        except sa.exc.OperationalError as exc:
-            if self.url.get_backend_name() != "sqlite" or "locked" not in str(exc):
-                raise
-            # The paused process holds SQLite's write lock: nobody can read
-            # the file until it goes on (checked then).
-
-    def _after(self, when: str, status: dict[str, object] | None) -> None:
         missing = set(OLD_ROWS) - kept_rows(self.url)
         if missing:
             lost = sorted(str(row) for row in missing)

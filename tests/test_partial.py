@@ -10,7 +10,8 @@ start ran the revision again into its own half ("Duplicate column"), and
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -103,12 +104,9 @@ def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
     assert "automigrator_partial" not in tables(url)  # nothing remembered: the table goes
 
 
-def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
-    tmp_path: Path, fresh_db: Callable[[str], URL], caplog: pytest.LogCaptureFixture
-) -> None:
-    # The migrating user may alter tables but not create ours.
-    url = fresh_db("mariadb")
-    ini = deployed(tmp_path, url, broken=ADD_THEN_FAIL)
+@contextmanager
+def without_create(url: URL) -> Iterator[URL]:
+    """``url`` as a MariaDB user who may alter tables but not create ours."""
     user = f"am_p{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
@@ -117,10 +115,21 @@ def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
             f"GRANT SELECT, INSERT, UPDATE, DELETE, ALTER ON {url.database}.* TO '{user}'@'%%'"
         )
     try:
-        _, failed = start(ini, url.set(username=user))
+        yield url.set(username=user)
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+        admin.dispose()
+
+
+def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
+    tmp_path: Path, fresh_db: Callable[[str], URL], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The migrating user may alter tables but not create ours.
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=ADD_THEN_FAIL)
+    with without_create(url) as limited:
+        _, failed = start(ini, limited)
 
     assert isinstance(failed, PartialMigrationError), repr(failed)
     assert any("Could not remember" in r.getMessage() for r in caplog.records)
@@ -136,18 +145,8 @@ def test_a_user_who_cannot_create_our_table_still_migrates_unmarked(
     ini = deployed(
         tmp_path, url, broken=Rev("r3", "r2", "add age", ADD_THEN_FAIL.body.split("\n")[0])
     )
-    user = f"am_p{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%'")
-        conn.exec_driver_sql(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE, ALTER ON {url.database}.* TO '{user}'@'%%'"
-        )
-    try:
-        migrator, failed = start(ini, url.set(username=user))
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+    with without_create(url) as limited:
+        migrator, failed = start(ini, limited)
 
     assert failed is None, repr(failed)
     assert migrator.status.state is MigrationState.READY

@@ -78,7 +78,6 @@ class Partials:
 
     def __init__(self, engine: Engine, table: VersionTable) -> None:
         self.engine = engine
-        self.seen = False  # the last look found the table: worth clearing after a success
         metadata = sa.MetaData()
         self.table = sa.Table(
             TABLE,
@@ -163,8 +162,7 @@ class Partials:
     def among(self, revisions: Collection[str] | None) -> Remembered | None:
         """The first remembered revision among ``revisions`` (None: any at all)."""
         with self.engine.connect() as conn:
-            self.seen = self._exists(conn)
-            if not self.seen:
+            if not self._exists(conn):
                 return None
             query = sa.select(self.table).order_by(self.table.c.failed_at)
             if revisions is not None:
