@@ -51,6 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator
+from automigrator.database._ledger import APPLIED, DIRTY
 from automigrator.database._purge import like_prefix, quarantine_prefix
 from automigrator.locking import MySQLLock, PostgresAdvisoryLock, lock_for
 from tests.conftest import server_url
@@ -232,8 +233,9 @@ def deploy(tmp_path: Path) -> Path:
 # -- what must hold -------------------------------------------------------------
 
 
-def schema_of(url: URL) -> tuple[list[str], dict[str, bool], set[str]]:
-    """The version rows, which revision's changes are there, and the remembered partials."""
+def schema_of(url: URL) -> tuple[list[str], dict[str, bool], dict[str, str]]:
+    """The version rows, which revision's changes are there, and the ledger's last word
+    on each revision."""
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
@@ -244,10 +246,15 @@ def schema_of(url: URL) -> tuple[list[str], dict[str, bool], set[str]]:
                 if "alembic_version" in names
                 else []
             )
-            partial = (
-                set(conn.exec_driver_sql("SELECT revision FROM automigrator_partial").scalars())
-                if "automigrator_partial" in names
-                else set()
+            latest: dict[object, object] = (
+                dict(
+                    conn.exec_driver_sql(
+                        "SELECT revision, outcome FROM automigrator_history WHERE id IN "
+                        "(SELECT MAX(id) FROM automigrator_history GROUP BY revision)"
+                    ).all()
+                )
+                if "automigrator_history" in names
+                else {}
             )
             columns = (
                 {c["name"] for c in inspector.get_columns("users")} if "users" in names else set()
@@ -265,15 +272,20 @@ def schema_of(url: URL) -> tuple[list[str], dict[str, bool], set[str]]:
         "r4": "ix_users_name" in indexes or "audit" in names,
         "r4 whole": "ix_users_name" in indexes and "audit" in names,
     }
-    return [str(v) for v in version], changes, {str(p) for p in partial}
+    return [str(v) for v in version], changes, {str(r): str(o) for r, o in latest.items()}
 
 
 def schema_problem(url: URL) -> str | None:
-    """None when the version table says what the schema is (or a partial is remembered)."""
-    version, changes, partial = schema_of(url)
+    """None when the version table says what the schema is (or a partial is remembered),
+    and the ledger says the same."""
+    version, changes, ledger = schema_of(url)
+    partial = {revision for revision, outcome in ledger.items() if outcome in DIRTY}
     if len(version) > 1:
         return f"several version rows {version}"
     at = ORDER.index(version[0]) + 1 if version else 0
+    recorded = {revision for revision, outcome in ledger.items() if outcome in APPLIED}
+    if recorded != set(ORDER[:at]):
+        return f"the ledger says {sorted(recorded)} are applied, the version table {version}"
     for index, revision in enumerate(ORDER):
         whole = changes.get(f"{revision} whole", changes[revision])
         if index < at and not whole:

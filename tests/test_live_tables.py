@@ -34,6 +34,7 @@ from automigrator import (
     Event,
     Failure,
     HealthApp,
+    History,
     MigrationState,
     PartialMigrationError,
     PurgeAndRetry,
@@ -280,7 +281,7 @@ def test_a_rollback_deploy_serves_on_a_database_ahead_when_told(
     with pytest.raises(SchemaAheadError):
         anyio.run(AutoMigrator(older, url=db_url).run)  # the default still refuses
 
-    migrator = AutoMigrator(older, url=db_url, when_ahead="serve")
+    migrator = AutoMigrator(older, url=db_url, history=History(when_ahead="serve"))
     status = anyio.run(migrator.run)
     code, body = HealthApp(migrator).body()
 
@@ -320,7 +321,7 @@ def test_bad_live_table_settings_are_named(tmp_path: Path) -> None:
         ({"ddl": lambda: Ddl(lock_timeout=0)}, "lock_timeout"),
         ({"ddl": lambda: Ddl(retries=-1)}, "retries"),
         ({"ddl": lambda: Ddl(progress_interval=0)}, "progress_interval"),
-        ({"when_ahead": lambda: "maybe"}, "when_ahead"),
+        ({"history": lambda: "maybe"}, "history"),
     ):
         with pytest.raises(ConfigurationError, match=name):
             AutoMigrator(ini, url="sqlite://", **{k: make() for k, make in bad.items()})  # type: ignore[arg-type]

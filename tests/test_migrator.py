@@ -61,7 +61,9 @@ def test_behind_database_gets_only_the_missing_revisions(tmp_path: Path, db_url:
     assert revisions(db_url) == {"r3"}
 
 
-def test_at_head_costs_one_query_and_applies_nothing(ini: Path, db_url: URL) -> None:
+def test_at_head_costs_two_queries_and_applies_nothing(ini: Path, db_url: URL) -> None:
+    # The version table's read, then the ledger's latest rows (checked against
+    # the remembered fingerprints): no file read, no lock, no Alembic.
     migrator = AutoMigrator(ini, url=db_url)
     run(migrator)
     statements: list[str] = []
@@ -77,8 +79,9 @@ def test_at_head_costs_one_query_and_applies_nothing(ini: Path, db_url: URL) -> 
 
     assert status.state is MigrationState.READY
     assert status.applied == ()
-    assert len(statements) == 1, statements
+    assert len(statements) == 2, statements
     assert "alembic_version" in statements[0]
+    assert "automigrator_history" in statements[1]
 
 
 def test_database_ahead_of_code_is_refused_untouched(ini: Path, db_url: URL) -> None:
@@ -310,7 +313,11 @@ def test_url_argument_is_the_url_env_py_and_revisions_see(tmp_path: Path) -> Non
     run(migrator)
 
     assert not (tmp_path / "data" / "from_ini.db").exists()
-    assert tables(sa.make_url(arg_url)) == {"alembic_version", "seen_by_revision"}
+    assert tables(sa.make_url(arg_url)) == {
+        "alembic_version",
+        "automigrator_history",
+        "seen_by_revision",
+    }
 
 
 def test_url_from_the_ini_is_used_when_no_url_is_given(tmp_path: Path) -> None:

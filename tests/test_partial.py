@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, MigrationState, PartialMigrationError, PurgeAndRetry
-from tests.conftest import revisions, rows, tables
-from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
+from tests.conftest import revisions, rows
+from tests.helpers import OLD_ROWS, backups, cli, deployed, execute, user_rows
 from tests.project import Rev, write_revision
 
 ADD_THEN_FAIL = Rev(
@@ -76,7 +76,9 @@ def test_a_half_applied_revision_is_partial_remembered_and_never_purged(
     assert backups(url) == []  # nothing purged, either time
     assert user_rows(url) == OLD_ROWS
     assert revisions(url) == {"r2"}
-    assert rows(url, "SELECT revision FROM automigrator_partial") == [("r3",)]
+    assert rows(
+        url, "SELECT revision, outcome FROM automigrator_history WHERE revision = 'r3'"
+    ) == [("r3", "partial")]
 
 
 def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
@@ -92,8 +94,8 @@ def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
         conn.exec_driver_sql("ALTER TABLE users DROP COLUMN age")
     (ini.parent / "migrations" / "versions" / "r3.py").unlink()
     write_revision(ini.parent, Rev("r3", "r2", "fixed", ADD_THEN_FAIL.body.split("\n")[0]))
-    resolved = cli(ini, url, "resolve", "r3")
-    unknown = cli(ini, url, "resolve", "r9")
+    resolved = cli(ini, url, "resolve", "r3", "--not-applied", "--reason", "dropped age")
+    unknown = cli(ini, url, "resolve", "r9", "--not-applied", "--reason", "dropped age")
     status = anyio.run(AutoMigrator(ini, url=url).run)
 
     assert resolved.returncode == 0, resolved.stderr
@@ -101,7 +103,8 @@ def test_resolve_after_undoing_by_hand_lets_the_fixed_revision_run(
     assert "r9" in unknown.stderr
     assert status.state is MigrationState.READY
     assert revisions(url) == {"r3"}
-    assert "automigrator_partial" not in tables(url)  # nothing remembered: the table goes
+    r3 = rows(url, "SELECT outcome FROM automigrator_history WHERE revision = 'r3' ORDER BY id")
+    assert r3 == [("partial",), ("undone",), ("applied",)]
 
 
 @contextmanager
@@ -128,11 +131,12 @@ def test_a_partial_revision_that_cannot_be_remembered_still_fails_as_partial(
     # The migrating user may alter tables but not create ours.
     url = fresh_db("mariadb")
     ini = deployed(tmp_path, url, broken=ADD_THEN_FAIL)
+    execute(url, "DROP TABLE automigrator_history")  # as if r1 and r2 ran before the ledger
     with without_create(url) as limited:
         _, failed = start(ini, limited)
 
     assert isinstance(failed, PartialMigrationError), repr(failed)
-    assert any("Could not remember" in r.getMessage() for r in caplog.records)
+    assert any("Could not create the ledger" in r.getMessage() for r in caplog.records)
     assert backups(url) == []
 
 
@@ -145,10 +149,11 @@ def test_a_user_who_cannot_create_our_table_still_migrates_unmarked(
     ini = deployed(
         tmp_path, url, broken=Rev("r3", "r2", "add age", ADD_THEN_FAIL.body.split("\n")[0])
     )
+    execute(url, "DROP TABLE automigrator_history")  # as if r1 and r2 ran before the ledger
     with without_create(url) as limited:
         migrator, failed = start(ini, limited)
 
     assert failed is None, repr(failed)
     assert migrator.status.state is MigrationState.READY
     assert revisions(url) == {"r3"}
-    assert any("Could not create automigrator_partial" in r.getMessage() for r in caplog.records)
+    assert any("Could not create the ledger" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,6 @@
 """Never ready on a wrong schema: a database behind *and* ahead, or an empty version table.
 
-``when_ahead="serve"`` is for a rollback deploy: the database holds every
+``history=SERVE`` is for a rollback deploy: the database holds every
 revision this code needs, and more. A database that also lacks one of the
 code's revisions (version rows ``{r1, zz}``: ``zz`` from newer code, ``r2``
 never applied) is not that, under any mode or option. And an empty version
@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
+    History,
     MigrationState,
     MigratorGroup,
     SchemaAheadError,
@@ -53,22 +54,27 @@ def columns(url: URL, table: str) -> set[str]:
         engine.dispose()
 
 
+SERVE = History(when_ahead="serve")
 WAYS: dict[str, Callable[[Path, URL], AutoMigrator | MigratorGroup]] = {
-    "migrate": lambda ini, url: AutoMigrator(ini, url=url, when_ahead="serve"),
-    "pinned target": lambda ini, url: AutoMigrator(ini, url=url, target="r2", when_ahead="serve"),
-    "heads": lambda ini, url: AutoMigrator(ini, url=url, target="heads", when_ahead="serve"),
+    "migrate": lambda ini, url: AutoMigrator(ini, url=url, history=SERVE),
+    "pinned target": lambda ini, url: AutoMigrator(ini, url=url, target="r2", history=SERVE),
+    "heads": lambda ini, url: AutoMigrator(ini, url=url, target="heads", history=SERVE),
     "check mode": lambda ini, url: AutoMigrator(
-        ini, url=url, mode="check", when_ahead="serve", timeouts=Timeouts(check=0.5)
+        ini,
+        url=url,
+        mode="check",
+        history=SERVE,
+        timeouts=Timeouts(check=0.5),
     ),
     "switched off, checking": lambda ini, url: AutoMigrator(
         ini,
         url=url,
-        when_ahead="serve",
+        history=SERVE,
         enabled=Switch(enabled=False, when_disabled="check"),
         timeouts=Timeouts(check=0.5),
     ),
     "group member": lambda ini, url: MigratorGroup(
-        {"app": AutoMigrator(ini, url=url, when_ahead="serve")}
+        {"app": AutoMigrator(ini, url=url, history=SERVE)}
     ),
 }
 
@@ -94,9 +100,7 @@ def test_a_database_only_ahead_is_still_served(tmp_path: Path, db_url: URL) -> N
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'zz'")
-    migrator = AutoMigrator(
-        make_project(tmp_path / "older", OLD_CODE), url=db_url, when_ahead="serve"
-    )
+    migrator = AutoMigrator(make_project(tmp_path / "older", OLD_CODE), url=db_url, history=SERVE)
 
     status = anyio.run(migrator.run)
 

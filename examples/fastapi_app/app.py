@@ -36,6 +36,7 @@ from automigrator import (
     Fail,
     FailurePolicy,
     HealthApp,
+    History,
     LogAndContinue,
     ReadinessGate,
     Switch,
@@ -70,7 +71,10 @@ migrator = AutoMigrator(
     enabled=Switch(
         when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip"
     ),
-    when_ahead="serve" if os.environ.get("WHEN_AHEAD") == "serve" else "refuse",
+    history=History(
+        when_ahead="serve" if os.environ.get("WHEN_AHEAD") == "serve" else "refuse",
+        app_version=os.environ.get("APP_VERSION"),
+    ),
 )
 
 

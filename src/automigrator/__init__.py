@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from ._drift import DriftReport, drift
 from ._findings import LintFinding
 from ._group import MigratorGroup
 from ._lifespan import STATE_KEY, MigrationRunner
 from ._migrator import AutoMigrator
 from ._plan import Plan
 from ._preview import Preview, lint, preview
-from ._settings import Ddl, Lint, LintMode, LockOption, MigratorSettings, Switch, Timeouts
+from ._settings import (
+    Ddl,
+    History,
+    Lint,
+    LintMode,
+    LockOption,
+    MigratorSettings,
+    Switch,
+    Timeouts,
+)
 from ._status import AppliedRevision, Blocker, MigrationState, MigrationStatus, RunningRevision
 from .database._connections import VersionTable
+from .database._ledger import Ledger, LedgerEntry
 from .database._purge import Purged
 from .errors import (
     AlreadyPurgedError,
@@ -19,6 +30,7 @@ from .errors import (
     ConfigurationError,
     ContentionError,
     DatabaseUnavailableError,
+    EditedRevisionError,
     LockLostError,
     LockTimeoutError,
     MigrationError,
@@ -77,11 +89,16 @@ __all__ = [
     "DatabaseUnavailableError",
     "Ddl",
     "Decision",
+    "DriftReport",
+    "EditedRevisionError",
     "Event",
     "Fail",
     "Failure",
     "FailurePolicy",
     "HealthApp",
+    "History",
+    "Ledger",
+    "LedgerEntry",
     "Lint",
     "LintFinding",
     "LintMode",
@@ -123,6 +140,7 @@ __all__ = [
     "UnsafeMigrationError",
     "UnversionedDatabaseError",
     "VersionTable",
+    "drift",
     "lint",
     "preview",
 ]

@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,6 +17,7 @@ from ._lifespan import MigrationRunner
 from ._plan import Plan, read_plan
 from ._settings import (
     Ddl,
+    History,
     Lint,
     LintMode,
     LockOption,
@@ -25,22 +25,22 @@ from ._settings import (
     Mode,
     Switch,
     Timeouts,
-    WhenAhead,
     failure_policy,
     lock_option,
 )
 from ._status import AppliedRevision, MigrationState, MigrationStatus
 from .database._connections import VersionTable, create_engine, display, lock_engine
-from .database._partials import Partials
+from .database._ledger import Ledger
 from .database._purge import Backups, Purged
-from .errors import AutomigratorError, LockLostError, MigrationError, ShutdownRequestedError
+from .errors import AutomigratorError, MigrationError, ShutdownRequestedError
 from .events import Listener
 from .linting._linter import Linter
-from .locking import HeldLock, MigrationLock, lock_for
+from .locking import MigrationLock, lock_for
 from .policies import BeforeUpgrade, FailurePolicy
 from .process._gcfreeze import FrozenHeap, frozen_heap
 from .process._signals import listening
 from .run._attempts import Attempts
+from .run._bookkeeping import Bookkeeper, Resolution
 from .run._reporting import Reporter
 from .run._upgrading import Upgrader
 from .run._waits import Waiter
@@ -78,7 +78,7 @@ class AutoMigrator(MigrationRunner):
         before_scripts: sets the app up before env.py and the revisions load.
         multidb_name: for Alembic's ``multidb`` template, this one's database.
         ddl: a :class:`~automigrator.Ddl` (the table-lock timeout, its retries).
-        when_ahead: a database ahead of the code: ``"refuse"`` or ``"serve"``.
+        history: a :class:`~automigrator.History` (the ledger; serving ahead).
         lint: a :class:`~automigrator.Lint`, or its mode alone.
     """
 
@@ -100,7 +100,7 @@ class AutoMigrator(MigrationRunner):
         before_scripts: BeforeScripts | None = None,
         multidb_name: str | None = None,
         ddl: Ddl | None = None,
-        when_ahead: WhenAhead = "refuse",
+        history: History | None = None,
         lint: LintMode | Lint | None = None,
     ) -> None:
         settings = MigratorSettings.build(
@@ -112,7 +112,7 @@ class AutoMigrator(MigrationRunner):
             version_table=version_table,
             baseline=baseline,
             mode=mode,
-            when_ahead=when_ahead,
+            history=history,
             block_startup=block_startup,
         )
         self.on_failure: FailurePolicy = failure_policy(on_failure)
@@ -139,14 +139,12 @@ class AutoMigrator(MigrationRunner):
             self._engine, settings.version_table, lock_timeout=settings.ddl.lock_timeout
         )
         self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
-        self._partials = Partials(self._engine, settings.version_table)
+        table, timeout = settings.history.table, settings.ddl.lock_timeout
+        self.ledger = Ledger(self._engine, self.version_table, table, timeout) if table else None
         self._upgrader = Upgrader(
-            self.scripts,
-            self._reporter,
-            self._engine,
-            settings.ddl,
-            self._partials,
+            self.scripts, self._reporter, self._engine, settings.ddl, self.ledger
         )
+        self._books = Bookkeeper(self.scripts, self.ledger, settings, self._waiter, self._upgrader)
         self.linter = Linter(self.scripts, self._engine, settings)
         # A MigratorGroup plans every database before any changes: its plan
         # (or why there is none) is this run's first.
@@ -293,26 +291,28 @@ class AutoMigrator(MigrationRunner):
             planned = await self._waiter.once_reachable(lambda: self._plan(first=True))
         plan = self._reporter.planned(planned)
         self.raise_for_plan(plan, final=False)
-        if plan.kind == "at_head":
+        if plan.kind == "at_head" and not self._books.unrecorded(plan):
             return
         async with self.locked() as waited:
             if not waited:
-                return await self._migrate_locked()
+                return await self._migrate_locked(adopting=plan.kind == "at_head")
         # We waited while another process held the lock: it has just let go,
         # most likely at head. That needs no lock, so every waiter checks at
         # once instead of taking the lock in turn.
         plan = await self.plan()
         self.raise_for_plan(plan, final=False)
-        if plan.kind == "at_head":
+        if plan.kind == "at_head" and not self._books.unrecorded(plan):
             logger.info("Another process brought the schema to head while we waited")
             return
         # Still behind: the holder failed. Take the lock and keep it, even if
         # we wait for it again: waiters that let go whenever they had waited
         # would hand the lock round forever while no one migrates.
         async with self.locked():
-            await self._migrate_locked()
+            await self._migrate_locked(adopting=plan.kind == "at_head")
 
-    async def _migrate_locked(self) -> None:
+    async def _migrate_locked(self, adopting: bool = False) -> None:
+        if adopting and await self._books.adopted_at_head(self.plan, self.raise_for_plan):
+            return  # at head: the ledger's missing revisions recorded, Alembic not imported
         # We hold the lock and will most likely upgrade: import the scripts
         # now (the GC frozen meanwhile: short pauses), and plan on them.
         # Another replica may have migrated since our first plan.
@@ -321,10 +321,11 @@ class AutoMigrator(MigrationRunner):
             self._heap.more()
             plan = await self.plan()
             self.raise_for_plan(plan)
+            await self._books.adopt(plan)  # revisions the ledger lacks (applied before it)
             if plan.kind == "at_head":
-                logger.info("Another process brought the schema to head before we took the lock")
+                logger.info("The schema is at head: nothing to migrate")
                 return
-            await self.linter.before_upgrade(plan, self._reporter)
+            self._books.linted(await self.linter.before_upgrade(plan, self._reporter))
             if isinstance(self.on_failure, BeforeUpgrade):
                 await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
             if plan.kind == "unversioned":
@@ -334,6 +335,7 @@ class AutoMigrator(MigrationRunner):
                 try:
                     await self.upgrade(plan)
                     await self.verify()
+                    await self._books.check_drift()  # History(drift="warn")
                 except AutomigratorError as exc:
                     # RestoreBackup's copy goes back under this lock: after it,
                     # another process could migrate or write before the policy.
@@ -363,7 +365,15 @@ class AutoMigrator(MigrationRunner):
         return self._reporter.planned(await self._waiter.once_reachable(self._plan))
 
     def _plan(self, first: bool = False) -> Plan:
-        plan = read_plan(self.scripts, self._engine, self.version_table, self.target, first=first)
+        plan = read_plan(
+            self.scripts,
+            self._engine,
+            self.version_table,
+            self.target,
+            first=first,
+            ledger=self.ledger,
+        )
+        self._books.warn_edits(plan)
         return plan.served_ahead() if self._settings.when_ahead == "serve" else plan
 
     def raise_for_plan(self, plan: Plan, *, final: bool = True) -> None:
@@ -376,7 +386,10 @@ class AutoMigrator(MigrationRunner):
         way), and never with a ``baseline``.
         """
         refusal = plan.refusal(
-            final=final, baseline=self.baseline, version_table=str(self.version_table)
+            final=final,
+            baseline=self.baseline,
+            version_table=str(self.version_table),
+            edits=self._settings.history.on_edit == "refuse",
         )
         if refusal is not None:
             raise refusal
@@ -389,7 +402,8 @@ class AutoMigrator(MigrationRunner):
             on_applied=self._applied,
             should_stop=lambda: self._stop_requested,
             lock=self._waiter.held,  # checked before each revision
-            partials=self._partials,
+            ledger=self.ledger,
+            run=self._books.run_facts(self._waiter.waited_for),
         )
         await self._upgrader.run(
             plan, target=self.target, version_table=self.version_table, hooks=hooks
@@ -415,11 +429,7 @@ class AutoMigrator(MigrationRunner):
         logger.warning(
             "The database has tables but no version table: stamping it at baseline %s", baseline
         )
-        hooks = RunHooks.lock_only(self._waiter.held)  # no revision runs: fenced all the same
-        stamp = partial(
-            self.scripts.stamp, baseline, version_table=self.version_table, hooks=hooks
-        )
-        await anyio.to_thread.run_sync(stamp)
+        await self._upgrader.stamp(baseline, self.version_table, self._waiter.held)
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[bool]:
@@ -443,27 +453,19 @@ class AutoMigrator(MigrationRunner):
         ends after its lock was lost raises :class:`~automigrator.LockLostError`
         on exit, so a transaction opened around it rolls back. See the recipe.
         """
-        lock = self.migration_lock()
-        async with self._waiter.holding(lock, read_ahead=lambda: None, report=False):
+        async with self._waiter.exclusively(self.migration_lock()):
             yield
-            if isinstance(lock, HeldLock) and not await anyio.to_thread.run_sync(lock.held):
-                raise LockLostError(
-                    "The migration lock was lost during an exclusively() block (its "
-                    "connection was closed: a server timeout, a pooler, the network, or this "
-                    "process paused past its reap time): another replica may have run the "
-                    "same block meanwhile. A transaction opened around the block rolls back."
-                )
 
     def migration_lock(self) -> MigrationLock | None:
         """A new instance of the lock this migrator takes (None with ``lock=None``)."""
         option = self._lock_option
         return lock_for(self._lock_engine, self.version_table) if option == "auto" else option
 
-    async def resolve(self, revision: str) -> bool:
-        """Forget that ``revision`` was left partly applied (a person finished or undid
-        it by hand); False if it was not remembered. ``automigrator resolve``."""
-        forget = partial(self._partials.forget, revision)
-        return bool(await anyio.to_thread.run_sync(forget))
+    async def resolve(self, revision: str, decision: Resolution, *, reason: str) -> None:
+        """``automigrator resolve``: a person's word on ``revision``, kept in the
+        ledger with who and why (see ``Bookkeeper.resolve``), under the lock."""
+        async with self.locked():
+            await self._books.resolve(revision, decision, reason, await self.plan())
 
     # -- for failure policies ---------------------------------------------------
 

@@ -18,6 +18,7 @@ from .database._connections import (
     read_revisions,
     translate_error,
 )
+from .database._ledger import Ledger, LedgerEntry
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -27,6 +28,7 @@ from .errors import (
     UnversionedDatabaseError,
 )
 from .process._signals import abandonable
+from .scripts._integrity import Audit, audit
 from .scripts._scripts import Scripts
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ class Plan:
     holds what the known ones lack, if anything (behind and ahead at once)."""
     past_target: bool = False
     """``at_head`` because the database is already past a pinned target (never downgraded)."""
+    audit: Audit | None = None
+    """The ledger against the files (None: no ledger, or a database with no revisions)."""
 
     def served_ahead(self) -> Plan:
         """``ahead_of_code`` taken as it is (``when_ahead="serve"``): nothing to do.
@@ -70,12 +74,19 @@ class Plan:
         return self.db_revisions
 
     def refusal(
-        self, *, final: bool = True, baseline: str | None = None, version_table: str = ""
+        self,
+        *,
+        final: bool = True,
+        baseline: str | None = None,
+        version_table: str = "",
+        edits: bool = True,
     ) -> AutomigratorError | None:
         """The error that forbids acting on this plan, or None.
 
         ``unversioned`` is only final under the lock (``final=True``): without
         it we may have seen another replica's tables before its version table.
+        With ``edits``, an applied revision edited since it ran (``History(on_edit=
+        "refuse")``).
         """
         if self.kind == "multiple_heads":
             return MultipleHeadsError(heads=self.heads)
@@ -83,6 +94,8 @@ class Plan:
             return SchemaAheadError(revisions=self.unknown, missing=self.pending)
         if self.kind == "unversioned" and baseline is None and final:
             return UnversionedDatabaseError(version_table=version_table)
+        if edits and self.audit is not None:
+            return self.audit.edit_refusal()
         return None
 
 
@@ -102,10 +115,13 @@ def read_plan(
     target: str,
     *,
     first: bool = False,
+    ledger: Ledger | None = None,
 ) -> Plan:
     """Read the version table and classify it against the scripts (in a worker thread).
 
-    At head with remembered heads this is one query and no graph. ``first``
+    At head with remembered heads this is one query and no graph, and one
+    more for the ``ledger``'s latest rows, compared with the remembered
+    fingerprints (``_integrity``). ``first``
     (the first plan of an attempt) defers the graph for a database with no
     revisions: it is behind whatever the scripts hold, and the replica that
     migrates imports the scripts anyway.
@@ -121,19 +137,29 @@ def read_plan(
                 check_schema_exists(conn, version_table)
             # An empty version table (a baseline stamp that did not finish) beside
             # tables is unversioned too: never planned as an empty database.
-            has_tables = not revisions and has_other_tables(conn, version_table)
+            ours = ledger.name if ledger is not None else None
+            has_tables = not revisions and has_other_tables(conn, version_table, ours)
+            latest: dict[str, LedgerEntry] | None = None
+            if ledger is not None and revisions:
+                latest = ledger.latest(conn)  # last: a missing ledger ends the transaction
     except DBAPIError as exc:
         error = translate_error(exc, scripts.url, doing="reading the version table")
         if isinstance(error, DatabaseUnavailableError):
             scripts.graph()  # a script error first: waiting would not fix it
         raise error from exc
+    checked = None
+    if ledger is not None and revisions:
+        checked = audit(latest, scripts.fingerprints(), revisions)
+        if checked.checksums_computed:
+            scripts.keep_checksums()
     if remembered is not None and holds_heads(remembered, revisions, target):
-        return Plan("at_head", revisions or (), remembered)  # one query, no graph
+        return Plan("at_head", revisions or (), remembered, audit=checked)  # no graph
     if first and not revisions:
         # Multiple heads are refused under the lock, still before any DDL.
         kind: PlanKind = "unversioned" if has_tables else "empty"
         return Plan(kind, (), remembered or ())
-    return classify(graph or scripts.graph(), target, revisions, has_tables=has_tables)
+    plan = classify(graph or scripts.graph(), target, revisions, has_tables=has_tables)
+    return replace(plan, audit=checked)
 
 
 def classify(

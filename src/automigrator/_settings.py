@@ -31,6 +31,8 @@ Mode = Literal["migrate", "check"]
 WhenDisabled = Literal["skip", "check"]
 WhenAhead = Literal["refuse", "serve"]
 LintMode = Literal["warn", "refuse", "off"]
+OnEdit = Literal["refuse", "warn", "off"]
+DriftMode = Literal["off", "warn"]
 LockOption = MigrationLock | Literal["auto"] | None
 """The ``lock=`` argument: ``"auto"`` (the database's own lock), a lock, or None."""
 
@@ -112,6 +114,48 @@ class Lint:
         count("Lint", "rows", self.rows)
 
 
+@dataclass(frozen=True)
+class History:
+    """The ledger of every attempt at a revision, and what a start checks against it.
+
+    See the History and integrity page.
+
+    Args:
+        table: the ledger's name, in the version table's schema. ``None``: no
+            ledger (nothing recorded or checked, and a revision killed half
+            way on MySQL/MariaDB is not noticed by the next start).
+        on_edit: an applied revision's file changed since it ran:
+            ``"refuse"`` (:class:`~automigrator.EditedRevisionError` before
+            any DDL), ``"warn"`` (a warning per start), or ``"off"``.
+        app_version: your application's version, recorded with each attempt.
+        drift: ``"warn"``: after each upgrade, compare the schema with
+            env.py's ``target_metadata`` and log each difference.
+        when_ahead: a database ahead of the code: ``"refuse"``
+            (:class:`~automigrator.SchemaAheadError`) or ``"serve"`` (a
+            rollback deploy), if it holds every revision this code needs.
+    """
+
+    table: str | None = "automigrator_history"
+    on_edit: OnEdit = "refuse"
+    app_version: str | None = None
+    drift: DriftMode = "off"
+    when_ahead: WhenAhead = "refuse"
+
+    def __post_init__(self) -> None:
+        if self.table is not None and not (isinstance(self.table, str) and self.table.strip()):
+            raise ConfigurationError(
+                f"History(table={self.table!r}): name the ledger's table, or None for no ledger."
+            )
+        choice("History", "on_edit", self.on_edit, ("refuse", "warn", "off"))
+        choice("History", "drift", self.drift, ("off", "warn"))
+        choice("History", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        if self.app_version is not None and not isinstance(self.app_version, str):
+            raise ConfigurationError(
+                f"History(app_version={self.app_version!r}): pass a string (your release), "
+                "or None."
+            )
+
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -191,8 +235,13 @@ class MigratorSettings:
     version_table: VersionTable
     baseline: str | None
     mode: Mode
-    when_ahead: WhenAhead
+    history: History
     block_startup: bool
+
+    @property
+    def when_ahead(self) -> WhenAhead:
+        """``history.when_ahead``."""
+        return self.history.when_ahead
 
     def __post_init__(self) -> None:
         target = self.target
@@ -208,7 +257,6 @@ class MigratorSettings:
                 "id or a branch label; relative targets and ranges would move on every start."
             )
         choice("AutoMigrator", "mode", self.mode, ("migrate", "check"))
-        choice("AutoMigrator", "when_ahead", self.when_ahead, ("refuse", "serve"))
         flag("AutoMigrator", "block_startup", self.block_startup)
         if self.baseline is not None and not (isinstance(self.baseline, str) and self.baseline):
             raise ConfigurationError(
@@ -219,6 +267,7 @@ class MigratorSettings:
             ("timeouts", Timeouts),
             ("ddl", Ddl),
             ("lint", Lint),
+            ("history", History),
             ("version_table", VersionTable),
         ):
             if not isinstance(getattr(self, name), kind):
@@ -235,6 +284,7 @@ class MigratorSettings:
         ddl: Ddl | None,
         lint: LintMode | Lint | None,
         version_table: str | VersionTable | None,
+        history: History | None = None,
         **rest: Any,
     ) -> MigratorSettings:
         """From ``AutoMigrator``'s arguments: None is the object's defaults, and the
@@ -250,6 +300,7 @@ class MigratorSettings:
             ddl=ddl if ddl is not None else Ddl(),
             lint=lint,
             version_table=version_table,
+            history=history if history is not None else History(),
             **rest,
         )
 

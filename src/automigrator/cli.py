@@ -12,6 +12,9 @@ Exit codes (also in ``automigrator --help``):
 13    the database could not be reached, or the lock not taken in time
 14    tables but no version table (pass ``--baseline``)
 15    the lint refused a pending revision (``upgrade --lint refuse``)
+16    the schema differs from the models (``drift``)
+17    an applied revision's file was edited (``verify``; a start refuses)
+18    a revision was left partly applied (``verify``; a start refuses)
 130   stopped by SIGINT/SIGTERM while waiting
 ====  ==========================================================
 
@@ -34,6 +37,7 @@ from typing import Any, NoReturn, get_args
 
 import anyio
 
+from ._drift import DriftReport, drift
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
 from ._preview import Preview, lint, preview
@@ -45,10 +49,12 @@ from .errors import (
     ConfigurationError,
     ContentionError,
     DatabaseUnavailableError,
+    EditedRevisionError,
     LockLostError,
     LockTimeoutError,
     MigrationError,
     MultipleHeadsError,
+    PartialMigrationError,
     SchemaAheadError,
     SchemaBehindError,
     ShutdownRequestedError,
@@ -73,10 +79,15 @@ EXIT_CODES: dict[type[AutomigratorError], int] = {
     LockLostError: 13,
     UnversionedDatabaseError: 14,
     UnsafeMigrationError: 15,
+    EditedRevisionError: 17,
+    PartialMigrationError: 18,
     ShutdownRequestedError: 130,
 }
 BEHIND = 10
 UNSAFE = 15
+DRIFT = 16
+EDITED = 17
+DIRTY = 18
 
 POLICIES: dict[str, FailurePolicy] = {
     "fail": Fail(),
@@ -93,13 +104,19 @@ commands:
   plan      the pending revisions, with --sql their SQL: no DDL, no lock
   lint      the pending revisions' unsafe operations (exit 15 if any), weighed by
             the live tables' sizes; --since REV|base lints without a database
+  drift     the live schema against env.py's target_metadata, as autogenerate
+            compares them (exit 16 on any difference); nothing runs
   wait      block until another process has migrated (init containers)
   exclusively -- COMMAND...
             run COMMAND holding the migration lock, one process at a time
             (seeding after upgrade); exits with COMMAND's status
-  resolve REVISION
-            after finishing or undoing by hand a revision left partly
-            applied, let starts run it again
+  history   every attempt at a revision: when, how long, outcome, who (--json)
+  verify    the ledger's checksums against the files (exit 17 edited, 18 a
+            revision left partly applied); nothing runs
+  resolve REVISION --applied | --not-applied | --accept-checksum --reason TEXT
+            a person's word, kept in the ledger: a partly applied revision
+            finished by hand (stamped) or undone (runs again), or an edit
+            of an applied revision accepted
 
 examples:
   automigrator -c alembic.ini upgrade
@@ -107,12 +124,15 @@ examples:
   automigrator status --json
   automigrator plan --sql > pending.sql
   automigrator lint --since base
+  automigrator drift --json
+  automigrator verify && automigrator history
+  automigrator resolve 3f2a --not-applied --reason "dropped the half-made index"
   automigrator wait --timeout 600
   automigrator upgrade && automigrator exclusively -- python -m app.seed
 
 exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 12 several heads, 13 unreachable or lock timeout, 14 unversioned, 15 unsafe
-(lint), 130 stopped
+(lint), 16 drift, 17 edited, 18 partly applied, 130 stopped
 """
 
 
@@ -204,6 +224,12 @@ def parser() -> argparse.ArgumentParser:
         "its tables were big",
     )
     linting.add_argument("--json", action="store_true", help="machine-readable output")
+    drifting = commands.add_parser(
+        "drift",
+        parents=[after],
+        help="the schema against env.py's target_metadata (exit 16 on any difference)",
+    )
+    drifting.add_argument("--json", action="store_true", help="machine-readable output")
     wait = commands.add_parser(
         "wait", parents=[after], help="block until the database is at the target"
     )
@@ -217,9 +243,22 @@ def parser() -> argparse.ArgumentParser:
         "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its args"
     )
     resolve = commands.add_parser(
-        "resolve", parents=[after], help="a partly applied revision was finished by hand"
+        "resolve", parents=[after], help="a person's word on a revision, kept in the ledger"
     )
-    resolve.add_argument("revision", help="the revision named by the partial failure")
+    resolve.add_argument("revision", help="the revision the refusal names")
+    decision = resolve.add_mutually_exclusive_group(required=True)
+    for flag, meaning in (
+        ("--applied", "you finished the partly applied revision by hand: stamp it applied"),
+        ("--not-applied", "you undid what of it stayed: the next start runs it again"),
+        ("--accept-checksum", "the edit of this applied revision is deliberate"),
+    ):
+        decision.add_argument(
+            flag, dest="decision", action="store_const", const=flag[2:], help=meaning
+        )
+    resolve.add_argument("--reason", required=True, help="why: kept in the ledger with who")
+    for name, said in (("history", "every attempt at a revision"), ("verify", "the checksums")):
+        listing = commands.add_parser(name, parents=[after], help=said)
+        listing.add_argument("--json", action="store_true", help="machine-readable output")
     return root
 
 
@@ -332,16 +371,25 @@ async def _command(args: argparse.Namespace) -> int:
     if args.command == "exclusively":
         return await _exclusively(args.config, options, args.argv)
     if args.command == "resolve":
-        runner = _runner(args.config, options)
-        members = runner.migrators if isinstance(runner, MigratorGroup) else {"": runner}
-        cleared = [n for n, m in members.items() if await m.resolve(args.revision)]
-        if not cleared:
-            raise ConfigurationError(
-                f"No revision {args.revision!r} is remembered as partly applied: nothing to "
-                "resolve (check the revision id in the failure's message)."
-            )
-        print(f"automigrator: {args.revision} resolved; the next start runs it again")
+        refusals: list[ConfigurationError] = []
+        for migrator in members.values():  # a group: the database(s) that know it
+            try:
+                await migrator.resolve(args.revision, args.decision, reason=args.reason)
+            except ConfigurationError as exc:
+                refusals.append(exc)
+        if len(refusals) == len(members):
+            raise refusals[0]
+        said = {
+            "applied": "stamped applied",
+            "not-applied": "the next start runs it again",
+            "accept-checksum": "its file as it is now is the one the ledger trusts",
+        }
+        print(f"automigrator: {args.revision} resolved ({said[args.decision]}); in the history")
         return 0
+    if args.command == "history":
+        return _history(members, as_json=args.json)
+    if args.command == "verify":
+        return await _verify(members, as_json=args.json)
     if args.command == "plan":
         previews = {name: await preview(m, sql=args.sql) for name, m in members.items()}
         _print_previews(previews, as_json=args.json)
@@ -350,6 +398,10 @@ async def _command(args: argparse.Namespace) -> int:
         linted = {name: await lint(m, since=args.since) for name, m in members.items()}
         _print_lint(linted, as_json=args.json)
         return UNSAFE if any(r.flagged for r in linted.values()) else 0
+    if args.command == "drift":
+        drifted = {name: await drift(m) for name, m in members.items()}
+        _print_drift(drifted, as_json=args.json)
+        return DRIFT if any(r.differences for r in drifted.values()) else 0
     reports: dict[str, dict[str, Any]] = {}
     behind: list[str] = []
     for name, migrator in members.items():
@@ -402,6 +454,72 @@ async def _command(args: argparse.Namespace) -> int:
     return 0
 
 
+_HISTORY_COLUMNS = ("id", "at", "revision", "outcome", "duration", "host", "pid", "app_version")
+
+
+def _history(members: dict[str, AutoMigrator], *, as_json: bool) -> int:
+    entries = {name: m.ledger.entries() if m.ledger else [] for name, m in members.items()}
+    if as_json:
+        print(json.dumps({n: [e.to_dict() for e in rows] for n, rows in entries.items()}))
+        return 0
+    for name, rows in entries.items():
+        if name:
+            print(f"[{name}]")
+        if not rows:
+            print("(no ledger, or nothing recorded yet)")
+            continue
+        table = [_HISTORY_COLUMNS] + [_history_row(e.to_dict()) for e in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(_HISTORY_COLUMNS))]
+        for row in table:
+            print(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
+            )
+    return 0
+
+
+def _history_row(entry: dict[str, Any]) -> tuple[str, ...]:
+    def shown(key: str) -> str:
+        value = entry[key]
+        if value is None:
+            return "-"
+        return f"{value:.3f}s" if key == "duration" else str(value)
+
+    return tuple(shown(key) for key in _HISTORY_COLUMNS)
+
+
+async def _verify(members: dict[str, AutoMigrator], *, as_json: bool) -> int:
+    code, report = 0, {}
+    for name, migrator in members.items():
+        plan = await migrator.plan()
+        audit = plan.audit
+        edits = [edit.describe() for edit in audit.edited] if audit else []
+        dirty = audit.dirty.refusal().message if audit and audit.dirty else None
+        report[name] = {
+            "ledger": bool(audit and audit.ledger),
+            "edited": edits,
+            "partly_applied": dirty,
+            "unrecorded": list(audit.unrecorded) if audit else [],
+        }
+        code = max(code, DIRTY if dirty else EDITED if edits else 0)
+        if not as_json:
+            where = f"{name}: " if name else ""
+            for line in edits + ([dirty] if dirty else []):
+                print(f"automigrator: {where}{line}", file=sys.stderr)
+            if audit and audit.unrecorded:
+                print(
+                    f"automigrator: {where}{len(audit.unrecorded)} applied revision(s) are not "
+                    "in the ledger yet (the next start adopts them)",
+                    file=sys.stderr,
+                )
+            if not edits and not dirty:
+                print(f"automigrator: {where}every recorded revision matches its file")
+    if as_json:
+        print(json.dumps(report))
+    return code
+
+
 def _print_json(by_name: dict[str, dict[str, Any]]) -> None:
     # One database: its object; a group: {"databases": {name: object}}.
     print(json.dumps(by_name.get("", {"databases": by_name})))
@@ -444,6 +562,14 @@ def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
             print(f"{label}: {f} [{f.path}]")
         for revision, why in report.not_linted:
             print(f"not linted past its failure: revision {revision} ({why})")
+
+
+def _print_drift(reports: dict[str, DriftReport], *, as_json: bool) -> None:
+    if as_json:
+        _print_json({name: r.to_dict() for name, r in reports.items()})
+        return
+    for name, report in reports.items():
+        print(f"{name}: {report}" if name else report)
 
 
 async def _exclusively(config: str, options: dict[str, Any], argv: list[str]) -> int:

@@ -13,6 +13,7 @@ AutomigratorError                 every error the library raises
 ├── UnversionedDatabaseError      kind "unversioned": tables, but no version table
 ├── ContentionError               kind "contention": a revision met a busy table, deadlock
 ├── PartialMigrationError         kind "partial": a revision failed half way, and that half stays
+├── EditedRevisionError           kind "edited": an applied revision's file was changed since
 ├── MigrationError                kind "migration": a revision failed, or did not stick
 │   └── AlreadyPurgedError        a purge refused: purged before, not migrated since
 ├── UnsafeMigrationError          kind "unsafe": lint="refuse" found an unsafe revision
@@ -43,6 +44,7 @@ __all__ = [
     "ConfigurationError",
     "ContentionError",
     "DatabaseUnavailableError",
+    "EditedRevisionError",
     "ErrorKind",
     "LockLostError",
     "LockTimeoutError",
@@ -70,6 +72,7 @@ ErrorKind = Literal[
     "shutdown",
     "backup",
     "partial",
+    "edited",
 ]
 
 
@@ -212,10 +215,10 @@ class PartialMigrationError(AutomigratorError):
     Where DDL is not transactional (MySQL/MariaDB, and PostgreSQL's autocommit
     blocks) nothing takes those statements back: running the revision again
     would meet its own half-done work, and purging would blame the data for
-    it. It is remembered in the database (``automigrator_partial``) and every
-    start refuses to run the revision until a person has finished or undone
-    those statements and said so (``automigrator resolve REVISION``). No
-    policy purges or retries it.
+    it. It is recorded ``partial`` in the ledger (``automigrator_history``)
+    and every start refuses to run the revision until a person has finished
+    or undone those statements and said so (``automigrator resolve REVISION
+    --applied`` or ``--not-applied``). No policy purges or retries it.
     """
 
     kind: ErrorKind = "partial"
@@ -224,6 +227,22 @@ class PartialMigrationError(AutomigratorError):
         super().__init__(message)
         self.revision = revision
         self.statements = statements
+
+
+class EditedRevisionError(AutomigratorError):
+    """An applied revision's file is not the one that ran: edited, or its id reused.
+
+    Refused before any DDL (``History(on_edit="refuse")``, the default): the
+    database keeps what the old file did, so the edit never reaches it. The
+    message names each file, revision and both checksums. Put the file back,
+    or accept the edit with ``automigrator resolve REV --accept-checksum``.
+    """
+
+    kind: ErrorKind = "edited"
+
+    def __init__(self, message: str, *, revisions: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.revisions = revisions
 
 
 class ContentionError(AutomigratorError):

@@ -4,9 +4,11 @@
   that prepares a test database without starting the app);
 - :func:`assert_at_head` fails a test unless every database is at the
   scripts' head;
-- :func:`assert_models_match` fails a test when the migrated schema differs
-  from the SQLAlchemy models (Alembic's autogenerate comparison), so a model
-  change without its revision is caught in CI, not in production;
+- :func:`assert_no_drift` fails a test when the migrated schema differs
+  from env.py's ``target_metadata`` (Alembic's autogenerate comparison, as
+  ``automigrator drift``), so a model change without its revision is caught
+  in CI, not in production; :func:`assert_models_match` does the same with
+  the models given;
 - :func:`assert_migrations_are_safe` fails a test when a revision would lock
   a busy table or break the old version still serving (the lint), so an
   unsafe revision is caught in review, not in the deploy.
@@ -20,20 +22,27 @@ as in production; see the Testing page of the docs.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 from sqlalchemy import MetaData
 
+from ._drift import DriftReport, drift
 from ._group import MigratorGroup
 from ._lifespan import MigrationRunner
 from ._migrator import AutoMigrator
 from ._status import MigrationStatus
-from .database._connections import create_engine
 from .linting._linter import LintReport
 
-__all__ = ["assert_at_head", "assert_migrations_are_safe", "assert_models_match", "upgrade"]
+__all__ = [
+    "assert_at_head",
+    "assert_migrations_are_safe",
+    "assert_models_match",
+    "assert_no_drift",
+    "upgrade",
+]
 
 T = TypeVar("T")
 
@@ -73,28 +82,43 @@ def assert_models_match(migrator: AutoMigrator, metadata: MetaData) -> None:
     Run it after the migrations: it compares the migrated database with the
     models as ``alembic revision --autogenerate`` would, and lists each
     difference (a table, column, index or type the models have and the
-    migrations do not, or the reverse). The version table is left out.
+    migrations do not, or the reverse). Our own tables (the version table
+    included) are left out, and the types a database stores under another
+    name taken as equal, as :func:`assert_no_drift` does; env.py is not run.
     """
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
+    _fail_on_drift({"": _run(functools.partial(drift, migrator, metadata=metadata))})
 
-    table = migrator.version_table
-    with create_engine(migrator.url).connect() as conn:
-        context = MigrationContext.configure(
-            conn,
-            opts={
-                "version_table": table.name,
-                "version_table_schema": table.schema,
-                "compare_type": True,
-            },
-        )
-        differences: list[Any] = compare_metadata(context, metadata)
-    if differences:
-        lines = "\n".join(f"  {difference!r}" for difference in differences)
-        raise AssertionError(
-            f"The migrated schema differs from the models in {len(differences)} way(s); "
-            f"add a revision (alembic revision --autogenerate) or fix the models:\n{lines}"
-        )
+
+def assert_no_drift(migrator: MigrationRunner) -> None:
+    """Fail (``AssertionError``) if a database's schema differs from env.py's models.
+
+    What ``automigrator drift`` checks: env.py is run as ``alembic check``
+    runs it, and its ``target_metadata`` compared with the migrated database
+    (nothing is written). Each difference is listed; for a group, under
+    each database's name. A database not at the scripts' head is compared
+    all the same, and the message says so: pair it with
+    :func:`assert_at_head`.
+    """
+    _fail_on_drift(
+        {
+            name: _run(functools.partial(drift, member))
+            for name, member in _members(migrator).items()
+        }
+    )
+
+
+def _fail_on_drift(reports: dict[str, DriftReport]) -> None:
+    drifted = {name: report for name, report in reports.items() if report.differences}
+    if not drifted:
+        return
+    count = sum(len(report.differences) for report in drifted.values())
+    shown = "\n".join(
+        f"{name}: {report}" if name else str(report) for name, report in drifted.items()
+    )
+    raise AssertionError(
+        f"The migrated schema differs from the models in {count} way(s); add a revision "
+        f"(alembic revision --autogenerate) or fix the models:\n{shown}"
+    )
 
 
 def _members(migrator: MigrationRunner) -> dict[str, AutoMigrator]:

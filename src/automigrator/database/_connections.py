@@ -329,11 +329,11 @@ def lost_schema_hint(conn: Connection) -> str:
     )
 
 
-def has_other_tables(conn: Connection, table: VersionTable) -> bool:
-    """True when the version table's schema holds tables besides the version table."""
+def has_other_tables(conn: Connection, table: VersionTable, ours: str | None = None) -> bool:
+    """True when the version table's schema holds tables besides the version table
+    (and ``ours``, the ledger: alone, it makes no schema)."""
     names = sa.inspect(conn).get_table_names(schema=table.schema)
-    # automigrator_partial is ours (a run's marks): alone, it makes no schema.
-    return any(name not in (table.name, "automigrator_partial") for name in names)
+    return any(name not in (table.name, ours) for name in names)
 
 
 # Markers in driver messages that mean "your settings are wrong", which no

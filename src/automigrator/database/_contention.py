@@ -69,7 +69,8 @@ class StatementLog:
     stays.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ours: str | None = None) -> None:
+        self.ours = ours  # the ledger: its rows are never the revision's
         self.transactional = True
         self.kept: list[str] = []
         self._pending: list[str] = []
@@ -91,8 +92,8 @@ class StatementLog:
 
     def _executed(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         head = " ".join(statement.split())[:80]
-        if head.upper().startswith(_READ_ONLY) or "automigrator_partial" in head:
-            return  # a read leaves nothing behind to meet again; the marks are ours
+        if head.upper().startswith(_READ_ONLY) or (self.ours and self.ours in head):
+            return  # a read leaves nothing behind to meet again; the ledger's rows are ours
         if not self.transactional or _autocommit(conn):
             self.kept.append(head)
         else:

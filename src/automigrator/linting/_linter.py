@@ -64,6 +64,18 @@ class LintReport:
         """The findings that count: neither allowed nor on a small table."""
         return tuple(f for f in self.findings if f.verdict == "flagged")
 
+    def verdicts(self) -> dict[str, str]:
+        """Each linted revision, as the ledger records it: ``breaking`` if a rule says
+        the app's version before it breaks on it (not a rule about table size),
+        else ``compatible``. A revision that could not be rendered has none."""
+        breaking = {f.revision for f in self.findings if not f.weighed}
+        unknown = {revision for revision, _ in self.not_linted}
+        return {
+            rev: "breaking" if rev in breaking else "compatible"
+            for rev in self.revisions
+            if rev not in unknown
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
         return {
@@ -220,15 +232,16 @@ class Linter:
             weighed.append(f)
         return weighed
 
-    async def before_upgrade(self, plan: Plan, reporter: Reporter) -> None:
+    async def before_upgrade(self, plan: Plan, reporter: Reporter) -> dict[str, str]:
         """At start-up, under the lock and before any DDL: lint ``plan``'s pending revisions.
 
         Logs and reports the findings; with ``lint="refuse"``, raises
         :class:`~automigrator.UnsafeMigrationError` if any is flagged (or if the
-        lint could not run at all).
+        lint could not run at all). Returns each linted revision's verdict
+        (:meth:`LintReport.verdicts`, for the ledger); none when nothing was linted.
         """
         if self.settings.lint.mode == "off" or plan.kind == "empty":
-            return  # an empty database has no table to lock, no old version to break
+            return {}  # an empty database has no table to lock, no old version to break
         current = plan.start(self.settings.baseline)
         try:
             report = await anyio.to_thread.run_sync(lambda: self.report(current))
@@ -236,7 +249,7 @@ class Linter:
             if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError.unlinted(exc) from exc
             logger.warning("Lint: could not check the pending revisions: %s", first_line(exc))
-            return
+            return {}
         for f in report.findings:
             logger.log(logging.WARNING if f.verdict == "flagged" else logging.INFO, "Lint: %s", f)
         for revision, why in report.not_linted:
@@ -250,6 +263,7 @@ class Linter:
             reporter.linted(report.flagged)
             if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError(findings=report.flagged)
+        return report.verdicts()
 
 
 def _raw_sql(operations: list[Any]) -> list[str]:

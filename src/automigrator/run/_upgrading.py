@@ -25,14 +25,10 @@ from .._plan import Plan
 from .._settings import Ddl
 from .._status import Blocker, RunningRevision
 from ..database._connections import VersionTable
-from ..database._contention import UpgradeTry, blockers
-from ..database._partials import RUNNING, Partials
-from ..errors import (
-    ContentionError,
-    PartialMigrationError,
-    ShutdownRequestedError,
-    first_line,
-)
+from ..database._contention import StatementLog, UpgradeTry, blockers
+from ..database._ledger import Ledger
+from ..errors import ContentionError, ShutdownRequestedError
+from ..locking import MigrationLock
 from ..process._signals import abandonable
 from ..scripts._hooks import RunHooks
 from ..scripts._scripts import Scripts
@@ -79,13 +75,13 @@ class Upgrader:
         reporter: Reporter,
         engine: Engine,
         ddl: Ddl,
-        partials: Partials,
+        ledger: Ledger | None,
     ) -> None:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
         self.ddl = ddl  # the migrator's own: never copied
-        self.partials = partials
+        self.ledger = ledger
 
     async def run(
         self, plan: Plan, *, target: str, version_table: VersionTable, hooks: RunHooks
@@ -95,35 +91,29 @@ class Upgrader:
         A revision remembered as partly applied is refused before anything
         runs; one that stops half way now is remembered.
         """
-        remembered = await anyio.to_thread.run_sync(self.partials.among, plan.pending)
-        # A revision marked running is refused under the fence, by env.py's
-        # connection: its marker may be a live migrator's that lost its lock.
-        if remembered is not None and remembered.statements != RUNNING:
-            raise remembered.refusal()
-        try:
-            await self._tries(target, version_table=version_table, hooks=hooks)
-        except PartialMigrationError as exc:
-            if exc.statements == (RUNNING,):
-                raise  # a refusal of a revision already remembered
-            remember = partial(self.partials.remember, exc.revision, exc.statements)
-            try:
-                await anyio.to_thread.run_sync(remember)
-            except Exception as failed:  # the failure itself still goes to the policy
-                logger.error(
-                    "Could not remember that %s was left partly applied (%s: %s): the next "
-                    "start may run it again into what stayed",
-                    exc.revision,
-                    type(failed).__name__,
-                    first_line(failed),
-                )
-            raise
-        # Past every pending revision: nothing is partly applied, the table goes.
-        await anyio.to_thread.run_sync(self.partials.drop)
+        if self.ledger is not None:
+            dirty = await anyio.to_thread.run_sync(self.ledger.dirty, plan.pending)
+            # A revision left running is refused under the fence, by env.py's
+            # connection: its row may be a live migrator's that lost its lock.
+            if dirty is not None and dirty.outcome == "partial":
+                raise dirty.refusal()
+        # A revision that stops half way now is recorded partial by the run itself.
+        await self._tries(target, version_table=version_table, hooks=hooks)
+
+    async def stamp(
+        self, revision: str, version_table: VersionTable, lock: MigrationLock | None
+    ) -> None:
+        """Stamp the version table at ``revision`` (under ``lock``): no revision runs,
+        fenced all the same."""
+        hooks = RunHooks.lock_only(lock)
+        stamp = partial(self.scripts.stamp, revision, version_table=version_table, hooks=hooks)
+        await anyio.to_thread.run_sync(stamp)
 
     async def _tries(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
         tried = 0
         while True:
-            live = UpgradeTry(timeout=try_timeout(self.ddl, tried))
+            ours = StatementLog(self.ledger.name if self.ledger is not None else None)
+            live = UpgradeTry(timeout=try_timeout(self.ddl, tried), log=ours)
             work = partial(
                 self.scripts.upgrade, target, version_table=version_table, hooks=hooks, live=live
             )

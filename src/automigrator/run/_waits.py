@@ -123,6 +123,7 @@ class Waiter:
         self.url = url
         self.timeouts = timeouts  # the migrator's own: never copied
         self.held: MigrationLock | None = None  # the lock held now, if any
+        self.waited_for = 0.0  # seconds the last taking of the lock took (the ledger's)
 
     async def once_reachable(self, work: Callable[[], T]) -> T:
         """Run ``work`` (which connects) in a thread; wait while the database is down.
@@ -221,7 +222,9 @@ class Waiter:
         if lock is None:
             yield False
             return
+        started = time.monotonic()
         waited = await self.acquire(lock, read_ahead=read_ahead, report=report)
+        self.waited_for = time.monotonic() - started
         self.held = lock
         try:
             yield waited
@@ -230,16 +233,31 @@ class Waiter:
             with anyio.CancelScope(shield=True):
                 await _release(lock)
 
-    def fence(self, connection: Connection) -> None:
-        """Take the held lock's fence on ``connection`` (ours, for a purge), then
-        check the lock is still ours; LockLostError if not. A lock lost once
-        never comes back: held now means held since it was taken."""
+    @asynccontextmanager
+    async def exclusively(self, lock: MigrationLock | None) -> AsyncIterator[None]:
+        """``AutoMigrator.exclusively()``: hold ``lock`` for a block of start-up work,
+        without touching the status; LockLostError on exit if it was lost."""
+        async with self.holding(lock, read_ahead=lambda: None, report=False):
+            yield
+            if isinstance(lock, HeldLock) and not await anyio.to_thread.run_sync(lock.held):
+                raise LockLostError(
+                    "The migration lock was lost during an exclusively() block (its "
+                    "connection was closed: a server timeout, a pooler, the network, or this "
+                    "process paused past its reap time): another replica may have run the "
+                    "same block meanwhile. A transaction opened around the block rolls back."
+                )
+
+    def fence(self, connection: Connection, doing: str = "the purge") -> None:
+        """Take the held lock's fence on ``connection`` (ours, for a purge or the
+        ledger's adoption), then check the lock is still ours; LockLostError if
+        not. A lock lost once never comes back: held now means held since it
+        was taken."""
         lock = self.held
         if not isinstance(lock, HeldLock):
             return
         if lock.guard(connection) is False or not lock.held():
             raise LockLostError(
-                "The migration lock was lost before the purge (its connection was closed: "
+                f"The migration lock was lost before {doing} (its connection was closed: "
                 "a server timeout, the network, or this process paused past its reap time): "
                 "another process may have migrated since. Nothing was moved; the next start "
                 "plans again."

@@ -39,6 +39,7 @@ from ..database._connections import (
     translate_error,
 )
 from ..database._contention import UpgradeTry, failed_concurrent_index, is_contention
+from ..database._ledger import LedgerEntry, RevisionFacts
 from ..database._redaction import redact
 from ..errors import (
     AutomigratorError,
@@ -54,6 +55,7 @@ from ..locking import HeldLock
 from ..process._logging import LoggingGuard
 from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps
 from ._configfile import config_error_text
+from ._fingerprints import of_script
 from ._hooks import RunHooks
 from ._pending import PendingRevision
 
@@ -62,7 +64,7 @@ logger = logging.getLogger("automigrator")
 
 # Alembic keeps the running environment in module globals (alembic.context,
 # alembic.op): two runs at once in one process would trample each other.
-_RUN_LOCK = threading.Lock()
+RUN_LOCK = threading.Lock()
 
 
 class _Supervisor:
@@ -91,8 +93,10 @@ class _Supervisor:
         # env.py's SQLite connection, its revisions made atomic (none elsewhere).
         self.atomic_sqlite: Connection | None = None
         self.connection: Connection | None = None  # env.py's, once configured
-        self.marking = False  # revisions are marked running in automigrator_partial
-        self.marked: str | None = None  # the revision this run marked and not yet cleared
+        self.marking = False  # each attempt is recorded in the ledger
+        self.rows: dict[str, int] = {}  # revision -> its running row, not yet applied
+        self.refused = False  # the ledger refused a revision a stopped process left
+        self._facts: dict[str, RevisionFacts] = {}
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -125,38 +129,77 @@ class _Supervisor:
             yield step
 
     def _mark_running(self, step: Any, *, first: bool) -> None:
-        # Under the fence, on env.py's connection: the marks of a migrator
-        # that lost its lock can never touch another's.
-        partials, connection = self.hooks.partials, self.connection
+        # Under the fence, on env.py's connection, in the revision's own
+        # transaction: the rows of a migrator that lost its lock can never
+        # touch another's.
+        ledger, connection = self.hooks.ledger, self.connection
         revision = getattr(getattr(step, "revision", None), "revision", None)
-        if partials is None or connection is None or revision is None or self.dialect == "sqlite":
+        if ledger is None or connection is None or revision is None:
+            return
+        if self.dialect == "sqlite":
+            # SQLite's revisions are atomic: nothing of one stays unless all
+            # of it does, so its row is written with the version row instead.
+            # Written before the revision, it would take the file's write lock
+            # from a revision that writes through a connection of its own.
+            self.marking = True
             return
         if first:
-            self.marking = partials.prepare(connection)
+            self.marking = ledger.prepare(connection)
         if not self.marking:
             return
-        left = partials.mark_running(connection, str(revision))
-        if left is not None:
-            raise left.refusal()
-        self.marked = str(revision)
-
-    def unmark_failed(self) -> None:
-        """A revision failed with nothing of it kept, but its mark was committed (by a
-        MySQL DDL statement, or a PostgreSQL autocommit block): the mark goes, from
-        a connection of ours while env.py's still holds the fence."""
-        partials, marked = self.hooks.partials, self.marked
-        if partials is None or marked is None or self.half_done() is not None:
-            return  # no mark of this run's; or a partial revision, to remember
-        self.marked = None
         try:
-            partials.forget_running(marked)
+            left = ledger.begin(connection, self.facts(str(revision)), self.hooks.run)
+        except DBAPIError as exc:
+            if not _missing_privilege(exc) or self.dialect == "postgresql":
+                raise  # (PostgreSQL's privilege was checked in prepare())
+            self.marking = False
+            ledger.not_recorded("Cannot write to", first_line(exc.orig or exc))
+            return
+        if isinstance(left, LedgerEntry):
+            self.refused = True
+            raise left.refusal()
+        self.rows[str(revision)] = left
+
+    def facts(self, revision: str) -> RevisionFacts:
+        """What the ledger records of ``revision``: its file's fingerprint (checksum
+        computed here, once per attempt)."""
+        if revision not in self._facts:
+            step = next(s for s in self.steps if s.revision.revision == revision)
+            found = of_script(step.revision)
+            self._facts[revision] = (
+                found.facts() if found is not None else RevisionFacts(revision=revision)
+            )
+        return self._facts[revision]
+
+    def record_failure(self, error: AutomigratorError) -> None:
+        """After env.py's run ended (its transaction over): the ledger says how the
+        revision that was running failed (``partial`` with what stayed, else
+        ``failed``). Nothing for a refusal, or a run that lost its lock (another
+        process may be recording the same revision), but a partial revision."""
+        ledger = self.hooks.ledger
+        partial = isinstance(error, PartialMigrationError)
+        revision = error.revision if isinstance(error, PartialMigrationError) else None
+        revision = revision or self.running_revision()
+        if ledger is None or not self.marking or self.refused or revision is None:
+            return
+        if not partial and self.lock_lost():
+            return
+        try:
+            ledger.failed(
+                self.facts(str(revision)),
+                self.hooks.run,
+                error=error.summary(),
+                row=self.rows.get(str(revision)),
+                kept=error.statements if isinstance(error, PartialMigrationError) else (),
+            )
         except Exception as exc:
             logger.warning(
-                "Could not clear the running mark of %s (%s): the next start refuses it "
-                "as partly applied until 'automigrator resolve %s'",
-                marked,
+                "Could not record the failure of %s in the ledger (%s)%s",
+                revision,
                 first_line(exc),
-                marked,
+                f": the next start refuses it until 'automigrator resolve {revision}'"
+                if revision in self.rows
+                else "",
             )
 
     def lock_lost(self) -> bool:
@@ -238,10 +281,16 @@ class _Supervisor:
             duration=now - self._mark,
         )
         self._mark = now
-        partials, connection = self.hooks.partials, self.connection
-        if self.marking and partials is not None and connection is not None:
-            partials.clear_running(connection, applied.revision)  # with the version row
-            self.marked = None
+        ledger, connection = self.hooks.ledger, self.connection
+        row = self.rows.pop(applied.revision, None)
+        if ledger is not None and connection is not None and row is not None:
+            ledger.applied(connection, row, applied.duration)  # with the version row
+        elif ledger is not None and connection is not None and self.dialect == "sqlite":
+            if not self.applied:
+                self.marking = ledger.prepare(connection)  # in the first one's transaction
+            if self.marking:
+                facts = self.facts(applied.revision)
+                ledger.insert_applied(connection, facts, self.hooks.run, applied.duration)
         self.applied.append(applied)
         logger.info(
             "Applied %d/%d %s %s in %.2f s%s",
@@ -393,11 +442,7 @@ def _environment(
         if isinstance(connection, Connection):
             recorder.take_guard(connection)  # before Alembic reads the version table
         recorder.started()
-        try:
-            run_migrations(**kw)
-        except Exception:
-            recorder.unmark_failed()
-            raise
+        run_migrations(**kw)
 
     env.configure = configure_with_recorder  # type: ignore[method-assign]
     env.run_migrations = run_migrations_with_recorder  # type: ignore[method-assign]
@@ -436,7 +481,7 @@ def render_offline(
         ) from exc
     heads = list(current)
     rendered: list[PendingRevision] = []
-    with _RUN_LOCK, LoggingGuard(), ExitStack() as stack:
+    with RUN_LOCK, LoggingGuard(), ExitStack() as stack:
         stack.enter_context(_quiet_offline_lines())
         recorded = stack.enter_context(recording_operations()) if operations is not None else None
         for step in steps:
@@ -529,7 +574,7 @@ def run_env(
     def steps(rev: Any, context: MigrationContext) -> Iterator[Any]:
         return recorder.planned(make_steps(script, destination, rev))
 
-    with _RUN_LOCK, LoggingGuard() as guard:
+    with RUN_LOCK, LoggingGuard() as guard:
         recorder.guard = guard
         try:
             try:
@@ -555,13 +600,17 @@ def run_env(
             # commit of one whose autocommit blocks ran, leaves it half done.
             half = recorder.half_done() if isinstance(stopped, LockLostError) else None
             if half is not None:
-                raise _partial_error(recorder, *half, stopped.summary()) from stopped
+                partial = _partial_error(recorder, *half, stopped.summary())
+                recorder.record_failure(partial)
+                raise partial from stopped
+            recorder.record_failure(stopped)
             raise
         except Exception as exc:
             # A revision that failed after our lock was lost may have met
             # another process's migration (its table already exists): that is
             # never the revision's fault, and must never be purged for.
             error = _translate_run_error(exc, recorder, url)
+            recorder.record_failure(error)
             revision = recorder.running_revision()
             if isinstance(error, MigrationError) and revision and recorder.lock_lost():
                 raise LockLostError(

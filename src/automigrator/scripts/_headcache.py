@@ -12,6 +12,10 @@ So the heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
 - the name, size and modification time (ns) of every file under those
   locations, recursively.
 
+Beside the heads, each revision's fingerprint (``_fingerprints``: its file,
+parents, the hash of its bytes, its checksum once computed): the ledger's
+check of a start at head then reads none of the files.
+
 On the next start the record is valid only if the config is the same and a
 fresh listing of the recorded locations gives the same files: then Alembic
 would see the same revisions. Nothing here imports Alembic. Only graphs whose
@@ -35,7 +39,7 @@ from typing import Any
 logger = logging.getLogger("automigrator")
 
 FILE_NAME = "automigrator-heads.json"
-_FORMAT = 2
+_FORMAT = 3  # 3: with the fingerprints
 
 
 def config_key(config_file: Path) -> str | None:
@@ -101,8 +105,8 @@ def _add_tree(digest: hashlib.blake2b, root: str, rel: str, *, with_pycache: boo
             digest.update(f"\0{rel}{entry.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
 
 
-def recall(cache_file: Path, config: str) -> tuple[str, ...] | None:
-    """The remembered heads, if the config and the files are as they were."""
+def recall(cache_file: Path, config: str) -> tuple[tuple[str, ...], Any] | None:
+    """The remembered heads and fingerprints, if the config and the files are as they were."""
     try:
         record: Any = json.loads(cache_file.read_text(encoding="utf-8"))
         if record.get("config") != config:
@@ -116,7 +120,7 @@ def recall(cache_file: Path, config: str) -> tuple[str, ...] | None:
         return None
     if key is None or record.get("files") != key:
         return None
-    return heads
+    return heads, record
 
 
 def remember(
@@ -127,8 +131,10 @@ def remember(
     locations: list[str],
     sourceless: bool,
     recursive: bool,
+    revisions: dict[str, Any] | None = None,
 ) -> None:
-    """Keep ``heads``, read from the files under ``locations``, for the next start."""
+    """Keep ``heads`` (and the ``revisions``' fingerprints), read from the files under
+    ``locations``, for the next start."""
     key = files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:
         return
@@ -139,6 +145,7 @@ def remember(
         "recursive": recursive,
         "files": key,
         "heads": list(heads),
+        "revisions": revisions,
     }
     try:
         cache_file.parent.mkdir(exist_ok=True)

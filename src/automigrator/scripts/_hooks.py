@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._status import AppliedRevision
-from ..database._partials import Partials
+from ..database._ledger import Ledger, RunFacts
 from ..locking import MigrationLock
 
 
@@ -28,10 +28,12 @@ class RunHooks:
     lock: MigrationLock | None
     """The lock held for this run: checked before each revision, its guard taken on
     env.py's connection where the lock has one."""
-    partials: Partials | None = None
-    """Where each revision is marked running (in its own transaction) until its
-    version row is written: a stop half way leaves the mark (not on SQLite,
-    whose revisions are atomic)."""
+    ledger: Ledger | None = None
+    """Where each attempt is recorded: its ``running`` row is written in the
+    revision's own transaction and becomes ``applied`` with its version row,
+    so a stop half way (without transactional DDL) leaves it ``running``."""
+    run: RunFacts = field(default_factory=RunFacts)
+    """What every row of this run records: who, the lock wait, the lint's verdicts."""
 
     @classmethod
     def lock_only(cls, lock: MigrationLock | None) -> RunHooks:

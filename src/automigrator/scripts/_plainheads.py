@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._configfile import Settings
-from ._revisiontext import as_tuple, cycle, read_file
+from ._fingerprints import Fingerprint, of_bytes, parents_of
+from ._revisiontext import as_tuple, cycle, read_names
 
 # Alembic's own filter of revision file names (script/base.py,
 # ``_only_source_rev_file``): a .py file not starting with ".#" or "__init__".
@@ -40,6 +41,8 @@ class PlainHeads:
     folder: Path
     """The one version folder Alembic would read."""
     recursive: bool
+    fingerprints: dict[str, Fingerprint]
+    """Each revision's file, parents and bytes' hash (read with the names)."""
 
 
 def read(settings: Settings) -> PlainHeads | None:
@@ -54,13 +57,19 @@ def read(settings: Settings) -> PlainHeads | None:
     parents: dict[str, tuple[str, ...]] = {}
     depends: list[str] = []
     labels: set[str] = set()
+    prints: dict[str, Fingerprint] = {}
     files = _revision_files(versions, recursive=recursive)
     if files is None:
         return None
     for path in files:
-        names = read_file(path)
+        try:
+            data = path.read_bytes()
+            names = read_names(data.decode("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            return None
         if names is None or names["revision"] in parents:
             return None  # computed names, or an id used twice (Alembic keeps one)
+        prints[names["revision"]] = of_bytes(names["revision"], parents_of(names), str(path), data)
         parents[names["revision"]] = tuple(str(p) for p in as_tuple(names["down_revision"]))
         depends.extend(str(d) for d in as_tuple(names.get("depends_on")))
         labels.update(str(label) for label in as_tuple(names.get("branch_labels")))
@@ -76,7 +85,7 @@ def read(settings: Settings) -> PlainHeads | None:
     # revisions that name it as down_revision (RevisionMap.heads).
     named = {p for ps in parents.values() for p in ps}
     heads = tuple(sorted(rev for rev in parents if rev not in named))
-    return PlainHeads(heads, versions.absolute(), recursive)
+    return PlainHeads(heads, versions.absolute(), recursive, prints)
 
 
 def _default_layout(layout: Mapping[str, object]) -> bool | None:

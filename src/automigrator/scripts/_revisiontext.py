@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,27 @@ _WALRUS = re.compile(r"(?:\s|\\\n)*:=")
 # The common value: None or a short string, alone on its line (a comment may
 # follow). Anything else goes to ast.literal_eval.
 _SIMPLE_VALUE = re.compile(r"[ \t]*(None|'[^'\\\n]*'|\"[^\"\\\n]*\")[ \t]*(?:#[^\n]*)?(?:\n|\Z)")
+
+
+# CPython 3.11 keeps the AST constructor's recursion count in one global
+# per interpreter: two threads building trees at once can corrupt it
+# ("SystemError: AST constructor recursion depth mismatch", cpython#106905),
+# when a collection in one runs a finalizer and the other thread runs
+# meanwhile. Our parses (several migrators in a group, an abandoned
+# thread) are made one at a time.
+PARSE_LOCK = threading.Lock()
+
+
+def parse(source: str | bytes) -> ast.Module:
+    """``ast.parse``, one at a time in this process (see ``PARSE_LOCK``)."""
+    with PARSE_LOCK:
+        return ast.parse(source)
+
+
+def parse_expression(source: str) -> ast.Expression:
+    """``ast.parse(source, mode="eval")``, one at a time (see ``PARSE_LOCK``)."""
+    with PARSE_LOCK:
+        return ast.parse(source, mode="eval")
 
 
 def read_file(path: Path) -> dict[str, Any] | None:
@@ -117,7 +139,7 @@ def _parse(text: str) -> dict[str, Any] | None:
     # a name (in a block, computed, augmented, imported as) means its value
     # is only known by running the file.
     try:
-        tree = ast.parse(text)
+        tree = parse(text)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     found: dict[str, Any] = {}
@@ -180,7 +202,7 @@ def _literal_after(text: str, start: int) -> Any:
         source = text[start:end].strip()
         if source:
             try:
-                return ast.literal_eval(source)
+                return ast.literal_eval(parse_expression(source))
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 pass
         if newline < 0:

@@ -21,8 +21,9 @@ from sqlalchemy.engine import URL
 
 from ..database._connections import VersionTable, for_env_py, parse_url
 from ..errors import ConfigurationError
-from . import _headcache, _plainheads
+from . import _fingerprints, _headcache, _plainheads
 from ._configfile import Settings, read_settings
+from ._fingerprints import Fingerprint
 
 # The options by which Alembic finds the revision files: what remembered heads
 # of a Config object built in code are keyed on.
@@ -97,6 +98,10 @@ class Scripts:
         self._script: ScriptDirectory | None = None  # imported: to run
         self._graph: ScriptDirectory | None = None  # read, not imported: for plans
         self._text_read = False  # the files' text was read this attempt
+        # Each revision file's fingerprint, read or remembered with the heads.
+        self._prints: dict[str, Fingerprint] | None = None
+        self._prints_place: tuple[list[str], bool, bool] | None = None
+        self._prints_heads: tuple[str, ...] = ()
 
     @property
     def config(self) -> Config:
@@ -124,6 +129,7 @@ class Scripts:
     def forget(self) -> None:
         """Drop the graph and the imported scripts: read them again next time."""
         self._script, self._graph, self._text_read = None, None, False
+        self._prints, self._prints_place = None, None
 
     def remembered_heads(self, target: str) -> tuple[str, ...] | None:
         """The heads known without Alembic: remembered, or read from plain files.
@@ -138,19 +144,52 @@ class Scripts:
         where = self._cache_place()
         if where is None:
             return None
-        heads = _headcache.recall(*where)
-        if heads is None and self._settings is not None:
-            plain = _plainheads.read(self._settings)
-            if plain is not None:
-                heads = plain.heads
-                _headcache.remember(
-                    *where,
-                    heads,
-                    locations=[str(plain.folder)],
-                    sourceless=False,
-                    recursive=plain.recursive,
-                )
-        return heads
+        recalled = _headcache.recall(*where)
+        if recalled is not None:
+            heads, record = recalled
+            if self._prints is None:
+                self._prints = _fingerprints.from_record(record.get("revisions"))
+                place = (record["locations"], record["sourceless"], record["recursive"])
+                self._prints_place, self._prints_heads = place, heads
+            return heads
+        if self._settings is None:
+            return None
+        plain = _plainheads.read(self._settings)
+        if plain is None:
+            return None
+        self._prints = plain.fingerprints
+        self._prints_place = ([str(plain.folder)], False, plain.recursive)
+        self._remember(plain.heads)
+        return plain.heads
+
+    def _remember(self, heads: tuple[str, ...]) -> None:
+        where, place = self._cache_place(), self._prints_place
+        if where is None or place is None:
+            return
+        locations, sourceless, recursive = place
+        self._prints_heads = heads
+        revisions = None if self._prints is None else _fingerprints.to_record(self._prints)
+        _headcache.remember(
+            *where,
+            heads,
+            locations=locations,
+            sourceless=sourceless,
+            recursive=recursive,
+            revisions=revisions,
+        )
+
+    def fingerprints(self) -> dict[str, Fingerprint]:
+        """Each revision file's fingerprint: remembered with the heads, read with
+        the files' text, or (for other layouts) from the graph."""
+        if self._prints is None:
+            self._prints = _fingerprints.of_graph(self.graph())
+        return self._prints
+
+    def keep_checksums(self) -> None:
+        """Remember the checksums computed since the heads were (a reformatted
+        file's, compared once): the next start need not parse it again."""
+        if self._prints is not None and self._prints_place is not None:
+            self._remember(self._prints_heads)
 
     def _cache_place(self) -> tuple[Path, str] | None:
         # Keyed on the config file's bytes; a Config object built in code, on
@@ -202,17 +241,16 @@ class Scripts:
         if graph is None:
             return
         self._graph = graph.script
-        where = self._cache_place()
-        if graph.plain and graph.heads and where is not None:
+        if graph.plain and graph.heads and self._cache_place() is not None:
             from ._alembic_compat import version_locations
 
-            _headcache.remember(
-                *where,
-                graph.heads,
-                locations=version_locations(graph.script),
-                sourceless=bool(graph.script.sourceless),
-                recursive=bool(graph.script.recursive_version_locations),
+            self._prints = _fingerprints.of_graph(graph.script)
+            self._prints_place = (
+                version_locations(graph.script),
+                bool(graph.script.sourceless),
+                bool(graph.script.recursive_version_locations),
             )
+            self._remember(graph.heads)
 
     def imported(self) -> ScriptDirectory:
         """The scripts imported and checked, ready to run (once per attempt)."""
@@ -253,6 +291,17 @@ class Scripts:
                 version_table=version_table,
                 hooks=hooks,
                 live=live,
+            )
+
+    def drift(self, version_table: VersionTable, ours: tuple[str, ...]) -> list[str]:
+        """env.py's ``target_metadata`` against the database, a line per difference
+        (in this thread; nothing written). ``ours``: our tables, left out."""
+        from . import _alembic_drift
+
+        script = self.imported()
+        with self.set_up():
+            return _alembic_drift.compare_env(
+                self.config, script, url=self.url, version_table=version_table, ours=ours
             )
 
     def stamp(self, revision: str, *, version_table: VersionTable, hooks: RunHooks) -> None:

@@ -1,0 +1,429 @@
+"""The ledger: every attempt at a revision, kept beside the version table.
+
+Alembic's version table holds the heads and nothing else: not when a
+revision ran, for how long, by whom, whether the file that ran is the file
+in the image now, nor that a run stopped half way. The ledger
+(``automigrator_history`` by default, ``History(table=...)``, in the version
+table's schema) keeps one row per attempt at a revision:
+
+``running``
+    written on env.py's connection, under the fence, in the revision's own
+    transaction, before its first statement. Where DDL is transactional
+    (PostgreSQL, SQLite's atomic revisions) it goes with the revision if the
+    revision goes; on MySQL/MariaDB the revision's first DDL statement
+    commits it, so a process killed half way leaves it, and the next start
+    refuses the revision (the dirty flag).
+``applied``
+    the same row, updated with the version row (same transaction), with
+    how long the revision took.
+``failed``
+    nothing of it stayed (rolled back, or failed before its first effect).
+``partial``
+    some of its statements stayed: every start refuses it until a person
+    resolves it (``automigrator resolve``). Never purged, never retried.
+``adopted``
+    it was in the database before the ledger was (trust on first use: the
+    checksum is the file's as it is then).
+``resolved`` / ``undone``
+    a person finished a partial revision by hand (the version table now
+    says it is applied) or undid it (the next start runs it again).
+``accepted``
+    a person accepted an edit of an applied revision: its new checksum.
+
+Rows are only ever added (a ``running`` row becomes its outcome): the
+latest row of a revision says where it stands. Reading them costs one
+query (``latest()``), which the plan makes after its read of the version
+table. The checksums compared against the files are computed in
+``scripts/`` and handed here as text: this module never reads a file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import logging
+import os
+import socket
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ..errors import PartialMigrationError, first_line
+from ._connections import VersionTable
+from ._contention import apply_timeout
+
+logger = logging.getLogger("automigrator")
+
+TABLE = "automigrator_history"
+"""The ledger's default name."""
+
+Outcome = Literal[
+    "running", "applied", "failed", "partial", "adopted", "resolved", "undone", "accepted"
+]
+APPLIED: frozenset[str] = frozenset({"applied", "adopted", "resolved", "accepted"})
+"""Outcomes after which the revision is in the database: its checksum is checked."""
+DIRTY: frozenset[str] = frozenset({"running", "partial"})
+"""Outcomes that refuse every start until a person resolves the revision."""
+
+
+def now() -> str:
+    """The time a row records: UTC, to the millisecond, sortable as text."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in a container without /etc/passwd: not an error
+        return str(os.getuid()) if hasattr(os, "getuid") else ""
+
+
+@dataclass(frozen=True)
+class RevisionFacts:
+    """What the scripts say of one revision: its place and its checksums."""
+
+    revision: str
+    parents: tuple[str, ...] = ()
+    script: str | None = None
+    """The file's name under its version folder."""
+    source_hash: str | None = None
+    """SHA-256 of the file's bytes: a quick first comparison."""
+    checksum: str | None = None
+    """The checksum of its meaning (``scripts/_checksums``); None if not computed."""
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What every row of one run shares: who ran it, how long it waited, the lint."""
+
+    lock_wait: float | None = None
+    app_version: str | None = None
+    verdicts: Mapping[str, str] = field(default_factory=dict)
+    """Revision -> ``"compatible"`` (the version of the app before it keeps
+    working on it) or ``"breaking"``, from the lint; absent: not linted."""
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    user: str = field(default_factory=_user)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the ledger."""
+
+    id: int
+    revision: str
+    outcome: str
+    at: str
+    parents: str = ""
+    checksum: str | None = None
+    source_hash: str | None = None
+    script: str | None = None
+    duration: float | None = None
+    lock_wait: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    user: str | None = None
+    app_version: str | None = None
+    statement: int | None = None
+    """For ``partial``: the position (from 1) of the statement that failed."""
+    detail: str | None = None
+    """For ``partial``: the statements that stayed; for a resolve: the reason."""
+    error: str | None = None
+    old_app: str | None = None
+    """The lint's verdict: ``compatible``, ``breaking``, or None (not linted)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values."""
+        return asdict(self)
+
+    def refusal(self) -> PartialMigrationError:
+        """The error every start raises for this dirty revision until it is resolved."""
+        fix = (
+            f"then run 'automigrator resolve {self.revision} --applied' (you finished it) "
+            f"or '--not-applied' (you undid it; the next start runs it again); nothing was run."
+        )
+        if self.outcome == "running":
+            what = (
+                "was being applied when its process stopped (killed, or cut off) before it "
+                "finished: some of its statements may stay. Compare the schema with the "
+                "revision, finish or undo what it did by hand"
+            )
+            statements: tuple[str, ...] = ()
+        else:
+            statements = tuple((self.detail or "").split("; "))
+            failed = f", and statement {self.statement} failed" if self.statement else ""
+            on = f" ({self.error})" if self.error else ""
+            what = (
+                f"was left partly applied (these statements stay: {self.detail}{failed}{on}). "
+                "Finish or undo them by hand"
+            )
+        by = f" by {self.host} pid {self.pid}" if self.host else ""
+        return PartialMigrationError(
+            f"Revision {self.revision} {what} (at {self.at}{by}), {fix}",
+            revision=self.revision,
+            statements=statements,
+        )
+
+
+class Ledger:
+    """The ledger of one database (beside its version table).
+
+    Args:
+        engine: the migrator's engine (short connections of ours).
+        version_table: the ledger goes in its schema.
+        name: the ledger's table name.
+        lock_timeout: how long our own writes wait for a table lock
+            (``Ddl.lock_timeout``; None: the server's).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        version_table: VersionTable,
+        name: str = TABLE,
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.lock_timeout = lock_timeout
+        self._unreadable = False  # said once: the ledger is there, not readable
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            name,
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("revision", sa.String(255), nullable=False, index=True),
+            sa.Column("outcome", sa.String(16), nullable=False),
+            sa.Column("at", sa.String(40), nullable=False),
+            sa.Column("parents", sa.String(1000), nullable=False, default=""),
+            sa.Column("checksum", sa.String(100)),
+            sa.Column("source_hash", sa.String(64)),
+            sa.Column("script", sa.String(500)),
+            sa.Column("duration", sa.Float),
+            sa.Column("lock_wait", sa.Float),
+            sa.Column("host", sa.String(255)),
+            sa.Column("pid", sa.Integer),
+            sa.Column("user", sa.String(255)),
+            sa.Column("app_version", sa.String(255)),
+            sa.Column("statement", sa.Integer),
+            sa.Column("detail", sa.Text),
+            sa.Column("error", sa.Text),
+            sa.Column("old_app", sa.String(16)),
+            schema=version_table.schema,
+        )
+
+    # -- reads ------------------------------------------------------------------
+
+    def latest(self, conn: Connection) -> dict[str, LedgerEntry] | None:
+        """Each revision's latest row; None when there is no ledger (one query).
+
+        Called last on the plan's connection: a missing table's error on
+        PostgreSQL ends that connection's transaction.
+        """
+        t = self.table
+        last = sa.select(sa.func.max(t.c.id)).group_by(t.c.revision)
+        try:
+            rows = conn.execute(sa.select(t).where(t.c.id.in_(last.scalar_subquery()))).all()
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            conn.rollback()
+            if sa.inspect(conn).has_table(self.name, schema=t.schema) and not self._unreadable:
+                # There, but not ours to read (a role granted the version
+                # table alone, for check mode): nothing is checked, and said once.
+                self._unreadable = True
+                logger.warning(
+                    "Cannot read the ledger %s (%s): edited revisions and revisions left "
+                    "partly applied are not checked by this process",
+                    self.name,
+                    first_line(exc.orig or exc),
+                )
+            return None
+        return {row.revision: _entry(row) for row in rows}
+
+    def read_latest(self) -> dict[str, LedgerEntry] | None:
+        """``latest()`` on a connection of its own."""
+        with self.engine.connect() as conn:
+            return self.latest(conn)
+
+    def entries(self, revision: str | None = None) -> list[LedgerEntry]:
+        """Every row, oldest first (``revision``'s only, if given); [] without a ledger."""
+        with self.engine.connect() as conn:
+            if not self._exists(conn):
+                return []
+            query = sa.select(self.table).order_by(self.table.c.id)
+            if revision is not None:
+                query = query.where(self.table.c.revision == revision)
+            return [_entry(row) for row in conn.execute(query)]
+
+    def dirty(self, revisions: Collection[str] | None = None) -> LedgerEntry | None:
+        """The first revision among ``revisions`` (None: any) left running or partial."""
+        latest = self.read_latest() or {}
+        found = [
+            e
+            for e in latest.values()
+            if e.outcome in DIRTY and (revisions is None or e.revision in revisions)
+        ]
+        return min(found, key=lambda e: e.id) if found else None
+
+    # -- on env.py's connection, under the fence ---------------------------------
+
+    def prepare(self, conn: Connection) -> bool:
+        """Before a run's first revision: the ledger exists. False (and a warning)
+        where it cannot be made (no CREATE privilege, its catalog busy past the
+        DDL lock timeout env.py's connection has): the run goes on unrecorded.
+        PostgreSQL tries it in a savepoint, so that a refusal leaves the run's
+        transaction usable."""
+        try:
+            if conn.dialect.name == "postgresql":
+                with conn.begin_nested():
+                    self.table.create(conn, checkfirst=True)
+                    writable = self._writable(conn)
+            else:
+                self.table.create(conn, checkfirst=True)
+                writable = True  # a refused write fails alone: begin() is asked
+        except sa.exc.DBAPIError as exc:
+            self.not_recorded("Could not create", first_line(exc.orig or exc))
+            return False
+        if not writable:
+            self.not_recorded("Cannot write to", "no INSERT or UPDATE privilege on it")
+        return writable
+
+    def not_recorded(self, what: str, why: str) -> None:
+        """Say that this run goes unrecorded, and why."""
+        logger.warning(
+            "%s the ledger %s (%s): this run is not recorded, and a process stopped half "
+            "way through a revision will not be noticed by the next start",
+            what,
+            self.name,
+            why,
+        )
+
+    def _writable(self, conn: Connection) -> bool:
+        # PostgreSQL: a refused INSERT would end the run's transaction; ask first.
+        name = self.table.fullname
+        query = sa.text("SELECT has_table_privilege(:name, 'SELECT, INSERT, UPDATE')")
+        return bool(conn.execute(query, {"name": name}).scalar())
+
+    def begin(self, conn: Connection, facts: RevisionFacts, run: RunFacts) -> int | LedgerEntry:
+        """Before ``facts.revision``'s first statement, in its transaction: its
+        ``running`` row, whose id is returned. A dirty row already there was left
+        by a process that stopped in it (no live one can hold the fence): it is
+        returned, and nothing is written."""
+        t = self.table
+        found = conn.execute(
+            sa.select(t).where(t.c.revision == facts.revision).order_by(t.c.id.desc()).limit(1)
+        ).first()
+        if found is not None and found.outcome in DIRTY:
+            return _entry(found)
+        values = self._values(facts, run, "running")
+        key = conn.execute(t.insert().values(**values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def insert_applied(
+        self, conn: Connection, facts: RevisionFacts, run: RunFacts, duration: float
+    ) -> None:
+        """SQLite: with the version row, in the revision's transaction, its ``applied``
+        row (its revisions are atomic: no ``running`` row is needed)."""
+        values = self._values(facts, run, "applied")
+        conn.execute(self.table.insert().values(duration=duration, **values))
+
+    def applied(self, conn: Connection, row: int, duration: float) -> None:
+        """With the version row: the ``running`` row becomes ``applied``."""
+        t = self.table
+        conn.execute(t.update().where(t.c.id == row).values(outcome="applied", duration=duration))
+
+    # -- from a connection of ours ------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A transaction of ours whose waits for a table lock are bounded: a write
+        never queues for ever behind a transaction that is still open (a
+        caller's, around env.py) or a busy catalog."""
+        with self.engine.begin() as conn:
+            apply_timeout(conn, self.lock_timeout)
+            yield conn
+
+    def failed(
+        self,
+        facts: RevisionFacts,
+        run: RunFacts,
+        *,
+        error: str,
+        row: int | None,
+        kept: Collection[str] = (),
+    ) -> None:
+        """``facts.revision`` failed: ``partial`` if ``kept`` holds statements that
+        stayed, else ``failed``. Its ``running`` row, where one stayed, becomes
+        that; else (rolled back with the revision) a new row says it."""
+        outcome: Outcome = "partial" if kept else "failed"
+        values = self._values(facts, run, outcome)
+        values.update(error=error[:2000])
+        if kept:
+            values.update(detail="; ".join(kept), statement=len(kept) + 1)
+        t = self.table
+        with self.writing() as conn:
+            self.table.create(conn, checkfirst=True)
+            if row is not None:
+                done = conn.execute(
+                    t.update()
+                    .where(t.c.id == row)
+                    .where(t.c.outcome == "running")
+                    .values(
+                        outcome=outcome,
+                        error=values["error"],
+                        detail=values.get("detail"),
+                        statement=values.get("statement"),
+                    )
+                )
+                if done.rowcount:
+                    return
+            conn.execute(t.insert().values(**values))
+
+    def adopt(self, conn: Connection, revisions: Iterable[RevisionFacts], run: RunFacts) -> int:
+        """Record ``revisions``, already in the database, as ``adopted`` (on ``conn``,
+        fenced by the caller); returns how many."""
+        self.table.create(conn, checkfirst=True)
+        rows = [self._values(facts, run, "adopted") for facts in revisions]
+        if rows:
+            conn.execute(self.table.insert(), rows)
+        return len(rows)
+
+    def record(self, conn: Connection, facts: RevisionFacts, run: RunFacts, **values: Any) -> None:
+        """A person's decision (``resolved``, ``undone``, ``accepted``), with who and why."""
+        self.table.create(conn, checkfirst=True)
+        row = self._values(facts, run, values.pop("outcome"))
+        row.update(values)
+        conn.execute(self.table.insert().values(**row))
+
+    def _values(self, facts: RevisionFacts, run: RunFacts, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "revision": facts.revision,
+            "outcome": outcome,
+            "at": now(),
+            "parents": ",".join(facts.parents),
+            "checksum": facts.checksum,
+            "source_hash": facts.source_hash,
+            "script": facts.script,
+            "lock_wait": run.lock_wait,
+            "host": run.host[:255],
+            "pid": run.pid,
+            "user": run.user[:255],
+            "app_version": run.app_version,
+            "old_app": run.verdicts.get(facts.revision),
+        }
+
+    def _exists(self, conn: Connection) -> bool:
+        return sa.inspect(conn).has_table(self.name, schema=self.table.schema)
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(**{name: getattr(row, name) for name in _FIELDS})
+
+
+_FIELDS = tuple(LedgerEntry.__dataclass_fields__)

@@ -1,0 +1,202 @@
+"""A revision file's checksum: what it does, not how it is written.
+
+A checksum is kept for each applied revision so that an edit to it
+afterwards is noticed. It must not fire when nobody changed what the file
+does: a formatter run over the history (ruff, black; another line length,
+another quote style), CRLF line endings from a Windows checkout, comments,
+blank lines, parentheses, trailing commas. So it is taken over the module's
+syntax tree, not its bytes, with the docstrings removed (module, class and
+function ones; the module's holds Alembic's "Revision ID / Revises / Create
+Date" header, which people do touch up).
+
+The top-level ``downgrade()`` is left out too: an applied revision's
+downgrade has not run, and fixing it later must not read as an edit of what
+was applied. (If anything else in the file refers to ``downgrade``, it is
+kept: then it is part of what ran.) Everything else counts: ``upgrade()``,
+the module-level helpers, constants and imports it uses, and ``revision``,
+``down_revision``, ``branch_labels`` and ``depends_on``.
+
+The tree is serialised by a walker of our own, not ``ast.dump()``, whose
+text changed in Python 3.13 (it leaves out None and empty-list defaults).
+Checksums are compared across upgrades of Python, and a mismatch that
+nobody can explain is worse than none (Liquibase's change of algorithm gave
+its users exactly that). Each node is its class name and its fields sorted
+by name; fields that are None or empty are skipped, so a field that a newer
+Python adds with an empty default (``type_params`` in 3.12) changes
+nothing. Each checksum carries the algorithm's name, :data:`ALGORITHM`, so
+that a future change of the serialisation is recognised as such rather than
+read as an edit.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+
+from ._revisiontext import parse
+
+ALGORITHM = "am1"
+"""The serialisation's name, stored in front of each checksum."""
+
+# Fields that say nothing about what the code does: the load/store context
+# (implied by the position), type comments, and Constant's u-prefix marker.
+_SKIPPED_FIELDS = frozenset(("ctx", "type_comment", "kind"))
+_DOCUMENTED = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# Nodes whose ``value`` field is the literal itself, None included.
+_LITERALS = (ast.Constant, ast.MatchSingleton)
+
+
+def checksum(source: str | bytes) -> str | None:
+    """The checksum of a revision file's meaning, or None if it does not parse.
+
+    ``"am1:"`` and a SHA-256 hex digest of the file's syntax tree, without
+    docstrings and without the top-level ``downgrade()`` (see the module's
+    docstring for why). Bytes are decoded as Python decodes a source file
+    (a coding cookie, a byte-order mark). A file that does not parse gets
+    None rather than an exception: whether that is an error is the
+    caller's call.
+
+    Args:
+        source: The file's text, or its bytes as read from disk.
+    """
+    if isinstance(source, str):
+        # Python skips a byte-order mark in a file; text read with plain
+        # "utf-8" keeps it as a character, which the parser refuses.
+        source = source.removeprefix("\ufeff")
+    try:
+        tree = parse(source)
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting too deep for the parser (a file Python
+        # could not import either).
+        return None
+    _strip(tree)
+    digest = hashlib.sha256("".join(_tokens(tree)).encode("ascii"))
+    return f"{ALGORITHM}:{digest.hexdigest()}"
+
+
+def source_hash(data: bytes) -> str:
+    """The SHA-256 hex digest of a file's bytes.
+
+    A cheap first comparison: when the bytes are unchanged, so is the
+    meaning, and the file need not be parsed; only when they differ is
+    :func:`checksum` worth its cost.
+
+    Args:
+        data: The file's bytes as read from disk.
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+def _strip(tree: ast.Module) -> None:
+    """Remove what the checksum leaves out: docstrings and ``downgrade()``."""
+    documented = []
+    refers_to_downgrade = False
+    for node in ast.walk(tree):
+        if isinstance(node, _DOCUMENTED) and node.body and _is_docstring(node.body[0]):
+            documented.append(node)
+        # upgrade() calling downgrade() (or a decorator, or a dict of steps
+        # naming it) makes it part of what was applied.
+        refers_to_downgrade |= isinstance(node, ast.Name) and node.id == "downgrade"
+    for node in documented:
+        # An emptied body is fine: the tree is hashed, never compiled.
+        del node.body[0]
+    if not refers_to_downgrade:
+        tree.body = [
+            node
+            for node in tree.body
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            or node.name != "downgrade"
+        ]
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def _tokens(tree: ast.AST) -> list[str]:
+    """The tree as a flat list of ASCII tokens, in one unambiguous order.
+
+    A node is ``(ClassName field=value ...)``, a list ``[item, ...]``, a
+    scalar ``type:ascii(value)``: every token is framed, so two different
+    trees cannot give the same text. Iterative, not recursive: a long
+    chain of ``+`` nests deeper than Python's recursion limit.
+    """
+    out: list[str] = []
+    stack: list[object] = [tree]  # tokens (str) and things still to expand
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, ast.AST):
+            parts: list[object] = ["(" + type(item).__name__]
+            for name, value in _fields(item):
+                parts += [f" {name}=", _expand(value)]
+            parts.append(")")
+            stack.extend(reversed(parts))
+        else:
+            assert isinstance(item, list)  # _expand gives nothing else
+            parts = ["["]
+            for element in item:
+                parts += [_expand(element), ","]
+            parts.append("]")
+            stack.extend(reversed(parts))
+    return out
+
+
+def _fields(node: ast.AST) -> list[tuple[str, object]]:
+    """The node's fields that count, sorted by name."""
+    fields: list[tuple[str, object]] = []
+    for name, value in sorted(ast.iter_fields(node), key=_first):
+        if name in _SKIPPED_FIELDS:
+            continue
+        if isinstance(node, ast.JoinedStr) and name == "values":
+            value = _joined_parts(node.values)
+        if (value is None and not isinstance(node, _LITERALS)) or (
+            isinstance(value, list) and not value
+        ):
+            continue
+        fields.append((name, value))
+    return fields
+
+
+def _first(pair: tuple[str, object]) -> str:
+    return pair[0]
+
+
+def _joined_parts(values: list[ast.expr]) -> list[object]:
+    """An f-string's parts, with its literal text in maximal non-empty runs.
+
+    Python 3.12.1 ends a nested format spec with an empty ``Constant('')``
+    that 3.11 and 3.13 do not; merging and dropping empty text makes every
+    version agree (and changes nothing that the f-string does).
+    """
+    parts: list[object] = []
+    text: list[str] = []
+    for value in values:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            text.append(value.value)
+            continue
+        if "".join(text):
+            parts.append(ast.Constant("".join(text)))
+        text = []
+        parts.append(value)
+    if "".join(text):
+        parts.append(ast.Constant("".join(text)))
+    return parts
+
+
+def _expand(value: object) -> object:
+    """A field's value ready for the stack: nodes and lists as they are, scalars as tokens."""
+    if isinstance(value, ast.AST | list):
+        return value
+    if type(value) is int:
+        # Hex: a long hex literal parses to an int whose decimal text
+        # Python 3.11+ refuses to make (its digit limit).
+        return f"int:{value:#x}"
+    # !a (ascii), not repr(): repr() escapes only what the running Python's
+    # Unicode tables call unprintable, and those tables change with Python.
+    return f"{type(value).__name__}:{value!a}"
