@@ -517,3 +517,26 @@ SAMPLE_CHECKSUM = "am1:911ea88628de0c73b64015064373e274d5447a1ab8a5d8f4dff8f62ea
 
 def test_the_serialisation_is_pinned() -> None:
     assert checksum(SAMPLE) == SAMPLE_CHECKSUM
+
+
+def test_a_string_standing_alone_in_any_block_is_form_not_meaning() -> None:
+    # black re-indents (and re-quotes) a string at the top of an if/with/for
+    # block as it would a docstring; a string statement does nothing anywhere.
+    before = (
+        "def upgrade():\n"
+        "    if True:\n"
+        "        '''   add the column\n"
+        "        '''\n"
+        "        op.add_column('t', sa.Column('c', sa.Integer))\n"
+    )
+    after = (
+        "def upgrade():\n"
+        "    if True:\n"
+        '        """add the column"""\n'
+        "        op.add_column('t', sa.Column('c', sa.Integer))\n"
+        "        'a note'\n"
+    )
+    changed = after.replace("'c'", "'d'")
+
+    assert checksum(before) == checksum(after)
+    assert checksum(after) != checksum(changed)

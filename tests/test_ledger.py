@@ -11,6 +11,7 @@ migrated before the ledger starts (adopted), and the ``history``,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,6 @@ from pathlib import Path
 import anyio
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import URL
 
 from automigrator import (
@@ -32,10 +31,11 @@ from automigrator import (
     History,
     MigrationState,
     PartialMigrationError,
+    PurgeAndRetry,
 )
 from tests.conftest import revisions, rows, tables
 from tests.corpus import corpus_project
-from tests.helpers import cli, deployed
+from tests.helpers import backups, cli, deployed, execute
 from tests.project import CHAIN, EMAIL, SEED, USERS, Rev, make_project, write_revision
 
 R4 = Rev("r4", "r3", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
@@ -335,9 +335,15 @@ def test_a_database_migrated_before_the_ledger_is_adopted_once(
     tmp_path: Path, db_url: URL
 ) -> None:
     ini = make_project(tmp_path / "p", CHAIN)
-    config = Config(str(ini))
-    config.set_main_option("sqlalchemy.url", db_url.render_as_string(hide_password=False))
-    command.upgrade(config, "head")  # plain Alembic: no ledger
+    url = db_url.render_as_string(hide_password=False)
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
+    # Plain Alembic, in a process of its own (its env.py's fileConfig would
+    # switch this process's loggers off): no ledger.
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        check=True,
+        capture_output=True,
+    )
     assert "automigrator_history" not in tables(db_url)
 
     adopting, failed = start(ini, db_url)
@@ -457,3 +463,78 @@ def test_a_check_mode_role_that_cannot_read_the_ledger_still_starts_and_says_so(
     assert migrator.status.state is MigrationState.READY
     said = [r.getMessage() for r in caplog.records if "Cannot read the ledger" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_an_edit_that_keeps_the_files_size_and_time_is_still_refused(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # rsync -a, tar or a fixed-time image build keep a file's modification
+    # time: the remembered fingerprints must not hide an edit of the same size.
+    ini = make_project(tmp_path / "p", CHAIN)
+    start(ini, sqlite_url)
+    start(ini, sqlite_url)  # at head: the fingerprints are remembered
+    path = ini.parent / "migrations" / "versions" / "r2.py"
+    stat = path.stat()
+    text = path.read_text()
+    assert "String(100)" in text
+    path.write_text(text.replace("String(100)", "String(900)"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    _, refused = start(ini, sqlite_url)
+
+    assert path.stat().st_size == stat.st_size
+    assert isinstance(refused, EditedRevisionError), repr(refused)
+
+
+def test_a_table_of_the_ledgers_name_that_is_not_ours_is_named_and_nothing_is_purged(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    ini = deployed(tmp_path, pg_url, broken=Rev("r3", "r2", "add age", R4.body))
+    execute(pg_url, "DROP TABLE automigrator_history")
+    execute(pg_url, "CREATE TABLE automigrator_history (id INTEGER PRIMARY KEY, note TEXT)")
+
+    _, refused = start(ini, pg_url, on_failure=PurgeAndRetry())
+    history = cli(ini, pg_url, "history")
+
+    assert isinstance(refused, ConfigurationError), repr(refused)
+    assert "automigrator_history is not automigrator's ledger" in refused.message
+    assert backups(pg_url) == []  # nothing purged
+    assert revisions(pg_url) == {"r2"}
+    assert rows(pg_url, "SELECT COUNT(*) FROM users") == [(3,)]
+    assert history.returncode == 2
+    assert "is not automigrator's ledger" in history.stderr
+
+
+def test_a_revision_left_partial_is_refused_even_once_its_file_is_replaced(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=TWO_STATEMENTS_SECOND_FAILS)
+    start(ini, url)
+    versions = ini.parent / "migrations" / "versions"
+    (versions / "r3.py").unlink()  # someone "fixes" it under another id
+    write_revision(ini.parent, Rev("r3b", "r2", "add age again", R4.body))
+
+    _, refused = start(ini, url)
+
+    assert isinstance(refused, PartialMigrationError), repr(refused)
+    assert refused.revision == "r3"
+    assert revisions(url) == {"r2"}
+
+
+def test_the_command_reads_the_ledger_the_app_names(
+    tmp_path: Path, fresh_db: Callable[[str], URL], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = fresh_db("mariadb")
+    ini = make_project(tmp_path / "p", (USERS, EMAIL))
+    start(ini, url, history=History(table="app_ledger"))
+    write_revision(ini.parent, TWO_STATEMENTS_SECOND_FAILS)
+    start(ini, url, history=History(table="app_ledger"))
+
+    flagged = cli(ini, url, "--history-table", "app_ledger", "verify")
+    monkeypatch.setenv("AUTOMIGRATOR_HISTORY_TABLE", "app_ledger")
+    from_env = cli(ini, url, "verify")
+
+    assert flagged.returncode == 18, flagged.stderr
+    assert from_env.returncode == 18, from_env.stderr
+    assert "automigrator_history" not in tables(url)

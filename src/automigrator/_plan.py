@@ -85,7 +85,8 @@ class Plan:
 
         ``unversioned`` is only final under the lock (``final=True``): without
         it we may have seen another replica's tables before its version table.
-        With ``edits``, an applied revision edited since it ran (``History(on_edit=
+        A revision the ledger says was left partly applied, wherever it is; with
+        ``edits``, an applied revision edited since it ran (``History(on_edit=
         "refuse")``).
         """
         if self.kind == "multiple_heads":
@@ -94,6 +95,9 @@ class Plan:
             return SchemaAheadError(revisions=self.unknown, missing=self.pending)
         if self.kind == "unversioned" and baseline is None and final:
             return UnversionedDatabaseError(version_table=version_table)
+        dirty = self.audit.dirty if self.audit is not None else None
+        if dirty is not None and dirty.outcome == "partial":
+            return dirty.refusal()  # (one left running: under the lock, by the migrator)
         if edits and self.audit is not None:
             return self.audit.edit_refusal()
         return None

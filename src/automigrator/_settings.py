@@ -142,17 +142,22 @@ class History:
     when_ahead: WhenAhead = "refuse"
 
     def __post_init__(self) -> None:
-        if self.table is not None and not (isinstance(self.table, str) and self.table.strip()):
+        if self.table is not None and not (
+            isinstance(self.table, str) and self.table.strip() and len(self.table) <= 63
+        ):
             raise ConfigurationError(
-                f"History(table={self.table!r}): name the ledger's table, or None for no ledger."
+                f"History(table={self.table!r}): name the ledger's table (at most 63 "
+                "characters, PostgreSQL's limit), or None for no ledger."
             )
         choice("History", "on_edit", self.on_edit, ("refuse", "warn", "off"))
         choice("History", "drift", self.drift, ("off", "warn"))
         choice("History", "when_ahead", self.when_ahead, ("refuse", "serve"))
-        if self.app_version is not None and not isinstance(self.app_version, str):
+        if self.app_version is not None and not (
+            isinstance(self.app_version, str) and len(self.app_version) <= 255
+        ):
             raise ConfigurationError(
-                f"History(app_version={self.app_version!r}): pass a string (your release), "
-                "or None."
+                f"History(app_version={self.app_version!r:.80}): pass a string of at most 255 "
+                "characters (your release), or None."
             )
 
 

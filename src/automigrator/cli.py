@@ -41,7 +41,7 @@ from ._drift import DriftReport, drift
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
 from ._preview import Preview, lint, preview
-from ._settings import Ddl, Lint, LintMode, Timeouts
+from ._settings import Ddl, History, Lint, LintMode, Timeouts
 from .database._connections import display
 from .database._redaction import mask_credentials
 from .errors import (
@@ -137,7 +137,7 @@ exit codes: 0 done, 1 migration failed, 2 settings, 10 behind, 11 ahead,
 
 
 # The library's defaults, read from its settings objects: none is written twice.
-TIMEOUTS, DDL, LINT = Timeouts(), Ddl(), Lint()
+TIMEOUTS, DDL, LINT, HISTORY = Timeouts(), Ddl(), Lint(), History()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -311,6 +311,17 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "(default: $AUTOMIGRATOR_LOCK_URL, else --url)",
     )
     parser.add_argument(
+        "--history-table",
+        default=default(env("AUTOMIGRATOR_HISTORY_TABLE", HISTORY.table)),
+        help="the ledger's table, as History(table=) names it in the app "
+        f"(default: $AUTOMIGRATOR_HISTORY_TABLE, else {HISTORY.table})",
+    )
+    parser.add_argument(
+        "--app-version",
+        default=default(env("AUTOMIGRATOR_APP_VERSION")),
+        help="recorded in the ledger with each attempt (default: $AUTOMIGRATOR_APP_VERSION)",
+    )
+    parser.add_argument(
         "--lock-timeout",
         type=float,
         default=default(TIMEOUTS.lock),
@@ -351,6 +362,7 @@ async def _command(args: argparse.Namespace) -> int:
         check=args.timeout if args.command == "wait" else TIMEOUTS.check,
     )
     options["timeouts"] = timeouts
+    options["history"] = History(table=args.history_table, app_version=args.app_version)
     if args.lock_url:
         options["lock_url"] = args.lock_url
     if args.command in ("upgrade", "lint"):
@@ -501,6 +513,7 @@ async def _verify(members: dict[str, AutoMigrator], *, as_json: bool) -> int:
             "edited": edits,
             "partly_applied": dirty,
             "unrecorded": list(audit.unrecorded) if audit else [],
+            "unchecked": list(audit.unchecked) if audit else [],
         }
         code = max(code, DIRTY if dirty else EDITED if edits else 0)
         if not as_json:
@@ -511,6 +524,12 @@ async def _verify(members: dict[str, AutoMigrator], *, as_json: bool) -> int:
                 print(
                     f"automigrator: {where}{len(audit.unrecorded)} applied revision(s) are not "
                     "in the ledger yet (the next start adopts them)",
+                    file=sys.stderr,
+                )
+            if audit and audit.unchecked:
+                print(
+                    f"automigrator: {where}{len(audit.unchecked)} applied revision(s) have no "
+                    "checksum (sourceless files): not checked",
                     file=sys.stderr,
                 )
             if not edits and not dirty:

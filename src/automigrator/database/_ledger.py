@@ -52,7 +52,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import PartialMigrationError, first_line
+from ..errors import ConfigurationError, PartialMigrationError, first_line
 from ._connections import VersionTable
 from ._contention import apply_timeout
 
@@ -232,6 +232,7 @@ class Ledger:
             if exc.connection_invalidated:
                 raise
             conn.rollback()
+            self.check_shape(conn)  # a table of that name, not ours: said, never read
             if sa.inspect(conn).has_table(self.name, schema=t.schema) and not self._unreadable:
                 # There, but not ours to read (a role granted the version
                 # table alone, for check mode): nothing is checked, and said once.
@@ -255,6 +256,7 @@ class Ledger:
         with self.engine.connect() as conn:
             if not self._exists(conn):
                 return []
+            self.check_shape(conn)
             query = sa.select(self.table).order_by(self.table.c.id)
             if revision is not None:
                 query = query.where(self.table.c.revision == revision)
@@ -282,9 +284,11 @@ class Ledger:
             if conn.dialect.name == "postgresql":
                 with conn.begin_nested():
                     self.table.create(conn, checkfirst=True)
+                    self.check_shape(conn)
                     writable = self._writable(conn)
             else:
                 self.table.create(conn, checkfirst=True)
+                self.check_shape(conn)
                 writable = True  # a refused write fails alone: begin() is asked
         except sa.exc.DBAPIError as exc:
             self.not_recorded("Could not create", first_line(exc.orig or exc))
@@ -302,6 +306,23 @@ class Ledger:
             self.name,
             why,
         )
+
+    def check_shape(self, conn: Connection) -> None:
+        """A table of the ledger's name that lacks the ledger's columns is someone
+        else's (one of the app's, or a hand-made one): ConfigurationError, naming
+        it, before anything is written to it."""
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self.name, schema=self.table.schema):
+            return
+        found = {column["name"] for column in inspector.get_columns(self.name, self.table.schema)}
+        missing = sorted(set(self.table.c.keys()) - found)
+        if missing:
+            raise ConfigurationError(
+                f"The table {self.table.fullname} is not automigrator's ledger (it has no "
+                f"{', '.join(missing)} column): it may be one of your own. Pass "
+                "History(table=...) another name (or None for no ledger), or rename that "
+                "table; nothing was changed."
+            )
 
     def _writable(self, conn: Connection) -> bool:
         # PostgreSQL: a refused INSERT would end the run's transaction; ask first.

@@ -109,14 +109,24 @@ class Bookkeeper:
             logger.warning("History(on_edit='warn'): %s", refusal.message)
 
     def unrecorded(self, plan: Plan) -> bool:
-        """The database holds revisions the ledger has no row for: adopt them."""
-        return self.ledger is not None and plan.audit is not None and bool(plan.audit.unrecorded)
+        """The ledger needs the lock: revisions the database holds that it has no row
+        for (to adopt), or a revision left running (to refuse, if it still is)."""
+        audit = plan.audit
+        return (
+            self.ledger is not None and audit is not None and bool(audit.unrecorded or audit.dirty)
+        )
 
     async def adopt(self, plan: Plan) -> None:
-        """Under the lock: record the revisions the database holds and the ledger
-        lacks (a database migrated before the ledger, or by hand) as ``adopted``,
-        with their files' checksums as they are now (trust on first use)."""
-        if self.ledger is not None and plan.audit is not None and plan.audit.unrecorded:
+        """Under the lock: a revision the ledger says was left running refuses the
+        start (whatever the files say of it now: replaced, stamped by hand); then
+        the revisions the database holds and the ledger lacks (migrated before the
+        ledger, or by hand) are recorded ``adopted``, with their files' checksums as
+        they are now (trust on first use)."""
+        if self.ledger is None or plan.audit is None:
+            return
+        if plan.audit.dirty is not None:
+            raise plan.audit.dirty.refusal()
+        if plan.audit.unrecorded:
             await anyio.to_thread.run_sync(self._adopt, self.ledger, plan.audit)
 
     def _adopt(self, ledger: Ledger, audit: Audit) -> int:

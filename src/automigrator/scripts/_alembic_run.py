@@ -96,6 +96,7 @@ class _Supervisor:
         self.marking = False  # each attempt is recorded in the ledger
         self.rows: dict[str, int] = {}  # revision -> its running row, not yet applied
         self.refused = False  # the ledger refused a revision a stopped process left
+        self.ledger_broke = False  # a write of ours to the ledger failed in the run
         self._facts: dict[str, RevisionFacts] = {}
         self._mark = time.perf_counter()
 
@@ -143,22 +144,43 @@ class _Supervisor:
             # from a revision that writes through a connection of its own.
             self.marking = True
             return
-        if first:
-            self.marking = ledger.prepare(connection)
-        if not self.marking:
-            return
-        try:
-            left = ledger.begin(connection, self.facts(str(revision)), self.hooks.run)
-        except DBAPIError as exc:
-            if not _missing_privilege(exc) or self.dialect == "postgresql":
-                raise  # (PostgreSQL's privilege was checked in prepare())
-            self.marking = False
-            ledger.not_recorded("Cannot write to", first_line(exc.orig or exc))
-            return
+        with self.ledger_writes():
+            if first:
+                self.marking = ledger.prepare(connection)
+            if not self.marking:
+                return
+            try:
+                left = ledger.begin(connection, self.facts(str(revision)), self.hooks.run)
+            except DBAPIError as exc:
+                if not _missing_privilege(exc) or self.dialect == "postgresql":
+                    raise  # (PostgreSQL's privilege was checked in prepare())
+                self.marking = False
+                ledger.not_recorded("Cannot write to", first_line(exc.orig or exc))
+                return
         if isinstance(left, LedgerEntry):
             self.refused = True
             raise left.refusal()
         self.rows[str(revision)] = left
+
+    @contextmanager
+    def ledger_writes(self) -> Iterator[None]:
+        """Around our writes to the ledger inside the run: their failure (a table of
+        that name that is not ours, a value it refuses) is never the revision's,
+        so never a ``migration`` failure a policy would purge for."""
+        try:
+            yield
+        except (DBAPIError, ConfigurationError) as exc:
+            self.refused = True  # nothing more is written to it
+            self.ledger_broke = True
+            if isinstance(exc, ConfigurationError):
+                raise
+            ledger = self.hooks.ledger
+            raise ConfigurationError(
+                f"Writing the ledger {ledger.name if ledger else ''} failed: "
+                f"{type(exc).__name__}: {first_line(exc.orig or exc)}. Not the revision's "
+                "fault: nothing is purged for it. Check History(table=) names a table of "
+                "automigrator's own (or None for no ledger)."
+            ) from exc
 
     def facts(self, revision: str) -> RevisionFacts:
         """What the ledger records of ``revision``: its file's fingerprint (checksum
@@ -283,14 +305,15 @@ class _Supervisor:
         self._mark = now
         ledger, connection = self.hooks.ledger, self.connection
         row = self.rows.pop(applied.revision, None)
-        if ledger is not None and connection is not None and row is not None:
-            ledger.applied(connection, row, applied.duration)  # with the version row
-        elif ledger is not None and connection is not None and self.dialect == "sqlite":
-            if not self.applied:
-                self.marking = ledger.prepare(connection)  # in the first one's transaction
-            if self.marking:
-                facts = self.facts(applied.revision)
-                ledger.insert_applied(connection, facts, self.hooks.run, applied.duration)
+        with self.ledger_writes():
+            if ledger is not None and connection is not None and row is not None:
+                ledger.applied(connection, row, applied.duration)  # with the version row
+            elif ledger is not None and connection is not None and self.dialect == "sqlite":
+                if not self.applied:
+                    self.marking = ledger.prepare(connection)  # in the first one's transaction
+                if self.marking:
+                    facts = self.facts(applied.revision)
+                    ledger.insert_applied(connection, facts, self.hooks.run, applied.duration)
         self.applied.append(applied)
         logger.info(
             "Applied %d/%d %s %s in %.2f s%s",
@@ -598,7 +621,8 @@ def run_env(
         except AutomigratorError as stopped:
             # A stop of ours (a lost lock) inside a revision, or before the
             # commit of one whose autocommit blocks ran, leaves it half done.
-            half = recorder.half_done() if isinstance(stopped, LockLostError) else None
+            ours = isinstance(stopped, LockLostError) or recorder.ledger_broke
+            half = recorder.half_done() if ours else None
             if half is not None:
                 partial = _partial_error(recorder, *half, stopped.summary())
                 recorder.record_failure(partial)

@@ -5,9 +5,10 @@ afterwards is noticed. It must not fire when nobody changed what the file
 does: a formatter run over the history (ruff, black; another line length,
 another quote style), CRLF line endings from a Windows checkout, comments,
 blank lines, parentheses, trailing commas. So it is taken over the module's
-syntax tree, not its bytes, with the docstrings removed (module, class and
-function ones; the module's holds Alembic's "Revision ID / Revises / Create
-Date" header, which people do touch up).
+syntax tree, not its bytes, with every string that stands alone as a
+statement removed: docstrings (the module's holds Alembic's "Revision ID /
+Revises / Create Date" header, which people do touch up), and strings used
+as comments, which black re-indents as docstrings at the top of any block.
 
 The top-level ``downgrade()`` is left out too: an applied revision's
 downgrade has not run, and fixing it later must not read as an edit of what
@@ -41,7 +42,6 @@ ALGORITHM = "am1"
 # Fields that say nothing about what the code does: the load/store context
 # (implied by the position), type comments, and Constant's u-prefix marker.
 _SKIPPED_FIELDS = frozenset(("ctx", "type_comment", "kind"))
-_DOCUMENTED = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 # Nodes whose ``value`` field is the literal itself, None included.
 _LITERALS = (ast.Constant, ast.MatchSingleton)
 
@@ -88,18 +88,23 @@ def source_hash(data: bytes) -> str:
 
 
 def _strip(tree: ast.Module) -> None:
-    """Remove what the checksum leaves out: docstrings and ``downgrade()``."""
-    documented = []
+    """Remove what the checksum leaves out: bare strings and ``downgrade()``.
+
+    A string alone as a statement does nothing: a docstring, or a comment
+    written as a string. Formatters treat the first one of any block as a
+    docstring (black re-indents one at the top of an ``if`` or ``with``), so
+    every one goes, not only the module's, classes' and functions'.
+    """
     refers_to_downgrade = False
     for node in ast.walk(tree):
-        if isinstance(node, _DOCUMENTED) and node.body and _is_docstring(node.body[0]):
-            documented.append(node)
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if isinstance(statements, list) and any(_is_docstring(s) for s in statements):
+                # An emptied body is fine: the tree is hashed, never compiled.
+                setattr(node, field, [s for s in statements if not _is_docstring(s)])
         # upgrade() calling downgrade() (or a decorator, or a dict of steps
         # naming it) makes it part of what was applied.
         refers_to_downgrade |= isinstance(node, ast.Name) and node.id == "downgrade"
-    for node in documented:
-        # An emptied body is fine: the tree is hashed, never compiled.
-        del node.body[0]
     if not refers_to_downgrade:
         tree.body = [
             node

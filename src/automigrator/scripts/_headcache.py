@@ -9,8 +9,8 @@ So the heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
   relative ``script_location`` against it) and Alembic's installed version;
 - the version locations, ``sourceless`` and ``recursive_version_locations``,
   as Alembic resolved them when the heads were read;
-- the name, size and modification time (ns) of every file under those
-  locations, recursively.
+- the name, size, modification and change times (ns) of every file under
+  those locations, recursively.
 
 Beside the heads, each revision's fingerprint (``_fingerprints``: its file,
 parents, the hash of its bytes, its checksum once computed): the ledger's
@@ -102,7 +102,10 @@ def _add_tree(digest: hashlib.blake2b, root: str, rel: str, *, with_pycache: boo
             _add_tree(digest, entry.path, f"{rel}{entry.name}/", with_pycache=with_pycache)
         else:
             stat = entry.stat(follow_symlinks=True)
-            digest.update(f"\0{rel}{entry.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            # The change time too: a copy that keeps size and modification
+            # time (rsync -a, tar, a fixed-time image build) cannot set it.
+            key = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+            digest.update(f"\0{rel}{entry.name}:{key}".encode())
 
 
 def recall(cache_file: Path, config: str) -> tuple[tuple[str, ...], Any] | None:

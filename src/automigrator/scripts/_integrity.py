@@ -84,6 +84,9 @@ class Audit:
     """A revision left running or partial (refused under the lock)."""
     checksums_computed: bool = False
     """A file's checksum was computed (its bytes changed): worth remembering."""
+    unchecked: tuple[str, ...] = ()
+    """Applied revisions recorded without a checksum of ours (sourceless files):
+    never compared."""
 
     def edit_refusal(self) -> EditedRevisionError | None:
         """The error that refuses a start for the edited revisions, or None."""
@@ -111,15 +114,17 @@ def audit(
     rows = latest or {}
     applied = ancestry(db_revisions, fingerprints)
     edited: list[Edit] = []
+    unchecked: list[str] = []
     computed = False
     for revision, entry in rows.items():
         fingerprint = fingerprints.get(revision)
         if entry.outcome not in APPLIED or fingerprint is None:
             continue  # not in the database, or the code does not know it (the plan says so)
+        if not (entry.checksum or "").startswith(f"{ALGORITHM}:"):
+            unchecked.append(revision)  # sourceless, or another algorithm's: cannot tell
+            continue
         if entry.source_hash == fingerprint.source_hash:
             continue  # the very bytes that ran: no parse
-        if not (entry.checksum or "").startswith(f"{ALGORITHM}:"):
-            continue  # recorded without a checksum, or by another algorithm: cannot tell
         computed = computed or fingerprint.known_checksum is None
         now = fingerprint.checksum()
         if now != entry.checksum:
@@ -131,4 +136,5 @@ def audit(
         unrecorded=tuple(sorted(rev for rev in applied if _unrecorded(rows.get(rev)))),
         dirty=min(dirty, key=lambda e: e.id) if dirty else None,
         checksums_computed=computed,
+        unchecked=tuple(sorted(unchecked)),
     )
