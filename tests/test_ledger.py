@@ -538,3 +538,25 @@ def test_the_command_reads_the_ledger_the_app_names(
     assert flagged.returncode == 18, flagged.stderr
     assert from_env.returncode == 18, from_env.stderr
     assert "automigrator_history" not in tables(url)
+
+
+def test_a_behind_database_migrated_before_the_ledger_is_adopted_then_migrated(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # Adoption writes under the lock's fence, on a connection of ours: it must
+    # let the fence go, or the migration's own connection could not take it.
+    ini = make_project(tmp_path / "p", (USERS, EMAIL))
+    url = db_url.render_as_string(hide_password=False)
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        check=True,
+        capture_output=True,
+    )
+    write_revision(ini.parent, SEED)
+
+    _, failed = start(ini, db_url)
+
+    assert failed is None, repr(failed)
+    assert revisions(db_url) == {"r3"}
+    assert ledger(db_url) == [("r1", "adopted"), ("r2", "adopted"), ("r3", "applied")]

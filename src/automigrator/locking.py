@@ -108,6 +108,28 @@ class HeldLock(Protocol):
         ...
 
 
+@contextmanager
+def fenced(lock: object, connection: Connection) -> Iterator[bool]:
+    """Hold ``lock``'s fence on ``connection`` (one of ours) for the block: a write
+    of ours under the lock, outside the migration's own connection.
+
+    Yields False when the lock was lost meanwhile or another process holds
+    the fence (then write nothing: a holder paused past its reap time must
+    never write after its successor). The fence is let go after the block,
+    so a later run's own connection can take it. Begin the block's
+    transaction inside it: the fence outlives it.
+    """
+    if not isinstance(lock, HeldLock):
+        yield True
+        return
+    guarded = lock.guard(connection)
+    try:
+        yield guarded is not False and lock.held()
+    finally:
+        if guarded:
+            lock.release_guard(connection.connection.dbapi_connection)
+
+
 _DEFAULT_TABLE = VersionTable()
 
 

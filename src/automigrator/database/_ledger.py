@@ -362,16 +362,16 @@ class Ledger:
     # -- from a connection of ours ------------------------------------------------
 
     @contextmanager
-    def writing(self) -> Iterator[Connection]:
-        """A transaction of ours whose waits for a table lock are bounded: a write
-        never queues for ever behind a transaction that is still open (a
-        caller's, around env.py) or a busy catalog."""
-        with self.engine.begin() as conn:
+    def writing(self, conn: Connection) -> Iterator[Connection]:
+        """A transaction on ``conn`` (ours) whose waits for a table lock are bounded:
+        a write never queues for ever behind a busy catalog."""
+        with conn.begin():
             apply_timeout(conn, self.lock_timeout)
             yield conn
 
     def failed(
         self,
+        conn: Connection,
         facts: RevisionFacts,
         run: RunFacts,
         *,
@@ -379,16 +379,17 @@ class Ledger:
         row: int | None,
         kept: Collection[str] = (),
     ) -> None:
-        """``facts.revision`` failed: ``partial`` if ``kept`` holds statements that
-        stayed, else ``failed``. Its ``running`` row, where one stayed, becomes
-        that; else (rolled back with the revision) a new row says it."""
+        """On ``conn`` (ours, fenced by the caller): ``facts.revision`` failed:
+        ``partial`` if ``kept`` holds statements that stayed, else ``failed``.
+        Its ``running`` row, where one stayed, becomes that; else (rolled back
+        with the revision) a new row says it."""
         outcome: Outcome = "partial" if kept else "failed"
         values = self._values(facts, run, outcome)
         values.update(error=error[:2000])
         if kept:
             values.update(detail="; ".join(kept), statement=len(kept) + 1)
         t = self.table
-        with self.writing() as conn:
+        with self.writing(conn):
             self.table.create(conn, checkfirst=True)
             if row is not None:
                 done = conn.execute(

@@ -20,6 +20,7 @@ from .._plan import Plan
 from .._settings import MigratorSettings
 from ..database._ledger import Ledger, LedgerEntry, RevisionFacts, RunFacts
 from ..errors import AutomigratorError, ConfigurationError, LockLostError, first_line
+from ..locking import fenced
 from ..scripts._integrity import Audit
 from ..scripts._scripts import Scripts
 from ._upgrading import Upgrader
@@ -63,6 +64,15 @@ class Bookkeeper:
     def linted(self, verdicts: Mapping[str, str]) -> None:
         """The lint's verdict of each of this attempt's pending revisions (for its row)."""
         self.verdicts = verdicts
+
+    @staticmethod
+    def lost(doing: str) -> LockLostError:
+        """The lock went (or another process holds its fence) before ``doing``."""
+        return LockLostError(
+            f"The migration lock was lost before {doing} (its connection was closed: a "
+            "server timeout, the network, or this process paused past its reap time): "
+            "another process may be migrating. Nothing was written; the next start plans again."
+        )
 
     def by_hand(self) -> RunFacts:
         """What a row written outside a run records: who, no lock wait, no verdict."""
@@ -133,11 +143,11 @@ class Bookkeeper:
         prints = self.scripts.fingerprints()
         facts = [prints[rev].facts() for rev in audit.unrecorded if rev in prints]
         try:
-            with ledger.writing() as conn:
-                self.waiter.fence(conn, "the ledger's adoption")
-                count = ledger.adopt(
-                    conn, facts, RunFacts(None, self.settings.history.app_version)
-                )
+            with ledger.engine.connect() as conn, fenced(self.waiter.held, conn) as ours:
+                if not ours:
+                    raise self.lost("the ledger's adoption")
+                with ledger.writing(conn):
+                    count = ledger.adopt(conn, facts, self.by_hand())
         except LockLostError:
             raise
         except Exception as exc:  # the ledger informs: a start goes on without it
@@ -205,12 +215,15 @@ class Bookkeeper:
         prints = self.scripts.fingerprints()
         facts = prints[revision].facts() if revision in prints else RevisionFacts(revision)
         outcome = {"applied": "resolved", "not-applied": "undone", "accept-checksum": "accepted"}
-        with self.ledger.writing() as conn:
-            self.waiter.fence(conn, "the ledger's record of a resolve")
-            self.ledger.record(
-                conn,
-                facts,
-                self.by_hand(),
-                outcome=outcome[decision],
-                detail=reason.strip()[:2000],
-            )
+        ledger = self.ledger
+        with ledger.engine.connect() as conn, fenced(self.waiter.held, conn) as ours:
+            if not ours:
+                raise self.lost("the ledger's record of a resolve")
+            with ledger.writing(conn):
+                ledger.record(
+                    conn,
+                    facts,
+                    self.by_hand(),
+                    outcome=outcome[decision],
+                    detail=reason.strip()[:2000],
+                )

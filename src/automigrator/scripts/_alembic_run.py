@@ -51,7 +51,7 @@ from ..errors import (
     PartialMigrationError,
     first_line,
 )
-from ..locking import HeldLock
+from ..locking import HeldLock, fenced
 from ..process._logging import LoggingGuard
 from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps
 from ._configfile import config_error_text
@@ -207,13 +207,24 @@ class _Supervisor:
         if not partial and self.lock_lost():
             return
         try:
-            ledger.failed(
-                self.facts(str(revision)),
-                self.hooks.run,
-                error=error.summary(),
-                row=self.rows.get(str(revision)),
-                kept=error.statements if isinstance(error, PartialMigrationError) else (),
-            )
+            # Fenced: a run paused past its reap time writes nothing after its
+            # successor (which holds the fence, or will find it held).
+            with ledger.engine.connect() as conn, fenced(self.lock, conn) as ours:
+                if not ours:
+                    logger.warning(
+                        "Not recording the failure of %s in the ledger: the migration lock "
+                        "was lost (another process may be migrating)",
+                        revision,
+                    )
+                    return
+                ledger.failed(
+                    conn,
+                    self.facts(str(revision)),
+                    self.hooks.run,
+                    error=error.summary(),
+                    row=self.rows.get(str(revision)),
+                    kept=error.statements if isinstance(error, PartialMigrationError) else (),
+                )
         except Exception as exc:
             logger.warning(
                 "Could not record the failure of %s in the ledger (%s)%s",
