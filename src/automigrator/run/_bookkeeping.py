@@ -134,8 +134,12 @@ class Bookkeeper:
         they are now (trust on first use)."""
         if self.ledger is None or plan.audit is None:
             return
-        if plan.audit.dirty is not None:
-            raise plan.audit.dirty.refusal()
+        dirty = plan.audit.dirty
+        # A pending revision's running row is refused under the fence, by the
+        # run itself: before it, the row may be a live migrator's that lost
+        # its lock (then the fence says so, truthfully: transient).
+        if dirty is not None and dirty.revision not in plan.pending:
+            raise dirty.refusal()
         if plan.audit.unrecorded:
             await anyio.to_thread.run_sync(self._adopt, self.ledger, plan.audit)
 

@@ -196,15 +196,13 @@ class _Supervisor:
     def record_failure(self, error: AutomigratorError) -> None:
         """After env.py's run ended (its transaction over): the ledger says how the
         revision that was running failed (``partial`` with what stayed, else
-        ``failed``). Nothing for a refusal, or a run that lost its lock (another
-        process may be recording the same revision), but a partial revision."""
+        ``failed``). Nothing for a refusal; nor, under the fence, for a run that
+        lost its lock (the caller does not ask then: a frozen lock connection
+        would be asked twice)."""
         ledger = self.hooks.ledger
-        partial = isinstance(error, PartialMigrationError)
         revision = error.revision if isinstance(error, PartialMigrationError) else None
         revision = revision or self.running_revision()
         if ledger is None or not self.marking or self.refused or revision is None:
-            return
-        if not partial and self.lock_lost():
             return
         try:
             # Fenced: a run paused past its reap time writes nothing after its
@@ -634,20 +632,25 @@ def run_env(
             # commit of one whose autocommit blocks ran, leaves it half done.
             ours = isinstance(stopped, LockLostError) or recorder.ledger_broke
             half = recorder.half_done() if ours else None
+            lost = isinstance(stopped, LockLostError)  # nothing may be written then
             if half is not None:
                 partial = _partial_error(recorder, *half, stopped.summary())
-                recorder.record_failure(partial)
+                if not lost:
+                    recorder.record_failure(partial)
                 raise partial from stopped
-            recorder.record_failure(stopped)
+            if not lost:
+                recorder.record_failure(stopped)
             raise
         except Exception as exc:
             # A revision that failed after our lock was lost may have met
             # another process's migration (its table already exists): that is
             # never the revision's fault, and must never be purged for.
             error = _translate_run_error(exc, recorder, url)
-            recorder.record_failure(error)
             revision = recorder.running_revision()
-            if isinstance(error, MigrationError) and revision and recorder.lock_lost():
+            lost = recorder.lock_lost()  # asked once: a frozen lock connection waits
+            if not lost:
+                recorder.record_failure(error)
+            if isinstance(error, MigrationError) and revision and lost:
                 raise LockLostError(
                     f"Revision {revision} failed "
                     f"({redact(f'{type(exc).__name__}: {first_line(exc)}', url)}) after the "
