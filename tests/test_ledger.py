@@ -70,6 +70,18 @@ def edit(ini: Path, rev: Rev, body: str) -> Path:
     return path
 
 
+def plain_alembic_upgrade(ini: Path, url: URL) -> None:
+    """``alembic upgrade head``, in a process of its own (env.py's fileConfig would
+    switch this process's loggers off): no ledger."""
+    rendered = url.render_as_string(hide_password=False)
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", rendered))
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        check=True,
+        capture_output=True,
+    )
+
+
 def reformat(versions: Path, *, line_length: int) -> list[str]:
     """ruff format over a version folder, with settings not its own; the files it changed."""
     before = {p.name: p.read_bytes() for p in versions.glob("*.py")}
@@ -335,15 +347,7 @@ def test_a_database_migrated_before_the_ledger_is_adopted_once(
     tmp_path: Path, db_url: URL
 ) -> None:
     ini = make_project(tmp_path / "p", CHAIN)
-    url = db_url.render_as_string(hide_password=False)
-    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
-    # Plain Alembic, in a process of its own (its env.py's fileConfig would
-    # switch this process's loggers off): no ledger.
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
-        check=True,
-        capture_output=True,
-    )
+    plain_alembic_upgrade(ini, db_url)
     assert "automigrator_history" not in tables(db_url)
 
     adopting, failed = start(ini, db_url)
@@ -546,13 +550,7 @@ def test_a_behind_database_migrated_before_the_ledger_is_adopted_then_migrated(
     # Adoption writes under the lock's fence, on a connection of ours: it must
     # let the fence go, or the migration's own connection could not take it.
     ini = make_project(tmp_path / "p", (USERS, EMAIL))
-    url = db_url.render_as_string(hide_password=False)
-    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
-        check=True,
-        capture_output=True,
-    )
+    plain_alembic_upgrade(ini, db_url)
     write_revision(ini.parent, SEED)
 
     _, failed = start(ini, db_url)
