@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from automigrator import AutoMigrator, MigrationState
@@ -53,3 +54,30 @@ def test_an_applications_own_freeze_is_left_alone(ini: Path, sqlite_url: URL) ->
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_heap_is_frozen_while_a_start_at_head_reads_the_plan(
+    ini: Path, sqlite_url: URL
+) -> None:
+    # The plan's objects (a stat result per revision file, a ledger row per
+    # revision) would otherwise set off full collections of the whole process
+    # at every start: docs/performance.md, "The ledger at head".
+    before = gc.get_freeze_count()
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    seen: list[int] = []
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "automigrator_history" in statement:
+            seen.append(gc.get_freeze_count())
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", note)
+    try:
+        status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", note)
+
+    assert status.state is MigrationState.READY
+    assert status.applied == ()
+    assert seen
+    assert min(seen) > max(before, 1000)  # the whole heap, during the ledger's read
+    assert gc.get_freeze_count() <= before

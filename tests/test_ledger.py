@@ -558,3 +558,49 @@ def test_a_behind_database_migrated_before_the_ledger_is_adopted_then_migrated(
     assert failed is None, repr(failed)
     assert revisions(db_url) == {"r3"}
     assert ledger(db_url) == [("r1", "adopted"), ("r2", "adopted"), ("r3", "applied")]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_a_clean_check_remembered_for_one_database_never_answers_for_another(
+    tmp_path: Path, fresh_db: Callable[[str], URL], kind: str
+) -> None:
+    # Two databases share one checkout (tenants, staging beside a copy of
+    # production). The older one ran r2 as it was; r2 was then edited, and
+    # the newer one migrated with the edit and started again at head (its
+    # clean check remembered with the heads). The older one is still refused.
+    db_url = fresh_db(kind)
+    older = fresh_db(kind) if kind != "sqlite" else sa.make_url(f"sqlite:///{tmp_path}/older.db")
+    ini = make_project(tmp_path / "p", CHAIN)
+    start(ini, older)
+    edit(ini, EMAIL, 'op.add_column("users", sa.Column("email", sa.String(200)))')
+    _, first = start(ini, db_url)
+    _, again = start(ini, db_url)
+
+    _, refused = start(ini, older)
+
+    assert (first, again) == (None, None)
+    assert isinstance(refused, EditedRevisionError), repr(refused)
+    assert refused.revisions == ("r2",)
+
+
+def test_a_row_left_partial_after_a_clean_start_refuses_the_next_one(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    # At head, the check found nothing and was remembered; since then another
+    # process (a replica of another version, killed in r3 on MariaDB) left r3's
+    # row partial. The ledger reads differently: the next start checks again.
+    url = fresh_db("mariadb")
+    ini = make_project(tmp_path / "p", CHAIN)
+    start(ini, url)
+    _, clean = start(ini, url)
+    execute(
+        url,
+        "UPDATE automigrator_history SET outcome = 'partial', statement = 2, "
+        "detail = 'ALTER TABLE users ADD COLUMN age INTEGER' WHERE revision = 'r3'",
+    )
+
+    _, refused = start(ini, url)
+
+    assert clean is None, repr(clean)
+    assert isinstance(refused, PartialMigrationError), repr(refused)
+    assert refused.revision == "r3"

@@ -18,7 +18,7 @@ from .database._connections import (
     read_revisions,
     translate_error,
 )
-from .database._ledger import Ledger, LedgerEntry
+from .database._ledger import Latest, Ledger
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -27,8 +27,9 @@ from .errors import (
     SchemaAheadError,
     UnversionedDatabaseError,
 )
+from .process._gcfreeze import frozen_heap
 from .process._signals import abandonable
-from .scripts._integrity import Audit, audit
+from .scripts._integrity import Audit, check
 from .scripts._scripts import Scripts
 
 if TYPE_CHECKING:
@@ -123,9 +124,29 @@ def read_plan(
 ) -> Plan:
     """Read the version table and classify it against the scripts (in a worker thread).
 
+    The application's heap is frozen meanwhile (``process/_gcfreeze``): the
+    few thousand objects a plan makes at 1000 revisions (a stat result per
+    file, a row per revision) otherwise set off a full collection of the
+    whole process, which then costs more than the plan.
+    """
+    with frozen_heap():
+        return _read_plan(scripts, engine, version_table, target, first=first, ledger=ledger)
+
+
+def _read_plan(
+    scripts: Scripts,
+    engine: Engine,
+    version_table: VersionTable,
+    target: str,
+    *,
+    first: bool,
+    ledger: Ledger | None,
+) -> Plan:
+    """``read_plan()``'s work.
+
     At head with remembered heads this is one query and no graph, and one
-    more for the ``ledger``'s latest rows, compared with the remembered
-    fingerprints (``_integrity``). ``first``
+    more for the ``ledger``'s latest rows, checked against the files
+    (``_integrity.check``: remembered when clean). ``first``
     (the first plan of an attempt) defers the graph for a database with no
     revisions: it is behind whatever the scripts hold, and the replica that
     migrates imports the scripts anyway.
@@ -143,19 +164,17 @@ def read_plan(
             # tables is unversioned too: never planned as an empty database.
             ours = ledger.name if ledger is not None else None
             has_tables = not revisions and has_other_tables(conn, version_table, ours)
-            latest: dict[str, LedgerEntry] | None = None
+            latest: dict[str, Latest] | None = None
             if ledger is not None and revisions:
                 latest = ledger.latest(conn)  # last: a missing ledger ends the transaction
+        checked = None
+        if ledger is not None and revisions:
+            checked = check(scripts, latest, revisions, ledger.by_id)
     except DBAPIError as exc:
         error = translate_error(exc, scripts.url, doing="reading the version table")
         if isinstance(error, DatabaseUnavailableError):
             scripts.graph()  # a script error first: waiting would not fix it
         raise error from exc
-    checked = None
-    if ledger is not None and revisions:
-        checked = audit(latest, scripts.fingerprints(), revisions)
-        if checked.checksums_computed:
-            scripts.keep_checksums()
     if remembered is not None and holds_heads(remembered, revisions, target):
         return Plan("at_head", revisions or (), remembered, audit=checked)  # no graph
     if first and not revisions:

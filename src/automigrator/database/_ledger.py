@@ -32,9 +32,10 @@ table's schema) keeps one row per attempt at a revision:
 
 Rows are only ever added (a ``running`` row becomes its outcome): the
 latest row of a revision says where it stands. Reading them costs one
-query (``latest()``), which the plan makes after its read of the version
-table. The checksums compared against the files are computed in
-``scripts/`` and handed here as text: this module never reads a file.
+query (``latest()``, five narrow columns), which the plan makes after its
+read of the version table; whole rows are read only to describe a refusal.
+The checksums compared against the files are computed in ``scripts/`` and
+handed here as text: this module never reads a file.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import socket
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -108,6 +109,23 @@ class RunFacts:
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     user: str = field(default_factory=_user)
+
+
+class Latest(NamedTuple):
+    """A revision's latest row, as the check of every start reads it: five
+    columns, a plain tuple (thousands of them cost next to nothing)."""
+
+    id: int
+    revision: str
+    outcome: str
+    checksum: str | None
+    source_hash: str | None
+
+    def as_entry(self) -> LedgerEntry:
+        """What is known of the row when the whole of it cannot be read (deleted since)."""
+        return LedgerEntry(
+            self.id, self.revision, self.outcome, "?", "", self.checksum, self.source_hash
+        )
 
 
 @dataclass(frozen=True)
@@ -218,16 +236,20 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------
 
-    def latest(self, conn: Connection) -> dict[str, LedgerEntry] | None:
-        """Each revision's latest row; None when there is no ledger (one query).
+    def latest(self, conn: Connection) -> dict[str, Latest] | None:
+        """Each revision's latest row, as the check reads it; None when there is
+        no ledger (one query, of five narrow columns: at head it is all a start
+        reads of the ledger, whatever the history's length).
 
         Called last on the plan's connection: a missing table's error on
         PostgreSQL ends that connection's transaction.
         """
         t = self.table
         last = sa.select(sa.func.max(t.c.id)).group_by(t.c.revision)
+        columns = (t.c.id, t.c.revision, t.c.outcome, t.c.checksum, t.c.source_hash)
+        query = sa.select(*columns).where(t.c.id.in_(last.scalar_subquery()))
         try:
-            rows = conn.execute(sa.select(t).where(t.c.id.in_(last.scalar_subquery()))).all()
+            rows = conn.execute(query).all()
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
@@ -244,12 +266,21 @@ class Ledger:
                     first_line(exc.orig or exc),
                 )
             return None
-        return {row.revision: _entry(row) for row in rows}
+        return {row[1]: Latest(*row) for row in rows}
 
-    def read_latest(self) -> dict[str, LedgerEntry] | None:
+    def read_latest(self) -> dict[str, Latest] | None:
         """``latest()`` on a connection of its own."""
         with self.engine.connect() as conn:
             return self.latest(conn)
+
+    def by_id(self, ids: Collection[int]) -> dict[int, LedgerEntry]:
+        """Whole rows, by id (on a connection of its own): what a refusal describes."""
+        if not ids:
+            return {}
+        t = self.table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.id.in_(sorted(ids))))
+            return {row.id: _entry(row) for row in rows}
 
     def entries(self, revision: str | None = None) -> list[LedgerEntry]:
         """Every row, oldest first (``revision``'s only, if given); [] without a ledger."""
@@ -270,7 +301,10 @@ class Ledger:
             for e in latest.values()
             if e.outcome in DIRTY and (revisions is None or e.revision in revisions)
         ]
-        return min(found, key=lambda e: e.id) if found else None
+        if not found:
+            return None
+        first = min(found, key=lambda e: e.id)
+        return self.by_id([first.id]).get(first.id) or first.as_entry()
 
     # -- on env.py's connection, under the fence ---------------------------------
 

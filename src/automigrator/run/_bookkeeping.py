@@ -194,8 +194,8 @@ class Bookkeeper:
                 "ledger with who ran the command); nothing was changed."
             )
         assert self.ledger is not None
-        latest = self.ledger.read_latest() or {}
-        entry = latest.get(revision)
+        rows = self.ledger.entries(revision)
+        entry = rows[-1] if rows else None
         if decision == "accept-checksum":
             edited = [e for e in (audit.edited if audit else ()) if e.revision == revision]
             if not edited:

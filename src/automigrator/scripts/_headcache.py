@@ -12,9 +12,14 @@ So the heads are kept in ``<script folder>/__pycache__/automigrator-heads.json``
 - the name, size, modification and change times (ns) of every file under
   those locations, recursively.
 
-Beside the heads, each revision's fingerprint (``_fingerprints``: its file,
-parents, the hash of its bytes, its checksum once computed): the ledger's
-check of a start at head then reads none of the files.
+Beside them, in ``automigrator-prints.json`` (same key), each revision's
+fingerprint (``_fingerprints``: its file, parents, the hash of its bytes, its
+checksum once computed): the ledger's check reads none of the files. And in
+the heads' record, the keys of the ledger checks found clean
+(``_integrity.audit_key``: the database's revisions and the ledger's latest
+rows): a start at head whose ledger reads the same as a clean check's does
+not load the fingerprints at all. Kept apart so that such a start parses a
+few hundred bytes, not a record per revision.
 
 On the next start the record is valid only if the config is the same and a
 fresh listing of the recorded locations gives the same files: then Alembic
@@ -39,7 +44,9 @@ from typing import Any
 logger = logging.getLogger("automigrator")
 
 FILE_NAME = "automigrator-heads.json"
-_FORMAT = 3  # 3: with the fingerprints
+PRINTS_FILE_NAME = "automigrator-prints.json"
+_FORMAT = 4  # 3: with the fingerprints; 4: fingerprints in a file of their own, clean checks
+_AUDITS_KEPT = 8  # databases sharing the scripts (tenants, test databases) each keep theirs
 
 
 def config_key(config_file: Path) -> str | None:
@@ -109,7 +116,7 @@ def _add_tree(digest: hashlib.blake2b, root: str, rel: str, *, with_pycache: boo
 
 
 def recall(cache_file: Path, config: str) -> tuple[tuple[str, ...], Any] | None:
-    """The remembered heads and fingerprints, if the config and the files are as they were."""
+    """The remembered heads and their record, if the config and the files are as they were."""
     try:
         record: Any = json.loads(cache_file.read_text(encoding="utf-8"))
         if record.get("config") != config:
@@ -126,6 +133,35 @@ def recall(cache_file: Path, config: str) -> tuple[tuple[str, ...], Any] | None:
     return heads, record
 
 
+def recall_prints(cache_file: Path, record: Any) -> Any:
+    """The fingerprints remembered with ``record`` (a valid heads' record); None
+    if they were not, or not with these very files."""
+    try:
+        prints: Any = json.loads(
+            cache_file.with_name(PRINTS_FILE_NAME).read_text(encoding="utf-8")
+        )
+        if (prints.get("config"), prints.get("files")) != (record["config"], record["files"]):
+            return None
+        return prints.get("revisions")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def audited(record: Any, key: str) -> bool:
+    """Whether a ledger check of ``key`` was found clean with these files."""
+    found = record.get("audited") if isinstance(record, dict) else None
+    return isinstance(found, list) and key in found
+
+
+def remember_audit(cache_file: Path, record: Any, key: str) -> dict[str, Any]:
+    """Keep ``key`` among the clean checks of ``record`` (a valid heads' record);
+    the record kept."""
+    kept = [k for k in record.get("audited") or () if k != key and isinstance(k, str)]
+    new = {**record, "audited": [key, *kept][:_AUDITS_KEPT]}
+    _write(cache_file, new)
+    return new
+
+
 def remember(
     cache_file: Path,
     config: str,
@@ -135,12 +171,17 @@ def remember(
     sourceless: bool,
     recursive: bool,
     revisions: dict[str, Any] | None = None,
-) -> None:
+) -> dict[str, Any] | None:
     """Keep ``heads`` (and the ``revisions``' fingerprints), read from the files under
-    ``locations``, for the next start."""
+    ``locations``, for the next start; the record kept (None if none could be)."""
     key = files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:
-        return
+        return None
+    if revisions is not None:  # first: heads never stand beside older fingerprints
+        _write(
+            cache_file.with_name(PRINTS_FILE_NAME),
+            {"config": config, "files": key, "revisions": revisions},
+        )
     record = {
         "config": config,
         "locations": locations,
@@ -148,21 +189,26 @@ def remember(
         "recursive": recursive,
         "files": key,
         "heads": list(heads),
-        "revisions": revisions,
+        "audited": [],
     }
+    _write(cache_file, record)
+    return record
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
     try:
-        cache_file.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".automigrator-", suffix=".tmp")
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".automigrator-", suffix=".tmp")
     except OSError as exc:
-        logger.debug("Not remembering the heads in %s: %s", cache_file, exc)
+        logger.debug("Not remembering the heads in %s: %s", path, exc)
         return
     try:
         # Written whole, then renamed: a reader never sees half a file, and
         # replicas writing at once each leave a complete one.
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(record, out)
-        os.replace(tmp, cache_file)
+        os.replace(tmp, path)
     except OSError as exc:
-        logger.debug("Not remembering the heads in %s: %s", cache_file, exc)
+        logger.debug("Not remembering the heads in %s: %s", path, exc)
         with contextlib.suppress(OSError):
             os.unlink(tmp)

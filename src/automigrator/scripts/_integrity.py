@@ -1,10 +1,15 @@
 """The revision files against the ledger: edited applied revisions, unrecorded ones, a dirty flag.
 
-Every plan reads the ledger's latest row of each revision (one query after
-the version table's) and compares it here with the revision files'
+Every plan reads the ledger's latest row of each revision (one narrow query
+after the version table's) and compares it here with the revision files'
 fingerprints, remembered with the heads: nothing is parsed unless a file's
 bytes changed, and then only that file (a reformatted file has the same
-checksum). What it finds:
+checksum). A check that found nothing is remembered with the heads by its
+key (``audit_key``: the database's revisions and those rows): the next start
+whose ledger reads the same, with the same files, knows the answer without
+loading a fingerprint (at 1000 revisions that is most of the cost of a start
+at head; docs/performance.md). Whole rows are read only to describe a
+refusal. What it finds:
 
 - an applied revision whose file was edited since it ran (or whose id now
   names another file): refused before any DDL with ``History(on_edit=
@@ -18,13 +23,21 @@ checksum). What it finds:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..database._ledger import APPLIED, DIRTY, LedgerEntry
+from ..database._ledger import APPLIED, DIRTY, Latest, LedgerEntry
 from ..errors import EditedRevisionError
 from ._checksums import ALGORITHM
 from ._fingerprints import Fingerprint, ancestry
+
+if TYPE_CHECKING:
+    from ._scripts import Scripts
+
+Rows = Callable[[Collection[int]], Mapping[int, LedgerEntry]]
+"""Whole ledger rows by id (``Ledger.by_id``): read only to describe a finding."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +74,14 @@ class Edit:
         )
 
 
-def _unrecorded(entry: LedgerEntry | None) -> bool:
+def _unrecorded(entry: Latest | None) -> bool:
     # In the database, but the ledger's last word on it is not that it is
     # (no row; or failed, undone: then applied another way, by hand).
     return entry is None or entry.outcome not in APPLIED | DIRTY
+
+
+def _id(entry: Latest) -> int:
+    return entry.id
 
 
 def _name(path: str) -> str:
@@ -88,6 +105,11 @@ class Audit:
     """Applied revisions recorded without a checksum of ours (sourceless files):
     never compared."""
 
+    @property
+    def clean(self) -> bool:
+        """Nothing found: the ledger is there and agrees with the files, all of it checked."""
+        return self.ledger and not (self.edited or self.unrecorded or self.dirty or self.unchecked)
+
     def edit_refusal(self) -> EditedRevisionError | None:
         """The error that refuses a start for the edited revisions, or None."""
         if not self.edited:
@@ -105,18 +127,49 @@ class Audit:
         )
 
 
+def audit_key(latest: Mapping[str, Latest], db_revisions: Collection[str]) -> str:
+    """What a check's answer depends on besides the files: the database's revisions
+    and each revision's latest row (its outcome and checksums, not its id)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{ALGORITHM}\0{','.join(sorted(db_revisions))}".encode())
+    for revision in sorted(latest):
+        row = latest[revision]
+        digest.update(f"\n{revision}\0{row.outcome}\0{row.checksum}\0{row.source_hash}".encode())
+    return digest.hexdigest()
+
+
+def check(
+    scripts: Scripts,
+    latest: Mapping[str, Latest] | None,
+    db_revisions: tuple[str, ...],
+    rows: Rows,
+) -> Audit:
+    """``audit()``, or its remembered answer when a check of the same key found
+    nothing with the same files; a clean answer is remembered."""
+    key = None if latest is None else audit_key(latest, db_revisions)
+    if key is not None and scripts.audited(key):
+        return Audit(ledger=True)
+    found = audit(latest, scripts.fingerprints(), db_revisions, rows)
+    if found.checksums_computed:
+        scripts.keep_checksums()
+    if key is not None and found.clean:
+        scripts.remember_audit(key)
+    return found
+
+
 def audit(
-    latest: Mapping[str, LedgerEntry] | None,
+    latest: Mapping[str, Latest] | None,
     fingerprints: Mapping[str, Fingerprint],
     db_revisions: tuple[str, ...],
+    rows: Rows,
 ) -> Audit:
     """Compare the ledger's latest rows with the files, for a database at ``db_revisions``."""
-    rows = latest or {}
+    found = latest or {}
     applied = ancestry(db_revisions, fingerprints)
-    edited: list[Edit] = []
+    edited: list[tuple[Latest, Fingerprint, str | None]] = []
     unchecked: list[str] = []
     computed = False
-    for revision, entry in rows.items():
+    for revision, entry in found.items():
         fingerprint = fingerprints.get(revision)
         if entry.outcome not in APPLIED or fingerprint is None:
             continue  # not in the database, or the code does not know it (the plan says so)
@@ -128,13 +181,20 @@ def audit(
         computed = computed or fingerprint.known_checksum is None
         now = fingerprint.checksum()
         if now != entry.checksum:
-            edited.append(Edit(revision, fingerprint.path, entry, now))
-    dirty = [e for e in rows.values() if e.outcome in DIRTY]
+            edited.append((entry, fingerprint, now))
+    dirty = min((e for e in found.values() if e.outcome in DIRTY), key=_id, default=None)
+    # Whole rows only for what is described (none at all on a clean start).
+    said = [entry for entry, _, _ in edited] + ([dirty] if dirty is not None else [])
+    whole = rows([entry.id for entry in said]) if said else {}
+    edits = [
+        Edit(entry.revision, fingerprint.path, whole.get(entry.id) or entry.as_entry(), now)
+        for entry, fingerprint, now in sorted(edited, key=lambda e: e[0].id)
+    ]
     return Audit(
         ledger=latest is not None,
-        edited=tuple(sorted(edited, key=lambda edit: edit.recorded.id)),
-        unrecorded=tuple(sorted(rev for rev in applied if _unrecorded(rows.get(rev)))),
-        dirty=min(dirty, key=lambda e: e.id) if dirty else None,
+        edited=tuple(edits),
+        unrecorded=tuple(sorted(rev for rev in applied if _unrecorded(found.get(rev)))),
+        dirty=None if dirty is None else whole.get(dirty.id) or dirty.as_entry(),
         checksums_computed=computed,
         unchecked=tuple(sorted(unchecked)),
     )

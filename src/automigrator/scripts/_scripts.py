@@ -102,6 +102,9 @@ class Scripts:
         self._prints: dict[str, Fingerprint] | None = None
         self._prints_place: tuple[list[str], bool, bool] | None = None
         self._prints_heads: tuple[str, ...] = ()
+        # The heads' file and record, remembered or just written: the
+        # fingerprints beside them, the clean ledger checks.
+        self._record: tuple[Path, Any] | None = None
 
     @property
     def config(self) -> Config:
@@ -129,7 +132,7 @@ class Scripts:
     def forget(self) -> None:
         """Drop the graph and the imported scripts: read them again next time."""
         self._script, self._graph, self._text_read = None, None, False
-        self._prints, self._prints_place = None, None
+        self._prints, self._prints_place, self._record = None, None, None
 
     def remembered_heads(self, target: str) -> tuple[str, ...] | None:
         """The heads known without Alembic: remembered, or read from plain files.
@@ -147,10 +150,9 @@ class Scripts:
         recalled = _headcache.recall(*where)
         if recalled is not None:
             heads, record = recalled
-            if self._prints is None:
-                self._prints = _fingerprints.from_record(record.get("revisions"))
-                place = (record["locations"], record["sourceless"], record["recursive"])
-                self._prints_place, self._prints_heads = place, heads
+            self._record = (where[0], record)
+            place = (record["locations"], record["sourceless"], record["recursive"])
+            self._prints_place, self._prints_heads = place, heads
             return heads
         if self._settings is None:
             return None
@@ -169,7 +171,7 @@ class Scripts:
         locations, sourceless, recursive = place
         self._prints_heads = heads
         revisions = None if self._prints is None else _fingerprints.to_record(self._prints)
-        _headcache.remember(
+        record = _headcache.remember(
             *where,
             heads,
             locations=locations,
@@ -177,10 +179,13 @@ class Scripts:
             recursive=recursive,
             revisions=revisions,
         )
+        self._record = None if record is None else (where[0], record)
 
     def fingerprints(self) -> dict[str, Fingerprint]:
         """Each revision file's fingerprint: remembered with the heads, read with
         the files' text, or (for other layouts) from the graph."""
+        if self._prints is None and self._record is not None:
+            self._prints = _fingerprints.from_record(_headcache.recall_prints(*self._record))
         if self._prints is None:
             self._prints = _fingerprints.of_graph(self.graph())
         return self._prints
@@ -190,6 +195,17 @@ class Scripts:
         file's, compared once): the next start need not parse it again."""
         if self._prints is not None and self._prints_place is not None:
             self._remember(self._prints_heads)
+
+    def audited(self, key: str) -> bool:
+        """Whether a ledger check of ``key`` (``_integrity.audit_key``) was found
+        clean with these very files (remembered with the heads)."""
+        return self._record is not None and _headcache.audited(self._record[1], key)
+
+    def remember_audit(self, key: str) -> None:
+        """Remember that a ledger check of ``key`` found nothing, for the next start."""
+        if self._record is not None:
+            where = self._record[0]
+            self._record = (where, _headcache.remember_audit(where, self._record[1], key))
 
     def _cache_place(self) -> tuple[Path, str] | None:
         # Keyed on the config file's bytes; a Config object built in code, on
