@@ -364,19 +364,22 @@ class Ledger:
         query = sa.text("SELECT has_table_privilege(:name, 'SELECT, INSERT, UPDATE')")
         return bool(conn.execute(query, {"name": name}).scalar())
 
-    def begin(self, conn: Connection, facts: RevisionFacts, run: RunFacts) -> int | LedgerEntry:
-        """Before ``facts.revision``'s first statement, in its transaction: its
-        ``running`` row, whose id is returned. A dirty row already there was left
-        by a process that stopped in it (no live one can hold the fence): it is
-        returned, and nothing is written."""
+    def left_dirty(self, conn: Connection) -> dict[str, LedgerEntry]:
+        """Before a run's first revision, in its transaction: the revisions whose
+        latest row was left running or partial. Under the fence no live process
+        can add one while the run lasts, so one read serves every revision of
+        the run (a read per revision was a round trip each on a server)."""
         t = self.table
-        found = conn.execute(
-            sa.select(t).where(t.c.revision == facts.revision).order_by(t.c.id.desc()).limit(1)
-        ).first()
-        if found is not None and found.outcome in DIRTY:
-            return _entry(found)
+        last = sa.select(sa.func.max(t.c.id)).group_by(t.c.revision).scalar_subquery()
+        query = sa.select(t).where(t.c.id.in_(last)).where(t.c.outcome.in_(sorted(DIRTY)))
+        return {row.revision: _entry(row) for row in conn.execute(query)}
+
+    def begin(self, conn: Connection, facts: RevisionFacts, run: RunFacts) -> int:
+        """Before ``facts.revision``'s first statement, in its transaction: its
+        ``running`` row, whose id is returned. The caller has made sure, with
+        ``left_dirty()``, that no process left the revision dirty."""
         values = self._values(facts, run, "running")
-        key = conn.execute(t.insert().values(**values)).inserted_primary_key
+        key = conn.execute(self.table.insert().values(**values)).inserted_primary_key
         assert key is not None
         return int(key[0])
 

@@ -96,6 +96,7 @@ class _Supervisor:
         self.marking = False  # each attempt is recorded in the ledger
         self.rows: dict[str, int] = {}  # revision -> its running row, not yet applied
         self.refused = False  # the ledger refused a revision a stopped process left
+        self.left_dirty: dict[str, LedgerEntry] = {}  # read under the fence, once a run
         self.ledger_broke = False  # a write of ours to the ledger failed in the run
         self._facts: dict[str, RevisionFacts] = {}
         self._mark = time.perf_counter()
@@ -150,17 +151,21 @@ class _Supervisor:
             if not self.marking:
                 return
             try:
-                left = ledger.begin(connection, self.facts(str(revision)), self.hooks.run)
+                if first:
+                    self.left_dirty = ledger.left_dirty(connection)
+                left = self.left_dirty.get(str(revision))
+                if left is None:
+                    facts = self.facts(str(revision))
+                    self.rows[str(revision)] = ledger.begin(connection, facts, self.hooks.run)
             except DBAPIError as exc:
                 if not _missing_privilege(exc) or self.dialect == "postgresql":
                     raise  # (PostgreSQL's privilege was checked in prepare())
                 self.marking = False
                 ledger.not_recorded("Cannot write to", first_line(exc.orig or exc))
                 return
-        if isinstance(left, LedgerEntry):
-            self.refused = True
+        if left is not None:
+            self.refused = True  # left by a process that stopped in it: none live holds the fence
             raise left.refusal()
-        self.rows[str(revision)] = left
 
     @contextmanager
     def ledger_writes(self) -> Iterator[None]:
