@@ -11,6 +11,7 @@ import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from .database._connecting import connect_early
 from .database._connections import (
     VersionTable,
     check_schema_exists,
@@ -151,12 +152,19 @@ def _read_plan(
     revisions: it is behind whatever the scripts hold, and the replica that
     migrates imports the scripts anyway.
     """
-    remembered = scripts.remembered_heads(target)
-    # Without remembered heads, the graph is read before connecting: script
-    # errors come before any wait for the database.
-    graph = scripts.graph() if remembered is None and not first else None
+    # On a server the connection is made while the files are listed.
+    early = connect_early(engine)
     try:
-        with engine.connect() as conn:
+        remembered = scripts.remembered_heads(target)
+        # Without remembered heads, the graph is read before the connection is
+        # waited for: script errors come before any wait for the database.
+        graph = scripts.graph() if remembered is None and not first else None
+    except BaseException:
+        if early is not None:
+            early.drop()
+        raise
+    try:
+        with early.take() if early is not None else engine.connect() as conn:
             revisions = read_revisions(conn, version_table)
             if revisions is None:
                 check_schema_exists(conn, version_table)

@@ -245,11 +245,16 @@ class Ledger:
         PostgreSQL ends that connection's transaction.
         """
         t = self.table
-        last = sa.select(sa.func.max(t.c.id)).group_by(t.c.revision)
-        columns = (t.c.id, t.c.revision, t.c.outcome, t.c.checksum, t.c.source_hash)
-        query = sa.select(*columns).where(t.c.id.in_(last.scalar_subquery()))
+        # Plain SQL: compiling the select (and setting up its result) is paid
+        # afresh in every process, and at every start it cost more than the
+        # query itself (docs/performance.md, "The ledger at head").
+        name = conn.dialect.identifier_preparer.format_table(t)
+        query = (
+            f"SELECT id, revision, outcome, checksum, source_hash FROM {name} "
+            f"WHERE id IN (SELECT max(id) FROM {name} GROUP BY revision)"
+        )
         try:
-            rows = conn.execute(query).all()
+            rows = conn.exec_driver_sql(query).all()
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
