@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationState
+from automigrator import AutoMigrator, DatabaseUnavailableError, MigrationState, Timeouts
+from tests.conftest import server_url
+from tests.faults import Proxy
 from tests.project import CHAIN, Rev, make_project
 
 # A revision that notes how many objects are frozen while it runs.
@@ -56,8 +60,8 @@ def test_an_applications_own_freeze_is_left_alone(ini: Path, sqlite_url: URL) ->
         gc.unfreeze()
 
 
-def test_the_heap_is_frozen_while_a_start_at_head_reads_the_plan(
-    ini: Path, sqlite_url: URL
+def test_the_heap_is_frozen_while_a_start_at_head_lists_the_files(
+    ini: Path, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The plan's objects (a stat result per revision file, a ledger row per
     # revision) would otherwise set off full collections of the whole process
@@ -65,19 +69,38 @@ def test_the_heap_is_frozen_while_a_start_at_head_reads_the_plan(
     before = gc.get_freeze_count()
     anyio.run(AutoMigrator(ini, url=sqlite_url).run)
     seen: list[int] = []
+    listing = os.scandir
 
-    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if "automigrator_history" in statement:
-            seen.append(gc.get_freeze_count())
+    def noting(path: Any) -> Any:
+        seen.append(gc.get_freeze_count())
+        return listing(path)
 
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", note)
-    try:
-        status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", note)
+    monkeypatch.setattr(os, "scandir", noting)
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
 
     assert status.state is MigrationState.READY
     assert status.applied == ()
     assert seen
-    assert min(seen) > max(before, 1000)  # the whole heap, during the ledger's read
+    assert min(seen) > max(before, 1000)  # the whole heap, while the files are listed
     assert gc.get_freeze_count() <= before
+
+
+def test_a_plan_abandoned_on_a_silent_server_leaves_the_apps_own_freeze(ini: Path) -> None:
+    # The start gives up at its deadline while the plan's connect is still
+    # under way (left to the driver's timeout). The app then freezes its own
+    # heap; the abandoned plan ending later must not unfreeze it.
+    real = server_url("postgresql")
+    with Proxy(real.host or "127.0.0.1", real.port or 0) as proxy:
+        proxy.blackhole()
+        url = real.set(host="127.0.0.1", port=proxy.port, query={"connect_timeout": "3"})
+        migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=1))
+        with pytest.raises(DatabaseUnavailableError):
+            anyio.run(migrator.run)
+        gc.freeze()  # the app's own, after the failed start
+        try:
+            for thread in threading.enumerate():
+                if thread.name == "automigrator connect":
+                    thread.join(timeout=30)  # the driver's timeout ends it
+            assert gc.get_freeze_count() > 1000
+        finally:
+            gc.unfreeze()

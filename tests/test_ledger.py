@@ -604,3 +604,37 @@ def test_a_row_left_partial_after_a_clean_start_refuses_the_next_one(
     assert clean is None, repr(clean)
     assert isinstance(refused, PartialMigrationError), repr(refused)
     assert refused.revision == "r3"
+
+
+def test_an_edit_landing_while_a_start_reads_the_files_is_refused_by_the_next_start(
+    tmp_path: Path, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkout (or an editor's save under --reload) lands while a start
+    # runs: after the files were listed, before the start remembers what it
+    # computed of them (here: r1's checksum, r1 being only reformatted). What
+    # is remembered must not describe the edited r2 as it was before.
+    from automigrator.database._ledger import Ledger
+
+    ini = make_project(tmp_path / "p", CHAIN)
+    start(ini, sqlite_url)
+    start(ini, sqlite_url)
+    versions = ini.parent / "migrations" / "versions"
+    with (versions / "r1.py").open("a") as out:
+        out.write("\n# reformatted\n")
+    r2 = versions / "r2.py"
+    read = Ledger.latest
+
+    def read_while_r2_is_edited(self: Ledger, conn: sa.Connection) -> object:
+        rows = read(self, conn)
+        r2.write_text(r2.read_text().replace("String(100)", "String(200)"))
+        return rows
+
+    monkeypatch.setattr(Ledger, "latest", read_while_r2_is_edited)
+    _, during = start(ini, sqlite_url)
+    monkeypatch.undo()
+
+    _, refused = start(ini, sqlite_url)
+
+    assert during is None, repr(during)
+    assert isinstance(refused, EditedRevisionError), repr(refused)
+    assert refused.revisions == ("r2",)

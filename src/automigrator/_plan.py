@@ -125,26 +125,6 @@ def read_plan(
 ) -> Plan:
     """Read the version table and classify it against the scripts (in a worker thread).
 
-    The application's heap is frozen meanwhile (``process/_gcfreeze``): the
-    few thousand objects a plan makes at 1000 revisions (a stat result per
-    file, a row per revision) otherwise set off a full collection of the
-    whole process, which then costs more than the plan.
-    """
-    with frozen_heap():
-        return _read_plan(scripts, engine, version_table, target, first=first, ledger=ledger)
-
-
-def _read_plan(
-    scripts: Scripts,
-    engine: Engine,
-    version_table: VersionTable,
-    target: str,
-    *,
-    first: bool,
-    ledger: Ledger | None,
-) -> Plan:
-    """``read_plan()``'s work.
-
     At head with remembered heads this is one query and no graph, and one
     more for the ``ledger``'s latest rows, checked against the files
     (``_integrity.check``: remembered when clean). ``first``
@@ -155,10 +135,16 @@ def _read_plan(
     # On a server the connection is made while the files are listed.
     early = connect_early(engine)
     try:
-        remembered = scripts.remembered_heads(target)
-        # Without remembered heads, the graph is read before the connection is
-        # waited for: script errors come before any wait for the database.
-        graph = scripts.graph() if remembered is None and not first else None
+        # The heap frozen where the plan makes thousands of objects at 1000
+        # revisions (a stat result per file here; the ledger's rows, the
+        # check): they would set off a full collection of the whole process,
+        # which cost more than the plan. Never across a wait for the database:
+        # a plan abandoned there would unfreeze late, over the app's own freeze.
+        with frozen_heap():
+            remembered = scripts.remembered_heads(target)
+            # Without remembered heads, the graph is read before the connection
+            # is waited for: script errors come before any wait for the database.
+            graph = scripts.graph() if remembered is None and not first else None
     except BaseException:
         if early is not None:
             early.drop()

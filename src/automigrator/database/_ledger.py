@@ -54,6 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigurationError, PartialMigrationError, first_line
+from ..process._gcfreeze import frozen_heap
 from ._connections import VersionTable
 from ._contention import apply_timeout
 
@@ -254,7 +255,7 @@ class Ledger:
             f"WHERE id IN (SELECT max(id) FROM {name} GROUP BY revision)"
         )
         try:
-            rows = conn.exec_driver_sql(query).all()
+            result = conn.exec_driver_sql(query)
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
@@ -271,7 +272,8 @@ class Ledger:
                     first_line(exc.orig or exc),
                 )
             return None
-        return {row[1]: Latest(*row) for row in rows}
+        with frozen_heap():  # the rows are here: a row apiece, no wait (_plan)
+            return {row[1]: Latest(*row) for row in result.all()}
 
     def read_latest(self) -> dict[str, Latest] | None:
         """``latest()`` on a connection of its own."""

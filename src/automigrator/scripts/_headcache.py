@@ -170,10 +170,17 @@ def remember(
     sourceless: bool,
     recursive: bool,
     revisions: dict[str, Any] | None = None,
+    files: str | None = None,
 ) -> dict[str, Any] | None:
     """Keep ``heads`` (and the ``revisions``' fingerprints), read from the files under
-    ``locations``, for the next start; the record kept (None if none could be)."""
-    key = files_key(locations, sourceless=sourceless, recursive=recursive)
+    ``locations``, for the next start; the record kept (None if none could be).
+
+    ``files``: the files' key (``files_key``) taken *before* they were read,
+    where the caller has it. A file edited while it was being read (or since)
+    then leaves a record the next listing finds stale; a key taken now would
+    bless the edit with the fingerprints of the bytes before it.
+    """
+    key = files or files_key(locations, sourceless=sourceless, recursive=recursive)
     if key is None:
         return None
     if revisions is not None:  # first: heads never stand beside older fingerprints

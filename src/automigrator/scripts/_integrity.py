@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..database._ledger import APPLIED, DIRTY, Latest, LedgerEntry
 from ..errors import EditedRevisionError
+from ..process._gcfreeze import frozen_heap
 from ._checksums import ALGORITHM
 from ._fingerprints import Fingerprint, ancestry
 
@@ -145,28 +146,35 @@ def check(
     rows: Rows,
 ) -> Audit:
     """``audit()``, or its remembered answer when a check of the same key found
-    nothing with the same files; a clean answer is remembered."""
+    nothing with the same files; a clean answer is remembered. Whole rows are
+    read (``rows``) only to describe what was found."""
     key = None if latest is None else audit_key(latest, db_revisions)
     if key is not None and scripts.audited(key):
         return Audit(ledger=True)
-    found = audit(latest, scripts.fingerprints(), db_revisions, rows)
+    # Frozen: a fingerprint per revision, and a parse per changed file
+    # (process/_gcfreeze; never across the database's reads).
+    with frozen_heap():
+        found = audit(latest, scripts.fingerprints(), db_revisions)
     if found.checksums_computed:
         scripts.keep_checksums()
     if key is not None and found.clean:
         scripts.remember_audit(key)
-    return found
+    return described(found, rows)
 
 
 def audit(
     latest: Mapping[str, Latest] | None,
     fingerprints: Mapping[str, Fingerprint],
     db_revisions: tuple[str, ...],
-    rows: Rows,
 ) -> Audit:
-    """Compare the ledger's latest rows with the files, for a database at ``db_revisions``."""
+    """Compare the ledger's latest rows with the files, for a database at ``db_revisions``.
+
+    What it finds holds the narrow rows (``Latest.as_entry``): ``described()``
+    puts the whole rows in.
+    """
     found = latest or {}
     applied = ancestry(db_revisions, fingerprints)
-    edited: list[tuple[Latest, Fingerprint, str | None]] = []
+    edited: list[Edit] = []
     unchecked: list[str] = []
     computed = False
     for revision, entry in found.items():
@@ -181,20 +189,31 @@ def audit(
         computed = computed or fingerprint.known_checksum is None
         now = fingerprint.checksum()
         if now != entry.checksum:
-            edited.append((entry, fingerprint, now))
+            edited.append(Edit(revision, fingerprint.path, entry.as_entry(), now))
     dirty = min((e for e in found.values() if e.outcome in DIRTY), key=_id, default=None)
-    # Whole rows only for what is described (none at all on a clean start).
-    said = [entry for entry, _, _ in edited] + ([dirty] if dirty is not None else [])
-    whole = rows([entry.id for entry in said]) if said else {}
-    edits = [
-        Edit(entry.revision, fingerprint.path, whole.get(entry.id) or entry.as_entry(), now)
-        for entry, fingerprint, now in sorted(edited, key=lambda e: e[0].id)
-    ]
     return Audit(
         ledger=latest is not None,
-        edited=tuple(edits),
+        edited=tuple(sorted(edited, key=lambda edit: edit.recorded.id)),
         unrecorded=tuple(sorted(rev for rev in applied if _unrecorded(found.get(rev)))),
-        dirty=None if dirty is None else whole.get(dirty.id) or dirty.as_entry(),
+        dirty=None if dirty is None else dirty.as_entry(),
         checksums_computed=computed,
         unchecked=tuple(sorted(unchecked)),
+    )
+
+
+def described(found: Audit, rows: Rows) -> Audit:
+    """``found`` with the whole rows of what it found (one read; none if nothing)."""
+    ids = [edit.recorded.id for edit in found.edited]
+    if found.dirty is not None:
+        ids.append(found.dirty.id)
+    if not ids:
+        return found
+    whole = rows(ids)  # a row deleted since keeps what the narrow read knew
+    return replace(
+        found,
+        edited=tuple(
+            replace(edit, recorded=whole.get(edit.recorded.id, edit.recorded))
+            for edit in found.edited
+        ),
+        dirty=None if found.dirty is None else whole.get(found.dirty.id, found.dirty),
     )

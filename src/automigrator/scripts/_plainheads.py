@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ._configfile import Settings
 from ._fingerprints import Fingerprint, of_bytes, parents_of
+from ._headcache import files_key
 from ._revisiontext import as_tuple, cycle, read_names
 
 # Alembic's own filter of revision file names (script/base.py,
@@ -43,6 +44,8 @@ class PlainHeads:
     recursive: bool
     fingerprints: dict[str, Fingerprint]
     """Each revision's file, parents and bytes' hash (read with the names)."""
+    files: str | None
+    """The files' key (``_headcache.files_key``), taken before they were read."""
 
 
 def read(settings: Settings) -> PlainHeads | None:
@@ -58,6 +61,7 @@ def read(settings: Settings) -> PlainHeads | None:
     depends: list[str] = []
     labels: set[str] = set()
     prints: dict[str, Fingerprint] = {}
+    key = files_key([str(versions.absolute())], sourceless=False, recursive=recursive)
     files = _revision_files(versions, recursive=recursive)
     if files is None:
         return None
@@ -85,7 +89,7 @@ def read(settings: Settings) -> PlainHeads | None:
     # revisions that name it as down_revision (RevisionMap.heads).
     named = {p for ps in parents.values() for p in ps}
     heads = tuple(sorted(rev for rev in parents if rev not in named))
-    return PlainHeads(heads, versions.absolute(), recursive, prints)
+    return PlainHeads(heads, versions.absolute(), recursive, prints, key)
 
 
 def _default_layout(layout: Mapping[str, object]) -> bool | None:

@@ -102,6 +102,8 @@ class Scripts:
         self._prints: dict[str, Fingerprint] | None = None
         self._prints_place: tuple[list[str], bool, bool] | None = None
         self._prints_heads: tuple[str, ...] = ()
+        # The files' key when the fingerprints were read (None: take it when kept).
+        self._prints_files: str | None = None
         # The heads' file and record, remembered or just written: the
         # fingerprints beside them, the clean ledger checks.
         self._record: tuple[Path, Any] | None = None
@@ -133,6 +135,7 @@ class Scripts:
         """Drop the graph and the imported scripts: read them again next time."""
         self._script, self._graph, self._text_read = None, None, False
         self._prints, self._prints_place, self._record = None, None, None
+        self._prints_files = None
 
     def remembered_heads(self, target: str) -> tuple[str, ...] | None:
         """The heads known without Alembic: remembered, or read from plain files.
@@ -153,6 +156,7 @@ class Scripts:
             self._record = (where[0], record)
             place = (record["locations"], record["sourceless"], record["recursive"])
             self._prints_place, self._prints_heads = place, heads
+            self._prints_files = record["files"]
             return heads
         if self._settings is None:
             return None
@@ -161,6 +165,7 @@ class Scripts:
             return None
         self._prints = plain.fingerprints
         self._prints_place = ([str(plain.folder)], False, plain.recursive)
+        self._prints_files = plain.files
         self._remember(plain.heads)
         return plain.heads
 
@@ -178,6 +183,7 @@ class Scripts:
             sourceless=sourceless,
             recursive=recursive,
             revisions=revisions,
+            files=self._prints_files,
         )
         self._record = None if record is None else (where[0], record)
 
@@ -260,12 +266,16 @@ class Scripts:
         if graph.plain and graph.heads and self._cache_place() is not None:
             from ._alembic_compat import version_locations
 
-            self._prints = _fingerprints.of_graph(graph.script)
-            self._prints_place = (
-                version_locations(graph.script),
-                bool(graph.script.sourceless),
-                bool(graph.script.recursive_version_locations),
+            locations = version_locations(graph.script)
+            sourceless = bool(graph.script.sourceless)
+            recursive = bool(graph.script.recursive_version_locations)
+            # The key before the fingerprints' read: an edit meanwhile leaves
+            # the record stale, never blessed (_headcache.remember).
+            self._prints_files = _headcache.files_key(
+                locations, sourceless=sourceless, recursive=recursive
             )
+            self._prints = _fingerprints.of_graph(graph.script)
+            self._prints_place = (locations, sourceless, recursive)
             self._remember(graph.heads)
 
     def imported(self) -> ScriptDirectory:
