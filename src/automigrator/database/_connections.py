@@ -95,8 +95,14 @@ def create_engine(url: URL) -> Engine:
     Imports the driver (it does not connect); a missing one is a ConfigurationError.
     """
     sync = sync_url(url)
+    options: dict[str, object] = {}
+    if sync.get_driver_name() in ("psycopg", "psycopg2"):
+        # Our reads never carry an hstore value; asking the server for the
+        # type at the first connect cost 1.3 ms of every start (a query, and
+        # psycopg's set-up of the adapter).
+        options["use_native_hstore"] = False
     try:
-        engine = sa.create_engine(sync, poolclass=NullPool, connect_args=_bounded(sync))
+        engine = sa.create_engine(sync, poolclass=NullPool, connect_args=_bounded(sync), **options)
     except ImportError as exc:
         raise ConfigurationError(
             f"The driver for {display(sync)!r} is not installed ({exc}). Install it, or "
@@ -272,10 +278,13 @@ def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | N
     it in between, we read it again.
     """
     version = sa.table(table.name, sa.column("version_num"), schema=table.schema)
-    query = sa.select(version.c.version_num)
+    # Plain SQL: compiling a select is paid afresh in every process, at every
+    # start (docs/performance.md, "The ledger at head").
+    name = conn.dialect.identifier_preparer.format_table(version)
+    query = f"SELECT version_num FROM {name}"
     try:
         with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            rows = conn.execute(query).scalars().all()
+            rows = conn.exec_driver_sql(query).scalars().all()
     except DBAPIError:
         if conn.invalidated:
             raise
@@ -283,7 +292,7 @@ def read_revisions(conn: Connection, table: VersionTable) -> tuple[str, ...] | N
             return None
         # Another process created it between our two reads: read it now.
         with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            rows = conn.execute(query).scalars().all()
+            rows = conn.exec_driver_sql(query).scalars().all()
     return tuple(sorted(rows))
 
 
