@@ -5,9 +5,10 @@ process: each SQL statement (SQLAlchemy's ``before_cursor_execute``, on every
 engine, env.py's included), each commit, each file replaced, deleted or
 synced, each file lock taken, and each event the migrator announces. Left
 out, so that every run of a case has the same steps: the lock's heartbeat
-thread (it runs on a timer) and the scripts' heads cache (written when the
-files' times say so; a cache, replaced atomically, tested in
-tests/test_textgraph.py).
+thread (it runs on a timer) and the scripts' heads cache and the
+fingerprints beside it (written when the files' times say so; a cache,
+replaced atomically, tested in tests/test_textgraph.py and
+tests/test_ledger.py).
 
 ``Steps`` counts them as they come. Given ``at`` and a ``fault``, it SIGKILLs
 or SIGSTOPs its own process just before step ``at``: the fault lands exactly
@@ -52,7 +53,7 @@ from automigrator import (
 )
 from automigrator.events import Event
 from automigrator.policies import FailurePolicy
-from automigrator.scripts._headcache import FILE_NAME
+from automigrator.scripts._headcache import FILE_NAME, PRINTS_FILE_NAME
 
 POLICIES: dict[str, Callable[[], FailurePolicy]] = {
     "fail": Fail,
@@ -103,7 +104,7 @@ class Steps:
         replace, unlink, fsync, flock = os.replace, os.unlink, os.fsync, fcntl.flock
 
         def replaced(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-            if Path(dst).name != FILE_NAME:
+            if Path(dst).name not in (FILE_NAME, PRINTS_FILE_NAME):
                 self.step(f"file replace {Path(src).name} -> {Path(dst).name}", write=True)
             replace(src, dst, *args, **kwargs)
 

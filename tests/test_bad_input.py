@@ -228,8 +228,13 @@ def test_settings_shorthands_and_objects_are_the_same(ini: Path) -> None:
 
 def test_sqlite_in_a_missing_folder(ini: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nope' / 'app.db'}"
-    with pytest.raises(ConfigurationError, match="unable to open database file"):
+    with pytest.raises(ConfigurationError) as caught:
         anyio.run(AutoMigrator(ini, url=url).run)
+
+    # Named, not "refused the connection ... check the user, password".
+    assert f"its folder {tmp_path / 'nope'} does not exist" in caught.value.message
+    assert "password" not in caught.value.message
+    assert not (tmp_path / "nope").exists()
 
 
 def test_wrong_database_is_a_configuration_error_without_the_password(
@@ -289,6 +294,22 @@ def test_ini_without_an_alembic_section(tmp_path: Path) -> None:
 def test_a_folder_given_as_the_config_is_named_as_a_folder(ini: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"is a folder: pass the alembic\.ini"):
         AutoMigrator(ini.parent, url="sqlite://")
+
+
+@pytest.mark.parametrize("given", ["migrations", "migrations/versions"])
+def test_a_folder_given_as_the_config_names_the_config_that_exists(ini: Path, given: str) -> None:
+    # `-c app/migrations` for app/alembic.ini: the message points at the file
+    # that is there, never at one that is not.
+    with pytest.raises(ConfigurationError) as caught:
+        AutoMigrator(ini.parent / given, url="sqlite://")
+
+    assert repr(str(ini)) in caught.value.message
+    assert "migrations/alembic.ini" not in caught.value.message
+
+
+def test_a_folder_with_no_config_near_it_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="none is in it or in a folder above it"):
+        AutoMigrator(tmp_path, url="sqlite://")
 
 
 def test_scripts_with_no_revision_never_make_a_database_ready(ini: Path, db_url: URL) -> None:

@@ -236,6 +236,21 @@ def test_each_applied_revision_is_logged_with_its_duration(
     assert any(line.startswith("Schema ready at r3") for line in lines)
 
 
+def test_a_message_over_several_lines_is_logged_on_one(
+    tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Alembic's doc is the docstring's first paragraph, lines and all.
+    long = Rev("r1", None, "create users table\nwith its email index", USERS.body)
+    ini = make_project(tmp_path / "p", (long,))
+
+    with caplog.at_level(logging.INFO, logger="automigrator"):
+        run(AutoMigrator(ini, url=sqlite_url))
+
+    applied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Applied ")]
+    assert applied[0].startswith("Applied 1/1 r1 create users table with its email index in ")
+    assert "\n" not in applied[0]
+
+
 def test_env_py_that_never_commits_fails_verification(ini: Path, pg_url: URL) -> None:
     # A classic env.py mistake: no context.begin_transaction(), so on a
     # database with transactional DDL the work is rolled back when the

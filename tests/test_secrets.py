@@ -87,6 +87,18 @@ def test_a_one_letter_password_mangles_no_word(ini: Path) -> None:
     assert "no_such_database_exists" in caught.value.message
 
 
+def test_mariadbs_own_words_about_a_password_stay_whole(ini: Path) -> None:
+    # MariaDB says "(using password: YES)": the words of the server, no secret.
+    url = server_url("mariadb").set(password="sEcret-9")
+    migrator = AutoMigrator(ini, url=url, timeouts=Timeouts(connect=0))
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(migrator.run)
+
+    assert "(using password: YES)" in caught.value.message
+    assert "sEcret-9" not in caught.value.message
+
+
 def test_health_shows_no_database_details_or_row_data(tmp_path: Path) -> None:
     # MariaDB quotes the offending row in its error: Duplicate entry 'ann'.
     admin = server_url("mariadb")

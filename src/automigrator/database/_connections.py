@@ -374,6 +374,9 @@ def translate_error(exc: DBAPIError, url: URL | None, *, doing: str) -> Automigr
             "automigrator a URL that reaches the server directly, or a pool in session or "
             "transaction mode; this is not retried."
         )
+    sqlite = _sqlite_file_error(exc, url)
+    if sqlite is not None:
+        return sqlite
     if _is_configuration(exc):
         return ConfigurationError(
             f"The database{where} refused the connection while {doing}: {detail}. Check the "
@@ -405,6 +408,26 @@ def as_error(exc: Exception, url: URL) -> AutomigratorError:
         error = MigrationError(redact(f"{type(exc).__name__}: {exc}", url))
     error.__cause__ = exc
     return error
+
+
+def _sqlite_file_error(exc: DBAPIError, url: URL | None) -> ConfigurationError | None:
+    # SQLite has no user or password to check: say what is wrong with the file.
+    if url is None or url.get_backend_name() != "sqlite" or not url.database:
+        return None
+    if "unable to open database file" not in str(exc.orig):
+        return None
+    path = Path(url.database)
+    if url.database == ":memory:" or url.database.startswith("file:"):
+        return None
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        why = f"its folder {folder} does not exist (a start makes the file, not its folder)"
+    else:
+        why = f"it cannot be opened or created in {folder} (check the permissions)"
+    return ConfigurationError(
+        f"The SQLite database {path} in the URL: {why}. Create the folder, or fix the path in "
+        "the URL (AUTOMIGRATOR_URL, --url, url=); nothing was changed."
+    )
 
 
 def _is_configuration(exc: DBAPIError) -> bool:

@@ -18,12 +18,17 @@ _USERINFO = re.compile(r"(?P<user>[^\s:/@'\"]*):(?!//)(?P<password>[^\s'\"]*)@")
 _PASSWORD_SETTING = re.compile(
     r"(?P<key>password\s*[=:]\s*)(?P<value>'[^']*'|\"[^\"]*\"|\S+)", re.I
 )
+# MySQL's and MariaDB's "Access denied ... (using password: YES)": their words.
+_SERVERS_OWN_WORDS = re.compile(r"\(using password: (?:YES|NO)\)")
 
 
 def mask_credentials(text: str) -> str:
     """Hide every ``user:password@`` and ``password=...`` in ``text``."""
     text = _USERINFO.sub(lambda m: f"{m['user']}:***@", text)
-    return _PASSWORD_SETTING.sub(lambda m: f"{m['key']}***", text)
+    kept = {m.start() for m in _SERVERS_OWN_WORDS.finditer(text)}
+    return _PASSWORD_SETTING.sub(
+        lambda m: m[0] if m.start() - len("(using ") in kept else f"{m['key']}***", text
+    )
 
 
 def redact(text: str, url: URL | None) -> str:

@@ -127,7 +127,7 @@ class _Supervisor:
                 self.live.log.next_revision()  # the mark is ours, never the revision's
             revision = getattr(step, "revision", None)
             if revision is not None:
-                self.hooks.on_step(str(revision.revision), str(revision.doc or "").strip())
+                self.hooks.on_step(str(revision.revision), one_line(revision.doc))
             yield step
 
     def _mark_running(self, step: Any, *, first: bool) -> None:
@@ -313,7 +313,7 @@ class _Supervisor:
             self.check_lock(f"before revision {step.up_revision_id} committed")
         applied = AppliedRevision(
             revision=step.up_revision_id or "",
-            message=str(getattr(step.up_revision, "doc", "") or "").strip(),
+            message=one_line(getattr(step.up_revision, "doc", "")),
             duration=now - self._mark,
         )
         self._mark = now
@@ -374,6 +374,12 @@ class _Supervisor:
             return None
         index = min(len(self.applied), self.yielded - 1)  # the last one: at its commit
         return str(self.steps[index].revision.revision)
+
+
+def one_line(doc: object) -> str:
+    """A revision's message on one line: Alembic's ``doc`` is the docstring's first
+    paragraph, which may span lines; the log says one revision a line."""
+    return " ".join(str(doc or "").split())
 
 
 def _step_name(step: Any) -> str:

@@ -57,13 +57,36 @@ class Settings:
         return Path(location).absolute()
 
 
+def _config_near(folder: Path) -> Path | None:
+    # The config a folder given by mistake was meant to be: in it, or above it
+    # (`-c app/migrations` for app/alembic.ini).
+    for place in (folder, *folder.absolute().parents):
+        ini = place / "alembic.ini"
+        if ini.is_file():
+            return ini if folder.is_absolute() else Path(os.path.relpath(ini))
+        toml = place / "pyproject.toml"
+        try:
+            if toml.is_file() and "[tool.alembic]" in toml.read_text(encoding="utf-8"):
+                return toml if folder.is_absolute() else Path(os.path.relpath(toml))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return None
+
+
 def read_settings(source: str | os.PathLike[str]) -> Settings:
     """Read an alembic.ini (or a pyproject.toml with ``[tool.alembic]``)."""
     path = Path(source)
     if path.is_dir():
+        found = _config_near(path)
+        suggestion = (
+            f"this one? {str(found)!r}"
+            if found is not None
+            else "none is in it or in a folder above it (alembic.ini usually sits beside "
+            "the migrations folder)"
+        )
         raise ConfigurationError(
             f"Alembic config {str(path)!r} is a folder: pass the alembic.ini (or "
-            f"pyproject.toml) inside it, e.g. {str(path / 'alembic.ini')!r}."
+            f"pyproject.toml with [tool.alembic]); {suggestion}."
         )
     if not path.is_file():
         raise ConfigurationError(
