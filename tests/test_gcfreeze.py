@@ -104,3 +104,26 @@ def test_a_plan_abandoned_on_a_silent_server_leaves_the_apps_own_freeze(ini: Pat
             assert gc.get_freeze_count() > 1000
         finally:
             gc.unfreeze()
+
+
+def test_the_apps_hook_never_runs_with_the_heap_frozen(tmp_path: Path, sqlite_url: URL) -> None:
+    # A revision whose id is computed must be imported to read the graph, so
+    # the plan runs the app's before_scripts hook, which may wait (a secrets
+    # store): a plan abandoned there must not hold the heap frozen meanwhile.
+    ini = make_project(tmp_path / "p", CHAIN)
+    versions = ini.parent / "migrations" / "versions"
+    (versions / "r4.py").write_text(
+        "revision = 'r' + '4'\ndown_revision = 'r3'\nbranch_labels = None\n"
+        "depends_on = None\n\n\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+    )
+    before = gc.get_freeze_count()
+    seen: list[int] = []
+
+    def hook() -> None:
+        seen.append(gc.get_freeze_count())
+
+    plan = anyio.run(AutoMigrator(ini, url=sqlite_url, before_scripts=hook).plan)
+
+    assert plan.pending == ("r1", "r2", "r3", "r4")
+    assert seen
+    assert max(seen) <= before

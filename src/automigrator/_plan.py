@@ -138,13 +138,15 @@ def read_plan(
         # The heap frozen where the plan makes thousands of objects at 1000
         # revisions (a stat result per file here; the ledger's rows, the
         # check): they would set off a full collection of the whole process,
-        # which cost more than the plan. Never across a wait for the database:
-        # a plan abandoned there would unfreeze late, over the app's own freeze.
+        # which cost more than the plan. Never across a wait (the database,
+        # an app's hook): a plan abandoned there would unfreeze late, over
+        # the app's own freeze.
         with frozen_heap():
             remembered = scripts.remembered_heads(target)
-            # Without remembered heads, the graph is read before the connection
-            # is waited for: script errors come before any wait for the database.
-            graph = scripts.graph() if remembered is None and not first else None
+        # Without remembered heads, the graph is read before the connection is
+        # waited for: script errors come before any wait for the database. Not
+        # frozen: it may run the app's before_scripts hook, which may wait.
+        graph = scripts.graph() if remembered is None and not first else None
     except BaseException:
         if early is not None:
             early.drop()

@@ -21,6 +21,7 @@ freeze is anything beyond what was frozen when this module was imported.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,16 +48,35 @@ class FrozenHeap:
             self.more()
 
 
+# Our blocks in progress, in any thread: the heap is unfrozen when the last
+# one ends. Counted here rather than asked of gc.get_freeze_count(), which
+# walks every frozen object (a whole application's heap, milliseconds) at
+# each call: it is asked only when no block of ours is under way.
+_LOCK = threading.Lock()
+_blocks = 0
+
+
 @contextmanager
 def frozen_heap() -> Iterator[FrozenHeap]:
     """Freeze what is alive now for the duration of the block, if nobody else does."""
-    if not gc.isenabled() or gc.get_freeze_count() > _AT_IMPORT:
+    global _blocks
+    with _LOCK:
+        if not _blocks and (not gc.isenabled() or gc.get_freeze_count() > _AT_IMPORT):
+            ours = False  # the application's own freeze, or no collector
+        else:
+            if not _blocks:
+                gc.freeze()
+            _blocks += 1
+            ours = True
+    if not ours:
         yield FrozenHeap(owned=False)
         return
-    gc.freeze()
     heap = FrozenHeap(owned=True)
     try:
         yield heap
     finally:
         heap.owned = False  # a handle kept past the block freezes nothing more
-        gc.unfreeze()
+        with _LOCK:
+            _blocks -= 1
+            if not _blocks:
+                gc.unfreeze()

@@ -151,10 +151,11 @@ def check(
     key = None if latest is None else audit_key(latest, db_revisions)
     if key is not None and scripts.audited(key):
         return Audit(ledger=True)
-    # Frozen: a fingerprint per revision, and a parse per changed file
-    # (process/_gcfreeze; never across the database's reads).
+    prints = scripts.fingerprints()  # not frozen: may read the graph (the app's hook)
+    # Frozen: a comparison per revision, and a parse per changed file
+    # (process/_gcfreeze; never across a wait).
     with frozen_heap():
-        found = audit(latest, scripts.fingerprints(), db_revisions)
+        found = audit(latest, prints, db_revisions)
     if found.checksums_computed:
         scripts.keep_checksums()
     if key is not None and found.clean:
