@@ -82,6 +82,15 @@ def plain_alembic_upgrade(ini: Path, url: URL) -> None:
     )
 
 
+def left_partial(tmp_path: Path, fresh_db: Callable[[str], URL]) -> tuple[URL, Path]:
+    """A MariaDB database whose r3 a start left partial (its first statement
+    stayed, its second failed), and its project."""
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=TWO_STATEMENTS_SECOND_FAILS)
+    start(ini, url)
+    return url, ini
+
+
 def reformat(versions: Path, *, line_length: int) -> list[str]:
     """ruff format over a version folder, with settings not its own; the files it changed."""
     before = {p.name: p.read_bytes() for p in versions.glob("*.py")}
@@ -301,9 +310,7 @@ def test_a_partial_revision_refuses_every_start_until_resolved(
 def test_a_partial_revision_undone_by_hand_runs_again_once_fixed(
     tmp_path: Path, fresh_db: Callable[[str], URL]
 ) -> None:
-    url = fresh_db("mariadb")
-    ini = deployed(tmp_path, url, broken=TWO_STATEMENTS_SECOND_FAILS)
-    start(ini, url)
+    url, ini = left_partial(tmp_path, fresh_db)
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.begin() as conn:  # the operator undoes what stayed
         conn.exec_driver_sql("ALTER TABLE users DROP COLUMN age")
@@ -512,9 +519,7 @@ def test_a_table_of_the_ledgers_name_that_is_not_ours_is_named_and_nothing_is_pu
 def test_a_revision_left_partial_is_refused_even_once_its_file_is_replaced(
     tmp_path: Path, fresh_db: Callable[[str], URL]
 ) -> None:
-    url = fresh_db("mariadb")
-    ini = deployed(tmp_path, url, broken=TWO_STATEMENTS_SECOND_FAILS)
-    start(ini, url)
+    url, ini = left_partial(tmp_path, fresh_db)
     versions = ini.parent / "migrations" / "versions"
     (versions / "r3.py").unlink()  # someone "fixes" it under another id
     write_revision(ini.parent, Rev("r3b", "r2", "add age again", R4.body))
