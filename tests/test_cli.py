@@ -193,3 +193,41 @@ def test_lock_url_comes_from_the_flag_or_the_environment(ini: Path, sqlite_url: 
         assert "lock_url must reach the same database" in run.stderr
         assert "hunter2" not in run.stderr + run.stdout
     assert tables(sqlite_url) == set()
+
+
+def test_upgrade_obeys_the_switch_the_app_obeys(ini: Path, sqlite_url: URL) -> None:
+    url = sqlite_url.render_as_string(hide_password=False)
+
+    def upgrade(value: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "RUN_MIGRATIONS": value}
+        return run_cli("-c", str(ini), "--url", url, "upgrade", env=env)
+
+    off = upgrade("0")
+    assert off.returncode == 0, off.stderr
+    assert "Migrations disabled (RUN_MIGRATIONS=0)" in off.stderr
+    assert not Path(sqlite_url.database or "").exists()  # nothing touched the database
+    for wrong in ("maybe", ""):
+        refused = upgrade(wrong)
+        assert refused.returncode == 2, refused.stderr
+        assert f"RUN_MIGRATIONS={wrong!r} is not a switch value" in refused.stderr
+    assert not Path(sqlite_url.database or "").exists()
+    on = upgrade("yes")
+    assert on.returncode == 0, on.stderr
+    assert revisions(sqlite_url) == {"r3"}
+
+
+def test_the_read_only_commands_refuse_a_switch_value_that_is_none(
+    ini: Path, sqlite_url: URL
+) -> None:
+    # They never migrate, so "0" changes nothing for them; a typo is still one.
+    env = {**os.environ, "RUN_MIGRATIONS": "of"}
+    url = sqlite_url.render_as_string(hide_password=False)
+    refused = run_cli("-c", str(ini), "--url", url, "status", env=env)
+    read = run_cli(
+        "-c", str(ini), "--url", url, "status", env={**os.environ, "RUN_MIGRATIONS": "0"}
+    )
+
+    assert refused.returncode == 2
+    assert "RUN_MIGRATIONS='of' is not a switch value" in refused.stderr
+    assert read.returncode == 0, read.stderr
+    assert "r1, r2, r3" in read.stdout

@@ -41,7 +41,7 @@ from ._drift import DriftReport, drift
 from ._group import MigratorGroup
 from ._migrator import AutoMigrator
 from ._preview import Preview, lint, preview
-from ._settings import Ddl, History, Lint, LintMode, Timeouts
+from ._settings import Ddl, History, Lint, LintMode, Switch, Timeouts
 from .database._connections import display
 from .database._redaction import mask_credentials
 from .errors import (
@@ -350,10 +350,16 @@ def _seconds_or_none(text: str) -> float | None:
 
 
 async def _command(args: argparse.Namespace) -> int:
+    # The switch the app obeys, obeyed here too: a Job or init container that
+    # shares the pods' environment migrates only if they would. Only
+    # ``upgrade`` migrates; the other commands change no schema, but a value
+    # that is not a switch is a mistake wherever it is read.
+    switch = Switch()
+    switch.read()
     options: dict[str, Any] = {
         "url": args.url,
         "target": args.target,
-        "enabled": True,
+        "enabled": None if args.command == "upgrade" else True,
         "before_scripts": _resolve(args.before_scripts),
     }
     timeouts = Timeouts(
@@ -373,7 +379,7 @@ async def _command(args: argparse.Namespace) -> int:
     if args.command == "upgrade":
         options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)
         status = await _runner(args.config, options).run()
-        return 0 if status.state.value in ("ready", "degraded") else 1
+        return 0 if status.state.value in ("ready", "degraded", "disabled") else 1
     if args.command == "wait":
         options.update(mode="check")
         await _runner(args.config, options).run()
