@@ -31,7 +31,7 @@ from automigrator import (
     Timeouts,
     VersionTable,
 )
-from tests.conftest import server_url, tables
+from tests.conftest import revisions, server_url, tables
 from tests.project import Rev, set_version_locations, write_revision
 
 
@@ -443,3 +443,25 @@ def test_an_env_py_that_migrates_another_database_is_refused_naming_both(
     assert "get_main_option('sqlalchemy.url')" in message
     assert tables(sqlite_url) == set()
     assert not elsewhere.exists()  # refused before connecting: no file made there
+
+
+def test_a_version_table_with_a_row_below_another_names_them_and_the_fix(
+    ini: Path, db_url: URL
+) -> None:
+    # What two processes that migrated at once without a lock leave (Mealie's
+    # own race on SQLite): r3 and its ancestor r1, one row each.
+    anyio.run(AutoMigrator(ini, url=db_url).run)
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('r1')"))
+    engine.dispose()
+    migrator = AutoMigrator(ini, url=db_url)
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(migrator.run)
+
+    message = caught.value.message
+    assert "alembic_version holds r1, r3, but r1 is below r3" in message
+    assert "DELETE FROM alembic_version WHERE version_num IN ('r1')" in message
+    assert "Nothing was changed" in message
+    assert revisions(db_url) == {"r1", "r3"}

@@ -177,7 +177,9 @@ def read_plan(
         # Multiple heads are refused under the lock, still before any DDL.
         kind: PlanKind = "unversioned" if has_tables else "empty"
         return Plan(kind, (), remembered or ())
-    plan = classify(graph or scripts.graph(), target, revisions, has_tables=has_tables)
+    plan = classify(
+        graph or scripts.graph(), target, revisions, has_tables=has_tables, table=version_table
+    )
     return replace(plan, audit=checked)
 
 
@@ -187,6 +189,7 @@ def classify(
     db_revisions: tuple[str, ...] | None,
     *,
     has_tables: bool,
+    table: VersionTable | None = None,
 ) -> Plan:
     """Compare the database's revisions with the scripts; no DDL, no env.py."""
     # Imports Alembic: only when the remembered heads could not decide.
@@ -213,6 +216,7 @@ def classify(
         return Plan("ahead_of_code", current, heads, unknown=unknown, pending=missing)
     if not db_revisions and has_tables:
         return Plan("unversioned", current, heads)
+    _refuse_overlaps(script, current, table or VersionTable())
     try:
         targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
         steps = _alembic_compat.upgrade_steps(script, target, current)
@@ -229,6 +233,30 @@ def classify(
     if not pending:
         return Plan("at_head", current, targets, past_target=set(current) != set(targets))
     return Plan("behind" if current else "empty", current, targets, pending=pending)
+
+
+def _refuse_overlaps(script: ScriptDirectory, current: Sequence[str], table: VersionTable) -> None:
+    """Rows of which one is below another: no place in the history, and Alembic's own
+    words ("overlaps with other requested revisions") name no cause and no fix."""
+    if len(current) < 2:
+        return
+    below: set[str] = set()
+    for rev in current:
+        ancestors = script.revision_map.iterate_revisions(rev, "base")
+        below.update(r.revision for r in ancestors if r is not None and r.revision != rev)
+    stale = sorted(rev for rev in current if rev in below)
+    if not stale:
+        return
+    kept = sorted(rev for rev in current if rev not in below)
+    rows = ", ".join(repr(rev) for rev in stale)
+    raise ConfigurationError(
+        f"The version table {table} holds {', '.join(sorted(current))}, but {', '.join(stale)} "
+        f"{'is' if len(stale) == 1 else 'are'} below {', '.join(kept)} in the history: a "
+        "database is at one place in each branch, and two processes that migrated at once "
+        "without a lock leave such rows. If the schema is at "
+        f"{', '.join(kept)}, delete the others (DELETE FROM {table} WHERE "
+        f"version_num IN ({rows})). Nothing was changed."
+    )
 
 
 def _known(script: ScriptDirectory, rev: str) -> bool:
