@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE, CompletedProcess
 
 from sqlalchemy.engine import URL
 
 from tests.conftest import rows
-from tests.helpers import ROOT, cli
+from tests.helpers import ROOT, cli, run_cli
 from tests.processes import start_replicas
+from tests.project import Rev, write_revision
 
 REPLICAS = 8
 
@@ -70,3 +73,62 @@ def test_exclusively_passes_the_commands_exit_status_on(ini: Path, sqlite_url: U
     assert "no-such-command-here" in missing.stderr
     assert empty.returncode == 2
     assert "needs a command" in empty.stderr
+
+
+def test_upgrade_then_seeds_under_the_lock_on_8_pods_started_at_once(
+    ini: Path, db_url: URL, tmp_path: Path
+) -> None:
+    # The template's prestart.sh in one line, from an empty database: the
+    # migration and the seed both race, as 8 pods starting together do.
+    journal = tmp_path / "seeding.log"
+    url = db_url.render_as_string(hide_password=False)
+    seed = shlex.join([sys.executable, "-c", f"from tests.seeder import seed; seed({url!r})"])
+    env = {**os.environ, "AM_SEED_JOURNAL": str(journal)}
+    command = [sys.executable, "-m", "automigrator", "-c", str(ini), "--url", url]
+    procs = [
+        subprocess.Popen(
+            [*command, "upgrade", "--then", seed], cwd=ROOT, env=env, text=True, stderr=PIPE
+        )
+        for _ in range(REPLICAS)
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    lines = journal.read_text().split("\n")[:-1]
+    pairs = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
+
+    assert [proc.returncode for proc in procs] == [0] * REPLICAS, errors
+    assert sum("Applied 3/3" in err for err in errors) == 1  # one migrated
+    assert rows(db_url, "SELECT count(*) FROM users WHERE name = 'root'") == [(1,)]
+    assert len(pairs) == REPLICAS
+    assert all(a.split()[0] == "in" and b == f"out {a.split()[1]}" for a, b in pairs), lines
+
+
+def test_upgrade_then_runs_only_on_a_ready_database_and_passes_its_status_on(
+    ini: Path, sqlite_url: URL, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    touch = shlex.join([sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"])
+    url = sqlite_url.render_as_string(hide_password=False)
+
+    def upgrade(*args: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+        return run_cli("-c", str(ini), "--url", url, "upgrade", *args, env=env)
+
+    unsplittable = upgrade("--then", "python -c 'unbalanced")
+    disabled = upgrade("--then", touch, env={**os.environ, "RUN_MIGRATIONS": "0"})
+    assert unsplittable.returncode == 2
+    assert "cannot be split into words" in unsplittable.stderr
+    assert disabled.returncode == 0, disabled.stderr
+    assert "Not running --then" in disabled.stderr
+    assert not marker.exists()
+    assert not Path(sqlite_url.database or "").exists()  # neither migrated
+
+    write_revision(ini.parent, Rev("r4", "r3", "fails", "raise RuntimeError('boom')"))
+    failed = upgrade("--then", touch)
+    assert failed.returncode == 1
+    assert not marker.exists()
+
+    (ini.parent / "migrations" / "versions" / "r4.py").unlink()
+    ran = upgrade("--then", touch)
+    status = upgrade("--then", shlex.join([sys.executable, "-c", "raise SystemExit(7)"]))
+    assert ran.returncode == 0, ran.stderr
+    assert marker.read_text() == "x"
+    assert status.returncode == 7

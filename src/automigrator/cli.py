@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import pkgutil
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -188,6 +189,13 @@ def parser() -> argparse.ArgumentParser:
         "purge (back up, purge, migrate from scratch: unattended SQLite boxes)",
     )
     upgrade.add_argument("--baseline", help="stamp an unversioned database at this revision")
+    upgrade.add_argument(
+        "--then",
+        metavar="COMMAND",
+        help="once the database is at the target, run COMMAND under the migration lock, one "
+        "process at a time (seeding); its exit status is passed on. Split as a shell would, "
+        "run without one",
+    )
     upgrade.add_argument(
         "--lint",
         choices=get_args(LintMode),
@@ -378,8 +386,20 @@ async def _command(args: argparse.Namespace) -> int:
         options["lint"] = Lint(mode=mode, rows=args.lint_rows)
     if args.command == "upgrade":
         options.update(on_failure=POLICIES[args.on_failure], baseline=args.baseline)
-        status = await _runner(args.config, options).run()
-        return 0 if status.state.value in ("ready", "degraded", "disabled") else 1
+        then = _then(args.then)  # a mistake in it is found before any migration
+        runner = _runner(args.config, options)
+        single = _one_lock(runner, args.config, "--then") if then else None
+        status = await runner.run()
+        state = status.state.value
+        if single is not None and state == "ready":
+            return await _holding_the_lock(single, then)
+        if then:
+            # Disabled: this process does no start-up schema work. Degraded:
+            # the schema is not what the command was written for.
+            logging.getLogger("automigrator").warning(
+                "Not running --then (%s): the migration is %s", then[0], state
+            )
+        return 0 if state in ("ready", "degraded", "disabled") else 1
     if args.command == "wait":
         options.update(mode="check")
         await _runner(args.config, options).run()
@@ -605,13 +625,37 @@ async def _exclusively(config: str, options: dict[str, Any], argv: list[str]) ->
         raise ConfigurationError(
             "exclusively needs a command to run: automigrator exclusively -- python -m app.seed"
         )
-    runner = _runner(config, options)
+    return await _holding_the_lock(
+        _one_lock(_runner(config, options), config, "the command"), command
+    )
+
+
+def _then(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    try:
+        command = shlex.split(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--then {text!r} cannot be split into words: {exc}.") from exc
+    if not command:
+        raise ConfigurationError(
+            "--then needs a command to run: automigrator upgrade --then 'python -m app.seed'"
+        )
+    return command
+
+
+def _one_lock(runner: AutoMigrator | MigratorGroup, config: str, what: str) -> AutoMigrator:
+    """The one migrator whose lock a command holds; a group has several locks."""
     if isinstance(runner, MigratorGroup):
         raise ConfigurationError(
             f"{config!r} lists several databases (the multidb template): give --url for the "
-            "one whose lock the command should hold."
+            f"one whose lock {what} should hold."
         )
-    async with runner.exclusively():
+    return runner
+
+
+async def _holding_the_lock(migrator: AutoMigrator, command: list[str]) -> int:
+    async with migrator.exclusively():
         try:
             done = await anyio.run_process(command, stdout=None, stderr=None, check=False)
         except OSError as exc:
