@@ -231,3 +231,18 @@ def test_the_read_only_commands_refuse_a_switch_value_that_is_none(
     assert "RUN_MIGRATIONS='of' is not a switch value" in refused.stderr
     assert read.returncode == 0, read.stderr
     assert "r1, r2, r3" in read.stdout
+
+
+def test_a_look_at_an_unreachable_database_is_short_and_says_its_error_once(
+    ini: Path,
+) -> None:
+    # A person's `check` is answered within 10 s, not a Job's minute; each
+    # try after the first says "the same error", not the whole message again.
+    refused = run_cli("-c", str(ini), "--url", "postgresql+psycopg://app@127.0.0.1:1/app", "check")
+
+    assert refused.returncode == 13
+    assert "Timeouts(connect=10)" in refused.stderr
+    tries = [line for line in refused.stderr.splitlines() if "not reachable (attempt" in line]
+    assert len(tries) >= 3
+    assert "Connection refused" in tries[0]
+    assert all(line.split("): ", 1)[1].startswith("the same error.") for line in tries[1:])

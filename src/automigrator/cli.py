@@ -338,12 +338,19 @@ def _common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--connect-timeout",
         type=float,
-        default=default(TIMEOUTS.connect),
-        help=f"seconds ({TIMEOUTS.connect:g})",
+        default=default(None),
+        help=f"seconds to wait for the database ({TIMEOUTS.connect:g} for upgrade, wait, "
+        f"exclusively and resolve; {_LOOK_CONNECT:g} for the commands that only look)",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="only errors"
     )
+
+
+# The commands a Job or an init container runs wait for a database that is
+# still starting; the ones a person or CI runs to look answer soon.
+_WAITING = ("upgrade", "wait", "exclusively", "resolve")
+_LOOK_CONNECT = 10.0
 
 
 def _seconds_or_none(text: str) -> float | None:
@@ -370,8 +377,11 @@ async def _command(args: argparse.Namespace) -> int:
         "enabled": None if args.command == "upgrade" else True,
         "before_scripts": _resolve(args.before_scripts),
     }
+    connect = args.connect_timeout
+    if connect is None:
+        connect = TIMEOUTS.connect if args.command in _WAITING else _LOOK_CONNECT
     timeouts = Timeouts(
-        connect=args.connect_timeout,
+        connect=connect,
         lock=args.lock_timeout,
         check=args.timeout if args.command == "wait" else TIMEOUTS.check,
     )

@@ -144,16 +144,23 @@ class Waiter:
         def pause(tries: int) -> float:
             return 0.0 if tries == 0 else min(_CONNECT_FIRST_DELAY * 2.0 ** (tries - 1), _CAP)
 
+        said: list[str] = []  # the error last logged whole
+
         def log(tries: int, left: float) -> None:
-            if error is not None:  # nothing to say before the first failure
-                logger.warning(
-                    "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
-                    "before the connect timeout",
-                    tries,
-                    error.message,
-                    min(pause(tries), left),
-                    left,
-                )
+            if error is None:  # nothing to say before the first failure
+                return
+            # A database down for a minute fails the same way twenty times:
+            # the message once, then one short line per try.
+            same = said[-1:] == [error.message]
+            said[:] = [error.message]
+            logger.warning(
+                "Database not reachable (attempt %d): %s Retrying in %.2g s; %.0f s left "
+                "before the connect timeout",
+                tries,
+                "the same error." if same else error.message,
+                min(pause(tries), left),
+                left,
+            )
 
         async def attempt(left: float) -> tuple[T] | None:
             nonlocal error, tried
