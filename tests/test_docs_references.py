@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from automigrator.database._connections import sync_url
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "docs" / "compatibility.md"]
@@ -55,3 +67,22 @@ def test_every_named_test_exists(page: Path) -> None:
 
     assert len(refs) >= 20  # the tables are there and were read
     assert missing == []
+
+
+def test_the_readmes_demo_urls_have_their_drivers_in_the_example_extra() -> None:
+    # `nox -s demo` installs `.[example]` and nothing else: a URL the README
+    # offers for DATABASE_URL must find its drivers there (the async one the
+    # app uses, and the synchronous one automigrator reads through).
+    readme = (ROOT / "README.md").read_text()
+    offer = readme[readme.index("Set `DATABASE_URL`") :].split("\n\n", 1)[0]
+    urls = re.findall(r"`(\w+\+\w+://[^`]+)`", offer)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = {
+        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["example"]
+    }
+    installed = packages_distributions()
+
+    assert len(urls) >= 2
+    for url in map(sa.make_url, urls):
+        for driver in {url.get_driver_name(), sync_url(url).get_driver_name()}:
+            assert {canonicalize_name(d) for d in installed[driver]} & extra, (str(url), driver)
