@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +466,20 @@ def test_a_version_table_with_a_row_below_another_names_them_and_the_fix(
     assert "DELETE FROM alembic_version WHERE version_num IN ('r1')" in message
     assert "Nothing was changed" in message
     assert revisions(db_url) == {"r1", "r3"}
+
+
+@pytest.mark.parametrize("missing", ["aiosqlite", "greenlet"])
+def test_an_async_urls_missing_packages_are_named_when_the_migrator_is_built(
+    ini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    # The async template's env.py needs both; without this check the first
+    # start failed as "env.py failed", after the lock was taken.
+    monkeypatch.setitem(sys.modules, missing, None)  # an import of it raises ImportError
+    database = tmp_path / "app.db"
+
+    with pytest.raises(ConfigurationError) as caught:
+        AutoMigrator(ini, url=f"sqlite+aiosqlite:///{database}")
+
+    assert "pip install" in caught.value.message
+    assert missing in caught.value.message
+    assert not database.exists()

@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
@@ -78,6 +78,7 @@ def sync_url(url: URL) -> URL:
     dialect = url.get_dialect()
     if not getattr(dialect, "is_async", False):
         return url
+    _async_parts_installed(url, dialect)
     for driver, module in _SYNC_DRIVERS.get(url.get_driver_name(), ()):
         if importlib.util.find_spec(module) is not None:
             return url.set(drivername=f"{url.get_backend_name()}+{driver}")
@@ -87,6 +88,27 @@ def sync_url(url: URL) -> URL:
         f"automigrator reads the version table and takes its lock through a synchronous "
         f"driver: install {wanted} for {url.get_backend_name()}."
     )
+
+
+def _async_parts_installed(url: URL, dialect: Any) -> None:
+    """What env.py's async engine will need, asked for when the migrator is built:
+    missing, it would fail the first start as "env.py failed"."""
+    try:
+        importlib.import_module("greenlet")  # SQLAlchemy's asyncio runs on it
+    except ImportError:
+        raise ConfigurationError(
+            f"The URL {display(url)!r} uses an async driver, and SQLAlchemy's asyncio "
+            "extension needs greenlet, which is not installed: pip install "
+            "'sqlalchemy[asyncio]'."
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"The URL {display(url)!r} names the async driver {url.get_driver_name()!r}, "
+            f"which is not installed ({exc}): pip install {exc.name or url.get_driver_name()} "
+            "(env.py's async engine connects through it), or name an installed driver in the URL."
+        ) from None
 
 
 def create_engine(url: URL) -> Engine:
