@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from automigrator import (
     ConfigurationError,
     EditedRevisionError,
     History,
+    MigrationError,
     MigrationState,
     PartialMigrationError,
     PurgeAndRetry,
@@ -417,6 +419,31 @@ def test_the_lint_verdict_is_recorded_for_the_old_app(tmp_path: Path, sqlite_url
     ]
 
 
+def test_a_revision_that_failed_moments_ago_fails_at_once_from_the_same_file(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # What a server that restarts failed workers does: start again at once.
+    broken = Rev("r3", "r2", "broken", 'raise RuntimeError("r3 is broken")')
+    ini = deployed(tmp_path, db_url, broken=broken)
+
+    _, failed = start(ini, db_url)
+    _, again = start(ini, db_url)
+    _, always = start(ini, db_url, history=History(rerun_failed_after=0))
+
+    assert failed is not None
+    assert isinstance(again, MigrationError)
+    assert again.revision == "r3"
+    assert re.search(r"Revision r3 failed \d+ s ago on \S+ \(pid \d+\)", again.message)
+    assert "r3 is broken" in again.message  # that failure, named
+    assert "History(rerun_failed_after=)" in again.message
+    assert "Nothing was run" in again.message
+    assert isinstance(always, MigrationError)
+    assert "r3 is broken" in str(always)
+    # The refusal ran nothing and left no row; rerun_failed_after=0 ran it again.
+    assert [o for r, o in ledger(db_url) if r == "r3"] == ["failed", "failed"]
+    assert revisions(db_url) == {"r2"}
+
+
 def test_bad_history_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"History\(on_edit='maybe'\)"):
         History(on_edit="maybe")  # type: ignore[arg-type]
@@ -424,6 +451,8 @@ def test_bad_history_settings_are_named(tmp_path: Path) -> None:
         History(table="")
     with pytest.raises(ConfigurationError, match=r"History\(drift="):
         History(drift="always")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"History\(rerun_failed_after=-1\)"):
+        History(rerun_failed_after=-1)
 
 
 def test_no_ledger_records_and_checks_nothing(tmp_path: Path, sqlite_url: URL) -> None:

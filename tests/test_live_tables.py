@@ -205,6 +205,27 @@ def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
     assert backups(db_url) == []
 
 
+def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # A busy table is not the revision's fault: the failure recorded in the
+    # ledger moments ago does not keep the next start from running it.
+    ini = deployed(tmp_path, db_url, broken=ADD_AGE)
+    blocker, _ = open_reader(db_url)
+    try:
+        with pytest.raises(ContentionError):
+            anyio.run(AutoMigrator(ini, url=db_url, ddl=Ddl(lock_timeout=0.2, retries=0)).run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    again = AutoMigrator(ini, url=db_url)
+
+    anyio.run(again.run)
+
+    assert again.status.state is MigrationState.READY
+    assert revisions(db_url) == {"r3"}
+
+
 def test_a_busy_table_after_a_kept_statement_says_what_stayed(
     tmp_path: Path, server_db: URL
 ) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
 from .process._logging import show_by_default
+from .process._servers import looping_server
 
 logger = logging.getLogger("automigrator")
 
@@ -96,6 +97,16 @@ class MigrationRunner(abc.ABC):
         and stops before the next one.
         """
         show_by_default()  # a server with nothing set up would show none of our lines
+        looping = looping_server()
+        if looping is not None:
+            logger.warning(
+                "%s restarts a worker whose start-up failed, for ever (uvicorn 0.30 to 0.49 "
+                "with --workers; 0.50 stops instead): a failing revision is run once, and "
+                "each restart within History(rerun_failed_after=) fails at once without "
+                "running it, but the restarts go on. Upgrade uvicorn to 0.50 or later, or "
+                "migrate before the server starts (automigrator upgrade)",
+                looping,
+            )
         if self.block_startup:
             await self.run()
             yield

@@ -141,9 +141,8 @@ class AutoMigrator(MigrationRunner):
         self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
         table, timeout = settings.history.table, settings.ddl.lock_timeout
         self.ledger = Ledger(self._engine, self.version_table, table, timeout) if table else None
-        self._upgrader = Upgrader(
-            self.scripts, self._reporter, self._engine, settings.ddl, self.ledger
-        )
+        upgrading = (settings.ddl, self.ledger, settings.history.rerun_failed_after)
+        self._upgrader = Upgrader(self.scripts, self._reporter, self._engine, *upgrading)
         self._books = Bookkeeper(self.scripts, self.ledger, settings, self._waiter, self._upgrader)
         self.linter = Linter(self.scripts, self._engine, settings)
         # A MigratorGroup plans every database before any changes: its plan

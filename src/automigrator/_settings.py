@@ -133,6 +133,11 @@ class History:
         when_ahead: a database ahead of the code: ``"refuse"``
             (:class:`~automigrator.SchemaAheadError`) or ``"serve"`` (a
             rollback deploy), if it holds every revision this code needs.
+        rerun_failed_after: seconds after a revision failed before a start
+            runs the same file again; sooner, the start fails at once with
+            that failure, nothing run. A server that restarts a worker whose
+            start-up failed (uvicorn 0.30-0.49 with ``--workers``) would
+            otherwise run it again every second or two. ``0``: always run.
     """
 
     table: str | None = "automigrator_history"
@@ -140,6 +145,7 @@ class History:
     app_version: str | None = None
     drift: DriftMode = "off"
     when_ahead: WhenAhead = "refuse"
+    rerun_failed_after: float = 60.0
 
     def __post_init__(self) -> None:
         if self.table is not None and not (
@@ -152,6 +158,8 @@ class History:
         choice("History", "on_edit", self.on_edit, ("refuse", "warn", "off"))
         choice("History", "drift", self.drift, ("off", "warn"))
         choice("History", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        after = seconds("History", "rerun_failed_after", self.rerun_failed_after, zero=True)
+        object.__setattr__(self, "rerun_failed_after", after)
         if self.app_version is not None and not (
             isinstance(self.app_version, str) and len(self.app_version) <= 255
         ):

@@ -159,6 +159,11 @@ class LedgerEntry:
         """Plain JSON-ready values."""
         return asdict(self)
 
+    def ended(self) -> datetime.datetime:
+        """When the attempt ended (started, if it has not)."""
+        started = datetime.datetime.fromisoformat(self.at)
+        return started + datetime.timedelta(seconds=self.duration or 0.0)
+
     def refusal(self) -> PartialMigrationError:
         """The error every start raises for this dirty revision until it is resolved."""
         fix = (
@@ -316,6 +321,18 @@ class Ledger:
             return None
         first = min(found, key=lambda e: e.id)
         return self.by_id([first.id]).get(first.id) or first.as_entry()
+
+    def failed_lately(self, revisions: Collection[str], within: float) -> list[LedgerEntry]:
+        """The whole rows of ``revisions`` whose latest attempt failed less than
+        ``within`` seconds ago, first failed first."""
+        if within <= 0:
+            return []
+        latest = self.read_latest() or {}
+        failed = [
+            e.id for e in latest.values() if e.outcome == "failed" and e.revision in revisions
+        ]
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=within)
+        return [entry for _, entry in sorted(self.by_id(failed).items()) if entry.ended() > since]
 
     # -- on env.py's connection, under the fence ---------------------------------
 

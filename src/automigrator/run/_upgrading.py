@@ -11,6 +11,7 @@ with a slightly longer lock timeout, still under the migration lock.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import random
@@ -27,7 +28,7 @@ from .._status import Blocker, RunningRevision
 from ..database._connections import VersionTable
 from ..database._contention import StatementLog, UpgradeTry, blockers
 from ..database._ledger import Ledger
-from ..errors import ContentionError, ShutdownRequestedError
+from ..errors import ContentionError, MigrationError, ShutdownRequestedError, first_line
 from ..locking import MigrationLock
 from ..process._signals import abandonable
 from ..scripts._hooks import RunHooks
@@ -76,12 +77,14 @@ class Upgrader:
         engine: Engine,
         ddl: Ddl,
         ledger: Ledger | None,
+        rerun_failed_after: float = 0.0,
     ) -> None:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
         self.ddl = ddl  # the migrator's own: never copied
         self.ledger = ledger
+        self.rerun_failed_after = rerun_failed_after
 
     async def run(
         self, plan: Plan, *, target: str, version_table: VersionTable, hooks: RunHooks
@@ -97,8 +100,32 @@ class Upgrader:
             # connection: its row may be a live migrator's that lost its lock.
             if dirty is not None and dirty.outcome == "partial":
                 raise dirty.refusal()
+            await self._refuse_a_repeat(plan.pending)
         # A revision that stops half way now is recorded partial by the run itself.
         await self._tries(target, version_table=version_table, hooks=hooks)
+
+    async def _refuse_a_repeat(self, pending: tuple[str, ...]) -> None:
+        """A pending revision that failed moments ago, from the same file, fails
+        again at once, nothing run: a server that restarts a worker whose start-up
+        failed would otherwise run it (and roll it back) every second or two."""
+        assert self.ledger is not None
+        lately = partial(self.ledger.failed_lately, pending, self.rerun_failed_after)
+        for entry in await anyio.to_thread.run_sync(lately):
+            if not (entry.error or "").startswith(f"{MigrationError.__name__}:"):
+                continue  # not the revision's own fault (a busy table, a lost connection)
+            found = self.scripts.fingerprints().get(entry.revision)
+            if found is None or entry.checksum is None or found.checksum() != entry.checksum:
+                continue  # the file was changed since: a fix, run it
+            ago = (datetime.datetime.now(datetime.timezone.utc) - entry.ended()).total_seconds()
+            where = f" on {entry.host} (pid {entry.pid})" if entry.host else ""
+            raise MigrationError(
+                f"Revision {entry.revision} failed {max(ago, 0.0):.0f} s ago{where}, and its "
+                f"file has not changed since: not run again before {self.rerun_failed_after:g} "
+                "s have passed (History(rerun_failed_after=)), so that restarts do not run it "
+                f"in a loop. That failure: {first_line(entry.error or 'not recorded')}. Fix the "
+                "revision (a changed file runs at once), or start again later. Nothing was run.",
+                revision=entry.revision,
+            )
 
     async def stamp(
         self, revision: str, version_table: VersionTable, lock: MigrationLock | None

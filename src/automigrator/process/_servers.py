@@ -1,0 +1,33 @@
+"""The server we run under, where it decides what a failed start-up costs.
+
+uvicorn 0.30 to 0.49, with ``--workers``, starts a worker whose start-up
+failed again, for ever (0.50 stops the parent instead: uvicorn#3001). A
+failing revision would then run, and be rolled back, every second or two in
+every worker. The ledger keeps it from running again (``History``'s
+``rerun_failed_after``); this says, loudly and at each start, which server
+loops and what ends the loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+
+# The multiprocess manager that restarts dead workers came in 0.30 (#2183);
+# 0.50 stops the parent when a worker fails to start (#3001).
+_LOOPING_UVICORN = ((0, 30), (0, 50))
+
+
+def looping_server() -> str | None:
+    """``"uvicorn 0.49.0"`` in a worker of a server that restarts a worker whose
+    start-up failed, for ever; else None."""
+    if multiprocessing.parent_process() is None:  # its workers are spawned children
+        return None
+    uvicorn = sys.modules.get("uvicorn")
+    version = str(getattr(uvicorn, "__version__", ""))
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None
+    low, high = _LOOPING_UVICORN
+    return f"uvicorn {version}" if low <= major_minor < high else None
