@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -88,3 +89,32 @@ def test_failed_migration_fails_the_lifespan_and_skips_the_apps(
     with pytest.raises(MigrationError, match="r3"):
         anyio.run(get_during_lifespan, app, "/")
     assert entered == []
+
+
+def test_a_failed_start_up_is_told_in_a_few_lines_naming_the_revisions_line(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # What uvicorn prints for lifespan=: Starlette's "startup.failed" message,
+    # the error's traceback. It was 137-172 lines, the reason at the very end.
+    ini = make_project(tmp_path / "p", (USERS, EMAIL, BROKEN))
+    app = FastAPI(lifespan=AutoMigrator(ini, url=sqlite_url).lifespan)
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with pytest.raises(MigrationError):
+            await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    anyio.run(main)
+
+    [failed] = [m for m in sent if m["type"] == "lifespan.startup.failed"]
+    printed = failed["message"].splitlines()
+    assert len(printed) <= 15, failed["message"]
+    assert "boom in r3 (r3.py, line" in printed[-1]
+    assert "in upgrade)" in printed[-1]
+    assert not any("alembic" in line or "anyio" in line for line in printed)

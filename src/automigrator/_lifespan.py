@@ -84,8 +84,19 @@ class MigrationRunner(abc.ABC):
         ``block_startup=False`` the application starts at once; see
         :meth:`running`.
         """
-        async with self.running():
-            yield {STATE_KEY: self}
+        started = False
+        try:
+            async with self.running():
+                started = True
+                yield {STATE_KEY: self}
+        except AutomigratorError as exc:
+            if started:
+                raise
+            # Starlette prints the start-up error's whole traceback, causes
+            # and all: 140 lines of anyio, Alembic and our frames, the reason
+            # at the very end. Ours was logged as it happened, and its message
+            # names the revision, the line and the fix: raised from here alone.
+            raise exc.with_traceback(None) from None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

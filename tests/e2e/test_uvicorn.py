@@ -46,7 +46,8 @@ def test_broken_migration_exits_non_zero_naming_the_revision(example: tuple[Path
 
     assert code != 0
     assert "Migration 0005 (add a column, then break) failed" in server.log
-    assert "0005 is broken on purpose" in server.log
+    assert "0005 is broken on purpose (0005_broken.py, line" in server.log
+    assert server.log.count('  File "') <= 6  # not the 140-line traceback of old
     assert "Application startup failed. Exiting." in server.log
     assert "Uvicorn running" not in server.log
 

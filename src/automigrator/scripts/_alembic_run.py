@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from configparser import Error as ConfigParserError
 from contextlib import ExitStack, contextmanager
@@ -720,6 +722,7 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
             "Fix env.py or what it imports; nothing was changed."
         )
     message = next((s.doc for s in recorder.steps if s.revision.revision == revision), "") or ""
+    detail += _line_in_revision(exc, recorder)
     done = len(recorder.applied)
     if recorder.transactional and not done:
         where = f"failed: {detail}."
@@ -748,6 +751,22 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
         "and start again.",
         revision=revision,
     )
+
+
+def _line_in_revision(exc: BaseException, recorder: _Supervisor) -> str:
+    """`` (0005_broken.py, line 19, in upgrade)``: where in a revision file it
+    failed, the line a person looks at first (the traceback is not always shown
+    whole: a server prints the error's message)."""
+    files = {
+        os.path.realpath(p) for s in recorder.steps if (p := getattr(s.revision, "path", None))
+    }
+    found = [
+        f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in files
+    ]
+    if not found:
+        return ""
+    frame = found[-1]
+    return f" ({os.path.basename(frame.filename)}, line {frame.lineno}, in {frame.name})"
 
 
 # PostgreSQL insufficient_privilege (also "must be owner of ...").
