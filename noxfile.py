@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -46,26 +49,42 @@ def matrix(session: nox.Session, sqlalchemy: str, alembic: str) -> None:
 
 # The floors pyproject.toml states, all at once, on the oldest Python: the
 # proof that they are floors (``nox -s floors``; pytest arguments after --).
-# FastAPI is held back to one that takes Starlette's floor.
-FLOORS = [
+CORE_FLOORS = [
     "alembic==1.13.2",
     "sqlalchemy[asyncio]==2.0.24",
-    "anyio==4.4.0",
+    "anyio==3.7.1",
     "starlette==0.37.2",
     "filelock==3.12.0",
-    "fastapi==0.112.4",
 ]
+# FastAPI is held back to one that takes Starlette's floor.
+FLOORS = [*CORE_FLOORS, "fastapi==0.112.4"]
 
 
 @nox.session(python=MATRIX_PYTHONS[0], default=False)
 def floors(session: nox.Session) -> None:
-    """The tests with every core dependency at its stated floor."""
+    """Every module imported with the floors and nothing else; then the tests at the floors."""
+    # A clean environment of its own: the test extras (and a reused venv)
+    # bring packages that the core may need without declaring them (tomli).
+    clean = Path(session.create_tmp()) / "floors-only"
+    session.run("python", "-m", "venv", "--clear", str(clean))
+    python = str(clean / ("Scripts" if sys.platform == "win32" else "bin") / "python")
+    session.run(python, "-m", "pip", "install", "-q", ".", *CORE_FLOORS, external=True)
+    session.run(python, "-m", "pip", "freeze", "--exclude-editable", external=True)
+    session.run(python, "-c", _IMPORT_ALL, external=True)
     session.install("-e", ".[test]")
     session.install(*FLOORS)
     session.run("python", "-c", _VERSIONS)
     session.run("pytest", *session.posargs)
 
 
+_IMPORT_ALL = (
+    # otel is an extra (opentelemetry-api); __main__ would run the CLI.
+    "import importlib, pkgutil, sys, automigrator; "
+    "names = [m.name for m in pkgutil.walk_packages(automigrator.__path__, 'automigrator.')]; "
+    "skip = ('__main__', 'otel'); "
+    "[importlib.import_module(n) for n in names if n.rsplit('.', 1)[-1] not in skip]; "
+    "print('floors: imported', len(names) + 1, 'modules on Python', sys.version.split()[0])"
+)
 _VERSIONS = (
     "import sys, alembic, sqlalchemy; "
     "print('matrix: Python', sys.version.split()[0], '| SQLAlchemy', sqlalchemy.__version__, "

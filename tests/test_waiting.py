@@ -73,18 +73,17 @@ def test_database_that_comes_up_late_is_waited_for(ini: Path, pg_url: URL) -> No
     migrator = AutoMigrator(ini, url=late_url, timeouts=Timeouts(connect=LONG))
     seen: list[MigrationState | str | None] = []
 
-    done = anyio.Event()
-
-    async def run() -> None:
+    async def run(done: anyio.Event) -> None:
         await migrator.run()
         done.set()
 
     async def main() -> None:
+        done = anyio.Event()  # made in the loop: anyio 3.7 wants one running
         async with (
             watching("Database not reachable (attempt 2)") as log,
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(run)
+            tg.start_soon(run, done)
             await log.event.wait()  # refused twice: it is retrying
             seen.extend([migrator.status.state, migrator.status.waiting_for])
             async with tcp_proxy(port, pg_url):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +35,14 @@ import anyio.to_thread
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _Handler = Callable[[int, FrameType | None], Any]
+
+# anyio 4.1 renamed ``cancellable`` to ``abandon_on_cancel``; the 3.7 line
+# that real lockfiles still pin (Starlette admits it) knows only the old name.
+_ABANDON = (
+    "abandon_on_cancel"
+    if "abandon_on_cancel" in inspect.signature(anyio.to_thread.run_sync).parameters
+    else "cancellable"
+)
 
 
 class _Listening:
@@ -130,7 +139,8 @@ async def abandonable(work: Callable[[], T]) -> T:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # trio: its worker threads, abandoned on cancel
-        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        abandon: dict[str, Any] = {_ABANDON: True}
+        return await anyio.to_thread.run_sync(work, **abandon)
     future: asyncio.Future[T] = loop.create_future()
 
     def settle(result: T | None, error: BaseException | None) -> None:
