@@ -246,3 +246,11 @@ def test_a_look_at_an_unreachable_database_is_short_and_says_its_error_once(
     assert len(tries) >= 3
     assert "Connection refused" in tries[0]
     assert all(line.split("): ", 1)[1].startswith("the same error.") for line in tries[1:])
+
+
+def test_a_wait_that_timed_out_does_not_say_a_migration_failed(ini: Path, sqlite_url: URL) -> None:
+    waited = cli(ini, sqlite_url, "wait", "--timeout", "0.5")
+
+    assert waited.returncode == 10, waited.stderr
+    assert "Could not reach the target (transient)" in waited.stderr
+    assert "Migration failed" not in waited.stderr

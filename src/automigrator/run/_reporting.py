@@ -182,17 +182,21 @@ class Reporter:
     def decided(self, decision: Decision, error: AutomigratorError) -> None:
         """A failure policy decided what to do about ``error``: say so, and announce it."""
         self.emit(Event("decision", self.status, decision=decision))
-        said = (error.kind, error.summary(), decision.policy)
+        # "Migration failed" only where a revision failed: a lock or a wait
+        # that timed out migrated nothing (an init container's `wait` least of all).
+        revision = getattr(error, "revision", None)
+        what = f"Revision {revision} failed" if revision else "Could not reach the target"
+        said = (what, error.kind, error.summary(), decision.policy)
         if decision.action == "retry":
             logger.warning(
-                "Migration failed (%s: %s); %s decided to retry in %.1f s: %s",
+                "%s (%s: %s); %s decided to retry in %.1f s: %s",
                 *said,
                 decision.delay,
                 decision.reason,
             )
         elif decision.action == "degrade":
             logger.critical(
-                "Migration failed (%s: %s); %s decided to continue DEGRADED: %s. The "
+                "%s (%s: %s); %s decided to continue DEGRADED: %s. The "
                 "application is starting on a schema that may not match its code.",
                 *said,
                 decision.reason,
@@ -201,7 +205,8 @@ class Reporter:
             # The error is raised next, and whoever catches it (the server,
             # the command) shows it: name the decision, not the error again.
             logger.error(
-                "Migration failed (%s); %s decided to stop: %s",
+                "%s (%s); %s decided to stop: %s",
+                what,
                 error.kind,
                 decision.policy,
                 decision.reason,
