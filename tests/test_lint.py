@@ -342,7 +342,7 @@ def test_warn_logs_reports_and_announces_then_migrates(
     assert revisions(db_url) == {"r2"}
     assert [(f.revision, f.rule, f.table) for f in status.lint] == [("r2", "drop-column", "items")]
     assert status.to_dict()["lint"] == [
-        {"revision": "r2", "rule": "drop-column", "table": "items", "rows": None}
+        {"revision": "r2", "rule": "drop-column", "table": "items", "rows": None, "rows_are": None}
     ]
     lint_events = [e for e in events if e.name == "lint"]
     assert len(lint_events) == 1
@@ -483,6 +483,23 @@ def test_squawk_and_the_operation_rules_report_one_problem_once(
     assert [(f.rule, f.source) for f in report.flagged] == [
         ("index-not-concurrent", "automigrator")
     ]
+
+
+def test_the_status_says_a_count_that_stopped_at_the_threshold_is_a_floor(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # SQLite keeps no estimate: the count stops at Lint(rows=), and a bigger
+    # table's "rows" is that floor (it read as the table's size).
+    ini = project(tmp_path / "p", WEIGHED["sqlite"])
+    at_base(ini, sqlite_url)
+    fill(sqlite_url, 30)
+    migrator = AutoMigrator(ini, url=sqlite_url, lint=Lint(rows=10))
+
+    status = anyio.run(migrator.run)
+
+    [finding] = status.to_dict()["lint"]
+    assert finding["rule"] == "change-column-type"
+    assert (finding["rows"], finding["rows_are"]) == (10, "more_than")
 
 
 def test_a_squawk_that_cannot_run_is_said_and_the_operation_rules_still_apply(

@@ -166,7 +166,15 @@ class MigrationStatus:
             "ddl_retries": self.ddl_retries,
             "ahead": list(self.ahead),
             "lint": [
-                {"revision": f.revision, "rule": f.rule, "table": f.table, "rows": f.rows}
+                # "rows": 100000 alone would read as the table's size where
+                # the count stopped at Lint(rows=): "rows_are" says "more_than".
+                {
+                    "revision": f.revision,
+                    "rule": f.rule,
+                    "table": f.table,
+                    "rows": f.rows,
+                    "rows_are": f.rows_are if f.rows is not None else None,
+                }
                 for f in self.lint
             ],
         }
