@@ -86,3 +86,23 @@ def test_the_readmes_demo_urls_have_their_drivers_in_the_example_extra() -> None
     for url in map(sa.make_url, urls):
         for driver in {url.get_driver_name(), sync_url(url).get_driver_name()}:
             assert {canonicalize_name(d) for d in installed[driver]} & extra, (str(url), driver)
+
+
+def test_the_testing_pages_code_is_the_code_the_suite_runs() -> None:
+    # Shown whole on the page (a snippet include is blank on GitHub and on
+    # PyPI), and equal to the marked sections of the test file that runs it.
+    page = (ROOT / "docs" / "testing.md").read_text()
+    source = (ROOT / "tests" / "test_testing_helpers.py").read_text()
+    shown = re.findall(
+        r"<!-- the code of tests/test_testing_helpers\.py:(\w+),[^>]*-->\n```python\n(.*?)\n```",
+        page,
+        flags=re.DOTALL,
+    )
+
+    assert [name for name, _ in shown] == ["testclient", "lifespanmanager", "models"]
+    for name, code in shown:
+        marked = re.search(
+            rf"# --8<-- \[start:{name}\]\n(.*?)\n# --8<-- \[end:{name}\]", source, re.DOTALL
+        )
+        assert marked is not None, name
+        assert code == marked.group(1).rstrip("\n"), name
