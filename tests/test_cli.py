@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from automigrator.scripts._headcache import FILE_NAME
@@ -254,3 +255,20 @@ def test_a_wait_that_timed_out_does_not_say_a_migration_failed(ini: Path, sqlite
     assert waited.returncode == 10, waited.stderr
     assert "Could not reach the target (transient)" in waited.stderr
     assert "Migration failed" not in waited.stderr
+
+
+def test_a_look_at_a_sqlite_file_not_made_yet_makes_none(ini: Path, tmp_path: Path) -> None:
+    # A typo in the URL used to leave an empty file behind, which the next
+    # start (with the typo fixed or not) took for a database.
+    database = tmp_path / "typo.db"
+    url = f"sqlite:///{database}"
+    looks = {command: cli(ini, url, command) for command in ("check", "status", "plan", "lint")}
+
+    assert looks["check"].returncode == 10
+    assert "the database is at base" in looks["check"].stderr
+    assert "r1, r2, r3" in looks["status"].stdout
+    assert all(looks[c].returncode == 0 for c in ("status", "plan", "lint")), looks
+    assert not database.exists()
+    upgraded = cli(ini, url, "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert revisions(sa.make_url(url)) == {"r3"}

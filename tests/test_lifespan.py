@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,8 @@ def test_a_failed_start_up_is_told_in_a_few_lines_naming_the_revisions_line(
         async def receive() -> dict[str, Any]:
             return {"type": "lifespan.startup"}
 
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
 
         with pytest.raises(MigrationError):
             await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)

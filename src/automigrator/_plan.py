@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -16,7 +17,9 @@ from .database._connections import (
     VersionTable,
     check_schema_exists,
     has_other_tables,
+    is_memory_sqlite,
     read_revisions,
+    sqlite_file,
     translate_error,
 )
 from .database._ledger import Latest, Ledger
@@ -152,17 +155,23 @@ def read_plan(
             early.drop()
         raise
     try:
-        with early.take() if early is not None else engine.connect() as conn:
-            revisions = read_revisions(conn, version_table)
-            if revisions is None:
-                check_schema_exists(conn, version_table)
-            # An empty version table (a baseline stamp that did not finish) beside
-            # tables is unversioned too: never planned as an empty database.
-            ours = ledger.name if ledger is not None else None
-            has_tables = not revisions and has_other_tables(conn, version_table, ours)
-            latest: dict[str, Latest] | None = None
-            if ledger is not None and revisions:
-                latest = ledger.latest(conn)  # last: a missing ledger ends the transaction
+        revisions: tuple[str, ...] | None = None
+        has_tables = False
+        latest: dict[str, Latest] | None = None
+        # A SQLite file not made yet is an empty database. Connecting would
+        # create it: a look (check, status, a typo in the URL) leaves no file
+        # behind; an upgrade makes it as it migrates.
+        if not _sqlite_file_missing(engine):
+            with early.take() if early is not None else engine.connect() as conn:
+                revisions = read_revisions(conn, version_table)
+                if revisions is None:
+                    check_schema_exists(conn, version_table)
+                # An empty version table (a baseline stamp that did not finish)
+                # beside tables is unversioned too: never planned as an empty database.
+                ours = ledger.name if ledger is not None else None
+                has_tables = not revisions and has_other_tables(conn, version_table, ours)
+                if ledger is not None and revisions:
+                    latest = ledger.latest(conn)  # last: a missing ledger ends the transaction
         checked = None
         if ledger is not None and revisions:
             checked = check(scripts, latest, revisions, ledger.by_id)
@@ -181,6 +190,16 @@ def read_plan(
         graph or scripts.graph(), target, revisions, has_tables=has_tables, table=version_table
     )
     return replace(plan, audit=checked)
+
+
+def _sqlite_file_missing(engine: Engine) -> bool:
+    """A SQLite URL whose file does not exist yet, in a folder that does (a missing
+    folder is left to the connection's own error, which names it)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+        return False
+    path = Path(sqlite_file(url))
+    return not path.exists() and path.parent.is_dir()
 
 
 def classify(
