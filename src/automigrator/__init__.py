@@ -10,6 +10,7 @@ from ._migrator import AutoMigrator
 from ._plan import Plan
 from ._preview import Preview, lint, preview
 from ._settings import (
+    Baseline,
     Ddl,
     History,
     Lint,
@@ -80,6 +81,7 @@ __all__ = [
     "AutoMigrator",
     "AutomigratorError",
     "BackupError",
+    "Baseline",
     "BeforeScripts",
     "BeforeUpgrade",
     "Blocker",

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, Engine
 from ._lifespan import MigrationRunner
 from ._plan import Plan, read_plan
 from ._settings import (
+    Baseline,
     Ddl,
     History,
     Lint,
@@ -72,7 +73,9 @@ class AutoMigrator(MigrationRunner):
         lock_url: a URL for the lock's connection only (past a pooler).
         timeouts: a :class:`~automigrator.Timeouts`.
         version_table: a name or a :class:`~automigrator.VersionTable`.
-        baseline: the revision an unversioned database is stamped at first.
+        baseline: the revision an unversioned database is stamped at first,
+            or a :class:`~automigrator.Baseline` that also makes the tables of
+            a create_all-first app on an empty database.
         mode: ``"migrate"``, or ``"check"``: never migrate, wait for the target.
         block_startup: start the app once ready, or at once behind a gate.
         before_scripts: sets the app up before env.py and the revisions load.
@@ -94,7 +97,7 @@ class AutoMigrator(MigrationRunner):
         lock_url: str | URL | None = None,
         timeouts: Timeouts | None = None,
         version_table: str | VersionTable | None = None,
-        baseline: str | None = None,
+        baseline: str | Baseline | None = None,
         mode: Mode = "migrate",
         block_startup: bool = True,
         before_scripts: BeforeScripts | None = None,
@@ -141,8 +144,8 @@ class AutoMigrator(MigrationRunner):
         self._attempts = Attempts(self._reporter, self._engine, settings.version_table, self.url)
         table, timeout = settings.history.table, settings.ddl.lock_timeout
         self.ledger = Ledger(self._engine, self.version_table, table, timeout) if table else None
-        upgrading = (settings.ddl, self.ledger, settings.history.rerun_failed_after)
-        self._upgrader = Upgrader(self.scripts, self._reporter, self._engine, *upgrading)
+        upgrading = (self._engine, settings, self.ledger)
+        self._upgrader = Upgrader(self.scripts, self._reporter, *upgrading)
         self._books = Bookkeeper(self.scripts, self.ledger, settings, self._waiter, self._upgrader)
         self.linter = Linter(self.scripts, self._engine, settings)
         # A MigratorGroup plans every database before any changes: its plan
@@ -162,7 +165,7 @@ class AutoMigrator(MigrationRunner):
     @property
     def baseline(self) -> str | None:
         """The revision an unversioned database is stamped at (``settings.baseline``)."""
-        return self._settings.baseline
+        return self._settings.baseline.revision if self._settings.baseline else None
 
     @property
     def version_table(self) -> VersionTable:
@@ -327,8 +330,8 @@ class AutoMigrator(MigrationRunner):
             self._books.linted(await self.linter.before_upgrade(plan, self._reporter))
             if isinstance(self.on_failure, BeforeUpgrade):
                 await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
-            if plan.kind == "unversioned":
-                await self.stamp_baseline()
+            if self._upgrader.stamps_first(plan):
+                await self._upgrader.stamp_baseline(plan, self.version_table, self._waiter.held)
                 plan = await self.plan()
             if plan.kind != "at_head":
                 try:
@@ -420,15 +423,6 @@ class AutoMigrator(MigrationRunner):
         plan = await self.plan()
         if plan.kind != "at_head":
             raise MigrationError.not_recorded(plan.db_revisions, plan.heads)
-
-    async def stamp_baseline(self) -> None:
-        """Stamp an unversioned database at ``baseline`` (called under the lock)."""
-        baseline = self.baseline
-        assert baseline is not None
-        logger.warning(
-            "The database has tables but no version table: stamping it at baseline %s", baseline
-        )
-        await self._upgrader.stamp(baseline, self.version_table, self._waiter.held)
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[bool]:

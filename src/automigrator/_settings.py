@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from ._checks import choice, count, flag, seconds
 from .database._connections import VersionTable
@@ -231,6 +234,49 @@ def parse_switch(name: str, value: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """Where a database the migrations did not make starts (see the recipe).
+
+    ``baseline="0001"`` is short for ``Baseline("0001")``.
+
+    Args:
+        revision: the revision that tables made outside the migrations
+            match; a database with tables and no version table is stamped
+            there (nothing runs, the rows stay) and upgraded from it.
+            ``"base"``: the first revision expects those tables (MLflow).
+        create: what makes those tables (a ``MetaData``, whose
+            ``create_all(checkfirst=True)`` is run, or a function of a
+            ``Connection``), for a create_all-first app: on an empty
+            database, and on one with tables but no version table (only what
+            is missing), before the stamp. Run under the migration lock, on
+            env.py's connection and in its transaction: fenced as a revision.
+    """
+
+    revision: str
+    create: sa.MetaData | Callable[[Connection], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.revision, str) and self.revision):
+            raise ConfigurationError(
+                f"Baseline(revision={self.revision!r}): name a revision id, or 'base'."
+            )
+        if not (
+            self.create is None or isinstance(self.create, sa.MetaData) or callable(self.create)
+        ):
+            raise ConfigurationError(
+                f"Baseline(create={self.create!r}): pass a MetaData (its create_all() is run) "
+                "or a function that takes a Connection, or None."
+            )
+
+    def create_tables(self, connection: Connection) -> None:
+        """Make what ``create`` makes, on ``connection``."""
+        if isinstance(self.create, sa.MetaData):
+            self.create.create_all(connection, checkfirst=True)
+        elif self.create is not None:
+            self.create(connection)
+
+
+@dataclass(frozen=True)
 class MigratorSettings:
     """One migrator's settings, validated as a whole; read it as ``migrator.settings``.
 
@@ -246,7 +292,7 @@ class MigratorSettings:
     ddl: Ddl
     lint: Lint
     version_table: VersionTable
-    baseline: str | None
+    baseline: Baseline | None
     mode: Mode
     history: History
     block_startup: bool
@@ -271,10 +317,6 @@ class MigratorSettings:
             )
         choice("AutoMigrator", "mode", self.mode, ("migrate", "check"))
         flag("AutoMigrator", "block_startup", self.block_startup)
-        if self.baseline is not None and not (isinstance(self.baseline, str) and self.baseline):
-            raise ConfigurationError(
-                f"AutoMigrator(baseline={self.baseline!r}): name a revision id, or None."
-            )
         for name, kind in (
             ("switch", Switch),
             ("timeouts", Timeouts),
@@ -282,10 +324,12 @@ class MigratorSettings:
             ("lint", Lint),
             ("history", History),
             ("version_table", VersionTable),
+            ("baseline", (Baseline, type(None))),
         ):
             if not isinstance(getattr(self, name), kind):
+                what = kind.__name__ if isinstance(kind, type) else kind[0].__name__
                 raise ConfigurationError(
-                    f"AutoMigrator({name}={getattr(self, name)!r}): pass a {kind.__name__}."
+                    f"AutoMigrator({name}={getattr(self, name)!r}): pass a {what}."
                 )
 
     @classmethod
@@ -298,6 +342,7 @@ class MigratorSettings:
         lint: LintMode | Lint | None,
         version_table: str | VersionTable | None,
         history: History | None = None,
+        baseline: str | Baseline | None = None,
         **rest: Any,
     ) -> MigratorSettings:
         """From ``AutoMigrator``'s arguments: None is the object's defaults, and the
@@ -307,7 +352,18 @@ class MigratorSettings:
         if version_table is None or isinstance(version_table, str):
             version_table = VersionTable(*(() if version_table is None else (version_table,)))
         switch = enabled if isinstance(enabled, Switch) else Switch(enabled=enabled)
+        if isinstance(baseline, str) or (
+            baseline is not None and not isinstance(baseline, Baseline)
+        ):
+            try:
+                baseline = Baseline(baseline)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f"AutoMigrator(baseline={baseline!r}): name a revision id, pass a "
+                    "Baseline, or None."
+                ) from None
         return cls(
+            baseline=baseline,
             switch=switch,
             timeouts=timeouts if timeouts is not None else Timeouts(),
             ddl=ddl if ddl is not None else Ddl(),

@@ -242,7 +242,8 @@ class Linter:
         """
         if self.settings.lint.mode == "off" or plan.kind == "empty":
             return {}  # an empty database has no table to lock, no old version to break
-        current = plan.start(self.settings.baseline)
+        baseline = self.settings.baseline
+        current = plan.start(baseline.revision if baseline is not None else None)
         try:
             report = await anyio.to_thread.run_sync(lambda: self.report(current))
         except Exception as exc:  # the lint informs; only "refuse" makes it a gate

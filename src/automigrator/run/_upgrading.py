@@ -15,15 +15,16 @@ import datetime
 import logging
 import math
 import random
+from collections.abc import Callable
 from functools import partial
 
 import anyio
 import anyio.to_thread
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from .._plan import Plan
-from .._settings import Ddl
+from .._settings import Ddl, MigratorSettings
 from .._status import Blocker, RunningRevision
 from ..database._connections import VersionTable
 from ..database._contention import StatementLog, UpgradeTry, blockers
@@ -75,16 +76,16 @@ class Upgrader:
         scripts: Scripts,
         reporter: Reporter,
         engine: Engine,
-        ddl: Ddl,
+        settings: MigratorSettings,
         ledger: Ledger | None,
-        rerun_failed_after: float = 0.0,
     ) -> None:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
-        self.ddl = ddl  # the migrator's own: never copied
+        self.ddl = settings.ddl  # the migrator's own: never copied
         self.ledger = ledger
-        self.rerun_failed_after = rerun_failed_after
+        self.rerun_failed_after = settings.history.rerun_failed_after
+        self.baseline = settings.baseline
 
     async def run(
         self, plan: Plan, *, target: str, version_table: VersionTable, hooks: RunHooks
@@ -127,12 +128,40 @@ class Upgrader:
                 revision=entry.revision,
             )
 
+    def stamps_first(self, plan: Plan) -> bool:
+        """Whether ``plan`` starts with the baseline: a database with tables and
+        no version table, or an empty one where the baseline makes the tables."""
+        creates = self.baseline is not None and self.baseline.create is not None
+        return plan.kind == "unversioned" or (plan.kind == "empty" and creates)
+
+    async def stamp_baseline(
+        self, plan: Plan, version_table: VersionTable, lock: MigrationLock | None
+    ) -> None:
+        """Under ``lock``: the baseline's tables made (``Baseline.create``), then the
+        version table stamped at its revision; no revision runs, fenced all the same."""
+        baseline = self.baseline
+        assert baseline is not None  # an unversioned database is refused without one
+        if plan.kind == "empty":
+            logger.info("The database is empty: making the baseline's tables (%s)", baseline)
+        else:
+            logger.warning(
+                "The database has tables but no version table: stamping it at baseline %s",
+                baseline.revision,
+            )
+        create = baseline.create_tables if baseline.create is not None else None
+        await self.stamp(baseline.revision, version_table, lock, prepare=create)
+
     async def stamp(
-        self, revision: str, version_table: VersionTable, lock: MigrationLock | None
+        self,
+        revision: str,
+        version_table: VersionTable,
+        lock: MigrationLock | None,
+        *,
+        prepare: Callable[[Connection], None] | None = None,
     ) -> None:
         """Stamp the version table at ``revision`` (under ``lock``): no revision runs,
-        fenced all the same."""
-        hooks = RunHooks.lock_only(lock)
+        fenced all the same (``prepare`` first, on the same connection)."""
+        hooks = RunHooks.lock_only(lock, prepare=prepare)
         stamp = partial(self.scripts.stamp, revision, version_table=version_table, hooks=hooks)
         await anyio.to_thread.run_sync(stamp)
 

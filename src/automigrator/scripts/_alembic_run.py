@@ -486,6 +486,14 @@ def _environment(
         connection = env.get_context().connection
         if isinstance(connection, Connection):
             recorder.take_guard(connection)  # before Alembic reads the version table
+            prepare = recorder.hooks.prepare
+            if prepare is not None:
+                recorder.check_lock("before the baseline's tables were made")
+                prepare(connection)
+                if recorder.atomic_sqlite is not None:
+                    # No transaction of Alembic's holds them on SQLite (it
+                    # begins one per step, and a stamp at base has none).
+                    recorder.atomic_sqlite.commit()
         recorder.started()
         run_migrations(**kw)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Connection
+
 from .._status import AppliedRevision
 from ..database._ledger import Ledger, RunFacts
 from ..locking import MigrationLock
@@ -34,8 +36,19 @@ class RunHooks:
     so a stop half way (without transactional DDL) leaves it ``running``."""
     run: RunFacts = field(default_factory=RunFacts)
     """What every row of this run records: who, the lock wait, the lint's verdicts."""
+    prepare: Callable[[Connection], None] | None = None
+    """Before the first step, on env.py's connection (fenced, in its
+    transaction): a baseline's tables made (``Baseline.create``)."""
 
     @classmethod
-    def lock_only(cls, lock: MigrationLock | None) -> RunHooks:
+    def lock_only(
+        cls, lock: MigrationLock | None, prepare: Callable[[Connection], None] | None = None
+    ) -> RunHooks:
         """For a stamp: no revision runs, only the lock matters (checked, fenced)."""
-        return cls(lambda revision, message: None, lambda applied: None, lambda: False, lock)
+        return cls(
+            lambda revision, message: None,
+            lambda applied: None,
+            lambda: False,
+            lock,
+            prepare=prepare,
+        )
