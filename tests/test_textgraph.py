@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import uuid
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import anyio
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
@@ -234,6 +236,63 @@ def test_heads_computed_without_alembic_equal_alembics(
             assert plain.heads == expected
         else:
             assert plain is None  # only running a file tells its names: Alembic must say
+
+
+# How a config may split version_locations (Alembic's Config.get_version_locations_list):
+# a separator option, or none (the legacy split on spaces and commas).
+SEPARATORS = {"os": ":", "space": " ", "newline": "\n    ", "legacy": ", "}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(), st.sampled_from(sorted(SEPARATORS)), st.booleans())
+def test_heads_from_version_locations_without_alembic_equal_alembics(
+    graph: tuple[list[FakeRev], bool, int, bool], separator: str, package: bool
+) -> None:
+    # Several folders named by version_locations, written as files or as
+    # Alembic's package notation (pkg:dir, found without importing pkg):
+    # the cold start's path for Prefect's own config, never importing Alembic.
+    # ":" (os on POSIX) splits pkg:dir itself: a config cannot use both.
+    assume(not (package and separator == "os"))
+    revs, recursive, folders, _ = graph
+    revs = [replace(rev, compiled=False) for rev in revs]
+    name = f"amtest_{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text("raise RuntimeError('imported')\n")
+        write_project(root / name / "migrations", revs, recursive, folders, sourceless=False)
+        where = [f"migrations/versions{n}" for n in range(folders)]
+        located = [f"{name}:{w}" if package else f"%(here)s/{name}/{w}" for w in where]
+        option = "" if separator == "legacy" else f"path_separator = {separator}\n"
+        if ALEMBIC < (1, 16) and option:
+            option = option.replace("path_separator", "version_path_separator")
+        config = root / "alembic.ini"
+        script = f"{name}:migrations" if package else f"%(here)s/{name}/migrations"
+        config.write_text(
+            "[alembic]\n"
+            + f"script_location = {script}\n"
+            + f"version_locations = {SEPARATORS[separator].join(located)}\n"
+            + option
+            + f"recursive_version_locations = {str(recursive).lower()}\n"
+        )
+        sys.path.insert(0, tmp)
+        try:
+            plain = _plainheads.read(read_settings(config))  # before Alembic imports pkg
+            with warnings.catch_warnings():  # the legacy split is deprecated
+                warnings.simplefilter("ignore")
+                cfg = Config(str(config), stdout=io.StringIO())
+                if package:
+                    (root / name / "__init__.py").write_text("")  # Alembic imports it
+                expected = tuple(sorted(ScriptDirectory.from_config(cfg).get_heads()))
+        finally:
+            sys.path.remove(tmp)
+            sys.modules.pop(name, None)
+
+        if all(read_names(render(rev)) is not None for rev in revs):
+            assert plain is not None
+            assert plain.heads == expected
+        else:
+            assert plain is None
 
 
 def test_plain_files_are_read_not_imported() -> None:

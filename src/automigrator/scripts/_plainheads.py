@@ -2,14 +2,16 @@
 
 A new container starts with nothing remembered (often with a read-only
 script folder), and importing Alembic to build the graph is most of
-such a start (figures in docs/performance.md). When the config keeps
-Alembic's default layout (one ``versions`` folder under ``script_location``,
-no ``version_locations``, not ``sourceless``) and every file states its
-names plainly, the heads are computed here the way Alembic computes them:
-the revisions that no other names as a ``down_revision``. Anything this
-module does not fully understand (another layout, a computed name, an id
-used twice, a parent that does not exist, a cycle) returns None, and the
-caller asks Alembic. A property test holds the answer equal to Alembic's.
+such a start (figures in docs/performance.md). When the files are plain
+(not ``sourceless``) and their folders can be told without Alembic (the
+``versions`` folder under ``script_location``, or ``version_locations``
+split as Alembic splits it, ``pkg:dir`` found without importing ``pkg``:
+``_configfile``), and every file states its names plainly, the heads are
+computed here the way Alembic computes them: the revisions that no other
+names as a ``down_revision``. Anything this module does not fully
+understand (a computed name, an id used twice, a parent that does not
+exist, a cycle) returns None, and the caller asks Alembic. Property tests
+hold the answer equal to Alembic's.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class PlainHeads:
 
     heads: tuple[str, ...]
     """Sorted, as the rest of the package keeps heads."""
-    folder: Path
-    """The one version folder Alembic would read."""
+    folders: tuple[Path, ...]
+    """The version folders Alembic would read, in its order."""
     recursive: bool
     fingerprints: dict[str, Fingerprint]
     """Each revision's file, parents and bytes' hash (read with the names)."""
@@ -50,21 +52,24 @@ class PlainHeads:
 
 def read(settings: Settings) -> PlainHeads | None:
     """The heads of the scripts ``settings`` points at; None when Alembic must say."""
-    recursive = _default_layout(settings.layout)
-    folder = settings.script_folder()
-    if recursive is None or folder is None:
+    recursive = _plain_layout(settings.layout)
+    folders = settings.version_folders()
+    if recursive is None or folders is None:
         return None
-    versions = folder / "versions"
-    if not versions.is_dir():
-        return None  # Alembic would see no revisions: let it report that
+    if not all(folder.is_dir() for folder in folders):
+        return None  # Alembic would see no revisions there: let it report that
     parents: dict[str, tuple[str, ...]] = {}
     depends: list[str] = []
     labels: set[str] = set()
     prints: dict[str, Fingerprint] = {}
-    key = files_key([str(versions.absolute())], sourceless=False, recursive=recursive)
-    files = _revision_files(versions, recursive=recursive)
-    if files is None:
-        return None
+    places = [str(folder.absolute()) for folder in folders]
+    key = files_key(places, sourceless=False, recursive=recursive)
+    files: list[Path] = []
+    for folder in folders:
+        found = _revision_files(folder, recursive=recursive)
+        if found is None:
+            return None
+        files.extend(found)
     for path in files:
         try:
             data = path.read_bytes()
@@ -89,13 +94,15 @@ def read(settings: Settings) -> PlainHeads | None:
     # revisions that name it as down_revision (RevisionMap.heads).
     named = {p for ps in parents.values() for p in ps}
     heads = tuple(sorted(rev for rev in parents if rev not in named))
-    return PlainHeads(heads, versions.absolute(), recursive, prints, key)
+    return PlainHeads(
+        heads, tuple(folder.absolute() for folder in folders), recursive, prints, key
+    )
 
 
-def _default_layout(layout: Mapping[str, object]) -> bool | None:
-    # Whether recursive_version_locations is on, for Alembic's default layout;
-    # None for any other layout (or a value this module would have to guess).
-    if layout.get("version_locations") or _flag(layout.get("sourceless")) is not False:
+def _plain_layout(layout: Mapping[str, object]) -> bool | None:
+    # Whether recursive_version_locations is on, for plain files; None where
+    # they are not (sourceless) or for a value this module would have to guess.
+    if _flag(layout.get("sourceless")) is not False:
         return None
     return _flag(layout.get("recursive_version_locations"))
 

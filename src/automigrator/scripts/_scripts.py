@@ -164,7 +164,7 @@ class Scripts:
         if plain is None:
             return None
         self._prints = plain.fingerprints
-        self._prints_place = ([str(plain.folder)], False, plain.recursive)
+        self._prints_place = ([str(f) for f in plain.folders], False, plain.recursive)
         self._prints_files = plain.files
         self._remember(plain.heads)
         return plain.heads
