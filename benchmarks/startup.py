@@ -92,6 +92,28 @@ def histories(scratch: Path) -> Iterator[tuple[str, Path, bool]]:
             continue
         count = len(list((ini.parent / "migrations" / "versions").glob("*.py")))
         yield f"{name} (real, {count})", ini, True
+        if name == "mlflow":  # one real history, as the other notations name it
+            for written in ("pkg:dir", "version_locations"):
+                yield f"{name} (real, {count}, {written})", renamed(ini, written), True
+
+
+def renamed(ini: Path, written: str) -> Path:
+    """The same project, its scripts named as Prefect's config does (``pkg:dir``,
+    the folder inside a package) or through ``version_locations``."""
+    root = ini.parent.parent / f"{ini.parent.name}-{written.replace(':', '-')}"
+    package = root / "amcorpus"
+    shutil.copytree(ini.parent, package)
+    (package / "__init__.py").write_text("")
+    config = root / "alembic.ini"
+    if written == "pkg:dir":
+        config.write_text("[alembic]\nscript_location = amcorpus:migrations\n")
+    else:
+        (package / "migrations" / "versions").rename(root / "history")
+        config.write_text(
+            "[alembic]\nscript_location = %(here)s/amcorpus/migrations\n"
+            "path_separator = os\nversion_locations = %(here)s/history\n"
+        )
+    return config
 
 
 def set_ini_url(ini: Path, url: URL) -> None:
@@ -110,12 +132,15 @@ def forget(ini: Path) -> None:
 
 def probe(what: str, ini: Path, url: URL, *extra: str) -> dict[str, float]:
     argv = [sys.executable, "-m", "benchmarks.probe", what, str(ini), url.render_as_string(False)]
+    # The project's folder on the path: a package named in pkg:dir is found there.
+    path = os.pathsep.join(p for p in (str(ini.parent), os.environ.get("PYTHONPATH")) if p)
     out = subprocess.run(
         [*argv, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "PYTHONPATH": path},
     )
     if out.returncode != 0:
         raise SystemExit(f"probe {what} failed:\n{out.stderr[-2000:]}")
@@ -130,6 +155,7 @@ def cli(ini: Path) -> float:
         cwd=ini.parent,
         capture_output=True,
         check=True,
+        env={**os.environ, "PYTHONPATH": str(ini.parent)},
     )
     return time.perf_counter() - started
 
@@ -204,6 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--only", default="", help="the histories whose name holds this")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}, {args.repeats} repeats")
     print(
@@ -213,7 +240,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        projects = list(histories(scratch))
+        projects = [p for p in histories(scratch) if args.only in p[0]]
         for kind in args.databases.split(","):
             why = available(kind, scratch)
             if why is not None:
