@@ -14,12 +14,21 @@ from types import ModuleType
 import anyio
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 
-from automigrator import AutoMigrator, Baseline, ConfigurationError, MigrationState
+from automigrator import (
+    AutoMigrator,
+    Baseline,
+    Chain,
+    ConfigurationError,
+    MigrationState,
+    PurgeAndRetry,
+    Retry,
+)
 from automigrator.database._connections import sync_url
 from automigrator.testing import assert_models_match
 from tests.conftest import EXAMPLE, revisions, rows
+from tests.helpers import backups
 from tests.project import EMAIL, Rev, make_project
 
 
@@ -133,3 +142,28 @@ def test_a_baseline_stopped_between_its_tables_and_its_stamp_finishes_at_the_nex
     assert status.state is MigrationState.READY
     assert revisions(sync_url(url)) == {"0004"}
     assert_models_match(migrator, Base.metadata)
+
+
+def test_a_baseline_whose_create_fails_is_its_fault_and_is_never_purged(
+    tmp_path: Path, db_url: URL
+) -> None:
+    def create(connection: Connection) -> None:
+        connection.exec_driver_sql("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        connection.exec_driver_sql("CREATE TABLE users (id INTEGER PRIMARY KEY)")  # twice
+
+    ini = make_project(tmp_path / "p", (Rev("r1", None, "after the tables", "pass"),))
+    migrator = AutoMigrator(
+        ini,
+        url=db_url,
+        baseline=Baseline("base", create=create),
+        on_failure=Chain(Retry(times=2, delay=0), PurgeAndRetry()),
+    )
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(migrator.run)
+
+    assert "Baseline(create=...) failed making the baseline's tables" in caught.value.message
+    assert "env.py" not in caught.value.message
+    assert migrator.status.attempts == 1  # neither retried nor purged
+    assert backups(db_url) == []
+    assert revisions(db_url) == set()

@@ -444,6 +444,55 @@ def test_a_revision_that_failed_moments_ago_fails_at_once_from_the_same_file(
     assert revisions(db_url) == {"r2"}
 
 
+def test_a_failure_is_timed_from_its_end_and_a_clock_ahead_holds_nobody_back(
+    tmp_path: Path, db_url: URL
+) -> None:
+    # A revision that fails after a while: the window runs from its end, not
+    # its start (a start right after was let through). A row a skewed host
+    # wrote in the future is not taken for a failure moments ago.
+    slow = Rev("r3", "r2", "slow", 'import time\ntime.sleep(3)\nraise RuntimeError("late")')
+    ini = deployed(tmp_path, db_url, broken=slow)
+    # 2 s: the next start comes well within it of the end, well after it of the
+    # start (the lint off: rendering r3 offline would sleep too).
+    within = {"history": History(rerun_failed_after=2.0), "lint": "off"}
+
+    _, failed = start(ini, db_url, **within)
+    _, again = start(ini, db_url, **within)
+    execute(db_url, "UPDATE automigrator_history SET at = '2999-01-01T00:00:00.000+00:00'")
+    _, skewed = start(ini, db_url, **within)
+
+    assert failed is not None
+    assert isinstance(again, MigrationError)
+    assert "Nothing was run" in again.message
+    assert isinstance(skewed, MigrationError)
+    assert "late" in skewed.message
+    assert "Nothing was run" not in skewed.message  # it ran again
+    assert [o for r, o in ledger(db_url) if r == "r3"] == ["failed", "failed"]
+
+
+def test_a_statement_that_failed_late_on_mariadb_is_timed_from_its_end(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    # MariaDB commits the running row as the DDL begins; the row became
+    # "failed" 3 s later, and was timed from its start: a restart right
+    # after the failure ran it again.
+    late = (
+        'op.execute("CREATE TABLE dup (id INT PRIMARY KEY) '
+        'SELECT 1 AS id FROM (SELECT SLEEP(3)) a UNION ALL SELECT 1")'
+    )
+    mariadb_url = fresh_db("mariadb")
+    ini = deployed(tmp_path, mariadb_url, broken=Rev("r3", "r2", "slow then broken", late))
+    within = {"history": History(rerun_failed_after=2.0), "lint": "off"}
+
+    _, failed = start(ini, mariadb_url, **within)
+    _, again = start(ini, mariadb_url, **within)
+
+    assert failed is not None
+    assert isinstance(again, MigrationError)
+    assert "Nothing was run" in again.message
+    assert [o for r, o in ledger(mariadb_url) if r == "r3"] == ["failed"]
+
+
 def test_bad_history_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"History\(on_edit='maybe'\)"):
         History(on_edit="maybe")  # type: ignore[arg-type]

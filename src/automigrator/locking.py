@@ -165,6 +165,10 @@ class _ServerLock:
         self._mutex = threading.Lock()
         self._beating: threading.Event | None = None
         self._seen_holder: str | None = None
+        # The deadline of the statement on the lock's connection, if one runs.
+        self._watch = threading.Condition()
+        self._armed: float | None = None
+        self._watchdog: threading.Thread | None = None
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -241,13 +245,39 @@ class _ServerLock:
         # kernel of a proxy or a NAT still acknowledges) would block for
         # ever. After reap_after the server has ended the lock's session
         # anyway: cut the socket, and the statement fails as a lost lock.
-        timer = threading.Timer(self.reap_after, self.abort)
-        timer.daemon = True
-        timer.start()
+        # One watchdog thread per lock, armed for each statement (a
+        # threading.Timer apiece cost 1.5 ms of each revision's lock check).
+        with self._watch:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_statements, name="automigrator-lock-deadline", daemon=True
+                )
+                self._watchdog.start()
+            self._armed = time.monotonic() + self.reap_after
+            self._watch.notify()
         try:
             yield
         finally:
-            timer.cancel()
+            with self._watch:
+                self._armed = None
+
+    def _watch_statements(self) -> None:
+        with self._watch:
+            while True:
+                armed = self._armed
+                if armed is None:
+                    # Idle a while (the lock let go, or between heartbeats):
+                    # ends, and the next statement starts another.
+                    if not self._watch.wait(self.reap_after) and self._armed is None:
+                        self._watchdog = None
+                        return
+                    continue
+                left = armed - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._armed = None  # once per statement
+                self.abort()
 
     def _held_query(self) -> sa.TextClause:
         raise NotImplementedError

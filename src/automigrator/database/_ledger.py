@@ -72,6 +72,10 @@ DIRTY: frozenset[str] = frozenset({"running", "partial"})
 """Outcomes that refuse every start until a person resolves the revision."""
 
 
+# Seconds a row's time may run ahead of ours and still be taken as recent.
+_CLOCK_SLACK = 5.0
+
+
 def now() -> str:
     """The time a row records: UTC, to the millisecond, sortable as text."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
@@ -331,8 +335,17 @@ class Ledger:
         failed = [
             e.id for e in latest.values() if e.outcome == "failed" and e.revision in revisions
         ]
-        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=within)
-        return [entry for _, entry in sorted(self.by_id(failed).items()) if entry.ended() > since]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        since = now - datetime.timedelta(seconds=within)
+        # A row from the future (a host whose clock runs ahead) is not taken
+        # for a recent failure: it would hold every other host back as long
+        # as the clocks differ.
+        ahead = now + datetime.timedelta(seconds=_CLOCK_SLACK)
+        return [
+            entry
+            for _, entry in sorted(self.by_id(failed).items())
+            if since < entry.ended() <= ahead
+        ]
 
     # -- on env.py's connection, under the fence ---------------------------------
 
@@ -443,6 +456,7 @@ class Ledger:
         error: str,
         row: int | None,
         kept: Collection[str] = (),
+        duration: float | None = None,
     ) -> None:
         """On ``conn`` (ours, fenced by the caller): ``facts.revision`` failed:
         ``partial`` if ``kept`` holds statements that stayed, else ``failed``.
@@ -450,7 +464,9 @@ class Ledger:
         with the revision) a new row says it."""
         outcome: Outcome = "partial" if kept else "failed"
         values = self._values(facts, run, outcome)
-        values.update(error=error[:2000])
+        # The duration too: the row's time is when it began, and a restart
+        # within History(rerun_failed_after=) of its end is refused.
+        values.update(error=error[:2000], duration=duration)
         if kept:
             values.update(detail="; ".join(kept), statement=len(kept) + 1)
         t = self.table
@@ -466,10 +482,16 @@ class Ledger:
                         error=values["error"],
                         detail=values.get("detail"),
                         statement=values.get("statement"),
+                        duration=duration,
                     )
                 )
                 if done.rowcount:
                     return
+            if duration is not None:  # its time is when it began, as a running row's
+                began = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+                    seconds=duration
+                )
+                values["at"] = began.isoformat(timespec="milliseconds")
             conn.execute(t.insert().values(**values))
 
     def adopt(self, conn: Connection, revisions: Iterable[RevisionFacts], run: RunFacts) -> int:
