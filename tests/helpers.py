@@ -111,11 +111,13 @@ def after_a_lost_lock_in_r3(url: URL) -> set[str]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     """``python -m automigrator ARGS`` as a process; its exit code, stdout and stderr."""
     return subprocess.run(
         [sys.executable, "-m", "automigrator", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         env=env,

@@ -483,3 +483,26 @@ def test_an_async_urls_missing_packages_are_named_when_the_migrator_is_built(
     assert "pip install" in caught.value.message
     assert missing in caught.value.message
     assert not database.exists()
+
+
+def test_the_delete_a_refusal_suggests_runs_as_printed(ini: Path, pg_url: URL) -> None:
+    # A version table whose name PostgreSQL folds unless quoted: the DELETE
+    # in the message must be one a person can paste.
+    env = ini.parent / "migrations" / "env.py"
+    configure = 'context.configure(version_table="AppVersions", '
+    env.write_text(env.read_text().replace("context.configure(", configure))
+    anyio.run(AutoMigrator(ini, url=pg_url, version_table="AppVersions").run)
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("""INSERT INTO "AppVersions" (version_num) VALUES ('r1')"""))
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(AutoMigrator(ini, url=pg_url, version_table="AppVersions").run)
+    delete = caught.value.message.split("(DELETE", 1)[1].split(")).", 1)[0] + ")"
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE" + delete))
+    engine.dispose()
+    status = anyio.run(AutoMigrator(ini, url=pg_url, version_table="AppVersions").run)
+
+    assert '"AppVersions"' in delete
+    assert status.state is MigrationState.READY

@@ -272,3 +272,14 @@ def test_a_look_at_a_sqlite_file_not_made_yet_makes_none(ini: Path, tmp_path: Pa
     upgraded = cli(ini, url, "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert revisions(sa.make_url(url)) == {"r3"}
+
+
+def test_a_look_through_sqlites_uri_forms_makes_no_file_either(ini: Path, tmp_path: Path) -> None:
+    # "file:" is a URI only with uri=true (else the driver opens a file of
+    # that very name); file://localhost/ names the local host's path.
+    database = tmp_path / "typo.db"
+    forms = [f"sqlite:///file://localhost{database}?uri=true", "sqlite:///file:typo.db"]
+    looks = [run_cli("-c", str(ini), "--url", url, "check", cwd=tmp_path) for url in forms]
+
+    assert [look.returncode for look in looks] == [10, 10], [look.stderr for look in looks]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == []

@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 from subprocess import PIPE, CompletedProcess
 
+import anyio
+import pytest
 from sqlalchemy.engine import URL
 
+from automigrator import AutoMigrator, SchemaBehindError
+from automigrator import cli as cli_module
 from tests.conftest import rows
-from tests.helpers import ROOT, cli, run_cli
+from tests.helpers import ROOT, cli, execute, run_cli
 from tests.processes import start_replicas
 from tests.project import Rev, write_revision
 
@@ -69,6 +73,16 @@ def test_exclusively_passes_the_commands_exit_status_on(ini: Path, sqlite_url: U
     empty = cli(ini, sqlite_url, "exclusively")
 
     assert failing.returncode == 7
+    killed = cli(
+        ini,
+        sqlite_url,
+        "exclusively",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+    )
+    assert killed.returncode == 137  # as a shell says it
     assert missing.returncode == 2
     assert "no-such-command-here" in missing.stderr
     assert empty.returncode == 2
@@ -132,3 +146,23 @@ def test_upgrade_then_runs_only_on_a_ready_database_and_passes_its_status_on(
     assert ran.returncode == 0, ran.stderr
     assert marker.read_text() == "x"
     assert status.returncode == 7
+
+
+def test_then_is_not_run_when_the_database_left_the_target_meanwhile(
+    ini: Path, sqlite_url: URL, tmp_path: Path
+) -> None:
+    # The lock is let go between the upgrade and the command: another deploy
+    # may start a migration there and stop half way. Under the command's
+    # lock the database is read again; not at the target, the command is
+    # not run. (The window is a moment: the state it would meet is made here.)
+    marker = tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    migrator = AutoMigrator(ini, url=sqlite_url)
+    anyio.run(migrator.run)
+    execute(sqlite_url, "UPDATE alembic_version SET version_num = 'r2'")
+
+    with pytest.raises(SchemaBehindError) as caught:
+        anyio.run(lambda: cli_module._holding_the_lock(migrator, touch, at_target=True))
+
+    assert "between the upgrade and the command" in caught.value.message
+    assert not marker.exists()

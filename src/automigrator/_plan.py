@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -187,7 +188,14 @@ def read_plan(
         kind: PlanKind = "unversioned" if has_tables else "empty"
         return Plan(kind, (), remembered or ())
     plan = classify(
-        graph or scripts.graph(), target, revisions, has_tables=has_tables, table=version_table
+        graph or scripts.graph(),
+        target,
+        revisions,
+        has_tables=has_tables,
+        table=version_table,
+        quoted=engine.dialect.identifier_preparer.format_table(
+            sa.table(version_table.name, schema=version_table.schema)
+        ),
     )
     return replace(plan, audit=checked)
 
@@ -209,6 +217,7 @@ def classify(
     *,
     has_tables: bool,
     table: VersionTable | None = None,
+    quoted: str | None = None,
 ) -> Plan:
     """Compare the database's revisions with the scripts; no DDL, no env.py."""
     # Imports Alembic: only when the remembered heads could not decide.
@@ -235,7 +244,7 @@ def classify(
         return Plan("ahead_of_code", current, heads, unknown=unknown, pending=missing)
     if not db_revisions and has_tables:
         return Plan("unversioned", current, heads)
-    _refuse_overlaps(script, current, table or VersionTable())
+    _refuse_overlaps(script, current, table or VersionTable(), quoted)
     try:
         targets = tuple(sorted(r.revision for r in script.get_revisions(target) if r is not None))
         steps = _alembic_compat.upgrade_steps(script, target, current)
@@ -254,7 +263,9 @@ def classify(
     return Plan("behind" if current else "empty", current, targets, pending=pending)
 
 
-def _refuse_overlaps(script: ScriptDirectory, current: Sequence[str], table: VersionTable) -> None:
+def _refuse_overlaps(
+    script: ScriptDirectory, current: Sequence[str], table: VersionTable, quoted: str | None
+) -> None:
     """Rows of which one is below another: no place in the history, and Alembic's own
     words ("overlaps with other requested revisions") name no cause and no fix."""
     if len(current) < 2:
@@ -273,7 +284,7 @@ def _refuse_overlaps(script: ScriptDirectory, current: Sequence[str], table: Ver
         f"{'is' if len(stale) == 1 else 'are'} below {', '.join(kept)} in the history: a "
         "database is at one place in each branch, and two processes that migrated at once "
         "without a lock leave such rows. If the schema is at "
-        f"{', '.join(kept)}, delete the others (DELETE FROM {table} WHERE "
+        f"{', '.join(kept)}, delete the others (DELETE FROM {quoted or table} WHERE "
         f"version_num IN ({rows})). Nothing was changed."
     )
 

@@ -402,7 +402,7 @@ async def _command(args: argparse.Namespace) -> int:
         status = await runner.run()
         state = status.state.value
         if single is not None and state == "ready":
-            return await _holding_the_lock(single, then)
+            return await _holding_the_lock(single, then, at_target=True)
         if then:
             # Disabled: this process does no start-up schema work. Degraded:
             # the schema is not what the command was written for.
@@ -664,13 +664,29 @@ def _one_lock(runner: AutoMigrator | MigratorGroup, config: str, what: str) -> A
     return runner
 
 
-async def _holding_the_lock(migrator: AutoMigrator, command: list[str]) -> int:
+async def _holding_the_lock(
+    migrator: AutoMigrator, command: list[str], *, at_target: bool = False
+) -> int:
     async with migrator.exclusively():
+        if at_target:
+            # The lock was let go after the upgrade and taken again: another
+            # process may have started a newer migration in between, and
+            # left it half done. The command was written for the target.
+            plan = await migrator.plan()
+            migrator.raise_for_plan(plan)  # ahead of this code now, and the like
+            if plan.kind != "at_head":
+                raise SchemaBehindError(
+                    f"Not running --then ({command[0]}): between the upgrade and the command "
+                    f"the database left the target (it is {plan.kind.replace('_', ' ')}: "
+                    f"{', '.join(plan.db_revisions) or 'base'}); another process is migrating "
+                    "it, or stopped half way. Start again once it is at the target."
+                )
         try:
             done = await anyio.run_process(command, stdout=None, stderr=None, check=False)
         except OSError as exc:
             raise ConfigurationError(f"Could not run {command[0]!r}: {exc}.") from exc
-    return done.returncode
+    # Killed by a signal: the shell's 128 + N (SIGKILL: 137), not Python's -N & 255.
+    return done.returncode if done.returncode >= 0 else 128 - done.returncode
 
 
 def _runner(config: str, options: dict[str, Any]) -> AutoMigrator | MigratorGroup:

@@ -191,9 +191,13 @@ def is_memory_sqlite(url: URL) -> bool:
 def sqlite_file(url: URL) -> str:
     """The file of a SQLite URL, also in URI form (``sqlite:///file:app.db?mode=ro&uri=true``)."""
     database = url.database or ""
-    if database.startswith("file:"):
+    uri = str(url.query.get("uri", "")).lower() in ("true", "1")
+    if database.startswith("file:") and uri:
         # sqlite3's URI filename: the path is between "file:" and any "?".
+        # Without uri=true the driver opens "file:..." as a plain name.
         database = database.removeprefix("file:").split("?", 1)[0]
+        if database.startswith("//localhost/"):
+            database = database.removeprefix("//localhost")
         database = database.removeprefix("//") if database.startswith("///") else database
     return database
 
