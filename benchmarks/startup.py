@@ -168,7 +168,16 @@ def summary(values: list[float], scale: float = 1000.0) -> str:
 def p1_and_p5(ini: Path, url: URL, repeats: int, label: str, *, stamped: bool) -> None:
     set_ini_url(ini, url)
     if stamped:
-        stamp(url, alembic_heads(ini))
+        # Alembic resolves pkg:dir by importing pkg: the project's folder on its path.
+        before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ini.parent), before) if p)
+        try:
+            stamp(url, alembic_heads(ini))
+        finally:
+            if before is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = before
     else:
         probe("app+automigrator", ini, url)  # brings the database to head
     probe("app+automigrator", ini, url)  # at head: remembers the heads

@@ -403,7 +403,7 @@ class AutoMigrator(MigrationRunner):
             on_step=self._reporter.revision_begins,
             on_applied=self._applied,
             should_stop=lambda: self._stop_requested,
-            lock=self._waiter.held,  # checked before each revision
+            lock=self._waiter.held,  # checked as the run goes (locking.HeldLock)
             ledger=self.ledger,
             run=self._books.run_facts(self._waiter.waited_for),
         )

@@ -85,8 +85,9 @@ class MigrationLock(Protocol):
 class HeldLock(Protocol):
     """A lock that can say whether it is still held (optional, beside ``MigrationLock``).
 
-    The migration asks before each revision, and before a transactional
-    run commits; a lock that was lost stops the run (``LockLostError``).
+    The migration asks before its first revision, before each commit and
+    after its last (before every revision where DDL is not transactional or
+    no fence is held); a lock that was lost stops the run (``LockLostError``).
     """
 
     def held(self) -> bool:
