@@ -105,14 +105,18 @@ def renamed(ini: Path, written: str) -> Path:
     shutil.copytree(ini.parent, package)
     (package / "__init__.py").write_text("")
     config = root / "alembic.ini"
+    parser = configparser.ConfigParser(interpolation=None)  # its logging sections kept
+    parser.read(ini)
+    section = parser["alembic"]
     if written == "pkg:dir":
-        config.write_text("[alembic]\nscript_location = amcorpus:migrations\n")
+        section["script_location"] = "amcorpus:migrations"
     else:
         (package / "migrations" / "versions").rename(root / "history")
-        config.write_text(
-            "[alembic]\nscript_location = %(here)s/amcorpus/migrations\n"
-            "path_separator = os\nversion_locations = %(here)s/history\n"
-        )
+        section["script_location"] = "%(here)s/amcorpus/migrations"
+        section["path_separator"] = "os"
+        section["version_locations"] = "%(here)s/history"
+    with config.open("w") as out:
+        parser.write(out)
     return config
 
 
