@@ -171,6 +171,12 @@ def read_plan(
                 # beside tables is unversioned too: never planned as an empty database.
                 ours = ledger.name if ledger is not None else None
                 has_tables = not revisions and has_other_tables(conn, version_table, ours)
+                if has_tables:
+                    # Each statement sees what was committed when it began: a
+                    # migration committed between the two reads (its tables and
+                    # its version row at once) looked unversioned to `wait`.
+                    revisions = read_revisions(conn, version_table)
+                    has_tables = not revisions
                 if ledger is not None and revisions:
                     latest = ledger.latest(conn)  # last: a missing ledger ends the transaction
         checked = None
