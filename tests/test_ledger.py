@@ -52,6 +52,10 @@ TWO_STATEMENTS_SECOND_FAILS = Rev(
 )
 
 
+# A deploy's revision that fails by its own fault, every time it runs.
+BROKEN_R3 = Rev("r3", "r2", "broken", 'raise RuntimeError("r3 is broken")')
+
+
 def start(ini: Path, url: URL, **kwargs: object) -> tuple[AutoMigrator, BaseException | None]:
     migrator = AutoMigrator(ini, url=url, **kwargs)  # type: ignore[arg-type]
     try:
@@ -334,7 +338,7 @@ def test_a_partial_revision_undone_by_hand_runs_again_once_fixed(
 def test_a_failed_revision_is_recorded_failed_and_nothing_refuses_its_fix(
     tmp_path: Path, db_url: URL
 ) -> None:
-    broken = Rev("r3", "r2", "broken", 'raise RuntimeError("r3 is broken")')
+    broken = BROKEN_R3
     ini = deployed(tmp_path, db_url, broken=broken)
 
     _, failed = start(ini, db_url)
@@ -423,7 +427,7 @@ def test_a_revision_that_failed_moments_ago_fails_at_once_from_the_same_file(
     tmp_path: Path, db_url: URL
 ) -> None:
     # What a server that restarts failed workers does: start again at once.
-    broken = Rev("r3", "r2", "broken", 'raise RuntimeError("r3 is broken")')
+    broken = BROKEN_R3
     ini = deployed(tmp_path, db_url, broken=broken)
 
     _, failed = start(ini, db_url)

@@ -352,9 +352,7 @@ class MigratorSettings:
         if version_table is None or isinstance(version_table, str):
             version_table = VersionTable(*(() if version_table is None else (version_table,)))
         switch = enabled if isinstance(enabled, Switch) else Switch(enabled=enabled)
-        if isinstance(baseline, str) or (
-            baseline is not None and not isinstance(baseline, Baseline)
-        ):
+        if baseline is not None and not isinstance(baseline, Baseline):
             try:
                 baseline = Baseline(baseline)
             except ConfigurationError:
