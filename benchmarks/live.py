@@ -4,16 +4,17 @@ Two figures, printed, never asserted:
 
 - **stall**: a table of 1,000 rows; a transaction of the application's reads
   it and stays open for 10 s; a reader runs ``SELECT count(*)`` on it in a
-  loop; a revision adds a column. Printed: the longest single SELECT and
-  the migration's wall time, for plain ``alembic upgrade`` and for
-  automigrator (default ``ddl.lock_timeout``), on PostgreSQL and MariaDB.
+  loop; a revision adds a column. Printed: the longest single SELECT, how
+  many SELECTs waited (took over 0.1 s), how long after the blocker's end
+  the migration ended, and automigrator's tries, for plain ``alembic
+  upgrade`` and for automigrator (default ``Ddl()``), on PostgreSQL and MariaDB.
 - **cic**: one revision with five ``CREATE INDEX CONCURRENTLY`` (in an
   autocommit block) on a 20,000-row PostgreSQL table, applied by one
   replica alone and by one of four replicas started together (three wait
   for the lock meanwhile). Printed: the revision's duration, median of the
   rounds.
 
-``nox -s bench -- live [--rounds N]``. The servers come from
+``nox -s bench -- live [--rounds N] [--only stall|cic]``. The servers come from
 AUTOMIGRATOR_TEST_POSTGRES_URL / AUTOMIGRATOR_TEST_MARIADB_URL (defaults:
 the local ones); each case gets a fresh database there.
 """
@@ -32,6 +33,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import sqlalchemy as sa
@@ -45,6 +47,7 @@ from benchmarks.replicas import SERVERS, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKER_SECONDS = 10.0
+SLOW = 0.1  # seconds: a SELECT slower than this waited for a lock
 
 TABLE = """
     op.create_table(
@@ -89,23 +92,36 @@ def at_r1(ini: Path, url: URL, rows: int) -> None:
     engine.dispose()
 
 
-def stall(kind: str, tool: str, scratch: Path) -> tuple[float, float]:
+class Stall(NamedTuple):
+    longest: float
+    """The longest single SELECT, seconds."""
+    slow: int
+    """SELECTs slower than SLOW seconds."""
+    took: float
+    """The migration's wall time, seconds."""
+    tries: int
+    """automigrator's tries of the revision (0: plain Alembic, not counted)."""
+
+
+def stall(kind: str, tool: str, scratch: Path) -> Stall:
     """The longest SELECT while the migration meets a 10 s blocker; the migration's time."""
     with fresh_database(kind, scratch) as url:
         ini = project(Path(tempfile.mkdtemp(dir=scratch)), ADD_COLUMN)
         at_r1(ini, url, 1000)
         engine = sa.create_engine(url, poolclass=sa.NullPool)
-        longest = 0.0
+        longest, slow = 0.0, 0
         stop = threading.Event()
 
         def read() -> None:
-            nonlocal longest
+            nonlocal longest, slow
             with engine.connect() as conn:
                 while not stop.is_set():
                     began = time.perf_counter()
                     conn.execute(sa.text("SELECT count(*) FROM items")).scalar()
                     conn.commit()
-                    longest = max(longest, time.perf_counter() - began)
+                    took = time.perf_counter() - began
+                    longest = max(longest, took)
+                    slow += took > SLOW
 
         blocker = engine.connect()
         blocker.execute(sa.text("SELECT count(*) FROM items")).scalar()  # open, and stays
@@ -114,8 +130,9 @@ def stall(kind: str, tool: str, scratch: Path) -> tuple[float, float]:
         reader.start()
         ends.start()
         began = time.perf_counter()
+        tries = 0
         if tool == "automigrator":
-            anyio.run(AutoMigrator(ini, url=url).run)
+            tries = 1 + anyio.run(AutoMigrator(ini, url=url).run).ddl_retries
         else:
             cfg = Config(str(ini), stdout=io.StringIO())
             cfg.set_main_option("sqlalchemy.url", url.render_as_string(False).replace("%", "%%"))
@@ -126,7 +143,7 @@ def stall(kind: str, tool: str, scratch: Path) -> tuple[float, float]:
         ends.join()
         blocker.close()
         engine.dispose()
-        return longest, took
+        return Stall(longest, slow, took, tries)
 
 
 def cic(replicas: int, scratch: Path) -> float:
@@ -165,19 +182,27 @@ def cic(replicas: int, scratch: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("stall", "cic"), help="one of the two figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        print(f"stall: the longest SELECT while a {BLOCKER_SECONDS:g} s blocker holds the table")
-        for kind in SERVERS:
-            for tool in ("alembic", "automigrator"):
-                found = [stall(kind, tool, scratch) for _ in range(args.rounds)]
-                print(
-                    f"  {kind:<10} {tool:<12} longest SELECT "
-                    f"{max(s for s, _ in found):6.2f} s (median "
-                    f"{statistics.median(s for s, _ in found):5.2f} s), migration "
-                    f"{statistics.median(t for _, t in found):5.2f} s"
-                )
+        if args.only != "cic":
+            print(f"stall: the SELECTs while a {BLOCKER_SECONDS:g} s blocker holds the table")
+            for kind in SERVERS:
+                for tool in ("alembic", "automigrator"):
+                    found = [stall(kind, tool, scratch) for _ in range(args.rounds)]
+                    tries = statistics.median(f.tries for f in found)
+                    print(
+                        f"  {kind:<10} {tool:<12} longest SELECT "
+                        f"{max(f.longest for f in found):6.2f} s (median "
+                        f"{statistics.median(f.longest for f in found):5.2f} s), "
+                        f"{statistics.median(f.slow for f in found):4.0f} SELECTs > {SLOW:g} s, "
+                        "migration ends "
+                        f"{statistics.median(f.took for f in found) - BLOCKER_SECONDS:5.2f} s "
+                        f"after the blocker" + (f", {tries:g} tries" if tries else "")
+                    )
+        if args.only == "stall":
+            return
         print("cic: five CREATE INDEX CONCURRENTLY, 20,000 rows, PostgreSQL")
         for count in (1, 4):
             times = [cic(count, scratch) for _ in range(args.rounds)]

@@ -142,7 +142,8 @@ def migrator(ini: str, url: str | sa.URL, policy: str, steps: Steps, lock: float
 
     An impatient one (``lock`` under a second: the second process, while the
     first is paused) also gives up on a busy table after one short retry:
-    the paused process may hold a table lock until it goes on.
+    the paused process may hold a table lock until it goes on (a budget of 2 s
+    bounds the wait for it to end).
     """
     impatient = lock < 1
     made = AutoMigrator(
@@ -150,7 +151,7 @@ def migrator(ini: str, url: str | sa.URL, policy: str, steps: Steps, lock: float
         url=url,
         on_failure=POLICIES[policy](),
         timeouts=Timeouts(lock=lock, connect=20),
-        ddl=Ddl(lock_timeout=0.5, retries=1) if impatient else None,
+        ddl=Ddl(lock_timeout=0.5, retries=1, budget=2) if impatient else None,
     )
     made.subscribe(steps.listen)
     return made

@@ -151,6 +151,7 @@ def untyped(thing: object) -> Any:
         ),
         (lambda: Ddl(lock_timeout=math.inf), r"Ddl\(lock_timeout=inf\)"),
         (lambda: Ddl(retries=True), r"Ddl\(retries=True\)"),
+        (lambda: Ddl(budget=0), r"Ddl\(budget=0\): budget must be a finite number"),
         (
             lambda: Lint(mode="loud"),  # type: ignore[arg-type]
             r"Lint\(mode='loud'\): use 'warn' or 'refuse' or 'off'",

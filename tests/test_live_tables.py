@@ -35,6 +35,7 @@ from automigrator import (
     Failure,
     HealthApp,
     History,
+    LintMode,
     MigrationState,
     PartialMigrationError,
     PurgeAndRetry,
@@ -60,6 +61,9 @@ HALF = Rev(
     """,
 )
 READER_LIMIT = 3  # seconds a reader's SELECT may wait for a lock before it fails
+# The blocker stays open this long after the migration first gave up on it: long
+# enough for several tries, were the migration to try again on a timer.
+HOLD_AFTER = 3.0
 
 
 def connect(url: URL, *, limit: float | None = None) -> Connection:
@@ -92,14 +96,20 @@ def open_reader(url: URL) -> tuple[Connection, int | None]:
 
 
 def read_until(
-    url: URL, done: Callable[[], bool], seconds: float = 90, *, first_failure: bool = False
+    url: URL,
+    done: Callable[[], bool],
+    seconds: float = 90,
+    *,
+    first_failure: bool = False,
+    limit: float = READER_LIMIT,
 ) -> list[str]:
     """SELECTs on users, each in its own transaction, until ``done()``; the ones that failed.
 
-    With ``first_failure``, the first SELECT that fails ends it too.
+    With ``first_failure``, the first SELECT that fails ends it too. Each
+    SELECT may wait ``limit`` seconds for a lock.
     """
     failures: list[str] = []
-    conn = connect(url, limit=READER_LIMIT)
+    conn = connect(url, limit=limit)
     deadline = time.monotonic() + seconds
     try:
         while not done() and time.monotonic() < deadline:
@@ -123,27 +133,38 @@ def test_queries_never_queue_behind_a_migration_that_waits_for_a_busy_table(
     caplog.set_level(logging.INFO, logger="automigrator")
     ini = deployed(tmp_path, db_url, broken=ADD_AGE)
     blocker, pid = open_reader(db_url)
-    migrator = AutoMigrator(ini, url=db_url, ddl=Ddl(lock_timeout=0.5, retries=100))
+    migrator = AutoMigrator(ini, url=db_url, ddl=Ddl(retries=100))
     seen: list[Event] = []
-    migrator.subscribe(lambda event: seen.append(event) if event.name == "blocked" else None)
+    migrator.subscribe(lambda e: seen.append(e) if e.name in ("blocked", "ddl_retry") else None)
+    # A reader whose SELECTs may wait longer than one short try, not longer than two.
+    limit = 1 if db_url.get_backend_name() == "postgresql" else READER_LIMIT
     try:
         run = Background(migrator)
-        # Read on while the migration meets the busy table and tries again.
-        failures = read_until(db_url, lambda: migrator.status.ddl_retries >= 2)
+        # Read on while the migration meets the busy table, then for as long
+        # again as the blocker is held (HOLD_AFTER seconds more).
+        failures = read_until(db_url, lambda: migrator.status.ddl_retries >= 1, limit=limit)
+        held_until = time.monotonic() + HOLD_AFTER
+        failures += read_until(db_url, lambda: time.monotonic() > held_until, limit=limit)
         assert revisions(db_url) == {"r2"}
     finally:
         blocker.rollback()  # the application's transaction ends
         blocker.close()
     assert run.result() is None
 
-    assert failures == []  # no SELECT waited READER_LIMIT for a lock
+    assert failures == []  # no SELECT waited its limit for a lock
     assert revisions(db_url) == {"r3"}
     assert user_rows(db_url) == OLD_ROWS
+    assert any("met a busy table" in r.getMessage() for r in caplog.records)
     if pid is not None:  # the servers say who blocks; SQLite cannot
         named = {b.pid for e in seen for b in e.status.blocked_by}
         assert pid in named
         assert any(f"pid {pid}" in r.getMessage() for r in caplog.records), caplog.text
-    assert any("trying again" in r.getMessage() for r in caplog.records)
+        # It waited for the blocker outside the queue, instead of queueing again
+        # and again: one try failed, the next (after the blocker ended) applied it.
+        assert migrator.status.ddl_retries == 1
+        retried = next(i for i, e in enumerate(seen) if e.name == "ddl_retry")
+        # The blocker was dropped from the status as soon as it was gone.
+        assert any(e.name == "blocked" and not e.status.blocked_by for e in seen[retried:])
 
 
 def test_plain_alembic_queues_every_query_behind_the_waiting_alter(
@@ -180,11 +201,11 @@ def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
     tmp_path: Path, db_url: URL
 ) -> None:
     ini = deployed(tmp_path, db_url, broken=ADD_AGE)
-    blocker, _ = open_reader(db_url)
+    blocker, pid = open_reader(db_url)
     migrator = AutoMigrator(
         ini,
         url=db_url,
-        ddl=Ddl(lock_timeout=0.2, retries=1),
+        ddl=Ddl(lock_timeout=0.2, retries=1, budget=1.5),
         on_failure=Chain(PurgeAndRetry(), Retry(times=1, delay=0)),
     )
     try:
@@ -196,13 +217,37 @@ def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
 
     assert caught.value.kind == "contention"
     assert caught.value.revision == "r3"
-    assert "2 time(s) in a row" in caught.value.message
+    assert "time(s) in a row" in caught.value.message
+    if pid is not None:  # the blocker it waited for is named
+        assert f"pid {pid}" in caught.value.message
     assert migrator.status.error_kind == "contention"
     assert migrator.status.attempts == 2  # Retry() tried once more; PurgeAndRetry passed
-    assert migrator.status.ddl_retries == 2  # one retry of r3 in each attempt
     assert revisions(db_url) == {"r2"}
     assert user_rows(db_url) == OLD_ROWS
     assert backups(db_url) == []
+
+
+def test_a_blocker_that_never_ends_costs_one_try_and_the_budget_then_is_named(
+    tmp_path: Path, server_db: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    ini = deployed(tmp_path, server_db, broken=ADD_AGE)
+    blocker, pid = open_reader(server_db)
+    migrator = AutoMigrator(ini, url=server_db, ddl=Ddl(retries=1000, budget=4))
+    try:
+        with pytest.raises(ContentionError) as caught:
+            anyio.run(migrator.run)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # One try met the blocker; the rest of the budget went on waiting for it to
+    # end, outside the queue: no second try stalled the table again.
+    tries = [r for r in caplog.records if "met a busy table" in r.getMessage()]
+    assert len(tries) == 1, caplog.text
+    assert f"pid {pid}" in caught.value.message
+    assert "1 time(s) in a row" in caught.value.message
+    assert "Ddl(budget=" in caught.value.message
+    assert revisions(server_db) == {"r2"}
 
 
 def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
@@ -232,7 +277,7 @@ def test_a_busy_table_after_a_kept_statement_says_what_stayed(
     url = server_db
     ini = deployed(tmp_path, url, broken=HALF)
     blocker, _ = open_reader(url)
-    migrator = AutoMigrator(ini, url=url, ddl=Ddl(lock_timeout=0.2, retries=1))
+    migrator = AutoMigrator(ini, url=url, ddl=Ddl(lock_timeout=0.2, retries=1, budget=2))
     try:
         with pytest.raises((ContentionError, PartialMigrationError)) as caught:
             anyio.run(migrator.run)
@@ -311,6 +356,40 @@ def test_a_rollback_deploy_serves_on_a_database_ahead_when_told(
     assert (code, body["state"], body["ahead"]) == (200, "ready", ["r3"])
     assert revisions(db_url) == {"r3"}  # never downgraded
     assert any("ahead of the code" in r.getMessage() for r in caplog.records)
+
+
+DROP_EMAIL = Rev("r3", "r2", "drop email", 'op.drop_column("users", "email")')
+
+
+@pytest.mark.parametrize(
+    ("third", "lint", "breaking"),
+    [
+        (ADD_AGE, "warn", None),
+        (DROP_EMAIL, "warn", "the lint found that it breaks the version before it"),
+        (ADD_AGE, "off", "the ledger records no lint verdict of it"),
+    ],
+    ids=["compatible", "breaking", "not-linted"],
+)
+def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisions(
+    tmp_path: Path, server_db: URL, third: Rev, lint: LintMode, breaking: str | None
+) -> None:
+    ini = deployed(tmp_path, server_db, broken=third)
+    anyio.run(AutoMigrator(ini, url=server_db, lint=lint).run)  # the new version's replica
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()  # an old one restarts
+
+    old = AutoMigrator(ini, url=server_db)  # the default: when_ahead="compatible"
+    if breaking is None:
+        status = anyio.run(old.run)
+        assert status.ready
+        assert status.ahead == ("r3",)
+    else:
+        with pytest.raises(SchemaAheadError) as caught:
+            anyio.run(old.run)
+        assert caught.value.breaking is not None
+        assert caught.value.breaking[0] == "r3"
+        assert breaking in caught.value.message
+        assert old.status.error_kind == "schema_ahead"
+    assert revisions(server_db) == {"r3"}  # never downgraded
 
 
 def test_the_health_endpoint_names_no_blocker_application() -> None:
@@ -416,7 +495,7 @@ def test_a_concurrent_index_that_timed_out_leaves_no_invalid_index_and_purges_no
     reader = connect(pg_url).execution_options(isolation_level="REPEATABLE READ")
     reader.execute(sa.text("SELECT count(*) FROM users")).scalar()
     migrator = AutoMigrator(
-        ini, url=pg_url, on_failure=PurgeAndRetry(), ddl=Ddl(lock_timeout=0.3, retries=1)
+        ini, url=pg_url, on_failure=PurgeAndRetry(), ddl=Ddl(lock_timeout=0.3, retries=1, budget=2)
     )
     try:
         with pytest.raises(ContentionError):

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from ._status import MigrationState, MigrationStatus
 from .errors import AutomigratorError, ShutdownRequestedError
 from .process._logging import show_by_default
-from .process._servers import looping_server
+from .process._servers import looping_server, stop_this_server
 
 logger = logging.getLogger("automigrator")
 
@@ -102,10 +102,12 @@ class MigrationRunner(abc.ABC):
     async def running(self) -> AsyncIterator[None]:
         """Migrate for the block: before it (``block_startup``) or beside it.
 
-        In the background, a failure is logged at CRITICAL and the status
-        says ``failed`` (a server cannot be stopped from here); leaving the
-        block lets the running revision finish (up to ``shutdown_timeout``)
-        and stops before the next one.
+        In the background, a failure that the policy did not degrade is
+        logged at CRITICAL, the status says ``failed``, and the process's
+        server is asked to stop (SIGTERM to the process, where a handler of
+        it is installed), as a failed start would have: never alive and
+        never ready. Leaving the block lets the running revision finish (up
+        to ``shutdown_timeout``) and stops before the next one.
         """
         show_by_default()  # a server with nothing set up would show none of our lines
         looping = looping_server()
@@ -163,10 +165,17 @@ class MigrationRunner(abc.ABC):
         except ShutdownRequestedError:
             pass  # logged by run()
         except Exception as exc:
+            # A failure the policy did not degrade: alive and never ready is a
+            # zombie no liveness probe restarts; stop as a failed start would.
+            stopping = stop_this_server()
             logger.critical(
-                "Migrations failed in the background (%s): the application keeps "
-                "answering 503 until it is restarted. Fix the cause and restart it.",
+                "Migrations failed in the background (%s): %s",
                 exc.summary() if isinstance(exc, AutomigratorError) else repr(exc),
+                "stopping the server (SIGTERM to this process), as a failed start-up "
+                "would, so that it is restarted. Fix the cause."
+                if stopping
+                else "nothing here handles SIGTERM to stop a server, so the application "
+                "keeps answering 503 until it is restarted. Fix the cause and restart it.",
             )
 
     async def stop(self) -> None:

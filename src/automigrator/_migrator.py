@@ -376,7 +376,7 @@ class AutoMigrator(MigrationRunner):
             ledger=self.ledger,
         )
         self._books.warn_edits(plan)
-        return plan.served_ahead() if self._settings.when_ahead == "serve" else plan
+        return plan.served_ahead(self._settings.when_ahead)
 
     def raise_for_plan(self, plan: Plan, *, final: bool = True) -> None:
         """Raise what forbids acting on ``plan``: ahead of the code, several heads, unversioned.

@@ -23,7 +23,7 @@ from .database._connections import (
     sqlite_file,
     translate_error,
 )
-from .database._ledger import Latest, Ledger
+from .database._ledger import APPLIED, Latest, Ledger
 from .errors import (
     AutomigratorError,
     ConfigurationError,
@@ -63,14 +63,41 @@ class Plan:
     """``at_head`` because the database is already past a pinned target (never downgraded)."""
     audit: Audit | None = None
     """The ledger against the files (None: no ledger, or a database with no revisions)."""
+    ahead: tuple[tuple[str, str | None], ...] = ()
+    """``ahead_of_code``: each revision the scripts do not know, newest first, down to
+    the ones they know, with the ledger's record of the lint's verdict when it was
+    applied (``compatible``, ``breaking``; None: not recorded)."""
 
-    def served_ahead(self) -> Plan:
-        """``ahead_of_code`` taken as it is (``when_ahead="serve"``): nothing to do.
+    def served_ahead(self, when_ahead: str) -> Plan:
+        """``ahead_of_code`` taken as it is, if ``when_ahead`` allows: nothing to do.
 
-        The unknown revisions stay in ``unknown``.
+        ``"serve"`` takes any; ``"compatible"`` only where the ledger records
+        every unknown revision as compatible with the version before it (a
+        refusal then names the one that is not). The unknown revisions stay in
+        ``unknown``.
         """
-        servable = self.kind == "ahead_of_code" and not self.pending
-        return replace(self, kind="at_head") if servable else self
+        if self.kind != "ahead_of_code":
+            return self
+        if when_ahead != "compatible":
+            # Only the compatible mode's refusal speaks of the verdicts.
+            plan = replace(self, ahead=())
+            served = when_ahead == "serve" and not self.pending
+            return replace(plan, kind="at_head") if served else plan
+        plan = self if self.ahead else replace(self, ahead=tuple((u, None) for u in self.unknown))
+        servable = not self.pending and plan.breaking() is None
+        return replace(plan, kind="at_head") if servable else plan
+
+    def breaking(self) -> tuple[str, str] | None:
+        """The first unknown revision that may break this code, and why; None if none."""
+        for revision, verdict in self.ahead:
+            if verdict == "breaking":
+                return revision, "the lint found that it breaks the version before it"
+            if verdict is None:
+                return revision, (
+                    "the ledger records no lint verdict of it (applied without the lint, or "
+                    "before the ledger)"
+                )
+        return None
 
     def start(self, baseline: str | None) -> tuple[str, ...]:
         """Where an upgrade of this plan starts: the revisions, or an unversioned
@@ -98,7 +125,9 @@ class Plan:
         if self.kind == "multiple_heads":
             return MultipleHeadsError(heads=self.heads)
         if self.kind == "ahead_of_code":
-            return SchemaAheadError(revisions=self.unknown, missing=self.pending)
+            return SchemaAheadError(
+                revisions=self.unknown, missing=self.pending, breaking=self.breaking()
+            )
         if self.kind == "unversioned" and baseline is None and final:
             return UnversionedDatabaseError(version_table=version_table)
         dirty = self.audit.dirty if self.audit is not None else None
@@ -193,8 +222,9 @@ def read_plan(
         # Multiple heads are refused under the lock, still before any DDL.
         kind: PlanKind = "unversioned" if has_tables else "empty"
         return Plan(kind, (), remembered or ())
+    script = graph or scripts.graph()
     plan = classify(
-        graph or scripts.graph(),
+        script,
         target,
         revisions,
         has_tables=has_tables,
@@ -203,7 +233,33 @@ def read_plan(
             sa.table(version_table.name, schema=version_table.schema)
         ),
     )
+    if plan.kind == "ahead_of_code" and ledger is not None and latest:
+        return replace(plan, audit=checked, ahead=_ahead(script, plan.unknown, latest, ledger))
     return replace(plan, audit=checked)
+
+
+def _ahead(
+    script: ScriptDirectory, unknown: tuple[str, ...], latest: dict[str, Latest], ledger: Ledger
+) -> tuple[tuple[str, str | None], ...]:
+    """The revisions above the ones the scripts know, followed down the ledger's
+    ``parents``, each with its lint verdict; a revision with no applied row ends
+    its line (its verdict None)."""
+    found: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    line = list(unknown)
+    while line:
+        revision = line.pop()
+        if revision in seen or _known(script, revision):
+            continue
+        seen.add(revision)
+        row = latest.get(revision)
+        entry = ledger.by_id([row.id]).get(row.id) if row is not None else None
+        if entry is None or entry.outcome not in APPLIED:
+            found.append((revision, None))
+            continue
+        found.append((revision, entry.old_app))
+        line.extend(p for p in entry.parents.split(",") if p)
+    return tuple(found)
 
 
 def _sqlite_file_missing(engine: Engine) -> bool:

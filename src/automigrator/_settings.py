@@ -32,7 +32,7 @@ logger = logging.getLogger("automigrator")
 Mode = Literal["migrate", "check"]
 """``migrate`` (the default) or ``check``: never migrate, wait for the target."""
 WhenDisabled = Literal["skip", "check"]
-WhenAhead = Literal["refuse", "serve"]
+WhenAhead = Literal["compatible", "refuse", "serve"]
 LintMode = Literal["warn", "refuse", "off"]
 OnEdit = Literal["refuse", "warn", "off"]
 DriftMode = Literal["off", "warn"]
@@ -71,21 +71,29 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Ddl:
-    """How the migration's own statements treat a busy table.
+    """How the migration's own statements treat a busy table (see Live databases).
 
     Args:
         lock_timeout: seconds a migration statement may wait for a table lock
-            (PostgreSQL ``lock_timeout``, MySQL/MariaDB ``lock_wait_timeout``,
-            SQLite's busy timeout), so that queries on a busy table never
-            queue behind it for longer; ``None`` leaves the server's setting.
+            (PostgreSQL ``lock_timeout``, MySQL/MariaDB ``lock_wait_timeout``
+            in whole seconds, at least 1, SQLite's busy timeout): every query
+            on a busy table queues behind the waiting statement for at most
+            that long (up to twice it on later tries); ``None`` leaves the
+            server's setting.
         retries: how many times a revision that met a busy table (lock
             timeout, deadlock, serialization failure) with nothing of it kept
-            is tried again, after a pause with jitter and with a longer timeout.
+            is tried again: each try can stall the table's queries once.
+            Between tries the migrator waits, outside the table's lock queue,
+            for the transactions that blocked it to end, then tries at once.
+        budget: seconds a revision may spend meeting a busy table (its tries and
+            the waits between them) before the run ends as ``contention``,
+            naming the blocker.
         progress_interval: seconds between "still applying" lines of a long revision.
     """
 
-    lock_timeout: float | None = 2.0
+    lock_timeout: float | None = 0.25
     retries: int = 10
+    budget: float = 120.0
     progress_interval: float = 10.0
 
     def __post_init__(self) -> None:
@@ -93,6 +101,7 @@ class Ddl:
             timeout = seconds("Ddl", "lock_timeout", self.lock_timeout)
             object.__setattr__(self, "lock_timeout", timeout)
         count("Ddl", "retries", self.retries)
+        object.__setattr__(self, "budget", seconds("Ddl", "budget", self.budget))
         interval = seconds("Ddl", "progress_interval", self.progress_interval)
         object.__setattr__(self, "progress_interval", interval)
 
@@ -133,9 +142,13 @@ class History:
         app_version: your application's version, recorded with each attempt.
         drift: ``"warn"``: after each upgrade, compare the schema with
             env.py's ``target_metadata`` and log each difference.
-        when_ahead: a database ahead of the code: ``"refuse"``
-            (:class:`~automigrator.SchemaAheadError`) or ``"serve"`` (a
-            rollback deploy), if it holds every revision this code needs.
+        when_ahead: a database ahead of the code (an old replica restarted
+            during a rollout, a rollback deploy), if it holds every revision
+            this code needs: ``"compatible"`` serves when the ledger records
+            every revision this code does not know as compatible with the
+            version before it (the lint's verdict when it was applied), and
+            refuses (:class:`~automigrator.SchemaAheadError`, naming the
+            revision) otherwise; ``"refuse"`` refuses; ``"serve"`` serves.
         rerun_failed_after: seconds after a revision failed before a start
             runs the same file again; sooner, the start fails at once with
             that failure, nothing run. A server that restarts a worker whose
@@ -147,7 +160,7 @@ class History:
     on_edit: OnEdit = "refuse"
     app_version: str | None = None
     drift: DriftMode = "off"
-    when_ahead: WhenAhead = "refuse"
+    when_ahead: WhenAhead = "compatible"
     rerun_failed_after: float = 60.0
 
     def __post_init__(self) -> None:
@@ -160,7 +173,7 @@ class History:
             )
         choice("History", "on_edit", self.on_edit, ("refuse", "warn", "off"))
         choice("History", "drift", self.drift, ("off", "warn"))
-        choice("History", "when_ahead", self.when_ahead, ("refuse", "serve"))
+        choice("History", "when_ahead", self.when_ahead, ("compatible", "refuse", "serve"))
         after = seconds("History", "rerun_failed_after", self.rerun_failed_after, zero=True)
         object.__setattr__(self, "rerun_failed_after", after)
         if self.app_version is not None and not (

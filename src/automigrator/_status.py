@@ -113,8 +113,12 @@ class MigrationStatus:
     """In state ``migrating``: who keeps the running revision waiting for a table lock."""
     ddl_retries: int = 0
     """Revisions tried again after a lock timeout, deadlock or serialization failure."""
+    ddl_lock_timeout: float | None = None
+    """In state ``migrating``: the lock timeout of the try running now (seconds; it grows
+    on later tries), or None (no try runs, or ``Ddl(lock_timeout=None)``)."""
     ahead: tuple[str, ...] = ()
-    """With ``when_ahead="serve"``: the database's revisions this code does not know."""
+    """Served on a database ahead of the code (``History(when_ahead=)``): the database's
+    revisions this code does not know."""
     lint: tuple[LintFinding, ...] = ()
     """The lint's flagged findings on the pending revisions (``lint="warn"`` or
     ``"refuse"``): which revision, rule and table, and how many rows."""
@@ -164,6 +168,7 @@ class MigrationStatus:
                 for b in self.blocked_by
             ],
             "ddl_retries": self.ddl_retries,
+            "ddl_lock_timeout": self.ddl_lock_timeout,
             "ahead": list(self.ahead),
             "lint": [
                 # "rows": 100000 alone would read as the table's size where

@@ -210,6 +210,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"tries again of a revision that met a busy table ({DDL.retries})",
     )
+    upgrade.add_argument(
+        "--ddl-budget",
+        type=float,
+        default=DDL.budget,
+        metavar="S",
+        help="seconds a revision may spend on a busy table, tries and waits for its "
+        f"blockers, before the run ends as contention ({DDL.budget:g})",
+    )
     commands.add_parser("check", parents=[after], help="is the database at the target?")
     status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -390,8 +398,12 @@ async def _command(args: argparse.Namespace) -> int:
     if args.lock_url:
         options["lock_url"] = args.lock_url
     if args.command in ("upgrade", "lint"):
-        retries = args.ddl_lock_retries if args.command == "upgrade" else DDL.retries
-        options["ddl"] = Ddl(lock_timeout=args.ddl_lock_timeout, retries=retries)
+        upgrading = args.command == "upgrade"
+        options["ddl"] = Ddl(
+            lock_timeout=args.ddl_lock_timeout,
+            retries=args.ddl_lock_retries if upgrading else DDL.retries,
+            budget=args.ddl_budget if upgrading else DDL.budget,
+        )
         mode = args.lint if args.command == "upgrade" else LINT.mode
         options["lint"] = Lint(mode=mode, rows=args.lint_rows)
     if args.command == "upgrade":

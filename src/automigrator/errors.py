@@ -142,7 +142,16 @@ class SchemaAheadError(AutomigratorError):
         *,
         revisions: tuple[str, ...],
         missing: tuple[str, ...] = (),
+        breaking: tuple[str, str] | None = None,
     ) -> None:
+        self.breaking = breaking
+        """The first unknown revision that may break this code, and why (None: not known)."""
+        why = (
+            f" Revision {breaking[0]} is why this older code is not served on it: "
+            f"{breaking[1]} (History(when_ahead='compatible'))."
+            if breaking is not None and not missing
+            else ""
+        )
         lacks = (
             f" It also lacks {', '.join(missing)}, which this code needs: it is behind "
             "and ahead at once (another branch, or a deploy that skipped one), so it is "
@@ -153,7 +162,8 @@ class SchemaAheadError(AutomigratorError):
         super().__init__(
             message
             or f"The database is at revision {', '.join(revisions)}, which these migration "
-            f"scripts do not know: this deploy is older than the database (a rollback?).{lacks} "
+            f"scripts do not know: this deploy is older than the database (a rollback, or an "
+            f"old replica restarted during a rollout?).{lacks}{why} "
             "Deploy code that contains that revision, or downgrade the database with the "
             "newer code first. Nothing was changed."
         )

@@ -169,6 +169,22 @@ def test_serving_at_once_with_503_until_the_schema_is_ready(
     assert len(after.json()) == 2
 
 
+def test_a_migration_that_fails_in_the_background_stops_the_server(
+    example: tuple[Path, URL],
+) -> None:
+    # Alive and never ready would be a zombie: /livez answers 200 for ever.
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False), "BLOCK_STARTUP": "0"}
+    with serve(uvicorn(app_dir), env=env) as server:
+        assert server.wait_for("Application startup complete."), server.log
+        server.wait_exit(deadline=60)
+
+    assert "Migrations failed in the background" in server.log
+    assert "stopping the server" in server.log
+    assert "Application shutdown complete." in server.log  # a graceful shutdown
+
+
 def test_sigterm_stops_a_start_stuck_connecting_to_a_silent_server(tmp_path: Path) -> None:
     # The first connect goes to a server that accepts TCP and never answers:
     # uvicorn ignores SIGTERM until its lifespan start-up ends, so the wait

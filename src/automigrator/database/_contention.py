@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,20 @@ class StatementLog:
         self._pending = []
 
 
+@dataclass(frozen=True)
+class Holder:
+    """A blocker as the server knows its transaction: it is gone when that transaction ends.
+
+    ``exact``: the server named it as the blocker (PostgreSQL
+    ``pg_blocking_pids``); otherwise it is one of the candidates (MariaDB keeps
+    no table of metadata-lock holders), and the real blocker is among them.
+    """
+
+    blocker: Blocker
+    transaction: str
+    exact: bool
+
+
 @dataclass
 class UpgradeTry:
     """One try of an upgrade: its lock timeout, and what the worker thread learnt."""
@@ -115,17 +130,46 @@ class UpgradeTry:
     session: int | None = None
     """The server's id of env.py's connection, once configured (None: SQLite, unknown)."""
     log: StatementLog = field(default_factory=StatementLog)
+    statement: float | None = None
+    """When the statement running now began (``time.monotonic()``); None between them."""
+    seen: tuple[float, tuple[Holder, ...]] | None = None
+    """The blockers last seen, and the start of the statement they kept waiting."""
 
     def attach(self, connection: Connection, *, transactional: bool) -> None:
         """env.py configured ``connection``: give it the timeout, learn its id, follow it."""
         apply_timeout(connection, self.timeout)
         self.session = session_id(connection)
         self.log.attach(connection, transactional=transactional)
+        event.listen(connection, "before_cursor_execute", self._begins)
+        event.listen(connection, "after_cursor_execute", self._ends)
+
+    def _begins(self, *args: Any) -> None:
+        self.statement = time.monotonic()
+
+    def _ends(self, *args: Any) -> None:
+        # A statement that failed keeps its start: its blockers are the failure's.
+        self.statement = None
+
+    def holders(self) -> tuple[Holder, ...]:
+        """Who kept the statement that failed waiting (as last seen while it waited)."""
+        if self.seen is None or self.seen[0] != self.statement:
+            return ()
+        return self.seen[1]
 
 
 def _autocommit(conn: Connection) -> bool:
     dbapi = conn.connection.dbapi_connection
     return bool(getattr(dbapi, "autocommit", False))
+
+
+def effective_timeout(backend: str, timeout: float | None) -> float | None:
+    """The lock timeout ``backend`` will use for ``timeout``: MySQL/MariaDB count whole
+    seconds, at least 1 (0 would mean no wait at all, and a revision's later
+    statement failing at once where DDL is not transactional leaves the
+    earlier ones behind)."""
+    if timeout is None or backend not in ("mysql", "mariadb"):
+        return timeout
+    return float(max(1, math.ceil(timeout)))
 
 
 def apply_timeout(connection: Connection, timeout: float | None) -> None:
@@ -186,15 +230,23 @@ def session_id(connection: Connection) -> int | None:
 _PG_BLOCKERS = sa.text(
     "SELECT a.pid, a.application_name, a.state, "
     "extract(epoch FROM now() - coalesce(a.xact_start, a.state_change)) AS seconds, "
+    "coalesce(a.xact_start::text, '') AS xact, "
     "(SELECT l.relation::regclass::text FROM pg_locks l "
     " WHERE l.pid = :pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1) AS waited "
     "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(:pid)) "
     "ORDER BY a.xact_start NULLS LAST LIMIT 5"
 )
+_PG_OPEN = sa.text(
+    "SELECT pid, coalesce(xact_start::text, '') AS xact FROM pg_stat_activity "
+    "WHERE pid = ANY(:pids)"
+)
 
+# A transaction is known by its id and start: MariaDB gives a read-only
+# transaction an id from its object, which the session's next one may reuse.
 # MariaDB keeps no table of metadata-lock holders unless a plugin is loaded:
 # while our session waits for a lock, every other open InnoDB transaction
-# is a candidate (the one that touched the table is among them).
+# is a candidate (the one that touched the table is among them), but not
+# one that itself waits for a metadata lock (it queued behind ours).
 _MYSQL_WAITING = sa.text(
     "SELECT p.STATE, t.trx_state FROM information_schema.PROCESSLIST p "
     "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID "
@@ -202,14 +254,21 @@ _MYSQL_WAITING = sa.text(
 )
 _MYSQL_OPEN = sa.text(
     "SELECT t.trx_mysql_thread_id AS pid, p.COMMAND AS command, "
+    "CONCAT(t.trx_id, '/', t.trx_started) AS xact, "
     "TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS seconds "
     "FROM information_schema.INNODB_TRX t "
     "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
-    "WHERE t.trx_mysql_thread_id <> :pid ORDER BY t.trx_started LIMIT 5"
+    "WHERE t.trx_mysql_thread_id <> :pid "
+    "AND coalesce(p.STATE, '') NOT LIKE '%metadata lock%' ORDER BY t.trx_started LIMIT 5"
 )
+_MYSQL_STILL = sa.text(
+    "SELECT trx_mysql_thread_id AS pid, CONCAT(trx_id, '/', trx_started) AS xact "
+    "FROM information_schema.INNODB_TRX "
+    "WHERE trx_mysql_thread_id IN :pids"
+).bindparams(sa.bindparam("pids", expanding=True))
 
 
-def blockers(engine: Engine, session: int) -> tuple[Blocker, ...]:
+def blockers(engine: Engine, session: int) -> tuple[Holder, ...]:
     """Who keeps the migration's session (``session``) waiting for a lock, if anyone.
 
     Never their query text (it holds the application's data), never a user
@@ -220,12 +279,16 @@ def blockers(engine: Engine, session: int) -> tuple[Blocker, ...]:
         if backend == "postgresql":
             rows = conn.execute(_PG_BLOCKERS, {"pid": session}).all()
             return tuple(
-                Blocker(
-                    pid=row.pid,
-                    state=row.state or "unknown",
-                    seconds=float(row.seconds) if row.seconds is not None else None,
-                    application=row.application_name or None,
-                    table=row.waited,
+                Holder(
+                    Blocker(
+                        pid=row.pid,
+                        state=row.state or "unknown",
+                        seconds=float(row.seconds) if row.seconds is not None else None,
+                        application=row.application_name or None,
+                        table=row.waited,
+                    ),
+                    transaction=row.xact,
+                    exact=True,
                 )
                 for row in rows
             )
@@ -237,14 +300,30 @@ def blockers(engine: Engine, session: int) -> tuple[Blocker, ...]:
                 return ()
             rows = conn.execute(_MYSQL_OPEN, {"pid": session}).all()
             return tuple(
-                Blocker(
-                    pid=row.pid,
-                    state="idle in transaction" if row.command == "Sleep" else "active",
-                    seconds=float(row.seconds) if row.seconds is not None else None,
+                Holder(
+                    Blocker(
+                        pid=row.pid,
+                        state="idle in transaction" if row.command == "Sleep" else "active",
+                        seconds=float(row.seconds) if row.seconds is not None else None,
+                    ),
+                    transaction=str(row.xact),
+                    exact=False,
                 )
                 for row in rows
             )
     return ()
+
+
+def still_open(engine: Engine, holders: tuple[Holder, ...]) -> tuple[Holder, ...]:
+    """Those of ``holders`` whose transaction is still open: a read of the server's
+    activity, which takes no lock and so waits in no queue."""
+    if not holders:
+        return ()
+    pids = [h.blocker.pid for h in holders]
+    query = _PG_OPEN if engine.url.get_backend_name() == "postgresql" else _MYSQL_STILL
+    with engine.connect() as conn:
+        open_now = {(row.pid, str(row.xact)) for row in conn.execute(query, {"pids": pids})}
+    return tuple(h for h in holders if (h.blocker.pid, h.transaction) in open_now)
 
 
 # CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON ...

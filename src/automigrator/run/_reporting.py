@@ -71,9 +71,13 @@ class Reporter:
         """A revision begins; nothing blocks it yet."""
         self._change(running=running, blocked_by=())
 
+    def try_begins(self, timeout: float | None) -> None:
+        """An upgrade try begins, with this DDL lock timeout."""
+        self._change(ddl_lock_timeout=timeout)
+
     def try_ended(self) -> None:
         """An upgrade try ended, well or not: no revision runs, nothing blocks."""
-        self._change(running=None, blocked_by=())
+        self._change(running=None, blocked_by=(), ddl_lock_timeout=None)
 
     def revision_begins(self, revision: str, message: str) -> None:
         """A revision begins (called from the migration's worker thread)."""
@@ -113,11 +117,18 @@ class Reporter:
         logger.debug("Plan: %s", plan)
         if plan.unknown and plan.kind == "at_head" and self.status.ahead != plan.unknown:
             self._change(ahead=plan.unknown)
+            why = (
+                "the ledger records each revision it does not know as compatible with the "
+                "version before it (when_ahead='compatible')"
+                if plan.ahead
+                else "when_ahead='serve'"
+            )
             logger.warning(
                 "The database is at %s, which this code does not know: it is ahead of the "
-                "code (a rollback deploy?). Serving anyway (when_ahead='serve'); nothing is "
-                "migrated or downgraded.",
+                "code (an old replica during a rollout, or a rollback deploy). Serving: %s; "
+                "nothing is migrated or downgraded.",
                 ", ".join(plan.unknown),
+                why,
             )
         if plan.past_target:
             logger.warning(

@@ -2,11 +2,14 @@
 
 The upgrade runs in a worker thread (``Scripts.upgrade``). Beside it, on the
 event loop, a watcher logs a heartbeat for a long revision and asks the
-server, while a revision has been running a second or more, who keeps it
+server, once a statement has waited half the try's lock timeout, who keeps it
 waiting for a table lock; both reach the status. A revision that gave up on
 a table lock (``ContentionError``: lock timeout, deadlock, serialization
-failure, with nothing of it kept) is tried again after a pause with jitter,
-with a slightly longer lock timeout, still under the migration lock.
+failure, with nothing of it kept) is tried again, still under the migration
+lock: at once when the blockers seen have ended (watched from the server's
+activity tables, which queue for no lock), or, with none seen, after a pause
+with jitter; with a slightly longer lock timeout each time, within
+``Ddl.budget``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -25,9 +29,16 @@ from sqlalchemy.exc import DBAPIError
 
 from .._plan import Plan
 from .._settings import Ddl, MigratorSettings
-from .._status import Blocker, RunningRevision
+from .._status import RunningRevision
 from ..database._connections import VersionTable
-from ..database._contention import StatementLog, UpgradeTry, blockers
+from ..database._contention import (
+    Holder,
+    StatementLog,
+    UpgradeTry,
+    blockers,
+    effective_timeout,
+    still_open,
+)
 from ..database._ledger import Ledger
 from ..errors import ContentionError, MigrationError, ShutdownRequestedError, first_line
 from ..locking import MigrationLock
@@ -45,6 +56,8 @@ _TICK = 1.0
 _BLOCKERS_AFTER = 1.0
 # A blocker lookup that has not answered by then is given up (it only informs).
 _LOOKUP_LIMIT = 2.0
+# Between tries: how often the blockers seen are looked at, until they are gone.
+_GONE_POLL = 0.1
 
 
 # The timeout grows by a quarter of the first one per try, up to twice it:
@@ -82,6 +95,7 @@ class Upgrader:
         self.scripts = scripts
         self.reporter = reporter
         self.engine = engine
+        self.backend = engine.url.get_backend_name()
         self.ddl = settings.ddl  # the migrator's own: never copied
         self.ledger = ledger
         self.rerun_failed_after = settings.history.rerun_failed_after
@@ -167,12 +181,15 @@ class Upgrader:
 
     async def _tries(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
         tried = 0
+        began = time.monotonic()
         while True:
             ours = StatementLog(self.ledger.name if self.ledger is not None else None)
-            live = UpgradeTry(timeout=try_timeout(self.ddl, tried), log=ours)
+            timeout = effective_timeout(self.backend, try_timeout(self.ddl, tried))
+            live = UpgradeTry(timeout=timeout, log=ours)
             work = partial(
                 self.scripts.upgrade, target, version_table=version_table, hooks=hooks, live=live
             )
+            self.reporter.try_begins(live.timeout)
             failed: Exception | None = None
             try:
                 # The upgrade in a worker thread; the watcher beside it, on the loop.
@@ -188,24 +205,38 @@ class Upgrader:
                 raise failed
             except ContentionError as exc:
                 tried += 1
-                if tried > self.ddl.retries:
-                    raise self._exhausted(exc, tried) from exc
-                await self._pause(exc, tried)
+                spent = time.monotonic() - began
+                if tried > self.ddl.retries or spent >= self.ddl.budget:
+                    raise self._exhausted(exc, tried, spent) from exc
+                await self._between_tries(exc, tried, live, began=began)
             finally:
                 self.reporter.try_ended()
 
     async def _watch(self, live: UpgradeTry) -> None:
         beats: tuple[str, int] = ("", 0)
         timeout = live.timeout or 4 * _TICK
+        # A statement is looked at once it has waited half the try's timeout (so
+        # its blockers are known before the timeout ends it), then every _TICK.
         tick, after = min(_TICK, timeout / 4), min(_BLOCKERS_AFTER, timeout / 2)
+        looked: tuple[float | None, float] = (None, 0.0)  # which statement, when
         while True:
             await anyio.sleep(tick)
             running = self.reporter.status.running
             if running is None:
                 continue
+            statement, now = live.statement, time.monotonic()
+            if live.seen is not None and live.seen[0] != statement and live.seen[1]:
+                live.seen = None  # the statement that waited got its lock
+                self.reporter.blocked(())
+            if (
+                live.session is not None
+                and statement is not None
+                and now - statement >= after
+                and (looked[0] != statement or now - looked[1] >= _TICK)
+            ):
+                looked = (statement, now)
+                await self._look_for_blockers(running, live, statement)
             elapsed = running.elapsed
-            if live.session is not None and elapsed >= after:
-                await self._look_for_blockers(running, live.session)
             due = int(elapsed // self.ddl.progress_interval)
             if beats[0] != running.revision:
                 beats = (running.revision, 0)
@@ -215,47 +246,83 @@ class Upgrader:
                     "Still applying %s %s: %.0f s", running.revision, running.message, elapsed
                 )
 
-    async def _look_for_blockers(self, running: RunningRevision, session: int) -> None:
-        found: tuple[Blocker, ...] | None = None
+    async def _look_for_blockers(
+        self, running: RunningRevision, live: UpgradeTry, statement: float
+    ) -> None:
+        session = live.session
+        assert session is not None
+        found: tuple[Holder, ...] | None = None
         with anyio.move_on_after(_LOOKUP_LIMIT):
             try:
                 found = await abandonable(lambda: blockers(self.engine, session))
             except DBAPIError as exc:  # it only informs: the migration goes on
                 logger.debug("Could not ask who blocks the migration: %s", exc)
-        if found is None or found == self.reporter.status.blocked_by:
-            return
+        if found is None or live.statement != statement:
+            return  # no answer, or the statement got its lock meanwhile
+        live.seen = (statement, found)
         if self.reporter.status.running != running:
             return  # the revision finished meanwhile
-        self.reporter.blocked(found)
-        if found:
-            table = next((b.table for b in found if b.table), None)
+        before = {b.pid for b in self.reporter.status.blocked_by}
+        shown = tuple(h.blocker for h in found)
+        if shown != self.reporter.status.blocked_by:
+            self.reporter.blocked(shown)
+        if shown and {b.pid for b in shown} != before:
+            table = next((b.table for b in shown if b.table), None)
             logger.warning(
-                "Revision %s waits for a lock%s held by %s: the lock timeout (%s) ends the "
-                "wait, and the revision is tried again later",
+                "Revision %s waits for a lock%s held by %s: this try's lock timeout (%s) ends "
+                "the wait, so no query on the table queues behind it for longer",
                 running.revision,
                 f" on {table}" if table else "",
-                "; ".join(str(b) for b in found),
-                _seconds(self.ddl.lock_timeout),
+                "; ".join(str(b) for b in shown),
+                _seconds(live.timeout),
             )
 
-    async def _pause(self, error: ContentionError, tried: int) -> None:
-        pause = retry_pause(self.ddl, tried)
-        blocked = self.reporter.status.blocked_by
-        self.reporter.ddl_retried()
-        logger.warning(
-            "%s%s; trying again in %.1f s (%d of %d), with a lock timeout of %s",
-            error.message.split(". ")[0],
-            f" (held by {'; '.join(str(b) for b in blocked)})" if blocked else "",
-            pause,
-            tried,
-            self.ddl.retries,
-            _seconds(try_timeout(self.ddl, tried)),
-        )
-
-        async def nothing(left: float) -> None:
-            return None
-
+    async def _between_tries(
+        self, error: ContentionError, tried: int, live: UpgradeTry, *, began: float
+    ) -> None:
+        """After a try that met a busy table: wait for its blockers to end without
+        queueing for any lock (or, not knowing them, pause), then try again; a
+        blocker still there when the budget is spent ends the run."""
+        left = self.ddl.budget - (time.monotonic() - began)
+        self.reporter.ddl_retried()  # decided: the next try, once the blockers are gone
+        holders = live.holders()
+        first = error.message.split(". ")[0]
+        next_timeout = _seconds(effective_timeout(self.backend, try_timeout(self.ddl, tried)))
         try:
+            if holders:
+                # MariaDB names candidates, not the blocker: the one that ends may
+                # be it, so the next try comes when any of them ends.
+                exact = all(h.exact for h in holders)
+                logger.warning(
+                    "%s; waiting for %s%s to end, outside the table's lock queue (no query "
+                    "waits behind the migration meanwhile), then trying again at once (%d of "
+                    "%d, with a lock timeout of %s; at most %.0f s more)",
+                    first,
+                    "" if exact or len(holders) == 1 else "one of ",
+                    "; ".join(str(h.blocker) for h in holders),
+                    tried,
+                    self.ddl.retries,
+                    next_timeout,
+                    left,
+                )
+                if not await self._wait_gone(holders, left, every=exact):
+                    # Another try would only stall the table once more.
+                    raise self._exhausted(error, tried, time.monotonic() - began)
+                logger.info("The blocking transaction ended: trying %s again", error.revision)
+                return
+            pause = min(retry_pause(self.ddl, tried), left)
+            logger.warning(
+                "%s; trying again in %.1f s (%d of %d), with a lock timeout of %s",
+                first,
+                pause,
+                tried,
+                self.ddl.retries,
+                next_timeout,
+            )
+
+            async def nothing(left: float) -> None:
+                return None
+
             await poll(nothing, limit=pause, waiting_for="a busy table", pause=lambda _: math.inf)
         except ShutdownRequestedError as exc:
             applied = len(self.reporter.status.applied)
@@ -266,14 +333,43 @@ class Upgrader:
                 "The next start continues from there.",
             ) from exc
 
-    def _exhausted(self, error: ContentionError, tried: int) -> ContentionError:
+    async def _wait_gone(self, holders: tuple[Holder, ...], limit: float, *, every: bool) -> bool:
+        """Until every one (``every``) or any one of ``holders`` has ended its transaction
+        (True), or ``limit`` seconds; the status lists those still open, each dropped
+        once it is gone."""
+        remaining = holders
+
+        async def gone(left: float) -> bool | None:
+            nonlocal remaining
+            found: tuple[Holder, ...] | None = None
+            with anyio.move_on_after(_LOOKUP_LIMIT):
+                try:
+                    found = await abandonable(lambda: still_open(self.engine, remaining))
+                except DBAPIError as exc:  # not known: look again
+                    logger.debug("Could not ask whether the blockers are gone: %s", exc)
+            if found is None:
+                return None
+            if found != remaining:
+                remaining = found
+                self.reporter.blocked(tuple(h.blocker for h in found))
+            return True if not found or (not every and found != holders) else None
+
+        ended = await poll(
+            gone,
+            limit=limit,
+            waiting_for="a busy table",
+            pause=lambda tries: _GONE_POLL if tries else 0.0,
+        )
+        return bool(ended)
+
+    def _exhausted(self, error: ContentionError, tried: int, spent: float) -> ContentionError:
         blocked = self.reporter.status.blocked_by
         who = f" Last seen holding it: {'; '.join(str(b) for b in blocked)}." if blocked else ""
         return ContentionError(
-            f"{error.message.split('. ')[0]}, {tried} time(s) in a row: the table stayed "
-            f"busy.{who} Nothing of the revision stayed. End the blocking transaction or "
-            "migrate at a quieter time; raise Ddl(lock_timeout=, retries=) to wait "
-            "longer (every query on the table waits as long).",
+            f"{error.message.split('. ')[0]}, {tried} time(s) in a row over {spent:.1f} s: "
+            f"the table stayed busy.{who} Nothing of the revision stayed. End the blocking "
+            "transaction or migrate at a quieter time; raise Ddl(budget=, retries=) to wait "
+            "longer (each try stalls the table's queries for its lock timeout at most).",
             revision=error.revision,
         )
 
