@@ -111,23 +111,26 @@ def test_requests_wait_behind_the_gate_until_the_schema_is_ready(
     assert revisions(sqlite_url) == {"r2"}
 
 
-def test_a_failed_background_migration_keeps_the_gate_shut(
+def test_a_failed_background_migration_shuts_the_gate_and_fails_liveness(
     tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Nothing here handles SIGTERM (no server): the process is not stopped, so
+    # the liveness probe must fail for an orchestrator to restart it.
     ini = make_project(tmp_path / "p", (Rev("r1", None, "broken", "raise RuntimeError('no')"),))
     migrator = AutoMigrator(ini, url=sqlite_url, block_startup=False)
     hits = Hits(migrator)
-    app = AutoMigrateMiddleware(make_app(migrator, hits), migrator=migrator)
+    app = AutoMigrateMiddleware(make_app(migrator, hits), migrator=migrator, exempt=["/livez"])
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         async with LifespanManager(app), client(app) as c:
             status = await migrator.wait_ready(timeout=HANG_GUARD)
             assert status.state is MigrationState.FAILED
-            return (await c.get("/items")).status_code
+            return (await c.get("/items")).status_code, (await c.get("/livez")).status_code
 
-    assert anyio.run(main) == 503
+    assert anyio.run(main) == (503, 503)
     assert hits.total == 0
     assert "Migrations failed in the background" in caplog.text
+    assert "the paths the gate exempts (a liveness probe) too" in caplog.text
 
 
 def test_shutdown_lets_the_running_revision_finish_and_stops_before_the_next(

@@ -47,7 +47,7 @@ from automigrator.process._logging import LoggingGuard
 from tests.conftest import revisions, rows
 from tests.faults import Background, wait_for
 from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
-from tests.project import Rev, make_project, waiting
+from tests.project import Rev, make_project, waiting, write_revision
 
 ADD_AGE = Rev("r3", "r2", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
 # Where DDL is not transactional, the CREATE TABLE stays when the ALTER times out.
@@ -271,6 +271,36 @@ def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
     assert revisions(db_url) == {"r3"}
 
 
+def test_mariadb_tries_again_once_the_blocker_ends_among_older_unrelated_transactions(
+    tmp_path: Path, fresh_db: Callable[[str], URL]
+) -> None:
+    # MariaDB names candidates, oldest first: here the five oldest touch
+    # another table and stay open; the real blocker is the sixth.
+    url = fresh_db("mariadb")
+    ini = deployed(tmp_path, url, broken=ADD_AGE)
+    with sa.create_engine(url, poolclass=sa.NullPool).begin() as conn:
+        conn.execute(sa.text("CREATE TABLE other (id INT PRIMARY KEY)"))
+    unrelated = [connect(url) for _ in range(5)]
+    for conn in unrelated:
+        conn.execute(sa.text("SELECT count(*) FROM other")).scalar()  # open, and stays
+    blocker, _ = open_reader(url)
+    migrator = AutoMigrator(ini, url=url, ddl=Ddl(budget=60))
+    retried = threading.Event()
+    migrator.subscribe(lambda e: retried.set() if e.name == "ddl_retry" else None)
+    try:
+        run = Background(migrator)
+        assert retried.wait(30)  # the first try met the blocker
+        blocker.rollback()  # the real blocker ends; the unrelated ones stay
+        assert run.result() is None
+        assert revisions(url) == {"r3"}
+        assert migrator.status.ddl_retries == 1  # the next try, once it ended
+    finally:
+        blocker.close()
+        for conn in unrelated:
+            conn.rollback()
+            conn.close()
+
+
 def test_a_busy_table_after_a_kept_statement_says_what_stayed(
     tmp_path: Path, server_db: URL
 ) -> None:
@@ -390,6 +420,23 @@ def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisi
         assert breaking in caught.value.message
         assert old.status.error_kind == "schema_ahead"
     assert revisions(server_db) == {"r3"}  # never downgraded
+
+
+def test_an_old_replica_is_never_served_on_a_database_that_lacks_one_of_its_revisions(
+    tmp_path: Path, server_db: URL
+) -> None:
+    # The database went r2 -> r3 (compatible); this code went r2 -> r3x: the
+    # version table holds r3 alone, so only the ledger says it branched at r2.
+    ini = deployed(tmp_path, server_db, broken=ADD_AGE)
+    anyio.run(AutoMigrator(ini, url=server_db).run)
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    write_revision(ini.parent, Rev("r3x", "r2", "another branch", "pass"))
+
+    with pytest.raises(SchemaAheadError) as caught:
+        anyio.run(AutoMigrator(ini, url=server_db).run)
+    assert caught.value.missing == ("r3x",)
+    assert "It also lacks r3x" in caught.value.message
+    assert revisions(server_db) == {"r3"}
 
 
 def test_the_health_endpoint_names_no_blocker_application() -> None:

@@ -105,9 +105,11 @@ class MigrationRunner(abc.ABC):
         In the background, a failure that the policy did not degrade is
         logged at CRITICAL, the status says ``failed``, and the process's
         server is asked to stop (SIGTERM to the process, where a handler of
-        it is installed), as a failed start would have: never alive and
-        never ready. Leaving the block lets the running revision finish (up
-        to ``shutdown_timeout``) and stops before the next one.
+        it is installed), as a failed start would have; a worker of a
+        server that would start it again fails its liveness instead (the
+        gate answers 503 on every path): never alive and never ready.
+        Leaving the block lets the running revision finish (up to
+        ``shutdown_timeout``) and stops before the next one.
         """
         show_by_default()  # a server with nothing set up would show none of our lines
         looping = looping_server()
@@ -166,16 +168,18 @@ class MigrationRunner(abc.ABC):
             pass  # logged by run()
         except Exception as exc:
             # A failure the policy did not degrade: alive and never ready is a
-            # zombie no liveness probe restarts; stop as a failed start would.
-            stopping = stop_this_server()
+            # zombie. The server stops, as a failed start would; a worker, which
+            # its server would restart in a loop, fails its liveness instead.
+            why_not = stop_this_server()
             logger.critical(
                 "Migrations failed in the background (%s): %s",
                 exc.summary() if isinstance(exc, AutomigratorError) else repr(exc),
                 "stopping the server (SIGTERM to this process), as a failed start-up "
                 "would, so that it is restarted. Fix the cause."
-                if stopping
-                else "nothing here handles SIGTERM to stop a server, so the application "
-                "keeps answering 503 until it is restarted. Fix the cause and restart it.",
+                if why_not is None
+                else f"not stopping the server ({why_not}): every request now gets 503, "
+                "the paths the gate exempts (a liveness probe) too, so that the "
+                "orchestrator restarts it. Fix the cause.",
             )
 
     async def stop(self) -> None:

@@ -234,24 +234,32 @@ def read_plan(
         ),
     )
     if plan.kind == "ahead_of_code" and ledger is not None and latest:
-        return replace(plan, audit=checked, ahead=_ahead(script, plan.unknown, latest, ledger))
+        ahead, below = _ahead(script, plan.unknown, latest, ledger)
+        # What the code needs and the database lacks, seen from where the
+        # unknown revisions branch off (the version table holds only heads).
+        missing = _missing(script, target, below) if below and not plan.pending else ()
+        return replace(plan, audit=checked, ahead=ahead, pending=plan.pending or missing)
     return replace(plan, audit=checked)
 
 
 def _ahead(
     script: ScriptDirectory, unknown: tuple[str, ...], latest: dict[str, Latest], ledger: Ledger
-) -> tuple[tuple[str, str | None], ...]:
+) -> tuple[tuple[tuple[str, str | None], ...], tuple[str, ...]]:
     """The revisions above the ones the scripts know, followed down the ledger's
-    ``parents``, each with its lint verdict; a revision with no applied row ends
-    its line (its verdict None)."""
+    ``parents``, each with its lint verdict (a revision with no applied row ends
+    its line, its verdict None); and the known revisions the lines end on."""
     found: list[tuple[str, str | None]] = []
+    below: set[str] = set()
     seen: set[str] = set()
     line = list(unknown)
     while line:
         revision = line.pop()
-        if revision in seen or _known(script, revision):
+        if revision in seen:
             continue
         seen.add(revision)
+        if _known(script, revision):
+            below.add(revision)
+            continue
         row = latest.get(revision)
         entry = ledger.by_id([row.id]).get(row.id) if row is not None else None
         if entry is None or entry.outcome not in APPLIED:
@@ -259,7 +267,17 @@ def _ahead(
             continue
         found.append((revision, entry.old_app))
         line.extend(p for p in entry.parents.split(",") if p)
-    return tuple(found)
+    return tuple(found), tuple(sorted(below))
+
+
+def _missing(script: ScriptDirectory, target: str, below: tuple[str, ...]) -> tuple[str, ...]:
+    from .scripts import _alembic_compat, _alembic_load
+
+    try:
+        steps = _alembic_compat.upgrade_steps(script, target, below)
+    except _alembic_load.GRAPH_ERRORS:
+        return ()  # past a pinned target
+    return tuple(step.revision.revision for step in steps)
 
 
 def _sqlite_file_missing(engine: Engine) -> bool:

@@ -5,7 +5,9 @@ the background; until they are done, no request may reach a handler that
 expects the new schema. The gate answers HTTP requests with ``503 Service
 Unavailable`` and ``Retry-After``, and closes WebSocket connections with code
 1013 (try again later); the paths it exempts (a liveness probe, metrics)
-pass through.
+pass through, until a failure that the policy did not degrade: then those
+answer 503 too, so that a liveness probe restarts a process that could not
+stop itself.
 
 :class:`~automigrator.AutoMigrateMiddleware` includes the gate. An app that
 uses ``lifespan=migrator.lifespan`` adds it on its own:
@@ -38,10 +40,11 @@ class ReadinessGate:
     Args:
         app: the ASGI application behind the gate.
         migrator: whose status opens the gate (ready, degraded or disabled).
-            After a failure under ``Fail`` it stays shut: every request gets
-            503, since a server cannot be stopped from here (see the log's
-            CRITICAL line).
-        exempt: paths that always pass (exact, or a prefix ending in ``/``).
+            After a failure under ``Fail`` it stays shut, exempt paths
+            included: a liveness probe fails, so that a process the failure
+            could not stop (a worker of a multi-process server) is restarted.
+        exempt: paths that pass while migrations run (exact, or a prefix
+            ending in ``/``): a liveness probe, metrics.
         retry_after: seconds, for the ``Retry-After`` header.
     """
 
@@ -65,6 +68,10 @@ class ReadinessGate:
             self._open = True
         return self._open
 
+    def failed(self) -> bool:
+        """The run failed for good: no path passes, a liveness probe included."""
+        return self.migrator.status.state is MigrationState.FAILED
+
     def exempts(self, path: str) -> bool:
         return any(
             path == rule or (rule.endswith("/") and path.startswith(rule)) for rule in self.exempt
@@ -74,7 +81,7 @@ class ReadinessGate:
         if (
             scope["type"] not in ("http", "websocket")
             or self.is_open()
-            or self.exempts(scope.get("path", ""))
+            or (self.exempts(scope.get("path", "")) and not self.failed())
         ):
             await self.app(scope, receive, send)
         elif scope["type"] == "http":

@@ -42,7 +42,8 @@ class AutoMigrateMiddleware:
             options; default ``HealthApp(migrator)``.
         exempt: with the migrator's ``block_startup=False``, paths that pass
             while migrations run (a liveness probe); every other request gets
-            503 (WebSocket: close code 1013) until the schema is ready. See
+            503 (WebSocket: close code 1013) until the schema is ready, and
+            after a failure the policy did not degrade, those paths too. See
             :class:`~automigrator.ReadinessGate`.
 
     Usable as ``Middleware(AutoMigrateMiddleware, migrator=...)`` in Starlette.

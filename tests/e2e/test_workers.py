@@ -59,3 +59,37 @@ def test_a_failing_migration_stops_every_server_without_a_restart_loop(
     # back whole (one transaction).
     at = set() if url.get_backend_name() == "postgresql" else {"0004"}
     assert revisions(sync_url(url)) == at
+
+
+# In the background, a worker that its server would start again is not
+# stopped (a restart loop): its liveness fails instead; the others stop.
+STOPS_IN_THE_BACKGROUND = {
+    "uvicorn": False,
+    "gunicorn": False,
+    "hypercorn": False,
+    "granian": True,
+}
+
+
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_a_migration_that_fails_in_the_background_never_leaves_a_live_zombie(
+    example: tuple[Path, URL], server_name: str
+) -> None:
+    app_dir, url = example
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    env = {"DATABASE_URL": url.render_as_string(hide_password=False), "BLOCK_STARTUP": "0"}
+
+    with serve(SERVERS[server_name](app_dir), env=env, cwd=app_dir) as server:
+        if STOPS_IN_THE_BACKGROUND[server_name]:
+            server.wait_exit()  # by itself
+        else:
+            # Every worker failed (one ran 0005, the other was refused by the
+            # ledger), and each fails the liveness probe the app exempts.
+            assert server.wait_for("Migrations failed in the background", times=WORKERS)
+            live = [server.get("/livez").status_code for _ in range(4 * WORKERS)]
+            assert set(live) == {503}, server.log[-3000:]
+            assert server.process.poll() is None  # alive: for the orchestrator to restart
+
+    attempts = server.count("Running upgrade 0004 -> 0005")
+    assert attempts == 1, server.log  # never run again: no worker restarted to retry it
+    assert server.count("Migrations failed in the background") <= WORKERS, server.log

@@ -246,7 +246,9 @@ _PG_OPEN = sa.text(
 # MariaDB keeps no table of metadata-lock holders unless a plugin is loaded:
 # while our session waits for a lock, every other open InnoDB transaction
 # is a candidate (the one that touched the table is among them), but not
-# one that itself waits for a metadata lock (it queued behind ours).
+# one that itself waits for a metadata lock (it queued behind ours). All of
+# them are waited on (the oldest few may be unrelated long ones); the status
+# shows the oldest SHOWN.
 _MYSQL_WAITING = sa.text(
     "SELECT p.STATE, t.trx_state FROM information_schema.PROCESSLIST p "
     "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID "
@@ -259,13 +261,17 @@ _MYSQL_OPEN = sa.text(
     "FROM information_schema.INNODB_TRX t "
     "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
     "WHERE t.trx_mysql_thread_id <> :pid "
-    "AND coalesce(p.STATE, '') NOT LIKE '%metadata lock%' ORDER BY t.trx_started LIMIT 5"
+    "AND coalesce(p.STATE, '') NOT LIKE '%metadata lock%' ORDER BY t.trx_started LIMIT 100"
 )
 _MYSQL_STILL = sa.text(
     "SELECT trx_mysql_thread_id AS pid, CONCAT(trx_id, '/', trx_started) AS xact "
     "FROM information_schema.INNODB_TRX "
     "WHERE trx_mysql_thread_id IN :pids"
 ).bindparams(sa.bindparam("pids", expanding=True))
+
+
+SHOWN = 5
+"""Blockers shown in the status and the log, oldest first."""
 
 
 def blockers(engine: Engine, session: int) -> tuple[Holder, ...]:

@@ -2,9 +2,10 @@
 
 A migration that fails in the background (``block_startup=False``) fails
 after the server has started: nothing stops the process, and an app that
-stays alive and never ready is a zombie no liveness probe restarts. So the
-process asks its own server to stop (``stop_this_server``), as a failed
-start would have.
+stays alive and never ready is a zombie. So a process that is the server
+asks it to stop (``stop_this_server``), as a failed start would have; a
+worker, which its server would only start again in a loop, fails its
+liveness instead (the gate answers 503 on every path).
 
 uvicorn 0.30 to 0.49, with ``--workers``, starts a worker whose start-up
 failed again, for ever (0.50 stops the parent instead: uvicorn#3001). A
@@ -43,12 +44,30 @@ def looping_server() -> str | None:
     return f"uvicorn {version}" if low <= major_minor < high else None
 
 
-def stop_this_server() -> bool:
-    """Ask the server this process runs to shut down, as SIGTERM does; False (nothing
-    sent) where no handler of SIGTERM is installed: there would be no graceful
-    shutdown, only the end of the process (a test's, a REPL's)."""
+def stop_this_server() -> str | None:
+    """Ask the server this process runs to shut down, as SIGTERM does; None if sent,
+    else why not: a worker that its server would start again (uvicorn's
+    ``--workers``, gunicorn's), which would loop; or no handler of SIGTERM
+    installed (no server to shut down gracefully: a test, a REPL)."""
+    restarted = _restarted_worker()
+    if restarted is not None:
+        return restarted
     handler = signal.getsignal(signal.SIGTERM)
     if handler in (signal.SIG_DFL, signal.SIG_IGN, None):
-        return False
+        return "nothing here handles SIGTERM to shut a server down"
     os.kill(os.getpid(), signal.SIGTERM)
-    return True
+    return None
+
+
+def _restarted_worker() -> str | None:
+    # gunicorn's arbiter and uvicorn's multiprocess supervisor (0.30 and
+    # later) start a worker that exited again; granian's (unless told to
+    # respawn) and hypercorn's do not.
+    if "gunicorn.workers.base" in sys.modules:
+        return "a gunicorn worker, which its arbiter would start again"
+    multiprocessing = sys.modules.get("multiprocessing")
+    spawned = multiprocessing is not None and multiprocessing.parent_process() is not None
+    others = ("granian", "hypercorn")
+    if spawned and "uvicorn" in sys.modules and not any(m in sys.modules for m in others):
+        return "a uvicorn worker, which uvicorn would start again"
+    return None

@@ -32,6 +32,7 @@ from .._settings import Ddl, MigratorSettings
 from .._status import RunningRevision
 from ..database._connections import VersionTable
 from ..database._contention import (
+    SHOWN,
     Holder,
     StatementLog,
     UpgradeTry,
@@ -263,7 +264,7 @@ class Upgrader:
         if self.reporter.status.running != running:
             return  # the revision finished meanwhile
         before = {b.pid for b in self.reporter.status.blocked_by}
-        shown = tuple(h.blocker for h in found)
+        shown = tuple(h.blocker for h in found[:SHOWN])
         if shown != self.reporter.status.blocked_by:
             self.reporter.blocked(shown)
         if shown and {b.pid for b in shown} != before:
@@ -299,7 +300,7 @@ class Upgrader:
                     "%d, with a lock timeout of %s; at most %.0f s more)",
                     first,
                     "" if exact or len(holders) == 1 else "one of ",
-                    "; ".join(str(h.blocker) for h in holders),
+                    _named(holders),
                     tried,
                     self.ddl.retries,
                     next_timeout,
@@ -351,7 +352,7 @@ class Upgrader:
                 return None
             if found != remaining:
                 remaining = found
-                self.reporter.blocked(tuple(h.blocker for h in found))
+                self.reporter.blocked(tuple(h.blocker for h in found[:SHOWN]))
             return True if not found or (not every and found != holders) else None
 
         ended = await poll(
@@ -377,6 +378,13 @@ class Upgrader:
 def _stopped(error: ShutdownRequestedError, message: str) -> ShutdownRequestedError:
     # The same shutdown, said for where it stopped us.
     return ShutdownRequestedError(message, signal=error.signal)
+
+
+def _named(holders: tuple[Holder, ...]) -> str:
+    more = len(holders) - SHOWN
+    return "; ".join(str(h.blocker) for h in holders[:SHOWN]) + (
+        f" and {more} more" if more > 0 else ""
+    )
 
 
 def _seconds(value: float | None) -> str:
