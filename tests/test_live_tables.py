@@ -271,6 +271,58 @@ def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
     assert revisions(db_url) == {"r3"}
 
 
+def test_a_revision_altering_several_busy_tables_stalls_the_first_one_try_at_most(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # Each wait alone stays under the lock timeout (the other tables' own
+    # transactions last 0.2 s), but the first table, locked first, would wait
+    # for all of them together.
+    tables = tuple(f"t{i}" for i in range(1, 14))
+    create = "\n".join(
+        f'op.create_table("{t}", sa.Column("id", sa.Integer, primary_key=True))' for t in tables
+    )
+    alters = "\n".join(f'op.add_column("{t}", sa.Column("c", sa.Integer))' for t in tables)
+    ini = make_project(tmp_path / "p", (Rev("r1", None, "tables", create),))
+    anyio.run(AutoMigrator(ini, url=pg_url).run)
+    write_revision(ini.parent, Rev("r2", "r1", "alter all", alters))
+    stop = threading.Event()
+
+    def busy(table: str) -> None:
+        with connect(pg_url) as conn:
+            while not stop.is_set():
+                conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+                stop.wait(0.2)  # the application's transaction, open 0.2 s
+                conn.commit()
+
+    streams = [threading.Thread(target=busy, args=(t,)) for t in tables[1:]]
+    for thread in streams:
+        thread.start()
+    migrator = AutoMigrator(ini, url=pg_url, ddl=Ddl(retries=3, budget=5))
+    try:
+        run = Background(migrator)
+        # t1's queries may wait one try (0.25 s) and a little, never twelve
+        # waits of up to 0.2 s (1.2 s on average).
+        failures: list[str] = []
+        with connect(pg_url, limit=0.6) as reader:
+            while run.thread.is_alive():
+                try:
+                    reader.execute(sa.text("SELECT count(*) FROM t1")).scalar()
+                    reader.commit()
+                except DBAPIError as exc:
+                    failures.append(str(exc.orig))
+                    reader.rollback()
+        outcome = run.result()
+    finally:
+        stop.set()
+        for thread in streams:
+            thread.join()
+
+    assert failures == []
+    # Applied, or given up as contention: never partly applied.
+    assert outcome is None or isinstance(outcome, ContentionError), repr(outcome)
+    assert revisions(pg_url) == ({"r2"} if outcome is None else {"r1"})
+
+
 def test_mariadb_tries_again_once_the_blocker_ends_among_older_unrelated_transactions(
     tmp_path: Path, fresh_db: Callable[[str], URL]
 ) -> None:

@@ -178,17 +178,7 @@ def apply_timeout(connection: Connection, timeout: float | None) -> None:
         return
     backend = connection.dialect.name
     if backend == "postgresql":
-        milliseconds = max(1, round(timeout * 1000))
-
-        def set_local(conn: Connection) -> None:
-            # SET LOCAL ends with the transaction: autocommit blocks (CREATE
-            # INDEX CONCURRENTLY) run without it.
-            if not _autocommit(conn):
-                _driver_execute(conn, f"SET LOCAL lock_timeout = {milliseconds}")
-
-        event.listen(connection, "begin", set_local)
-        if connection.in_transaction():
-            set_local(connection)
+        _WaitAllowance(max(1, round(timeout * 1000))).attach(connection)
     elif backend in ("mysql", "mariadb"):
         seconds = max(1, math.ceil(timeout))  # whole seconds only
         _driver_execute(
@@ -197,6 +187,68 @@ def apply_timeout(connection: Connection, timeout: float | None) -> None:
         )
     elif backend == "sqlite":
         _driver_execute(connection, f"PRAGMA busy_timeout = {max(1, round(timeout * 1000))}")
+
+
+# Statements that take a lock strong enough to stop the table's reads or writes.
+_STRONG = re.compile(
+    r"^\s*(?:ALTER|DROP|TRUNCATE|LOCK|REINDEX|CLUSTER|REFRESH|"
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER)\b",
+    re.IGNORECASE,
+)
+_OWN_TIMEOUT = re.compile(r"^\s*SET\s+(?:LOCAL\s+|SESSION\s+)?lock_timeout\b", re.IGNORECASE)
+# The part of the timeout a later statement always gets, however much is spent.
+_FLOOR = 0.05
+
+
+class _WaitAllowance:
+    """PostgreSQL's lock timeout for one transaction's waits together, not each.
+
+    ``lock_timeout`` bounds each wait: a transaction that took one table's
+    ACCESS EXCLUSIVE lock and then waits for a second table, and a third,
+    stalls the first table's queries for all those waits together. So once
+    a statement that takes such a lock has run, each later one gets what is
+    left of the timeout since then (at least a twentieth of it): the first
+    table's queries wait about one timeout behind the transaction. A
+    revision that sets its own ``lock_timeout`` is left alone.
+    """
+
+    def __init__(self, milliseconds: int) -> None:
+        self.milliseconds = milliseconds
+        self.floor = max(1, round(milliseconds * _FLOOR))
+        self.held_since: float | None = None  # a strong lock taken at (monotonic)
+        self.current = milliseconds
+        self.own = False  # the revision set its own timeout
+
+    def attach(self, connection: Connection) -> None:
+        event.listen(connection, "begin", self._begin)
+        event.listen(connection, "before_cursor_execute", self._before)
+        event.listen(connection, "after_cursor_execute", self._after)
+        if connection.in_transaction():
+            self._begin(connection)
+
+    def _begin(self, conn: Connection) -> None:
+        self.held_since, self.current, self.own = None, self.milliseconds, False
+        # SET LOCAL ends with the transaction: autocommit blocks (CREATE
+        # INDEX CONCURRENTLY) run without it.
+        if not _autocommit(conn):
+            _driver_execute(conn, f"SET LOCAL lock_timeout = {self.milliseconds}")
+
+    def _before(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        if self.held_since is None or self.own or not _STRONG.match(statement):
+            return
+        if _autocommit(conn):
+            return
+        spent = (time.monotonic() - self.held_since) * 1000
+        left = max(self.floor, round(self.milliseconds - spent))
+        if left < self.current * 0.9:  # a few SETs per transaction, not one a statement
+            _driver_execute(conn, f"SET LOCAL lock_timeout = {left}")
+            self.current = left
+
+    def _after(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        if _OWN_TIMEOUT.match(statement):
+            self.own = True
+        elif self.held_since is None and _STRONG.match(statement) and not _autocommit(conn):
+            self.held_since = time.monotonic()
 
 
 def _driver_execute(conn: Connection, sql: str) -> None:
