@@ -271,27 +271,49 @@ def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
     assert revisions(db_url) == {"r3"}
 
 
+LATER = {
+    # What the revision does to each busy table after it altered t1: an ALTER,
+    # an UPDATE that waits for a row lock, a new table whose foreign key
+    # references it; and an ALTER behind a comment.
+    "alter": 'op.add_column("{t}", sa.Column("c", sa.Integer))',
+    "update": 'op.execute("UPDATE {t} SET v = v + 1 WHERE id = 1")',
+    "foreign-key": 'op.execute("CREATE TABLE fk_{t} (x int REFERENCES {t} (id))")',
+    "comment": 'op.execute("/* ours */ ALTER TABLE {t} ADD COLUMN c int")',
+}
+
+
+@pytest.mark.parametrize("later", sorted(LATER))
 def test_a_revision_altering_several_busy_tables_stalls_the_first_one_try_at_most(
-    tmp_path: Path, pg_url: URL
+    tmp_path: Path, pg_url: URL, later: str
 ) -> None:
     # Each wait alone stays under the lock timeout (the other tables' own
     # transactions last 0.2 s), but the first table, locked first, would wait
     # for all of them together.
     tables = tuple(f"t{i}" for i in range(1, 14))
     create = "\n".join(
-        f'op.create_table("{t}", sa.Column("id", sa.Integer, primary_key=True))' for t in tables
+        f'op.create_table("{t}", sa.Column("id", sa.Integer, primary_key=True), '
+        f'sa.Column("v", sa.Integer))\nop.execute("INSERT INTO {t} VALUES (1, 0)")'
+        for t in tables
     )
-    alters = "\n".join(f'op.add_column("{t}", sa.Column("c", sa.Integer))' for t in tables)
+    first = 'op.add_column("t1", sa.Column("c", sa.Integer))'
+    body = "\n".join([first, *(LATER[later].format(t=t) for t in tables[1:])])
     ini = make_project(tmp_path / "p", (Rev("r1", None, "tables", create),))
     anyio.run(AutoMigrator(ini, url=pg_url).run)
-    write_revision(ini.parent, Rev("r2", "r1", "alter all", alters))
+    write_revision(ini.parent, Rev("r2", "r1", "then the others", body))
     stop = threading.Event()
+    # The application's transactions on each other table, open 0.2 s: reads,
+    # or (for the row and foreign-key waits) an UPDATE of the row.
+    work = (
+        "SELECT count(*) FROM {t}"
+        if later in ("alter", "comment")
+        else ("UPDATE {t} SET v = v WHERE id = 1")
+    )
 
     def busy(table: str) -> None:
         with connect(pg_url) as conn:
             while not stop.is_set():
-                conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
-                stop.wait(0.2)  # the application's transaction, open 0.2 s
+                conn.execute(sa.text(work.format(t=table)))
+                stop.wait(0.2)
                 conn.commit()
 
     streams = [threading.Thread(target=busy, args=(t,)) for t in tables[1:]]
@@ -300,8 +322,8 @@ def test_a_revision_altering_several_busy_tables_stalls_the_first_one_try_at_mos
     migrator = AutoMigrator(ini, url=pg_url, ddl=Ddl(retries=3, budget=5))
     try:
         run = Background(migrator)
-        # t1's queries may wait one try (0.25 s) and a little, never twelve
-        # waits of up to 0.2 s (1.2 s on average).
+        # t1's queries may wait one try (0.25 s, up to 0.44 s on the fourth)
+        # and a little, never twelve waits of up to 0.2 s (1.2 s on average).
         failures: list[str] = []
         with connect(pg_url, limit=0.6) as reader:
             while run.thread.is_alive():
@@ -472,6 +494,31 @@ def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisi
         assert breaking in caught.value.message
         assert old.status.error_kind == "schema_ahead"
     assert revisions(server_db) == {"r3"}  # never downgraded
+
+
+@pytest.mark.parametrize(
+    ("ledger", "why"),
+    [
+        ("DELETE FROM automigrator_history WHERE revision = 'r3'", "holds no row of it"),
+        ("UPDATE automigrator_history SET outcome = 'failed' WHERE revision = 'r3'", "failed"),
+        ("DROP TABLE automigrator_history", "the ledger could not be read"),
+    ],
+    ids=["no-row", "failed-row", "no-ledger"],
+)
+def test_an_old_replica_refused_ahead_says_why_the_ledger_cannot_vouch(
+    tmp_path: Path, server_db: URL, ledger: str, why: str
+) -> None:
+    ini = deployed(tmp_path, server_db, broken=ADD_AGE)
+    anyio.run(AutoMigrator(ini, url=server_db).run)  # compatible, as recorded
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    with sa.create_engine(server_db, poolclass=sa.NullPool).begin() as conn:
+        conn.execute(sa.text(ledger))
+
+    with pytest.raises(SchemaAheadError) as caught:
+        anyio.run(AutoMigrator(ini, url=server_db).run)
+    assert caught.value.breaking is not None
+    assert caught.value.breaking[0] == "r3"
+    assert why in caught.value.message
 
 
 def test_an_old_replica_is_never_served_on_a_database_that_lacks_one_of_its_revisions(

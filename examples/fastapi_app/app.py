@@ -10,8 +10,9 @@ Settings are read here, at the application's edge:
   once; requests get 503 until the schema is ready, ``/livez`` always answers).
 - ``WHEN_DISABLED``: what ``RUN_MIGRATIONS=0`` means: ``skip`` (default) or
   ``check`` (wait until another process, e.g. a Job, has migrated).
-- ``WHEN_AHEAD``: a database ahead of this code (a rollback deploy):
-  ``refuse`` (default) or ``serve``.
+- ``WHEN_AHEAD``: a database ahead of this code (an old replica mid-rollout, a
+  rollback deploy): ``compatible`` (default: served if the ledger records its
+  revisions as compatible with this version), ``refuse`` or ``serve``.
 
 The manifests in ``deploy/kubernetes/`` run this app.
 """
@@ -72,7 +73,7 @@ migrator = AutoMigrator(
         when_disabled="check" if os.environ.get("WHEN_DISABLED") == "check" else "skip"
     ),
     history=History(
-        when_ahead="serve" if os.environ.get("WHEN_AHEAD") == "serve" else "refuse",
+        when_ahead=os.environ.get("WHEN_AHEAD", "compatible"),  # type: ignore[arg-type]
         app_version=os.environ.get("APP_VERSION"),
     ),
 )

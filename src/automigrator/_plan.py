@@ -43,6 +43,19 @@ if TYPE_CHECKING:
 
 PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]
 
+# Why a revision ahead of the code is not known to be compatible with it.
+_WHY_NOT = {
+    "breaking": "the lint found that it breaks the version before it",
+    "": "the ledger records no lint verdict of it (applied without the lint, or on an "
+    "empty database)",
+    "no row": "the ledger holds no row of it (applied by another tool, or before the ledger)",
+    "no ledger": "the ledger could not be read (missing, or not readable by this role)",
+    "failed": "its latest ledger row says it failed, not that it was applied",
+    "partial": "its latest ledger row says it was left partly applied",
+    "running": "its latest ledger row says it was still running",
+    "undone": "its latest ledger row says it was undone",
+}
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -66,7 +79,8 @@ class Plan:
     ahead: tuple[tuple[str, str | None], ...] = ()
     """``ahead_of_code``: each revision the scripts do not know, newest first, down to
     the ones they know, with the ledger's record of the lint's verdict when it was
-    applied (``compatible``, ``breaking``; None: not recorded)."""
+    applied (``compatible``, ``breaking``; None: not recorded), or why there is
+    none (``no row``, ``no ledger``, or the outcome of a row that is not applied)."""
 
     def served_ahead(self, when_ahead: str) -> Plan:
         """``ahead_of_code`` taken as it is, if ``when_ahead`` allows: nothing to do.
@@ -83,20 +97,16 @@ class Plan:
             plan = replace(self, ahead=())
             served = when_ahead == "serve" and not self.pending
             return replace(plan, kind="at_head") if served else plan
-        plan = self if self.ahead else replace(self, ahead=tuple((u, None) for u in self.unknown))
+        unread = tuple((u, "no ledger") for u in self.unknown)
+        plan = self if self.ahead else replace(self, ahead=unread)
         servable = not self.pending and plan.breaking() is None
         return replace(plan, kind="at_head") if servable else plan
 
     def breaking(self) -> tuple[str, str] | None:
         """The first unknown revision that may break this code, and why; None if none."""
         for revision, verdict in self.ahead:
-            if verdict == "breaking":
-                return revision, "the lint found that it breaks the version before it"
-            if verdict is None:
-                return revision, (
-                    "the ledger records no lint verdict of it (applied without the lint, or "
-                    "before the ledger)"
-                )
+            if verdict != "compatible":
+                return revision, _WHY_NOT.get(verdict or "", _WHY_NOT[""])
         return None
 
     def start(self, baseline: str | None) -> tuple[str, ...]:
@@ -262,8 +272,11 @@ def _ahead(
             continue
         row = latest.get(revision)
         entry = ledger.by_id([row.id]).get(row.id) if row is not None else None
-        if entry is None or entry.outcome not in APPLIED:
-            found.append((revision, None))
+        if entry is None:
+            found.append((revision, "no row"))
+            continue
+        if entry.outcome not in APPLIED:
+            found.append((revision, entry.outcome))
             continue
         found.append((revision, entry.old_app))
         line.extend(p for p in entry.parents.split(",") if p)

@@ -120,6 +120,8 @@ class Holder:
     blocker: Blocker
     transaction: str
     exact: bool
+    complete: bool = True
+    """False: there were more candidates than are listed (none can be waited on)."""
 
 
 @dataclass
@@ -154,6 +156,8 @@ class UpgradeTry:
         """Who kept the statement that failed waiting (as last seen while it waited)."""
         if self.seen is None or self.seen[0] != self.statement:
             return ()
+        if not all(h.complete for h in self.seen[1]):
+            return ()  # the blocker may be one not listed: wait for none of them
         return self.seen[1]
 
 
@@ -189,33 +193,44 @@ def apply_timeout(connection: Connection, timeout: float | None) -> None:
         _driver_execute(connection, f"PRAGMA busy_timeout = {max(1, round(timeout * 1000))}")
 
 
-# Statements that take a lock strong enough to stop the table's reads or writes.
+# Statements that take a lock that stops a table's reads or writes: DDL, and
+# a new table's foreign key (SHARE ROW EXCLUSIVE on the table it references).
 _STRONG = re.compile(
-    r"^\s*(?:ALTER|DROP|TRUNCATE|LOCK|REINDEX|CLUSTER|REFRESH|"
-    r"CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER)\b",
-    re.IGNORECASE,
+    r"^(?:ALTER|DROP|TRUNCATE|LOCK|REINDEX|CLUSTER|REFRESH|"
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER|"
+    r"CREATE\s+(?:UNLOGGED\s+)?TABLE\b.*\bREFERENCES)\b",
+    re.IGNORECASE | re.DOTALL,
 )
-_OWN_TIMEOUT = re.compile(r"^\s*SET\s+(?:LOCAL\s+|SESSION\s+)?lock_timeout\b", re.IGNORECASE)
+_OWN_TIMEOUT = re.compile(r"^SET\s+(?:LOCAL\s+|SESSION\s+)?lock_timeout\b", re.IGNORECASE)
+# Leading comments and blanks, before a statement's first word.
+_LEAD = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 # The part of the timeout a later statement always gets, however much is spent.
 _FLOOR = 0.05
+
+
+def _head(statement: str) -> str:
+    return statement[_LEAD.match(statement).end() :]  # type: ignore[union-attr]
 
 
 class _WaitAllowance:
     """PostgreSQL's lock timeout for one transaction's waits together, not each.
 
     ``lock_timeout`` bounds each wait: a transaction that took one table's
-    ACCESS EXCLUSIVE lock and then waits for a second table, and a third,
-    stalls the first table's queries for all those waits together. So once
-    a statement that takes such a lock has run, each later one gets what is
-    left of the timeout since then (at least a twentieth of it): the first
-    table's queries wait about one timeout behind the transaction. A
-    revision that sets its own ``lock_timeout`` is left alone.
+    ACCESS EXCLUSIVE lock and then waits for a second table (or a row, or a
+    table its foreign key references), and a third, stalls the first
+    table's queries for all those waits together. So once a statement that
+    takes such a lock has run (DDL, a foreign key to an existing table),
+    each later statement, whatever it is, gets what is left of the timeout
+    since then (at least a twentieth of it): the first table's queries wait
+    about one timeout behind the transaction. Statements before it (a data
+    backfill) leave the timeout whole. A revision that sets its own
+    ``lock_timeout`` is left alone.
     """
 
     def __init__(self, milliseconds: int) -> None:
         self.milliseconds = milliseconds
         self.floor = max(1, round(milliseconds * _FLOOR))
-        self.held_since: float | None = None  # a strong lock taken at (monotonic)
+        self.held_since: float | None = None  # a lock taken at (monotonic)
         self.current = milliseconds
         self.own = False  # the revision set its own timeout
 
@@ -234,9 +249,7 @@ class _WaitAllowance:
             _driver_execute(conn, f"SET LOCAL lock_timeout = {self.milliseconds}")
 
     def _before(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        if self.held_since is None or self.own or not _STRONG.match(statement):
-            return
-        if _autocommit(conn):
+        if self.held_since is None or self.own or _autocommit(conn):
             return
         spent = (time.monotonic() - self.held_since) * 1000
         left = max(self.floor, round(self.milliseconds - spent))
@@ -245,9 +258,10 @@ class _WaitAllowance:
             self.current = left
 
     def _after(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        if _OWN_TIMEOUT.match(statement):
+        head = _head(statement)
+        if _OWN_TIMEOUT.match(head):
             self.own = True
-        elif self.held_since is None and _STRONG.match(statement) and not _autocommit(conn):
+        elif self.held_since is None and _STRONG.match(head) and not _autocommit(conn):
             self.held_since = time.monotonic()
 
 
@@ -313,8 +327,10 @@ _MYSQL_OPEN = sa.text(
     "FROM information_schema.INNODB_TRX t "
     "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
     "WHERE t.trx_mysql_thread_id <> :pid "
-    "AND coalesce(p.STATE, '') NOT LIKE '%metadata lock%' ORDER BY t.trx_started LIMIT 100"
+    "AND coalesce(p.STATE, '') NOT LIKE '%metadata lock%' ORDER BY t.trx_started LIMIT :limit"
 )
+# Candidates listed at most; past that the next try comes after a pause.
+_CANDIDATES = 200
 _MYSQL_STILL = sa.text(
     "SELECT trx_mysql_thread_id AS pid, CONCAT(trx_id, '/', trx_started) AS xact "
     "FROM information_schema.INNODB_TRX "
@@ -356,7 +372,8 @@ def blockers(engine: Engine, session: int) -> tuple[Holder, ...]:
                 "lock" in str(waiting.STATE or "").lower() or waiting.trx_state == "LOCK WAIT"
             ):
                 return ()
-            rows = conn.execute(_MYSQL_OPEN, {"pid": session}).all()
+            limit = {"pid": session, "limit": _CANDIDATES + 1}
+            rows = conn.execute(_MYSQL_OPEN, limit).all()
             return tuple(
                 Holder(
                     Blocker(
@@ -366,8 +383,9 @@ def blockers(engine: Engine, session: int) -> tuple[Holder, ...]:
                     ),
                     transaction=str(row.xact),
                     exact=False,
+                    complete=len(rows) <= _CANDIDATES,
                 )
-                for row in rows
+                for row in rows[:_CANDIDATES]
             )
     return ()
 
