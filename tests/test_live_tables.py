@@ -475,7 +475,12 @@ DROP_EMAIL = Rev("r3", "r2", "drop email", 'op.drop_column("users", "email")')
     ids=["compatible", "breaking", "not-linted"],
 )
 def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisions(
-    tmp_path: Path, server_db: URL, third: Rev, lint: LintMode, breaking: str | None
+    tmp_path: Path,
+    server_db: URL,
+    third: Rev,
+    lint: LintMode,
+    breaking: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ini = deployed(tmp_path, server_db, broken=third)
     anyio.run(AutoMigrator(ini, url=server_db, lint=lint).run)  # the new version's replica
@@ -493,6 +498,7 @@ def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisi
         assert caught.value.breaking[0] == "r3"
         assert breaking in caught.value.message
         assert old.status.error_kind == "schema_ahead"
+        assert "Revision r3 failed" not in caplog.text  # nothing ran: the database's own
     assert revisions(server_db) == {"r3"}  # never downgraded
 
 

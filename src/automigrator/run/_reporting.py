@@ -196,7 +196,8 @@ class Reporter:
         # "Migration failed" only where a revision failed: a lock or a wait
         # that timed out migrated nothing (an init container's `wait` least of all).
         revision = getattr(error, "revision", None)
-        what = f"Revision {revision} failed" if revision else "Could not reach the target"
+        ran = revision and error.kind != "schema_ahead"  # its revision is the database's
+        what = f"Revision {revision} failed" if ran else "Could not reach the target"
         said = (what, error.kind, error.summary(), decision.policy)
         if decision.action == "retry":
             logger.warning(
