@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -373,6 +375,42 @@ def test_mariadb_tries_again_once_the_blocker_ends_among_older_unrelated_transac
         for conn in unrelated:
             conn.rollback()
             conn.close()
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_a_blocker_between_tries_stops_at_once(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # The wait outside the queue is a wait like any other: a shutdown ends it,
+    # long before the budget, with nothing of the revision applied.
+    from automigrator import ShutdownRequestedError
+
+    ini = deployed(tmp_path, pg_url, broken=ADD_AGE)
+    blocker, _ = open_reader(pg_url)
+    migrator = AutoMigrator(ini, url=pg_url, ddl=Ddl(budget=120))
+    retried = threading.Event()
+    migrator.subscribe(lambda e: retried.set() if e.name == "ddl_retry" else None)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+
+    def stop_while_waiting() -> None:
+        if retried.wait(30):  # the first try met the blocker: now it waits for it
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_while_waiting)
+    stopper.start()
+    try:
+        with pytest.raises(ShutdownRequestedError) as caught:
+            anyio.run(migrator.run)
+    finally:
+        stopper.join(30)
+        signal.signal(signal.SIGTERM, previous)
+        blocker.rollback()
+        blocker.close()
+
+    assert "stopped before trying revision r3 again" in caught.value.message
+    assert received == [signal.SIGTERM]  # the server's handler still got it
+    assert revisions(pg_url) == {"r2"}
 
 
 def test_a_busy_table_after_a_kept_statement_says_what_stayed(
