@@ -48,7 +48,7 @@ from automigrator import (
 from automigrator.process._logging import LoggingGuard
 from tests.conftest import revisions, rows
 from tests.faults import Background, wait_for
-from tests.helpers import OLD_ROWS, backups, cli, deployed, user_rows
+from tests.helpers import HANG_GUARD, OLD_ROWS, backups, cli, deployed, user_rows
 from tests.project import Rev, make_project, waiting, write_revision
 
 ADD_AGE = Rev("r3", "r2", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
@@ -387,8 +387,8 @@ def test_sigterm_while_waiting_for_a_blocker_between_tries_stops_at_once(
 
     ini = deployed(tmp_path, pg_url, broken=ADD_AGE)
     blocker, _ = open_reader(pg_url)
-    migrator = AutoMigrator(ini, url=pg_url, ddl=Ddl(budget=120))
-    retried = threading.Event()
+    migrator = AutoMigrator(ini, url=pg_url, ddl=Ddl(budget=3600))
+    retried, ended = threading.Event(), threading.Event()
     migrator.subscribe(lambda e: retried.set() if e.name == "ddl_retry" else None)
     received: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
@@ -396,14 +396,24 @@ def test_sigterm_while_waiting_for_a_blocker_between_tries_stops_at_once(
     def stop_while_waiting() -> None:
         if retried.wait(30):  # the first try met the blocker: now it waits for it
             os.kill(os.getpid(), signal.SIGTERM)
+        # A wait deaf to the shutdown would go on until the blocker ends: end it
+        # then, and the revision gets applied (which the test rules out).
+        if not ended.wait(HANG_GUARD):
+            blocker.rollback()
+
+    async def run() -> None:
+        try:
+            await migrator.run()
+        finally:
+            ended.set()
 
     stopper = threading.Thread(target=stop_while_waiting)
     stopper.start()
     try:
         with pytest.raises(ShutdownRequestedError) as caught:
-            anyio.run(migrator.run)
+            anyio.run(run)
     finally:
-        stopper.join(30)
+        stopper.join(60)
         signal.signal(signal.SIGTERM, previous)
         blocker.rollback()
         blocker.close()
