@@ -17,7 +17,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -95,6 +96,17 @@ def open_reader(url: URL) -> tuple[Connection, int | None]:
         conn.exec_driver_sql("BEGIN")  # pysqlite opens none for a SELECT by itself
     conn.execute(sa.text("SELECT count(*) FROM users")).scalar()
     return conn, int(pid) if pid is not None else None
+
+
+@contextmanager
+def reader_held(url: URL) -> Iterator[int | None]:
+    """``open_reader(url)`` for the block, its transaction ended after; yields its id."""
+    blocker, pid = open_reader(url)
+    try:
+        yield pid
+    finally:
+        blocker.rollback()
+        blocker.close()
 
 
 def read_until(
@@ -203,19 +215,14 @@ def test_contention_that_never_ends_fails_as_its_own_kind_and_purges_nothing(
     tmp_path: Path, db_url: URL
 ) -> None:
     ini = deployed(tmp_path, db_url, broken=ADD_AGE)
-    blocker, pid = open_reader(db_url)
     migrator = AutoMigrator(
         ini,
         url=db_url,
         ddl=Ddl(lock_timeout=0.2, retries=1, budget=1.5),
         on_failure=Chain(PurgeAndRetry(), Retry(times=1, delay=0)),
     )
-    try:
-        with pytest.raises(ContentionError) as caught:
-            anyio.run(migrator.run)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    with reader_held(db_url) as pid, pytest.raises(ContentionError) as caught:
+        anyio.run(migrator.run)
 
     assert caught.value.kind == "contention"
     assert caught.value.revision == "r3"
@@ -233,14 +240,9 @@ def test_a_blocker_that_never_ends_costs_one_try_and_the_budget_then_is_named(
     tmp_path: Path, server_db: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     ini = deployed(tmp_path, server_db, broken=ADD_AGE)
-    blocker, pid = open_reader(server_db)
     migrator = AutoMigrator(ini, url=server_db, ddl=Ddl(retries=1000, budget=4))
-    try:
-        with pytest.raises(ContentionError) as caught:
-            anyio.run(migrator.run)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    with reader_held(server_db) as pid, pytest.raises(ContentionError) as caught:
+        anyio.run(migrator.run)
 
     # One try met the blocker; the rest of the budget went on waiting for it to
     # end, outside the queue: no second try stalled the table again.
@@ -258,13 +260,9 @@ def test_a_revision_that_met_a_busy_table_runs_at_the_next_start(
     # A busy table is not the revision's fault: the failure recorded in the
     # ledger moments ago does not keep the next start from running it.
     ini = deployed(tmp_path, db_url, broken=ADD_AGE)
-    blocker, _ = open_reader(db_url)
-    try:
-        with pytest.raises(ContentionError):
-            anyio.run(AutoMigrator(ini, url=db_url, ddl=Ddl(lock_timeout=0.2, retries=0)).run)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    busy = AutoMigrator(ini, url=db_url, ddl=Ddl(lock_timeout=0.2, retries=0))
+    with reader_held(db_url), pytest.raises(ContentionError):
+        anyio.run(busy.run)
     again = AutoMigrator(ini, url=db_url)
 
     anyio.run(again.run)
@@ -428,14 +426,9 @@ def test_a_busy_table_after_a_kept_statement_says_what_stayed(
 ) -> None:
     url = server_db
     ini = deployed(tmp_path, url, broken=HALF)
-    blocker, _ = open_reader(url)
     migrator = AutoMigrator(ini, url=url, ddl=Ddl(lock_timeout=0.2, retries=1, budget=2))
-    try:
-        with pytest.raises((ContentionError, PartialMigrationError)) as caught:
-            anyio.run(migrator.run)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    with reader_held(url), pytest.raises((ContentionError, PartialMigrationError)) as caught:
+        anyio.run(migrator.run)
 
     # PostgreSQL's transactional DDL took the CREATE TABLE back with the rollback.
     if url.get_backend_name() == "postgresql":
@@ -633,14 +626,10 @@ def test_the_cli_takes_the_lock_timeout_and_exits_13_on_a_busy_table(
 
     ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
     bad = cli(ini, sqlite_url, "upgrade", "--ddl-lock-timeout", "soon")
-    blocker, _ = open_reader(sqlite_url)
-    try:
+    with reader_held(sqlite_url):
         busy = cli(
             ini, sqlite_url, "upgrade", "--ddl-lock-timeout", "0.2", "--ddl-lock-retries", "0"
         )
-    finally:
-        blocker.rollback()
-        blocker.close()
 
     assert bad.returncode == 2
     assert "--ddl-lock-timeout: 'soon' is not seconds" in bad.stderr
@@ -653,16 +642,11 @@ def test_restore_backup_puts_nothing_back_for_a_busy_table(
     tmp_path: Path, sqlite_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     ini = deployed(tmp_path, sqlite_url, broken=ADD_AGE)
-    blocker, _ = open_reader(sqlite_url)
     migrator = AutoMigrator(
         ini, url=sqlite_url, ddl=Ddl(lock_timeout=0.2, retries=0), on_failure=RestoreBackup()
     )
-    try:
-        with pytest.raises(ContentionError):
-            anyio.run(migrator.run)
-    finally:
-        blocker.rollback()
-        blocker.close()
+    with reader_held(sqlite_url), pytest.raises(ContentionError):
+        anyio.run(migrator.run)
 
     assert migrator.status.error_kind == "contention"
     assert not any("put back" in r.getMessage() for r in caplog.records)

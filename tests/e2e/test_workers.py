@@ -37,13 +37,18 @@ SERVERS: dict[str, Callable[[Path], list[str]]] = {
 EXITS_NON_ZERO = {"uvicorn": False, "gunicorn": True, "hypercorn": False, "granian": True}
 
 
+def broken_deploy(app_dir: Path, url: URL) -> dict[str, str]:
+    """The example with a revision that fails (BROKEN_0005); its environment."""
+    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
+    return {"DATABASE_URL": url.render_as_string(hide_password=False)}
+
+
 @pytest.mark.parametrize("server_name", sorted(SERVERS))
 def test_a_failing_migration_stops_every_server_without_a_restart_loop(
     example: tuple[Path, URL], server_name: str
 ) -> None:
     app_dir, url = example
-    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
-    env = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    env = broken_deploy(app_dir, url)
 
     with serve(SERVERS[server_name](app_dir), env=env, cwd=app_dir) as server:
         code = server.wait_exit()  # by itself: a restart loop would outlast the deadline
@@ -76,8 +81,7 @@ def test_a_migration_that_fails_in_the_background_never_leaves_a_live_zombie(
     example: tuple[Path, URL], server_name: str
 ) -> None:
     app_dir, url = example
-    (app_dir / "migrations" / "versions" / "0005_broken.py").write_text(BROKEN_0005)
-    env = {"DATABASE_URL": url.render_as_string(hide_password=False), "BLOCK_STARTUP": "0"}
+    env = {**broken_deploy(app_dir, url), "BLOCK_STARTUP": "0"}
 
     with serve(SERVERS[server_name](app_dir), env=env, cwd=app_dir) as server:
         if STOPS_IN_THE_BACKGROUND[server_name]:

@@ -184,7 +184,7 @@ def apply_timeout(connection: Connection, timeout: float | None) -> None:
     if backend == "postgresql":
         _WaitAllowance(max(1, round(timeout * 1000))).attach(connection)
     elif backend in ("mysql", "mariadb"):
-        seconds = max(1, math.ceil(timeout))  # whole seconds only
+        seconds = int(effective_timeout(backend, timeout) or 1)  # whole seconds only
         _driver_execute(
             connection,
             f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}",
