@@ -26,7 +26,7 @@ from alembic import op
 revision = {id!r}
 down_revision = {down!r}
 branch_labels = None
-depends_on = None
+depends_on = None{extra}
 
 
 def upgrade() -> None:
@@ -46,6 +46,8 @@ class Rev:
     down: str | tuple[str, ...] | None
     message: str
     body: str
+    post_deploy: bool = False
+    """Written ``post_deploy = True``: a start leaves it for after the rollout."""
 
 
 USERS = Rev(
@@ -84,7 +86,10 @@ BROKEN = Rev(
 
 def write_revision(project: Path, rev: Rev) -> None:
     body = textwrap.indent(textwrap.dedent(rev.body).strip(), "    ")
-    text = REVISION_TEMPLATE.format(message=rev.message, id=rev.id, down=rev.down, body=body)
+    extra = "\npost_deploy = True" if rev.post_deploy else ""
+    text = REVISION_TEMPLATE.format(
+        message=rev.message, id=rev.id, down=rev.down, body=body, extra=extra
+    )
     (project / "migrations" / "versions" / f"{rev.id}.py").write_text(text)
 
 

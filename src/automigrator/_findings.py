@@ -12,9 +12,11 @@ from typing import Any, Literal
 RowsAre = Literal["exact", "estimate", "more_than"]
 """How ``rows`` is known: counted; the server's estimate; or a count stopped
 past the threshold (the table has more than ``rows``)."""
-Verdict = Literal["flagged", "allowed", "small"]
+Verdict = Literal["flagged", "allowed", "small", "post_deploy"]
 """``flagged``: unsafe; ``allowed``: unsafe, but its revision's file allows the
-rule; ``small``: the rule only matters on a big table, and this one is small."""
+rule; ``small``: the rule only matters on a big table, and this one is small;
+``post_deploy``: it breaks the old version, in a post-deploy revision, which
+runs once that version is gone."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class LintFinding:
     weighed: bool = False
     """Whether the rule depends on the table's size (a lock held while the
     table is scanned or rewritten) rather than on the old version's code."""
+    old_version: bool = False
+    """Whether only the old version breaks on it (a dropped or renamed column or
+    table): a post-deploy revision may do it."""
     source: Literal["automigrator", "squawk"] = "automigrator"
     path: str = ""
     """The revision's file."""
@@ -53,6 +58,8 @@ class LintFinding:
             return f"{text} (allowed by its file)"
         if self.verdict == "small":
             return f"{text} (passed: the table is small)"
+        if self.verdict == "post_deploy":
+            return f"{text} (passed: a post-deploy revision, run after the rollout)"
         return f"{text}. Instead: {self.instead}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -374,6 +374,7 @@ class AutoMigrator(MigrationRunner):
             self.target,
             first=first,
             ledger=self.ledger,
+            post_deploy=self._settings.switch.post_deploy,
         )
         self._books.warn_edits(plan)
         return plan.served_ahead(self._settings.when_ahead)
@@ -408,7 +409,10 @@ class AutoMigrator(MigrationRunner):
             run=self._books.run_facts(self._waiter.waited_for),
         )
         await self._upgrader.run(
-            plan, target=self.target, version_table=self.version_table, hooks=hooks
+            plan,
+            target=plan.upgrade_target(self.target),
+            version_table=self.version_table,
+            hooks=hooks,
         )
         if self._stop_requested:
             applied = self.status.applied

@@ -40,6 +40,8 @@ from .scripts._scripts import Scripts
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
+    from .scripts._alembic_compat import Destination
+
 
 PlanKind = Literal["empty", "behind", "at_head", "ahead_of_code", "multiple_heads", "unversioned"]
 
@@ -81,6 +83,19 @@ class Plan:
     the ones they know, with the ledger's record of the lint's verdict when it was
     applied (``compatible``, ``breaking``; None: not recorded), or why there is
     none (``no row``, ``no ledger``, or the outcome of a row that is not applied)."""
+    post_deploy: tuple[str, ...] = ()
+    """Pending post-deploy revisions this run leaves for ``automigrator upgrade
+    --post-deploy`` (not in ``pending``): ``at_head`` when nothing else is pending."""
+    destination: tuple[str, ...] = ()
+    """With ``post_deploy``: the newest revisions ``pending`` reaches, where the upgrade
+    stops short of the heads."""
+
+    def upgrade_target(self, target: str) -> Destination:
+        """Where an upgrade of this plan goes: ``target``, or short of the post-deploy
+        revisions it leaves (the destination, as Alembic takes one or several)."""
+        if not self.destination:
+            return target
+        return self.destination[0] if len(self.destination) == 1 else self.destination
 
     def served_ahead(self, when_ahead: str) -> Plan:
         """``ahead_of_code`` taken as it is, if ``when_ahead`` allows: nothing to do.
@@ -165,6 +180,7 @@ def read_plan(
     *,
     first: bool = False,
     ledger: Ledger | None = None,
+    post_deploy: bool = False,
 ) -> Plan:
     """Read the version table and classify it against the scripts (in a worker thread).
 
@@ -173,7 +189,8 @@ def read_plan(
     (``_integrity.check``: remembered when clean). ``first``
     (the first plan of an attempt) defers the graph for a database with no
     revisions: it is behind whatever the scripts hold, and the replica that
-    migrates imports the scripts anyway.
+    migrates imports the scripts anyway. ``post_deploy``: plan post-deploy
+    revisions too (else a database with revisions leaves them, ``Plan.post_deploy``).
     """
     # On a server the connection is made while the files are listed.
     early = connect_early(engine)
@@ -238,6 +255,7 @@ def read_plan(
         target,
         revisions,
         has_tables=has_tables,
+        post_deploy=post_deploy,
         table=version_table,
         quoted=engine.dialect.identifier_preparer.format_table(
             sa.table(version_table.name, schema=version_table.schema)
@@ -309,12 +327,18 @@ def classify(
     db_revisions: tuple[str, ...] | None,
     *,
     has_tables: bool,
+    post_deploy: bool = False,
     table: VersionTable | None = None,
     quoted: str | None = None,
 ) -> Plan:
-    """Compare the database's revisions with the scripts; no DDL, no env.py."""
+    """Compare the database's revisions with the scripts; no DDL, no env.py.
+
+    Without ``post_deploy``, the pending post-deploy revisions that no other
+    pending one needs are left out (``Plan.post_deploy``), unless the database
+    has no revision: then nothing old serves from it.
+    """
     # Imports Alembic: only when the remembered heads could not decide.
-    from .scripts import _alembic_compat, _alembic_load
+    from .scripts import _alembic_compat, _alembic_load, _postdeploy
 
     heads = tuple(sorted(script.get_heads()))
     if not heads:
@@ -353,6 +377,13 @@ def classify(
     pending = tuple(step.revision.revision for step in steps)
     if not pending:
         return Plan("at_head", current, targets, past_target=set(current) != set(targets))
+    if current and not post_deploy:
+        now, left, destination = _postdeploy.split(script, pending)
+        if left:
+            kind: PlanKind = "behind" if now else "at_head"
+            return Plan(
+                kind, current, targets, pending=now, post_deploy=left, destination=destination
+            )
     return Plan("behind" if current else "empty", current, targets, pending=pending)
 
 

@@ -36,11 +36,14 @@ class Preview:
     """The target's revisions."""
     pending: tuple[PendingRevision, ...]
     """In the order an upgrade applies them."""
+    post_deploy: tuple[str, ...] = ()
+    """Post-deploy revisions an upgrade leaves pending (``upgrade --post-deploy`` runs them)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
         data = asdict(self)
         data["revisions"], data["heads"] = list(self.revisions), list(self.heads)
+        data["post_deploy"] = list(self.post_deploy)
         data["pending"] = [
             {**asdict(step), "down_revisions": list(step.down_revisions)} for step in self.pending
         ]
@@ -70,7 +73,12 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
             script = scripts.imported()
             with scripts.set_up():
                 return _alembic_run.render_offline(
-                    scripts.config, script, migrator.target, current, url=scripts.url, sql=sql
+                    scripts.config,
+                    script,
+                    plan.upgrade_target(migrator.target),
+                    current,
+                    url=scripts.url,
+                    sql=sql,
                 )
 
         pending = await anyio.to_thread.run_sync(render)
@@ -80,6 +88,7 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
         revisions=plan.db_revisions,
         heads=plan.heads,
         pending=tuple(pending),
+        post_deploy=plan.post_deploy,
     )
 
 
@@ -104,4 +113,5 @@ async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintRepor
     if plan.kind == "at_head":
         return LintReport(display(migrator.url), (), (), (), None, linter.settings.lint.rows)
     current = plan.start(migrator.baseline)
-    return await anyio.to_thread.run_sync(lambda: linter.report(current))
+    target = plan.upgrade_target(migrator.target)
+    return await anyio.to_thread.run_sync(lambda: linter.report(current, target=target))

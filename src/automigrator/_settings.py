@@ -191,7 +191,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 @dataclass(frozen=True)
 class Switch:
-    """Whether a start runs migrations: fixed, or read once from an environment variable.
+    """Whether a start runs migrations (fixed, or read once from an environment variable),
+    and whether it runs the post-deploy ones.
 
     ``enabled=True`` or ``enabled=False`` on the migrator is short for
     ``Switch(enabled=...)``.
@@ -204,12 +205,19 @@ class Switch:
         enabled: a fixed value; the variable is then not read.
         when_disabled: the switch off means ``"skip"`` (touch nothing) or
             ``"check"`` (check mode: wait for the target, never migrate).
+        post_deploy: whether a run applies post-deploy revisions (files that
+            say ``post_deploy = True``). ``False``: a start leaves them pending
+            and is ready without them, for ``automigrator upgrade --post-deploy``
+            once the rollout is done; an empty database gets them all anyway.
+            ``True`` (what ``--post-deploy`` sets): a deployment with no
+            rollout, a single instance.
     """
 
     env_var: str = "RUN_MIGRATIONS"
     default: bool = True
     enabled: bool | None = None
     when_disabled: WhenDisabled = "skip"
+    post_deploy: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.env_var, str) or not self.env_var:
@@ -218,6 +226,7 @@ class Switch:
         if self.enabled is not None:
             flag("Switch", "enabled", self.enabled)
         choice("Switch", "when_disabled", self.when_disabled, ("skip", "check"))
+        flag("Switch", "post_deploy", self.post_deploy)
 
     def read(self, environ: Mapping[str, str] | None = None) -> tuple[bool, str]:
         """The switch, and a phrase saying where it came from (for the log)."""

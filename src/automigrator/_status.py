@@ -116,6 +116,9 @@ class MigrationStatus:
     ddl_lock_timeout: float | None = None
     """In state ``migrating``: the lock timeout of the try running now (seconds; it grows
     on later tries), or None (no try runs, or ``Ddl(lock_timeout=None)``)."""
+    post_deploy: tuple[str, ...] = ()
+    """Post-deploy revisions left pending (``Switch(post_deploy=False)``, the default):
+    ``automigrator upgrade --post-deploy`` applies them after the rollout."""
     ahead: tuple[str, ...] = ()
     """Served on a database ahead of the code (``History(when_ahead=)``): the database's
     revisions this code does not know."""
@@ -169,6 +172,7 @@ class MigrationStatus:
             ],
             "ddl_retries": self.ddl_retries,
             "ddl_lock_timeout": self.ddl_lock_timeout,
+            "post_deploy": list(self.post_deploy),
             "ahead": list(self.ahead),
             "lint": [
                 # "rows": 100000 alone would read as the table's size where

@@ -180,7 +180,17 @@ def parser() -> argparse.ArgumentParser:
         help="seconds a migration statement may wait for a table lock "
         f"({DDL.lock_timeout:g}; 'none': the server's)",
     )
-    upgrade = commands.add_parser("upgrade", parents=[after, linted], help="migrate to the target")
+    # Post-deploy revisions: left pending unless asked for (after the rollout).
+    phase = _Parser(add_help=False)
+    phase.add_argument(
+        "--post-deploy",
+        action="store_true",
+        help="include the post-deploy revisions (post_deploy = True in their files), which "
+        "are otherwise left pending: run this once every replica runs the new version",
+    )
+    upgrade = commands.add_parser(
+        "upgrade", parents=[after, linted, phase], help="migrate to the target"
+    )
     upgrade.add_argument(
         "--on-failure",
         choices=sorted(POLICIES),
@@ -218,11 +228,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds a revision may spend on a busy table, tries and waits for its "
         f"blockers, before the run ends as contention ({DDL.budget:g})",
     )
-    commands.add_parser("check", parents=[after], help="is the database at the target?")
-    status = commands.add_parser("status", parents=[after], help="revisions, heads, pending")
+    commands.add_parser("check", parents=[after, phase], help="is the database at the target?")
+    status = commands.add_parser(
+        "status", parents=[after, phase], help="revisions, heads, pending"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     plan = commands.add_parser(
-        "plan", parents=[after], help="the pending revisions (and their SQL): nothing runs"
+        "plan", parents=[after, phase], help="the pending revisions (and their SQL): nothing runs"
     )
     plan.add_argument(
         "--sql", action="store_true", help="each revision's SQL, rendered offline by env.py"
@@ -230,7 +242,7 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     linting = commands.add_parser(
         "lint",
-        parents=[after, linted],
+        parents=[after, linted, phase],
         help="unsafe pending operations (exit 15)",
     )
     linting.add_argument(
@@ -247,7 +259,7 @@ def parser() -> argparse.ArgumentParser:
     )
     drifting.add_argument("--json", action="store_true", help="machine-readable output")
     wait = commands.add_parser(
-        "wait", parents=[after], help="block until the database is at the target"
+        "wait", parents=[after, phase], help="block until the database is at the target"
     )
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
     exclusive = commands.add_parser(
@@ -379,10 +391,13 @@ async def _command(args: argparse.Namespace) -> int:
     # that is not a switch is a mistake wherever it is read.
     switch = Switch()
     switch.read()
+    post_deploy = getattr(args, "post_deploy", False)
     options: dict[str, Any] = {
         "url": args.url,
         "target": args.target,
-        "enabled": None if args.command == "upgrade" else True,
+        "enabled": Switch(
+            enabled=None if args.command == "upgrade" else True, post_deploy=post_deploy
+        ),
         "before_scripts": _resolve(args.before_scripts),
     }
     connect = args.connect_timeout
@@ -477,9 +492,15 @@ async def _command(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             if plan.kind == "at_head" and not plan.past_target:
+                left = plan.post_deploy
                 print(
                     f"automigrator: {name + ': ' if name else ''}at the target: the "
-                    f"database is at {', '.join(plan.db_revisions)}",
+                    f"database is at {', '.join(plan.db_revisions)}"
+                    + (
+                        f" (post-deploy, left for --post-deploy: {', '.join(left)})"
+                        if left
+                        else ""
+                    ),
                     file=sys.stderr,
                 )
             if plan.kind != "at_head":
@@ -495,6 +516,7 @@ async def _command(args: argparse.Namespace) -> int:
             "revisions": list(plan.db_revisions),
             "heads": list(plan.heads),
             "pending": list(plan.pending),
+            "post_deploy": list(plan.post_deploy),
             "unknown": list(plan.unknown),
         }
     if args.command == "check":
@@ -603,6 +625,11 @@ def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
             f"-- {where}{shown.database}: {shown.plan}, at "
             f"{', '.join(shown.revisions) or 'base'}, target {', '.join(shown.heads)}, "
             f"{len(shown.pending)} revision(s) pending"
+            + (
+                f"; post-deploy, left for --post-deploy: {', '.join(shown.post_deploy)}"
+                if shown.post_deploy
+                else ""
+            )
         )
         for step in shown.pending:
             print(f"-- {step.revision} {step.message} ({step.path})")

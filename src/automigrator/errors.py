@@ -332,9 +332,15 @@ class UnsafeMigrationError(AutomigratorError):
         if not message:
             first = findings[0]
             more = f" (and {len(findings) - 1} more: see the log)" if len(findings) > 1 else ""
+            after = (
+                ""
+                if not first.old_version
+                else ", mark it post-deploy ('post_deploy = True' in the file: a start leaves "
+                "it for 'automigrator upgrade --post-deploy' after the rollout)"
+            )
             message = (
                 f"Not migrating: {first}{more}. Nothing was changed (lint='refuse'). Fix "
-                f"{first.path or 'the revision'}, allow the rule there with a comment "
+                f"{first.path or 'the revision'}{after}, allow the rule there with a comment "
                 f"'# automigrator: allow={first.rule}', or set lint='warn'."
             )
         super().__init__(message)

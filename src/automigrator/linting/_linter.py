@@ -23,7 +23,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
@@ -36,6 +36,9 @@ from ..errors import ConfigurationError, UnsafeMigrationError, first_line
 from ..run._reporting import Reporter
 from ..scripts._pending import PendingRevision
 from ..scripts._scripts import Scripts
+
+if TYPE_CHECKING:
+    from ..scripts._alembic_compat import Destination
 
 logger = logging.getLogger("automigrator")
 
@@ -102,15 +105,23 @@ class Linter:
         self.settings = settings  # the migrator's own: never copied
 
     def report(
-        self, current: tuple[str, ...], *, live: bool = True, each: bool = False
+        self,
+        current: tuple[str, ...],
+        *,
+        target: Destination | None = None,
+        live: bool = True,
+        each: bool = False,
     ) -> LintReport:
-        """Lint the revisions from ``current`` to the target (blocking: run it in a thread).
+        """Lint the revisions from ``current`` to ``target`` (default: the settings'; blocking:
+        run it in a thread).
 
         ``live``: read the tables' sizes from the database. ``each``: judge
         every revision as if the database stood just before it (for CI, with
         no live database: a table only its own revision creates is exempt).
+        A post-deploy revision (``post_deploy = True``) may break the old
+        version: it runs once that version is gone.
         """
-        from ..scripts import _alembic_run  # these import Alembic
+        from ..scripts import _alembic_run, _postdeploy  # these import Alembic
         from . import _rules, _squawk
 
         operations: dict[str, list[Any]] = {}
@@ -118,7 +129,7 @@ class Linter:
             pending = _alembic_run.render_offline(
                 self.scripts.config,
                 self.scripts.imported(),
-                self.settings.target,
+                self.settings.target if target is None else target,
                 current,
                 url=self.scripts.url,
                 sql=True,
@@ -152,6 +163,9 @@ class Linter:
         for step in pending:
             _check_allowances(step.path, allowed[step.revision], _squawk.find())
         found = [_allowed(f, allowed[f.revision]) for f in found]
+        script = self.scripts.imported()
+        later = {s.revision for s in pending if _postdeploy.is_post_deploy(script, s.revision)}
+        found = [_after_rollout(f) if f.revision in later else f for f in found]
         if live:
             found = self._weighed(found)
         return LintReport(
@@ -195,6 +209,7 @@ class Linter:
                             table=hit.table,
                             why=hit.message.rstrip("."),
                             instead=hit.help or f"see squawk's rule {hit.rule}",
+                            old_version=hit.rule in _squawk.OLD_VERSION,
                             source="squawk",
                             path=paths[revision],
                         )
@@ -244,8 +259,9 @@ class Linter:
             return {}  # an empty database has no table to lock, no old version to break
         baseline = self.settings.baseline
         current = plan.start(baseline.revision if baseline is not None else None)
+        target = plan.upgrade_target(self.settings.target)
         try:
-            report = await anyio.to_thread.run_sync(lambda: self.report(current))
+            report = await anyio.to_thread.run_sync(lambda: self.report(current, target=target))
         except Exception as exc:  # the lint informs; only "refuse" makes it a gate
             if self.settings.lint.mode == "refuse":
                 raise UnsafeMigrationError.unlinted(exc) from exc
@@ -306,6 +322,12 @@ def _check_allowances(path: str, names: set[str], squawk: str | None) -> None:
             f"rules: {', '.join(sorted(_rules.RULES))}; squawk's are written "
             "squawk:<rule>. Fix or remove the comment."
         )
+
+
+def _after_rollout(f: LintFinding) -> LintFinding:
+    # What breaks the old version is what a post-deploy revision is for; a
+    # lock on a big table still stalls the new version, and stays flagged.
+    return replace(f, verdict="post_deploy") if f.verdict == "flagged" and f.old_version else f
 
 
 def _allowed(f: LintFinding, allowed: set[str]) -> LintFinding:

@@ -32,6 +32,9 @@ class Rule:
     small table. False: the old version breaks, or queries queue, at any size."""
     why: str
     instead: str
+    old_version: bool = False
+    """Only the old version breaks on it (a dropped or renamed column or table): what a
+    post-deploy revision, run once that version is gone, is for."""
 
 
 _PG, _MY, _LITE = "postgresql", "mysql", "sqlite"
@@ -97,14 +100,18 @@ RULES: dict[str, Rule] = {
             _ALL,
             False,
             _OLD_VERSION + "still reads and writes the column",
-            "stop using it in one release (remove it from the models), drop it in the next",
+            "stop using it (remove it from the models) and drop it in a post-deploy revision "
+            "(post_deploy = True: run after the rollout), or in the next release",
+            old_version=True,
         ),
         Rule(
             "drop-table",
             _ALL,
             False,
             _OLD_VERSION + "still reads and writes the table",
-            "stop using it in one release, drop it in the next",
+            "stop using it and drop it in a post-deploy revision (post_deploy = True: run "
+            "after the rollout), or in the next release",
+            old_version=True,
         ),
         Rule(
             "rename-column",
@@ -112,7 +119,8 @@ RULES: dict[str, Rule] = {
             False,
             _OLD_VERSION + "still uses the old name",
             "add the new column, write both, backfill, move the reads, and drop the old one "
-            "in a later release",
+            "in a post-deploy revision (post_deploy = True) or a later release",
+            old_version=True,
         ),
         Rule(
             "rename-table",
@@ -120,7 +128,8 @@ RULES: dict[str, Rule] = {
             False,
             _OLD_VERSION + "still uses the old name",
             "create the new table (or a view under the old name), move the code over, and "
-            "drop the old one in a later release",
+            "drop the old one in a post-deploy revision (post_deploy = True) or a later release",
+            old_version=True,
         ),
         Rule(
             "no-lock-timeout",
@@ -144,6 +153,7 @@ def finding(rule: str, table: str | None, *, revision: str, path: str) -> LintFi
         why=known.why,
         instead=known.instead,
         weighed=known.weighed,
+        old_version=known.old_version,
         path=path,
     )
 

@@ -42,6 +42,9 @@ SAME_AS: dict[str, str] = {
     "require-lock-timeout": "no-lock-timeout",
 }
 LEFT_OUT = frozenset({"require-statement-timeout", "prefer-robust-stmts"})
+# squawk's rules we have no name for whose reason is "may break existing
+# clients": only the old version breaks on them, as on our old_version rules.
+OLD_VERSION = frozenset({"ban-drop-function", "ban-drop-view", "ban-drop-not-null"})
 
 _NAME = r'(?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?'
 _TABLE = re.compile(

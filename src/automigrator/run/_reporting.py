@@ -115,6 +115,15 @@ class Reporter:
             heads=plan.heads,
         )
         logger.debug("Plan: %s", plan)
+        if plan.post_deploy != self.status.post_deploy:
+            self._change(post_deploy=plan.post_deploy)
+            if plan.post_deploy and plan.kind == "at_head":
+                logger.info(
+                    "Post-deploy revision(s) %s left pending: the application is ready without "
+                    "them; 'automigrator upgrade --post-deploy' applies them once every replica "
+                    "runs this version",
+                    ", ".join(plan.post_deploy),
+                )
         if plan.unknown and plan.kind == "at_head" and self.status.ahead != plan.unknown:
             self._change(ahead=plan.unknown)
             why = (
@@ -142,11 +151,16 @@ class Reporter:
     def migrating(self, plan: Plan) -> None:
         """The upgrade of ``plan`` begins."""
         self._change(state=MigrationState.MIGRATING)
+        left = plan.post_deploy
         logger.info(
-            "Migrating from %s to %s: %d revision(s) to apply",
+            "Migrating from %s to %s: %d revision(s) to apply%s",
             ", ".join(plan.db_revisions) or "an empty database",
-            ", ".join(plan.heads),
+            ", ".join(plan.destination or plan.heads),
             len(plan.pending),
+            f"; post-deploy revision(s) {', '.join(left)} left for 'automigrator upgrade "
+            "--post-deploy' after the rollout"
+            if left
+            else "",
         )
 
     def reset(self, status: MigrationStatus) -> None:

@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -48,6 +49,9 @@ from ..scripts._hooks import RunHooks
 from ..scripts._scripts import Scripts
 from ._reporting import Reporter
 from ._waits import poll
+
+if TYPE_CHECKING:
+    from ..scripts._alembic_compat import Destination
 
 logger = logging.getLogger("automigrator")
 
@@ -103,7 +107,12 @@ class Upgrader:
         self.baseline = settings.baseline
 
     async def run(
-        self, plan: Plan, *, target: str, version_table: VersionTable, hooks: RunHooks
+        self,
+        plan: Plan,
+        *,
+        target: Destination,
+        version_table: VersionTable,
+        hooks: RunHooks,
     ) -> None:
         """Upgrade ``plan`` to ``target``; a revision that met a busy table is tried again.
 
@@ -180,7 +189,9 @@ class Upgrader:
         stamp = partial(self.scripts.stamp, revision, version_table=version_table, hooks=hooks)
         await anyio.to_thread.run_sync(stamp)
 
-    async def _tries(self, target: str, *, version_table: VersionTable, hooks: RunHooks) -> None:
+    async def _tries(
+        self, target: Destination, *, version_table: VersionTable, hooks: RunHooks
+    ) -> None:
         tried = 0
         began = time.monotonic()
         while True:

@@ -17,6 +17,9 @@ import alembic.util
 from alembic.script import ScriptDirectory
 
 Loader = Callable[[Any, Any], types.ModuleType]
+Destination = str | tuple[str, ...]
+"""Where an upgrade goes, as Alembic takes it: a revision, label or ``head``, or
+several revisions (one per branch)."""
 
 _patch_lock = threading.Lock()
 _invoke_lock = threading.Lock()
@@ -32,16 +35,19 @@ def version_locations(script: ScriptDirectory) -> list[str]:
     return [str(location) for location in script._version_locations]
 
 
-def upgrade_steps(script: ScriptDirectory, target: str, current: Any) -> Iterable[Any]:
+def upgrade_steps(script: ScriptDirectory, target: Destination, current: Any) -> Iterable[Any]:
     """Alembic's own upgrade steps from ``current`` to ``target`` (``_upgrade_revs``).
 
     The same list ``command.upgrade`` hands to env.py's run; public Alembic
     offers it only from inside a running env.py.
     """
-    return script._upgrade_revs(target, current)
+    # Typed str, but resolved by iterate_revisions, which takes a tuple too.
+    return script._upgrade_revs(target, current)  # type: ignore[arg-type]
 
 
-def stamp_steps(script: ScriptDirectory, revision: str, current: Sequence[str]) -> Iterable[Any]:
+def stamp_steps(
+    script: ScriptDirectory, revision: Destination, current: Sequence[str]
+) -> Iterable[Any]:
     """Alembic's own stamp steps (``_stamp_revs``), as ``command.stamp`` uses them."""
     return script._stamp_revs(revision, current)  # type: ignore[arg-type]
 
@@ -109,3 +115,10 @@ def recording_operations() -> Iterator[Recorded]:
             yield recorded
         finally:
             owner.invoke = original  # type: ignore[attr-defined]
+
+
+def parents(script: ScriptDirectory, revision: str) -> tuple[str, ...]:
+    """The revisions ``revision`` follows: its down revisions and its resolved
+    ``depends_on`` (``Revision._all_down_revisions``); an upgrade applies them first."""
+    found = script.revision_map.get_revision(revision)
+    return tuple(found._all_down_revisions) if found is not None else ()

@@ -55,7 +55,7 @@ from ..errors import (
 )
 from ..locking import HeldLock, fenced
 from ..process._logging import LoggingGuard
-from ._alembic_compat import recording_operations, stamp_steps, upgrade_steps
+from ._alembic_compat import Destination, recording_operations, stamp_steps, upgrade_steps
 from ._configfile import config_error_text
 from ._fingerprints import of_script
 from ._hooks import RunHooks
@@ -441,7 +441,7 @@ def _environment(
     cfg: Config,
     script: ScriptDirectory,
     fn: Any,
-    destination: str,
+    destination: Destination,
     recorder: _Supervisor,
     url: URL,
 ) -> EnvironmentContext:
@@ -522,7 +522,7 @@ def _environment(
 def render_offline(
     cfg: Config,
     script: ScriptDirectory,
-    target: str,
+    target: Destination,
     current: Sequence[str],
     *,
     url: URL,
@@ -617,7 +617,7 @@ def _render_step(
 def run_env(
     cfg: Config,
     script: ScriptDirectory,
-    destination: str,
+    destination: Destination,
     *,
     url: URL,
     version_table: VersionTable,

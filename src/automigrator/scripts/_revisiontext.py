@@ -1,7 +1,8 @@
-"""The four names a revision file states, read from its text without running it.
+"""The names a revision file states, read from its text without running it.
 
 ``revision``, ``down_revision``, ``branch_labels`` and ``depends_on``: all
-Alembic needs of a file to place it in the graph. A quick scan of the lines
+Alembic needs of a file to place it in the graph; and ``post_deploy``, which
+tells a start to leave the revision for after the rollout. A quick scan of the lines
 first; where it is unsure, Python's own parser decides; where the file
 computes a value (or binds a name any other way), the answer is "not plain"
 and the caller imports the file as Alembic would. Nothing here imports
@@ -61,7 +62,7 @@ def read_file(path: Path) -> dict[str, Any] | None:
 
 
 def read_names(text: str) -> dict[str, Any] | None:
-    """The literal values of the four names, or None if the text is not plain.
+    """The literal values of the names, or None if the text is not plain.
 
     A quick scan of the lines first; where it is unsure (a name assigned
     twice, a docstring showing an assignment), Python's own parser decides.
@@ -77,7 +78,7 @@ def read_names(text: str) -> dict[str, Any] | None:
 
 
 def _scan(text: str) -> dict[str, Any] | None:
-    # Every mention of a name must be one of the four plain assignments at
+    # Every mention of a name must be one of the plain assignments at
     # the start of a line, or sit in a comment or a docstring. Anything else
     # (bound another way: imported, unpacked, chained, in a block, matched;
     # or merely used) and Python's parser decides.
@@ -103,7 +104,7 @@ def _mentions(text: str) -> Iterator[tuple[int, int, str]]:
     # Each whole-word mention of a name: (start, end, name). str.find, not a
     # regex: a regex alternation tried at every offset of a long file costs
     # more than all the rest of the scan.
-    for word in ("revision", "branch_labels", "depends_on"):
+    for word in ("revision", "branch_labels", "depends_on", "post_deploy"):
         start = text.find(word)
         while start >= 0:
             end = start + len(word)
@@ -165,7 +166,7 @@ def _parse(text: str) -> dict[str, Any] | None:
     return found
 
 
-_NAMES = frozenset(("revision", "down_revision", "branch_labels", "depends_on"))
+_NAMES = frozenset(("revision", "down_revision", "branch_labels", "depends_on", "post_deploy"))
 
 
 def _binds(node: ast.AST) -> str | None:

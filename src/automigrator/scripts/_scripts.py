@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
     from ..database._contention import UpgradeTry
+    from ._alembic_compat import Destination
     from ._hooks import RunHooks
 
 BeforeScripts = Callable[[], AbstractContextManager[Any] | None]
@@ -295,7 +296,7 @@ class Scripts:
 
     def upgrade(
         self,
-        target: str,
+        target: Destination,
         *,
         version_table: VersionTable,
         hooks: RunHooks,

@@ -8,7 +8,7 @@ histories, on every start, while the answer is almost always "at head".
 Here Alembic still does everything (finding the files, the version locations,
 ``sourceless``, the graph and its heads) except the import: while
 :func:`load` builds the graph, Alembic's ``load_python_file`` is answered, for our thread
-only, by a module object holding the four names read from the file's text.
+only, by a module object holding the names read from the file's text.
 Where the text does not state them plainly (a computed value, two
 assignments, an assignment in a block), the file is imported as usual. A
 property test holds the result equal to Alembic's own heads.
@@ -53,9 +53,10 @@ class Graph:
 def load(cfg: Config, before_import: Callable[[], None] | None = None) -> Graph | None:
     """The revision graph, read without importing the files; None if Alembic fails.
 
-    Good for planning (heads, pending revisions, ancestry), never for running:
-    its modules hold only the four names. On failure (a broken graph, a
-    missing folder) the caller imports the scripts, and reports the problem.
+    Good for planning (heads, pending revisions, ancestry, post-deploy), never
+    for running: its modules hold only the names ``_revisiontext`` reads. On
+    failure (a broken graph, a missing folder) the caller imports the scripts,
+    and reports the problem.
     ``before_import`` is called once, before the first file that has to be
     imported after all (the application's set-up hook).
     """
@@ -101,7 +102,7 @@ def _load_python_file(dir_: Any, filename: Any) -> types.ModuleType:
 
 
 def read_module(path: Path) -> types.ModuleType | None:
-    """A module holding the four names as the file states them, or None if unsure."""
+    """A module holding the names as the file states them, or None if unsure."""
     values = read_file(path)
     if values is None:
         return None
