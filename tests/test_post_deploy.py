@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 
 from automigrator import (
     AutoMigrator,
+    Baseline,
     ConfigurationError,
     Lint,
     Switch,
@@ -328,3 +329,23 @@ def test_the_rename_recipe_serves_both_versions_through_the_rollout(
             sa.text("INSERT INTO users (full_name) VALUES ('dee')")
         )  # the trigger is gone
     engine.dispose()
+
+
+def test_an_empty_database_made_by_a_baseline_gets_its_post_deploy_revisions_too(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # Baseline.create makes the tables and stamps r1 first: the database then
+    # has a revision, but nothing old ever served from it.
+    initial = sa.MetaData()
+    sa.Table(
+        "users",
+        initial,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50)),
+    )
+    ini = make_project(tmp_path / "proj", (USERS, EMAIL, NICKNAME, DROP_EMAIL))
+    migrator = AutoMigrator(ini, url=sqlite_url, baseline=Baseline("r1", create=initial))
+    status = anyio.run(migrator.run)
+    assert [a.revision for a in status.applied] == ["r2", "r3", "r4"]
+    assert status.post_deploy == ()
+    assert columns(sqlite_url) == {"id", "name", "nick"}

@@ -331,8 +331,9 @@ class AutoMigrator(MigrationRunner):
             if isinstance(self.on_failure, BeforeUpgrade):
                 await self.on_failure.before_upgrade(self)  # e.g. RestoreBackup's copy
             if self._upgrader.stamps_first(plan):
+                empty = plan.kind == "empty"  # nothing old serves from it: no post-deploy left
                 await self._upgrader.stamp_baseline(plan, self.version_table, self._waiter.held)
-                plan = await self.plan()
+                plan = (await self.plan()).with_post_deploy() if empty else await self.plan()
             if plan.kind != "at_head":
                 try:
                     await self.upgrade(plan)

@@ -117,6 +117,13 @@ class Plan:
         servable = not self.pending and plan.breaking() is None
         return replace(plan, kind="at_head") if servable else plan
 
+    def with_post_deploy(self) -> Plan:
+        """This plan with the post-deploy revisions it leaves back in ``pending``."""
+        if not self.post_deploy:
+            return self
+        pending = self.pending + self.post_deploy  # they only follow what is pending
+        return replace(self, kind="behind", pending=pending, post_deploy=(), destination=())
+
     def breaking(self) -> tuple[str, str] | None:
         """The first unknown revision that may break this code, and why; None if none."""
         for revision, verdict in self.ahead:
