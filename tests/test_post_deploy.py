@@ -349,3 +349,59 @@ def test_an_empty_database_made_by_a_baseline_gets_its_post_deploy_revisions_too
     assert [a.revision for a in status.applied] == ["r2", "r3", "r4"]
     assert status.post_deploy == ()
     assert columns(sqlite_url) == {"id", "name", "nick"}
+
+
+def test_a_post_deploy_drop_a_start_must_apply_is_judged_as_during_the_rollout(
+    tmp_path: Path, server_db: URL
+) -> None:
+    # r4 (post-deploy) is followed by an ordinary r5: a start applies it now,
+    # with the old version serving; the lint must not pass it as "after".
+    later = Rev("r5", "r4", "add age", 'op.add_column("users", sa.Column("age", sa.Integer))')
+    ini = at_r2(tmp_path, server_db, NICKNAME, DROP_EMAIL, later)
+    with pytest.raises(UnsafeMigrationError) as refused:
+        anyio.run(AutoMigrator(ini, url=server_db, lint="refuse").run)
+    assert refused.value.findings[0].revision == "r4"
+    assert "--post-deploy --target r4" in refused.value.message
+    assert "mark it post-deploy" not in refused.value.message  # it is already
+    assert revisions(server_db) == {"r2"}
+    assert "email" in columns(server_db)
+
+    first = cli(ini, server_db, "upgrade", "--post-deploy", "--target", "r4", "--lint", "refuse")
+    assert first.returncode == 0, first.stderr  # the way out the refusal names
+    status = anyio.run(AutoMigrator(ini, url=server_db, lint="refuse").run)
+    assert [a.revision for a in status.applied] == ["r5"]
+
+
+def test_the_lint_command_prints_post_deploy_findings(tmp_path: Path, sqlite_url: URL) -> None:
+    ini = at_r2(tmp_path, sqlite_url, NICKNAME, DROP_EMAIL)
+    for args in (("--post-deploy",), ("--since", "base")):
+        done = cli(ini, sqlite_url, "lint", *args)
+        assert done.returncode == 0, done.stderr
+        assert "post-deploy: revision r4: drop-column on users" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("lines", "left"),
+    [
+        # A string showing the line, after a triple quote inside a raw string.
+        ('QUOTE = r\'"""\'\nNOTES = """\npost_deploy = True\n"""', False),
+        ('globals()["post_deploy"] = True', True),
+        ("vars().update(post_deploy=True)", True),
+        ("post_deploy: bool = True", True),
+        ("# post_deploy = True", False),
+    ],
+    ids=["in-a-string", "globals", "vars-update", "annotated", "comment"],
+)
+def test_post_deploy_is_what_python_says_the_file_says(
+    tmp_path: Path, sqlite_url: URL, lines: str, left: bool
+) -> None:
+    # The plan outside the lock (status, check mode, wait) reads files as
+    # text; it must agree with the start's, which imports them.
+    ini = at_r2(tmp_path, sqlite_url, NICKNAME)
+    path = ini.parent / "migrations" / "versions" / "r3.py"
+    path.write_text(path.read_text().replace("depends_on = None", f"depends_on = None\n{lines}"))
+    shown = json.loads(cli(ini, sqlite_url, "status", "--json").stdout)
+    assert shown["post_deploy"] == (["r3"] if left else [])
+    assert shown["pending"] == ([] if left else ["r3"])
+    status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert status.post_deploy == (("r3",) if left else ())

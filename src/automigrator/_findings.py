@@ -46,6 +46,8 @@ class LintFinding:
     old_version: bool = False
     """Whether only the old version breaks on it (a dropped or renamed column or
     table): a post-deploy revision may do it."""
+    post_deploy: bool = False
+    """Whether its revision is a post-deploy one (``post_deploy = True``)."""
     source: Literal["automigrator", "squawk"] = "automigrator"
     path: str = ""
     """The revision's file."""

@@ -652,7 +652,12 @@ def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
             f"{len(report.flagged)} finding(s)"
         )
         for f in report.findings:
-            label = {"flagged": "UNSAFE", "allowed": "allowed", "small": "passed"}[f.verdict]
+            label = {
+                "flagged": "UNSAFE",
+                "allowed": "allowed",
+                "small": "passed",
+                "post_deploy": "post-deploy",
+            }[f.verdict]
             print(f"{label}: {f} [{f.path}]")
         for revision, why in report.not_linted:
             print(f"not linted past its failure: revision {revision} ({why})")

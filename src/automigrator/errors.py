@@ -334,7 +334,7 @@ class UnsafeMigrationError(AutomigratorError):
             more = f" (and {len(findings) - 1} more: see the log)" if len(findings) > 1 else ""
             after = (
                 ""
-                if not first.old_version
+                if not first.old_version or first.post_deploy
                 else ", mark it post-deploy ('post_deploy = True' in the file: a start leaves "
                 "it for 'automigrator upgrade --post-deploy' after the rollout)"
             )

@@ -164,8 +164,13 @@ class Linter:
             _check_allowances(step.path, allowed[step.revision], _squawk.find())
         found = [_allowed(f, allowed[f.revision]) for f in found]
         script = self.scripts.imported()
-        later = {s.revision for s in pending if _postdeploy.is_post_deploy(script, s.revision)}
-        found = [_after_rollout(f) if f.revision in later else f for f in found]
+        marked = {s.revision for s in pending if _postdeploy.is_post_deploy(script, s.revision)}
+        # A start applies a post-deploy revision only where an ordinary one
+        # follows it: during the rollout, so it is judged as that. Runs with
+        # the post-deploy revisions (the Job after the rollout) and CI (each
+        # revision as it will run) let them do what they are for.
+        after = each or self.settings.switch.post_deploy
+        found = [_in_post_deploy(f, after=after) if f.revision in marked else f for f in found]
         if live:
             found = self._weighed(found)
         return LintReport(
@@ -324,10 +329,22 @@ def _check_allowances(path: str, names: set[str], squawk: str | None) -> None:
         )
 
 
-def _after_rollout(f: LintFinding) -> LintFinding:
+def _in_post_deploy(f: LintFinding, *, after: bool) -> LintFinding:
     # What breaks the old version is what a post-deploy revision is for; a
     # lock on a big table still stalls the new version, and stays flagged.
-    return replace(f, verdict="post_deploy") if f.verdict == "flagged" and f.old_version else f
+    f = replace(f, post_deploy=True)
+    if f.verdict != "flagged" or not f.old_version:
+        return f
+    if after:
+        return replace(f, verdict="post_deploy")
+    return replace(
+        f,
+        why=f"{f.why}; it is a post-deploy revision, but an ordinary revision after it "
+        "makes this start apply it during the rollout",
+        instead="if it is an earlier release's whose post-deploy run never came, apply it "
+        f"first ('automigrator upgrade --post-deploy --target {f.revision}'), then deploy; "
+        "if it is this release's, put the ordinary revisions before it",
+    )
 
 
 def _allowed(f: LintFinding, allowed: set[str]) -> LintFinding:

@@ -67,7 +67,9 @@ def read_names(text: str) -> dict[str, Any] | None:
     A quick scan of the lines first; where it is unsure (a name assigned
     twice, a docstring showing an assignment), Python's own parser decides.
     """
-    found = _scan(text)
+    # post_deploy decides what a start leaves out: the few files that mention
+    # it are read by Python's parser, never by the scan's quote counting.
+    found = None if "post_deploy" in text else _scan(text)
     if found is None:
         found = _parse(text)
     if found is None or any(name not in found for name in _REQUIRED):
@@ -163,7 +165,19 @@ def _parse(text: str) -> dict[str, Any] | None:
         bound = _binds(each)
         if bound is not None and bound in _NAMES and id(each) not in plain:
             return None
+        if _names_post_deploy(each) and id(each) not in plain:
+            return None  # globals()["post_deploy"] = ..., vars().update(post_deploy=...)
     return found
+
+
+def _names_post_deploy(node: ast.AST) -> bool:
+    """A mention of ``post_deploy`` that may bind it some other way than a plain
+    assignment: the name itself, the string ``"post_deploy"``, a keyword."""
+    if isinstance(node, ast.Name):
+        return node.id == "post_deploy"
+    if isinstance(node, ast.Constant):
+        return node.value == "post_deploy"
+    return isinstance(node, ast.keyword) and node.arg == "post_deploy"
 
 
 _NAMES = frozenset(("revision", "down_revision", "branch_labels", "depends_on", "post_deploy"))
