@@ -543,6 +543,29 @@ def test_an_old_replica_restarted_mid_rollout_serves_only_past_compatible_revisi
     assert revisions(server_db) == {"r3"}  # never downgraded
 
 
+# Findings that are about the table's lock, not the old version's code.
+CHAR_CODE = Rev("r3", "r2", "add code", 'op.execute("ALTER TABLE users ADD COLUMN code char(3)")')
+
+
+@pytest.mark.parametrize(
+    ("third", "ddl"),
+    [(CHAR_CODE, Ddl()), (ADD_AGE, Ddl(lock_timeout=None))],
+    ids=["squawk-char-field", "no-lock-timeout"],
+)
+def test_an_old_replica_serves_past_a_revision_flagged_for_something_else_than_its_code(
+    tmp_path: Path, pg_url: URL, third: Rev, ddl: Ddl
+) -> None:
+    # squawk's ban-char-field, or no lock timeout: flagged, and still
+    # harmless to the version before it, so recorded compatible.
+    ini = deployed(tmp_path, pg_url, broken=third)
+    status = anyio.run(AutoMigrator(ini, url=pg_url, ddl=ddl).run)
+    assert status.lint  # flagged all the same
+    (ini.parent / "migrations" / "versions" / "r3.py").unlink()
+    old = anyio.run(AutoMigrator(ini, url=pg_url).run)
+    assert old.ready
+    assert old.ahead == ("r3",)
+
+
 @pytest.mark.parametrize(
     ("ledger", "why"),
     [

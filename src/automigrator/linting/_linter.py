@@ -69,9 +69,12 @@ class LintReport:
 
     def verdicts(self) -> dict[str, str]:
         """Each linted revision, as the ledger records it: ``breaking`` if a rule says
-        the app's version before it breaks on it (not a rule about table size),
+        the app's version before it breaks on it (a dropped or renamed column, a NOT
+        NULL column it does not write; not a lock, nor a missing lock timeout),
         else ``compatible``. A revision that could not be rendered has none."""
-        breaking = {f.revision for f in self.findings if not f.weighed}
+        from . import _rules
+
+        breaking = {f.revision for f in self.findings if _rules.breaks_old_version(f)}
         unknown = {revision for revision, _ in self.not_linted}
         return {
             rev: "breaking" if rev in breaking else "compatible"

@@ -35,6 +35,9 @@ class Rule:
     old_version: bool = False
     """Only the old version breaks on it (a dropped or renamed column or table): what a
     post-deploy revision, run once that version is gone, is for."""
+    breaks_old_version: bool = False
+    """The old version breaks on it, and not only it (a NOT NULL column it does not
+    write also fails on a table with rows)."""
 
 
 _PG, _MY, _LITE = "postgresql", "mysql", "sqlite"
@@ -66,6 +69,7 @@ RULES: dict[str, Rule] = {
             + "inserts rows without it",
             "add it nullable or with a server_default, backfill, and make it NOT NULL "
             "in a later release",
+            breaks_old_version=True,
         ),
         Rule(
             "change-column-type",
@@ -141,6 +145,13 @@ RULES: dict[str, Rule] = {
         ),
     )
 }
+
+
+def breaks_old_version(f: LintFinding) -> bool:
+    """Whether the version of the app before ``f``'s revision breaks on it: the
+    ledger's ``breaking`` verdict, which an old replica restarted mid-rollout reads."""
+    known = RULES.get(f.rule)
+    return f.old_version or (known is not None and known.breaks_old_version)
 
 
 def finding(rule: str, table: str | None, *, revision: str, path: str) -> LintFinding:
