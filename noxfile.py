@@ -115,7 +115,7 @@ def bench(session: nox.Session) -> None:
         name, *rest = session.posargs
         session.run("python", "-m", f"benchmarks.{name}", *rest)
         return
-    for name in ("startup", "lag", "replicas", "live", "reaping", "lint"):
+    for name in ("startup", "lag", "replicas", "live", "reaping", "lint", "rolling"):
         session.run("python", "-m", f"benchmarks.{name}")
 
 
