@@ -65,8 +65,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +75,9 @@ from alembic.config import Config
 from sqlalchemy.engine import URL
 
 from benchmarks.history import TEMPLATE
+from benchmarks.replicas import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 VARIANTS = ("plain", "defaults", "background")
 ROWS = 200_000
 TIMEOUT = 5.0  # seconds: a request slower than this failed
@@ -138,22 +136,6 @@ def project(root: Path, revisions: list[str]) -> Path:
         (root / "migrations" / "versions" / f"{rev}.py").write_text(text)
         down = rev
     return ini
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[URL]:
-    """A new PostgreSQL database, ``bench_rolling_...``, dropped afterwards."""
-    admin_url = sa.make_url(os.environ.get("AUTOMIGRATOR_TEST_POSTGRES_URL", DEFAULT_PG))
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    name = f"bench_rolling_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield admin_url.set(database=name)
-    finally:
-        with admin.connect() as conn:  # FORCE: only this database's own sessions
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
 
 
 def set_up(ini: Path, url: URL) -> None:
@@ -749,7 +731,7 @@ def main() -> None:
             new = project(root / "new", ["r1", "r2", "r3", "r4"])
             logs = root / "logs"
             logs.mkdir()
-            with fresh_database() as url:
+            with fresh_database("postgresql", Path(folder)) as url:
                 set_up(old, url)
                 result = asyncio.run(rollout(variant, args, old, new, url, logs))
             rows.append(report(result, args.rate, verbose=args.verbose))
