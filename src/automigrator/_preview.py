@@ -19,6 +19,7 @@ import anyio.to_thread
 from ._migrator import AutoMigrator
 from ._plan import PlanKind
 from .database._connections import display
+from .errors import ConfigurationError
 from .linting._linter import LintReport
 from .scripts._pending import PendingRevision
 
@@ -92,7 +93,9 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
     )
 
 
-async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintReport:
+async def lint(
+    migrator: AutoMigrator, *, since: str | None = None, changed_from: str | None = None
+) -> LintReport:
     """The lint of the revisions an upgrade of ``migrator``'s database would apply.
 
     Each finding names the revision, the rule, the table and its rows (read
@@ -103,8 +106,17 @@ async def lint(migrator: AutoMigrator, *, since: str | None = None) -> LintRepor
     ``since``: lint, without a database, every revision after ``since``
     (``"base"`` for all of them), each as if the database stood just before
     it with big tables (for CI, where no live database tells the sizes).
+    ``changed_from``: the same, for the revision files git sees as added
+    since that ref (a branch, a tag, a commit): what a change brings.
     """
     linter = migrator.linter
+    if since is not None and changed_from is not None:
+        raise ConfigurationError(
+            "lint: give since= (every revision after one) or changed_from= (the revisions a "
+            "change adds), not both."
+        )
+    if changed_from is not None:
+        return await anyio.to_thread.run_sync(lambda: linter.changed(changed_from))
     if since is not None:
         start: tuple[str, ...] = () if since == "base" else (since,)
         return await anyio.to_thread.run_sync(lambda: linter.report(start, live=False, each=True))

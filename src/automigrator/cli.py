@@ -26,6 +26,7 @@ the Alembic config. Passwords are never printed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, get_args
 
 import anyio
+import sqlalchemy as sa
 
 from ._drift import DriftReport, drift
 from ._group import MigratorGroup
@@ -104,7 +106,8 @@ commands:
   status    revisions, heads and pending revisions (--json for machines)
   plan      the pending revisions, with --sql their SQL: no DDL, no lock
   lint      the pending revisions' unsafe operations (exit 15 if any), weighed by
-            the live tables' sizes; --since REV|base lints without a database
+            the live tables' sizes; --since REV|base or --changed-from REF (what a
+            git change adds) lints without a database, --dialect KIND for which
   drift     the live schema against env.py's target_metadata, as autogenerate
             compares them (exit 16 on any difference); nothing runs
   wait      block until another process has migrated (init containers)
@@ -125,6 +128,8 @@ examples:
   automigrator status --json
   automigrator plan --sql > pending.sql
   automigrator lint --since base
+  automigrator lint --changed-from origin/main --dialect postgresql
+  automigrator upgrade --post-deploy      (after the rollout)
   automigrator drift --json
   automigrator verify && automigrator history
   automigrator resolve 3f2a --not-applied --reason "dropped the half-made index"
@@ -245,11 +250,24 @@ def parser() -> argparse.ArgumentParser:
         parents=[after, linted, phase],
         help="unsafe pending operations (exit 15)",
     )
-    linting.add_argument(
+    offline = linting.add_mutually_exclusive_group()
+    offline.add_argument(
         "--since",
         metavar="REV",
         help="lint every revision after REV ('base': all), without a database, each as if "
         "its tables were big",
+    )
+    offline.add_argument(
+        "--changed-from",
+        metavar="REF",
+        help="lint the revision files git sees as added since REF (a branch, tag or commit), "
+        "without a database, each as if its tables were big: what a change brings",
+    )
+    linting.add_argument(
+        "--dialect",
+        choices=sorted(_DRIVERS),
+        help="with --since or --changed-from: the database kind the revisions are rendered "
+        "and judged for, instead of the URL's (CI with no database and a placeholder URL)",
     )
     linting.add_argument("--json", action="store_true", help="machine-readable output")
     drifting = commands.add_parser(
@@ -373,6 +391,41 @@ _WAITING = ("upgrade", "wait", "exclusively", "resolve")
 _LOOK_CONNECT = 10.0
 
 
+# For --dialect: the drivers SQLAlchemy knows for each kind, the first one
+# installed is used (a lint without a database imports no driver module, but
+# the migrator builds its engine).
+_DRIVERS = {
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2"), ("pg8000", "pg8000")),
+    "mysql": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb"), ("mariadbconnector", "mariadb")),
+    "mariadb": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb"), ("mariadbconnector", "mariadb")),
+    "sqlite": (("pysqlite", "sqlite3"),),
+}
+
+
+def _dialect_url(dialect: str, url: str | None, *, offline: bool) -> str:
+    """The URL a ``--dialect`` lint renders with: a placeholder of that kind, never
+    connected to; a ``--url`` of another kind is a mistake to name."""
+    if not offline:
+        raise ConfigurationError(
+            "--dialect is for a lint without a database (with --since or --changed-from); "
+            "against a database, its URL says the kind."
+        )
+    if url is not None:
+        given = sa.make_url(url).get_backend_name()
+        if given != dialect:
+            raise ConfigurationError(
+                f"--dialect {dialect}, but --url is a {given} URL: drop one of the two."
+            )
+        return url
+    if dialect == "sqlite":
+        return "sqlite://"
+    found = next(
+        (driver for driver, module in _DRIVERS[dialect] if importlib.util.find_spec(module)),
+        _DRIVERS[dialect][0][0],
+    )
+    return f"{dialect}+{found}://ci@localhost/ci"
+
+
 def _seconds_or_none(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
@@ -412,6 +465,10 @@ async def _command(args: argparse.Namespace) -> int:
     options["history"] = History(table=args.history_table, app_version=args.app_version)
     if args.lock_url:
         options["lock_url"] = args.lock_url
+    if args.command == "lint" and args.dialect is not None:
+        options["url"] = _dialect_url(
+            args.dialect, args.url, offline=bool(args.since or args.changed_from)
+        )
     if args.command in ("upgrade", "lint"):
         upgrading = args.command == "upgrade"
         options["ddl"] = Ddl(
@@ -470,7 +527,10 @@ async def _command(args: argparse.Namespace) -> int:
         _print_previews(previews, as_json=args.json)
         return 0
     if args.command == "lint":
-        linted = {name: await lint(m, since=args.since) for name, m in members.items()}
+        linted = {
+            name: await lint(m, since=args.since, changed_from=args.changed_from)
+            for name, m in members.items()
+        }
         _print_lint(linted, as_json=args.json)
         return UNSAFE if any(r.flagged for r in linted.values()) else 0
     if args.command == "drift":

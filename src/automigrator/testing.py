@@ -136,20 +136,30 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(anyio.run, work).result()
 
 
-def assert_migrations_are_safe(migrator: AutoMigrator, *, since: str = "base") -> LintReport:
+def assert_migrations_are_safe(
+    migrator: AutoMigrator, *, since: str = "base", changed_from: str | None = None
+) -> LintReport:
     """Fail (``AssertionError``) if the lint flags any revision after ``since``.
 
     No database is needed: each revision is judged as if the database stood
     just before it, with big tables (the sizes are the deploy's to know).
     Allow a rule in a revision that has made its peace with it by a comment
     in its file (``# automigrator: allow=drop-column``). Pass the revision
-    production is at as ``since`` to judge only the new ones. Returns the
-    report (allowed findings included) when nothing is flagged.
+    production is at as ``since`` to judge only the new ones, or a git ref
+    as ``changed_from`` to judge the revision files added since it (a pull
+    request's). Returns the report (allowed findings included) when nothing
+    is flagged.
     """
-    report = migrator.linter.report(() if since == "base" else (since,), live=False, each=True)
+    if changed_from is not None:
+        report = migrator.linter.changed(changed_from)
+        where = f"added since {changed_from}"
+    else:
+        start = () if since == "base" else (since,)
+        report = migrator.linter.report(start, live=False, each=True)
+        where = f"after {since}"
     if report.flagged:
         found = "\n".join(f"- {f} [{f.path}]" for f in report.flagged)
         raise AssertionError(
-            f"{len(report.flagged)} unsafe operation(s) in the revisions after {since}:\n{found}"
+            f"{len(report.flagged)} unsafe operation(s) in the revisions {where}:\n{found}"
         )
     return report

@@ -185,6 +185,23 @@ class Linter:
             threshold=self.settings.lint.rows,
         )
 
+    def changed(self, ref: str) -> LintReport:
+        """Lint, without a database, the revisions whose files git sees as added since
+        ``ref``, each as if the database stood just before it (blocking)."""
+        from . import _changes
+
+        script = self.scripts.imported()
+        added = set(_changes.added_revisions(script, ref))
+        if not added:
+            return LintReport(display(self.engine.url), (), (), (), None, self.settings.lint.rows)
+        report = self.report(_changes.starts(script, tuple(added)), live=False, each=True)
+        return replace(
+            report,
+            revisions=tuple(r for r in report.revisions if r in added),
+            findings=tuple(f for f in report.findings if f.revision in added),
+            not_linted=tuple(n for n in report.not_linted if n[0] in added),
+        )
+
     def _squawked(
         self,
         binary: str,

@@ -557,7 +557,7 @@ def render_offline(
         for step in steps:
             if recorded is not None and operations is not None:
                 recorded.into = operations.setdefault(step.revision.revision, [])
-            text, why = _render_step(cfg, script, step, heads) if sql else (None, None)
+            text, why = _render_step(cfg, script, step, heads, url) if sql else (None, None)
             text, why = (None if t is None else redact(t, url) for t in (text, why))
             revision = step.revision
             rendered.append(
@@ -594,7 +594,7 @@ def _quiet_offline_lines() -> Iterator[None]:
 
 
 def _render_step(
-    cfg: Config, script: ScriptDirectory, step: Any, heads: list[str]
+    cfg: Config, script: ScriptDirectory, step: Any, heads: list[str], url: URL
 ) -> tuple[str | None, str | None]:
     buffer = io.StringIO()
     env = EnvironmentContext(
@@ -611,7 +611,26 @@ def _render_step(
             script.run_env()
     except Exception as exc:
         return None, f"{type(exc).__name__}: {first_line(exc)}"
+    _check_rendered_for(url, env)
     return buffer.getvalue(), None
+
+
+def _check_rendered_for(url: URL, env: EnvironmentContext) -> None:
+    """Refuse SQL env.py rendered for another kind of database than ``url``'s: its
+    offline path took a URL from elsewhere, and the lint would judge the wrong SQL."""
+    try:
+        rendered = env.get_context().dialect.name
+    except Exception:  # Alembic's own: env.py never called configure(), nothing rendered
+        return
+    expected = url.get_dialect().name
+    if rendered != expected:
+        raise ConfigurationError(
+            f"env.py rendered the revisions' SQL for {rendered}, but the URL is a {expected} "
+            f"URL ({display(url)}): its offline path takes a URL from somewhere else (an "
+            "environment variable, the app's settings). Make it read "
+            "config.get_main_option('sqlalchemy.url'), which automigrator sets, or give the "
+            "URL (or --dialect) it renders for."
+        )
 
 
 def run_env(
