@@ -154,3 +154,27 @@ def test_plan_shows_no_password(tmp_path: Path, pg_url: URL) -> None:
     assert json.loads(data.stdout)["database"].startswith("postgresql+psycopg://postgres:***@")
     for out in (text, data):
         assert "s3cret-Pw" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("per_revision", [False, True], ids=["one-transaction", "per-revision"])
+def test_plan_sql_has_the_transactions_env_py_runs(
+    tmp_path: Path, pg_url: URL, per_revision: bool
+) -> None:
+    # Alembic's template runs the whole upgrade in one transaction; with
+    # transaction_per_migration=True, one per revision. The script says so,
+    # as 'alembic upgrade --sql' does.
+    ini = make_project(tmp_path / "p", CHAIN)
+    if per_revision:
+        env = ini.parent / "migrations" / "env.py"
+        text = env.read_text()
+        env.write_text(
+            text.replace(
+                "target_metadata=target_metadata,",
+                "target_metadata=target_metadata, transaction_per_migration=True,",
+            )
+        )
+    out = cli(ini, pg_url, "plan", "--sql")
+    assert out.returncode == 0, out.stderr
+    statements = [line for line in out.stdout.splitlines() if line in ("BEGIN;", "COMMIT;")]
+    expected = ["BEGIN;", "COMMIT;"] * 3 if per_revision else ["BEGIN;", "COMMIT;"]
+    assert statements == expected

@@ -40,6 +40,24 @@ class Preview:
     post_deploy: tuple[str, ...] = ()
     """Post-deploy revisions an upgrade leaves pending (``upgrade --post-deploy`` runs them)."""
 
+    def script(self) -> list[str]:
+        """The pending revisions' SQL as one script, each under a comment naming it.
+
+        Where env.py runs the whole upgrade in one transaction (Alembic's
+        default), one ``BEGIN`` and one ``COMMIT`` around all of it, as
+        ``alembic upgrade --sql`` prints; else each revision's own.
+        """
+        rendered = [step for step in self.pending if step.sql is not None]
+        whole = bool(rendered) and all(step.in_run_transaction for step in rendered)
+        lines = ["BEGIN;", ""] if whole else []
+        for step in self.pending:
+            lines.append(f"-- {step.revision} {step.message} ({step.path})")
+            if step.not_renderable:
+                lines.append(f"--   cannot be rendered offline: {step.not_renderable}")
+            elif step.sql is not None:
+                lines.append(_unwrapped(step.sql) if whole else step.sql.rstrip("\n"))
+        return [*lines, "", "COMMIT;"] if whole else lines
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
         data = asdict(self)
@@ -49,6 +67,13 @@ class Preview:
             {**asdict(step), "down_revisions": list(step.down_revisions)} for step in self.pending
         ]
         return data
+
+
+def _unwrapped(sql: str) -> str:
+    """A revision's SQL without the run's BEGIN before it and COMMIT after it."""
+    text = sql.strip()
+    text = text.removeprefix("BEGIN;").removesuffix("COMMIT;")
+    return text.strip("\n")
 
 
 async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:

@@ -691,12 +691,8 @@ def _print_previews(previews: dict[str, Preview], *, as_json: bool) -> None:
                 else ""
             )
         )
-        for step in shown.pending:
-            print(f"-- {step.revision} {step.message} ({step.path})")
-            if step.not_renderable:
-                print(f"--   cannot be rendered offline: {step.not_renderable}")
-            elif step.sql is not None:
-                print(step.sql.rstrip("\n"))
+        for line in shown.script():
+            print(line)
 
 
 def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:

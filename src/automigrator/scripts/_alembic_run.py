@@ -557,7 +557,9 @@ def render_offline(
         for step in steps:
             if recorded is not None and operations is not None:
                 recorded.into = operations.setdefault(step.revision.revision, [])
-            text, why = _render_step(cfg, script, step, heads, url) if sql else (None, None)
+            text, why, whole = (
+                _render_step(cfg, script, step, heads, url) if sql else (None, None, False)
+            )
             text, why = (None if t is None else redact(t, url) for t in (text, why))
             revision = step.revision
             rendered.append(
@@ -568,6 +570,7 @@ def render_offline(
                     path=str(revision.path),
                     sql=text,
                     not_renderable=why,
+                    in_run_transaction=whole,
                 )
             )
             heads = [h for h in heads if h not in step.from_revisions] + [step.revision.revision]
@@ -595,7 +598,9 @@ def _quiet_offline_lines() -> Iterator[None]:
 
 def _render_step(
     cfg: Config, script: ScriptDirectory, step: Any, heads: list[str], url: URL
-) -> tuple[str | None, str | None]:
+) -> tuple[str | None, str | None, bool]:
+    """One revision's SQL, or why it could not be rendered; and whether env.py runs
+    the whole upgrade in one transaction (so the BEGIN and COMMIT are the run's)."""
     buffer = io.StringIO()
     env = EnvironmentContext(
         cfg,
@@ -610,9 +615,11 @@ def _render_step(
         with env:
             script.run_env()
     except Exception as exc:
-        return None, f"{type(exc).__name__}: {first_line(exc)}"
+        return None, f"{type(exc).__name__}: {first_line(exc)}", False
     _check_rendered_for(url, env)
-    return buffer.getvalue(), None
+    context = env.get_context()
+    whole = context.impl.transactional_ddl and not context.opts.get("transaction_per_migration")
+    return buffer.getvalue(), None, bool(whole)
 
 
 def _check_rendered_for(url: URL, env: EnvironmentContext) -> None:

@@ -18,3 +18,7 @@ class PendingRevision:
     not_renderable: str | None
     """Why it could not be rendered offline (it reads data through
     ``op.get_bind()``, say), or None."""
+    in_run_transaction: bool = False
+    """env.py runs the whole upgrade in one transaction (Alembic's default,
+    ``transaction_per_migration=False``, where DDL is transactional): the
+    ``BEGIN`` and ``COMMIT`` around ``sql`` are the run's, not this revision's."""
