@@ -139,6 +139,17 @@ op.add_column("fresh", sa.Column("code", sa.String(10), nullable=False))
 op.drop_table("fresh")
 """,
     ),
+    (
+        # The template's false alarm: a column added, then renamed, retyped
+        # and dropped within the plan; no version of the app ever used it.
+        "a column made in the same plan",
+        """
+op.add_column("items", sa.Column("tmp", sa.String(10)))
+op.alter_column("items", "tmp", new_column_name="tmp2", existing_type=sa.String(10))
+op.alter_column("items", "tmp2", type_=sa.Text(), existing_type=sa.String(10))
+op.drop_column("items", "tmp2")
+""",
+    ),
 ]
 
 

@@ -185,8 +185,9 @@ def check(
 ) -> Iterator[LintFinding]:
     """The findings of one revision's operations, in order.
 
-    ``created`` holds the tables the plan created before (exempt: nothing
-    uses them yet); this revision's new tables are added to it.
+    ``created`` holds the tables, and the columns (``column_key``), the plan
+    created before (exempt: nothing uses them yet); this revision's new
+    ones are added to it.
     ``lock_timeout``: whether automigrator sets one for each revision.
     """
     dialect = _MY if dialect == "mariadb" else dialect
@@ -206,12 +207,33 @@ def check(
             if isinstance(op, ops.RenameTableOp) and table in created:
                 created.add(table_name(op.new_table_name, op.schema))
             continue
+        column = _column_of(op)
+        if isinstance(op, ops.AddColumnOp) and column is not None:
+            created.add(column_key(table, column))
+        elif column is not None and column_key(table, column) in created:
+            if isinstance(op, ops.AlterColumnOp) and op.modify_name is not None:
+                created.add(column_key(table, op.modify_name))
+            continue  # a column this plan added: the old version never used it
         locked = locked or table
         for rule in _rules_for(op, dialect):
             if dialect in RULES[rule].dialects:
                 yield finding(rule, table, revision=revision, path=path)
     if locked and not lock_timeout and not sets_timeout and dialect in (_PG, _MY):
         yield finding("no-lock-timeout", locked, revision=revision, path=path)
+
+
+def column_key(table: str, column: str) -> str:
+    """How ``check``'s ``created`` holds a column (beside table names, which hold
+    no colon)."""
+    return f"{table}:{column}"
+
+
+def _column_of(op: ops.MigrateOperation) -> str | None:
+    if isinstance(op, ops.AddColumnOp):
+        return str(op.column.name)
+    if isinstance(op, (ops.AlterColumnOp, ops.DropColumnOp)):
+        return str(op.column_name)
+    return None
 
 
 def _table_of(op: ops.MigrateOperation) -> str | None:
