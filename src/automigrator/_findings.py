@@ -71,5 +71,5 @@ class LintFinding:
 
 def _rows(rows: int | None, known: RowsAre) -> str:
     if rows is None:
-        return "size unknown"
+        return "size unknown: taken as big"
     return {"exact": "", "estimate": "about ", "more_than": "more than "}[known] + f"{rows:,} rows"

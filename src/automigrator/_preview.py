@@ -147,7 +147,9 @@ async def lint(
         return await anyio.to_thread.run_sync(lambda: linter.report(start, live=False, each=True))
     plan = await migrator.plan()
     migrator.raise_for_plan(plan)
-    if plan.kind == "at_head":
+    if plan.kind in ("at_head", "empty"):
+        # An empty database (a new install) has no table to lock and no old
+        # version to break: a start does not lint it either.
         return LintReport(display(migrator.url), (), (), (), None, linter.settings.lint.rows)
     current = plan.start(migrator.baseline)
     target = plan.upgrade_target(migrator.target)
