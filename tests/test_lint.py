@@ -469,7 +469,9 @@ def test_squawk_judges_raw_sql_on_postgresql_and_the_operation_rules_work_withou
     ini = project(tmp_path / "p", RAW)
     at_base(ini, pg_url)
 
-    with_squawk = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url)))
+    big = Lint(rows=0)  # every table counts as big
+    with_squawk = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=big)))
+    small = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url)))
     monkeypatch.setenv("AUTOMIGRATOR_SQUAWK", "off")
     without = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url)))
 
@@ -477,6 +479,10 @@ def test_squawk_judges_raw_sql_on_postgresql_and_the_operation_rules_work_withou
     found = {(f.rule, f.table, f.source) for f in with_squawk.flagged}
     assert ("add-not-null-column", "items", "squawk") in found
     assert ("squawk:ban-char-field", "items", "squawk") in found
+    # squawk's own rules are weighed by the live size, as ours are.
+    verdicts = {f.rule: f.verdict for f in small.findings}
+    assert verdicts["squawk:ban-char-field"] == "small"
+    assert verdicts["add-not-null-column"] == "flagged"  # about the old version: any size
     assert not [f for f in with_squawk.findings if f.table == "fresh"]  # made in the plan
     assert without.squawk is None
     assert without.findings == ()

@@ -234,6 +234,10 @@ class Linter:
                             table=hit.table,
                             why=hit.message.rstrip("."),
                             instead=hit.help or f"see squawk's rule {hit.rule}",
+                            # squawk's rules are about the table's lock, but for
+                            # its few about old clients: weighed by the table's
+                            # size as ours are (squawk itself cannot know it).
+                            weighed=hit.table is not None and hit.rule not in _squawk.OLD_VERSION,
                             old_version=hit.rule in _squawk.OLD_VERSION,
                             source="squawk",
                             path=paths[revision],
