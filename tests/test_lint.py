@@ -613,3 +613,28 @@ def test_a_new_install_is_not_linted_as_a_start_is_not(tmp_path: Path, sqlite_ur
     assert report.revisions == ()
     done = cli(ini, sqlite_url, "lint")
     assert done.returncode == 0, done.stdout
+
+
+def test_a_finding_names_the_column_and_the_line_that_did_it(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # Three findings on one table must not read alike: each names what it
+    # acts on and where in the file.
+    body = """
+op.drop_column("items", "qty")
+op.drop_column("items", "name")
+"""
+    ini = project(tmp_path / "p", body)
+    at_base(ini, sqlite_url)
+    path = ini.parent / "migrations" / "versions" / "r2.py"
+    lines = path.read_text().splitlines()
+    where = {c: lines.index(f'    op.drop_column("items", "{c}")') + 1 for c in ("qty", "name")}
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=sqlite_url)))
+    assert [(f.target, f.line) for f in report.flagged] == [
+        ("qty", where["qty"]),
+        ("name", where["name"]),
+    ]
+    out = cli(ini, sqlite_url, "lint")
+    assert "drop-column on items (qty)" in out.stdout
+    assert f"[{path}:{where['name']}]" in out.stdout

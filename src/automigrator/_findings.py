@@ -51,9 +51,15 @@ class LintFinding:
     source: Literal["automigrator", "squawk"] = "automigrator"
     path: str = ""
     """The revision's file."""
+    target: str | None = None
+    """The column, index or constraint it acts on, where the operation names one."""
+    line: int | None = None
+    """The line of the revision's file that invoked the operation (None: raw SQL
+    judged by squawk, or not known)."""
 
     def __str__(self) -> str:
         on = f" on {self.table}" if self.table else ""
+        on += f" ({self.target})" if self.target and self.table else ""
         size = "" if not self.weighed else f" ({_rows(self.rows, self.rows_are)})"
         text = f"revision {self.revision}: {self.rule}{on}{size}: {self.why}"
         if self.verdict == "allowed":
@@ -63,6 +69,11 @@ class LintFinding:
         if self.verdict == "post_deploy":
             return f"{text} (passed: a post-deploy revision, run after the rollout)"
         return f"{text}. Instead: {self.instead}"
+
+    @property
+    def where(self) -> str:
+        """The revision's file, with the line of the operation where known."""
+        return f"{self.path}:{self.line}" if self.line is not None else self.path
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""

@@ -714,7 +714,7 @@ def _print_lint(reports: dict[str, LintReport], *, as_json: bool) -> None:
                 "small": "passed",
                 "post_deploy": "post-deploy",
             }[f.verdict]
-            print(f"{label}: {f} [{f.path}]")
+            print(f"{label}: {f} [{f.where}]")
         for revision, why in report.not_linted:
             print(f"not linted past its failure: revision {revision} ({why})")
 

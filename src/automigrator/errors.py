@@ -340,7 +340,7 @@ class UnsafeMigrationError(AutomigratorError):
             )
             message = (
                 f"Not migrating: {first}{more}. Nothing was changed (lint='refuse'). Fix "
-                f"{first.path or 'the revision'}{after}, allow the rule there with a comment "
+                f"{first.where or 'the revision'}{after}, allow the rule there with a comment "
                 f"'# automigrator: allow={first.rule}', or set lint='warn'."
             )
         super().__init__(message)

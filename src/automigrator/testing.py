@@ -158,7 +158,7 @@ def assert_migrations_are_safe(
         report = migrator.linter.report(start, live=False, each=True)
         where = f"after {since}"
     if report.flagged:
-        found = "\n".join(f"- {f} [{f.path}]" for f in report.flagged)
+        found = "\n".join(f"- {f} [{f.where}]" for f in report.flagged)
         raise AssertionError(
             f"{len(report.flagged)} unsafe operation(s) in the revisions {where}:\n{found}"
         )

@@ -19,6 +19,7 @@ from sqlalchemy import CHAR, Enum, String
 from sqlalchemy.types import to_instance
 
 from .._findings import LintFinding
+from ..scripts._alembic_compat import line_of
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,22 @@ def breaks_old_version(f: LintFinding) -> bool:
     return f.old_version or (known is not None and known.breaks_old_version)
 
 
-def finding(rule: str, table: str | None, *, revision: str, path: str) -> LintFinding:
-    """``rule``'s finding on ``table`` in ``revision``."""
+def finding(
+    rule: str,
+    table: str | None,
+    *,
+    revision: str,
+    path: str,
+    op: ops.MigrateOperation | None = None,
+) -> LintFinding:
+    """``rule``'s finding on ``table`` in ``revision`` (about ``op``, where one)."""
     known = RULES[rule]
     return LintFinding(
         revision=revision,
         rule=rule,
         table=table,
+        target=_target_of(op) if op is not None else None,
+        line=line_of(op) if op is not None else None,
         why=known.why,
         instead=known.instead,
         weighed=known.weighed,
@@ -217,7 +227,7 @@ def check(
         locked = locked or table
         for rule in _rules_for(op, dialect):
             if dialect in RULES[rule].dialects:
-                yield finding(rule, table, revision=revision, path=path)
+                yield finding(rule, table, revision=revision, path=path, op=op)
     if locked and not lock_timeout and not sets_timeout and dialect in (_PG, _MY):
         yield finding("no-lock-timeout", locked, revision=revision, path=path)
 
@@ -226,6 +236,18 @@ def column_key(table: str, column: str) -> str:
     """How ``check``'s ``created`` holds a column (beside table names, which hold
     no colon)."""
     return f"{table}:{column}"
+
+
+def _target_of(op: ops.MigrateOperation) -> str | None:
+    """The column, index or constraint ``op`` names."""
+    column = _column_of(op)
+    if column is not None:
+        return column
+    for name in ("index_name", "constraint_name"):
+        value = getattr(op, name, None)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _column_of(op: ops.MigrateOperation) -> str | None:

@@ -7,8 +7,11 @@ shows up in the matrix (``nox -s matrix``) as a failing test of the caller.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -77,6 +80,30 @@ class Recorded:
     def __init__(self) -> None:
         self.into: list[Any] | None = None
         """Where the next operations go; None: nowhere."""
+        self.path: str | None = None
+        """The revision file running: :func:`line_of` an operation is the line of
+        it that invoked the operation."""
+
+
+# Beside the operations, not on them: an operation's ``info`` is sometimes
+# the table's own (CreateTableOp hands it to the Table), or None.
+_lines: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def line_of(operation: Any) -> int | None:
+    """The line of its revision file that invoked ``operation`` (recorded), if known."""
+    return _lines.get(operation)
+
+
+def _line_in(path: str) -> int | None:
+    """The line of ``path`` on the calling stack (the revision's ``op.*`` call)."""
+    wanted = os.path.abspath(path)
+    frame = sys._getframe(2)
+    while frame is not None:
+        if os.path.abspath(frame.f_code.co_filename) == wanted:
+            return frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 @contextmanager
@@ -98,6 +125,9 @@ def recording_operations() -> Iterator[Recorded]:
     def invoke(self: Any, operation: Any) -> Any:
         if recorded.into is not None and threading.get_ident() == thread:
             recorded.into.append(operation)
+            line = _line_in(recorded.path) if recorded.path is not None else None
+            if line is not None:
+                _lines[operation] = line
             if (
                 isinstance(self, BatchOperations)
                 and self.migration_context.dialect.name == "sqlite"

@@ -557,6 +557,7 @@ def render_offline(
         for step in steps:
             if recorded is not None and operations is not None:
                 recorded.into = operations.setdefault(step.revision.revision, [])
+                recorded.path = str(step.revision.path)
             text, why, whole = (
                 _render_step(cfg, script, step, heads, url) if sql else (None, None, False)
             )
