@@ -333,7 +333,8 @@ class AutoMigrator(MigrationRunner):
             if self._upgrader.stamps_first(plan):
                 empty = plan.kind == "empty"  # nothing old serves from it: no post-deploy left
                 await self._upgrader.stamp_baseline(plan, self.version_table, self._waiter.held)
-                plan = (await self.plan()).with_post_deploy() if empty else await self.plan()
+                plan = await self.plan()
+                plan = plan.with_post_deploy() if empty else plan
             if plan.kind != "at_head":
                 try:
                     await self.upgrade(plan)

@@ -12,6 +12,7 @@ judges the same revisions (``linting/``), weighed by the live tables' sizes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -140,11 +141,11 @@ async def lint(
             "lint: give since= (every revision after one) or changed_from= (the revisions a "
             "change adds), not both."
         )
-    if changed_from is not None:
-        return await anyio.to_thread.run_sync(lambda: linter.changed(changed_from))
-    if since is not None:
-        start: tuple[str, ...] = () if since == "base" else (since,)
-        return await anyio.to_thread.run_sync(lambda: linter.report(start, live=False, each=True))
+    if since is not None or changed_from is not None:
+        offline = partial(
+            linter.without_database, since=since or "base", changed_from=changed_from
+        )
+        return await anyio.to_thread.run_sync(offline)
     plan = await migrator.plan()
     migrator.raise_for_plan(plan)
     if plan.kind in ("at_head", "empty"):

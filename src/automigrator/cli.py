@@ -394,10 +394,11 @@ _LOOK_CONNECT = 10.0
 # For --dialect: the drivers SQLAlchemy knows for each kind, the first one
 # installed is used (a lint without a database imports no driver module, but
 # the migrator builds its engine).
+_MYSQL_DRIVERS = (("pymysql", "pymysql"), ("mysqldb", "MySQLdb"), ("mariadbconnector", "mariadb"))
 _DRIVERS = {
     "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2"), ("pg8000", "pg8000")),
-    "mysql": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb"), ("mariadbconnector", "mariadb")),
-    "mariadb": (("pymysql", "pymysql"), ("mysqldb", "MySQLdb"), ("mariadbconnector", "mariadb")),
+    "mysql": _MYSQL_DRIVERS,
+    "mariadb": _MYSQL_DRIVERS,
     "sqlite": (("pysqlite", "sqlite3"),),
 }
 

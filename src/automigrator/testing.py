@@ -150,13 +150,8 @@ def assert_migrations_are_safe(
     request's). Returns the report (allowed findings included) when nothing
     is flagged.
     """
-    if changed_from is not None:
-        report = migrator.linter.changed(changed_from)
-        where = f"added since {changed_from}"
-    else:
-        start = () if since == "base" else (since,)
-        report = migrator.linter.report(start, live=False, each=True)
-        where = f"after {since}"
+    report = migrator.linter.without_database(since=since, changed_from=changed_from)
+    where = f"added since {changed_from}" if changed_from is not None else f"after {since}"
     if report.flagged:
         found = "\n".join(f"- {f} [{f.where}]" for f in report.flagged)
         raise AssertionError(

@@ -185,6 +185,16 @@ class Linter:
             threshold=self.settings.lint.rows,
         )
 
+    def without_database(
+        self, *, since: str = "base", changed_from: str | None = None
+    ) -> LintReport:
+        """Lint, without a database, every revision after ``since`` (``"base"``: all),
+        or the ones git sees as added since ``changed_from``; each as if the database
+        stood just before it with big tables (blocking)."""
+        if changed_from is not None:
+            return self.changed(changed_from)
+        return self.report(() if since == "base" else (since,), live=False, each=True)
+
     def changed(self, ref: str) -> LintReport:
         """Lint, without a database, the revisions whose files git sees as added since
         ``ref``, each as if the database stood just before it (blocking)."""

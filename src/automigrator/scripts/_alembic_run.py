@@ -617,19 +617,19 @@ def _render_step(
             script.run_env()
     except Exception as exc:
         return None, f"{type(exc).__name__}: {first_line(exc)}", False
-    _check_rendered_for(url, env)
-    context = env.get_context()
+    try:
+        context = env.get_context()
+    except Exception:  # Alembic's own: env.py never called configure(), nothing rendered
+        return buffer.getvalue(), None, False
+    _check_rendered_for(url, context.dialect.name)
     whole = context.impl.transactional_ddl and not context.opts.get("transaction_per_migration")
     return buffer.getvalue(), None, bool(whole)
 
 
-def _check_rendered_for(url: URL, env: EnvironmentContext) -> None:
-    """Refuse SQL env.py rendered for another kind of database than ``url``'s: its
-    offline path took a URL from elsewhere, and the lint would judge the wrong SQL."""
-    try:
-        rendered = env.get_context().dialect.name
-    except Exception:  # Alembic's own: env.py never called configure(), nothing rendered
-        return
+def _check_rendered_for(url: URL, rendered: str) -> None:
+    """Refuse SQL env.py rendered for another kind of database (``rendered``) than
+    ``url``'s: its offline path took a URL from elsewhere, and the lint would judge
+    the wrong SQL."""
     expected = url.get_dialect().name
     if rendered != expected:
         raise ConfigurationError(
