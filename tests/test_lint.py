@@ -412,23 +412,6 @@ def test_an_unversioned_database_is_refused_before_its_baseline_is_stamped(
     assert tables(sqlite_url) == {"items", "others", "automigrator_history"}
 
 
-def test_a_revision_that_reads_data_is_named_not_refused(
-    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
-) -> None:
-    reads = (
-        'count = op.get_bind().execute(sa.text("SELECT COUNT(*) FROM items")).scalar_one()\n'
-        'op.add_column("items", sa.Column("code", sa.String(10), server_default=str(count)))'
-    )
-    ini = project(tmp_path / "p", reads)
-    at_base(ini, db_url)
-
-    with caplog.at_level(logging.WARNING, logger="automigrator"):
-        status = anyio.run(AutoMigrator(ini, url=db_url, lint="refuse").run)
-
-    assert status.state is MigrationState.READY
-    assert any("r2 cannot be rendered offline" in r.getMessage() for r in caplog.records)
-
-
 AT_HEAD = """
 import sys, anyio, sqlalchemy as sa
 from automigrator import AutoMigrator, Lint

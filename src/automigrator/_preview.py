@@ -83,9 +83,10 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
     Raises what a start would refuse with, before rendering anything: a
     database ahead of the code, several heads, tables without a version
     table (and no ``baseline=``), an unreachable database. A revision that
-    cannot be rendered offline (it reads data through ``op.get_bind()``, or
-    env.py has no offline path) has ``not_renderable`` set, and the others
-    are still rendered.
+    that reads the database is rendered with its reads answered by the live
+    database (read-only, bounded: ``scripts._alembic_reads``); one that still
+    cannot be rendered (env.py has no offline path, a read of a table the plan
+    creates first) has ``not_renderable`` set, and the others are still rendered.
     """
     plan = await migrator.plan()
     migrator.raise_for_plan(plan)
@@ -106,6 +107,7 @@ async def preview(migrator: AutoMigrator, *, sql: bool = False) -> Preview:
                     current,
                     url=scripts.url,
                     sql=sql,
+                    reads=migrator.linter.engine,
                 )
 
         pending = await anyio.to_thread.run_sync(render)

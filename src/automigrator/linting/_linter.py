@@ -137,6 +137,7 @@ class Linter:
                 url=self.scripts.url,
                 sql=True,
                 operations=operations,
+                reads=self.engine if live else None,
             )
         dialect = self.engine.dialect.name
         created: set[str] = set()

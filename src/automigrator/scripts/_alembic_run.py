@@ -56,6 +56,7 @@ from ..errors import (
 from ..locking import HeldLock, fenced
 from ..process._logging import LoggingGuard
 from ._alembic_compat import Destination, recording_operations, stamp_steps, upgrade_steps
+from ._alembic_reads import LiveReads
 from ._configfile import config_error_text
 from ._fingerprints import of_script
 from ._hooks import RunHooks
@@ -528,6 +529,7 @@ def render_offline(
     url: URL,
     sql: bool,
     operations: dict[str, list[Any]] | None = None,
+    reads: sa.Engine | None = None,
 ) -> list[PendingRevision]:
     """Each pending revision from ``current`` to ``target``; with ``sql``, its SQL.
 
@@ -539,6 +541,9 @@ def render_offline(
     with ``url``: user code may quote the URL it was given.
     With ``operations``, each revision's Alembic operations (``op.add_column``
     is an ``AddColumnOp``), as it invokes them, are listed there by revision.
+    With ``reads``, a revision that fails offline is rendered again with
+    ``op.get_bind()`` a read-only connection to that database
+    (``_alembic_reads``): its reads are answered, its writes rendered.
     """
     try:
         steps = list(upgrade_steps(script, target, tuple(current)))
@@ -554,6 +559,7 @@ def render_offline(
     with RUN_LOCK, LoggingGuard(), ExitStack() as stack:
         stack.enter_context(_quiet_offline_lines())
         recorded = stack.enter_context(recording_operations()) if operations is not None else None
+        lent = stack.enter_context(_lent(reads)) if reads is not None and sql else None
         for step in steps:
             if recorded is not None and operations is not None:
                 recorded.into = operations.setdefault(step.revision.revision, [])
@@ -561,6 +567,11 @@ def render_offline(
             text, why, whole = (
                 _render_step(cfg, script, step, heads, url) if sql else (None, None, False)
             )
+            if why is not None and lent is not None:
+                # It may have read the database: again, with reads answered.
+                if recorded is not None and operations is not None:
+                    recorded.into = operations[step.revision.revision] = []
+                text, why, whole = _render_step(cfg, script, step, heads, url, lent)
             text, why = (None if t is None else redact(t, url) for t in (text, why))
             revision = step.revision
             rendered.append(
@@ -597,16 +608,37 @@ def _quiet_offline_lines() -> Iterator[None]:
         target.removeFilter(quiet)
 
 
+@contextmanager
+def _lent(engine: sa.Engine) -> Iterator[LiveReads]:
+    reads = LiveReads(engine)
+    try:
+        yield reads
+    finally:
+        reads.close()
+
+
 def _render_step(
-    cfg: Config, script: ScriptDirectory, step: Any, heads: list[str], url: URL
+    cfg: Config,
+    script: ScriptDirectory,
+    step: Any,
+    heads: list[str],
+    url: URL,
+    reads: LiveReads | None = None,
 ) -> tuple[str | None, str | None, bool]:
     """One revision's SQL, or why it could not be rendered; and whether env.py runs
-    the whole upgrade in one transaction (so the BEGIN and COMMIT are the run's)."""
+    the whole upgrade in one transaction (so the BEGIN and COMMIT are the run's).
+    With ``reads``, ``op.get_bind()`` answers reads from the live database."""
     buffer = io.StringIO()
+
+    def steps(rev: Any, context: MigrationContext) -> list[Any]:
+        if reads is not None:  # the context env.py configured, before the revision runs
+            reads.lend(context)
+        return [step]
+
     env = EnvironmentContext(
         cfg,
         script,
-        fn=lambda rev, context: [step],
+        fn=steps,
         as_sql=True,
         starting_rev=list(heads) or None,  # a list works: Alembic reads it with to_list()
         destination_rev=step.revision.revision,
@@ -617,6 +649,9 @@ def _render_step(
             script.run_env()
     except Exception as exc:
         return None, f"{type(exc).__name__}: {first_line(exc)}", False
+    finally:
+        if reads is not None:
+            reads.end_revision()
     try:
         context = env.get_context()
     except Exception:  # Alembic's own: env.py never called configure(), nothing rendered

@@ -1,0 +1,187 @@
+"""The lint (and ``plan --sql``) through a revision that reads the database.
+
+A revision that reads (``op.get_bind().execute(...)``, ``sa.inspect(bind)``)
+is rendered with its reads answered by the live database, read-only: what it
+does after the read is linted, what it writes through the bind is rendered and
+never run, and a read is bounded. Real databases throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from automigrator import AutoMigrator, Lint, MigrationState, UnsafeMigrationError, lint
+from tests.conftest import revisions, rows
+from tests.helpers import cli
+from tests.project import Rev
+from tests.test_lint import at_base, project
+
+# Reads how many rows there are, and which columns, then drops one: only the
+# live database answers the reads; the drop is what the lint must see.
+READ_THEN_DROP = """
+bind = op.get_bind()
+count = bind.execute(sa.text("SELECT COUNT(*) FROM items")).scalar_one()
+columns = {c["name"] for c in sa.inspect(bind).get_columns("items")}
+if count and "qty" in columns:
+    op.drop_column("items", "qty")
+"""
+
+# Writes through the bind, every way SQLAlchemy offers, then reads back.
+WRITES_THROUGH_THE_BIND = """
+bind = op.get_bind()
+items = sa.table("items", sa.column("name", sa.String), sa.column("qty", sa.Integer))
+bind.execute(items.update().values(name="core update"))
+bind.execute(sa.text("UPDATE items SET qty = :q"), {"q": 99})
+bind.execute(items.insert(), [{"name": "many 1"}, {"name": "many 2"}])
+bind.exec_driver_sql("DELETE FROM items WHERE qty = 1")
+bind.execute(sa.text("DROP TABLE others"))
+left = bind.execute(sa.text("SELECT COUNT(*) FROM items")).scalar_one()
+op.drop_column("items", "other_id")
+"""
+
+
+def seeded(ini: Path, url: URL) -> None:
+    at_base(ini, url)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO items (id, name, qty) VALUES (1, 'a', 1), (2, 'b', 2)")
+    engine.dispose()
+
+
+def test_what_a_revision_does_after_a_read_is_linted(tmp_path: Path, db_url: URL) -> None:
+    ini = project(tmp_path / "p", READ_THEN_DROP)
+    seeded(ini, db_url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+
+    assert report.not_linted == ()
+    assert [(f.revision, f.rule, f.table, f.target) for f in report.flagged] == [
+        ("r2", "drop-column", "items", "qty")
+    ]
+    # At start-up too: refused before any DDL, on what came after the read.
+    migrator = AutoMigrator(ini, url=db_url, lint=Lint(mode="refuse", rows=0))
+    with pytest.raises(UnsafeMigrationError, match="drop-column"):
+        anyio.run(migrator.run)
+    assert revisions(db_url) == {"r1"}
+    assert rows(db_url, "SELECT COUNT(*) FROM items") == [(2,)]
+
+
+def test_writes_through_the_bind_are_rendered_and_never_run(tmp_path: Path, db_url: URL) -> None:
+    ini = project(tmp_path / "p", WRITES_THROUGH_THE_BIND)
+    seeded(ini, db_url)
+    before = rows(db_url, "SELECT id, name, qty FROM items ORDER BY id")
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+    out = cli(ini, db_url, "plan", "--sql")
+
+    assert report.not_linted == ()
+    assert ("drop-column", "other_id") in {(f.rule, f.target) for f in report.flagged}
+    assert out.returncode == 0, out.stderr
+    r2 = out.stdout.split("-- r2")[1]
+    assert "core update" in r2
+    assert "UPDATE items SET qty = 99" in r2
+    assert "many 1" in r2
+    assert "many 2" in r2
+    assert "DELETE FROM items WHERE qty = 1" in r2
+    assert "DROP TABLE others" in r2
+    assert "cannot be rendered" not in r2
+    # Nothing of it reached the database.
+    assert rows(db_url, "SELECT id, name, qty FROM items ORDER BY id") == before
+    assert rows(db_url, "SELECT COUNT(*) FROM others") == [(0,)]
+
+
+# A write that reads as a read to the lint (it starts with WITH): the
+# session's own read-only mode refuses it.
+HIDDEN_WRITES = {
+    "postgresql": (
+        "WITH x AS (UPDATE items SET name = 'hidden' RETURNING 1) SELECT COUNT(*) FROM x"
+    ),
+    "sqlite": "WITH x AS (SELECT 1) UPDATE items SET name = 'hidden'",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HIDDEN_WRITES))
+def test_a_write_that_looks_like_a_read_is_refused_by_the_session(
+    tmp_path: Path, kind: str, fresh_db: Callable[[str], URL]
+) -> None:
+    url = fresh_db(kind)
+    body = f'op.get_bind().execute(sa.text("{HIDDEN_WRITES[kind]}"))\n' + READ_THEN_DROP
+    ini = project(tmp_path / "p", body)
+    seeded(ini, url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0))))
+
+    [(revision, why)] = report.not_linted
+    assert revision == "r2"
+    assert "read" in why.lower()
+    assert rows(url, "SELECT name FROM items ORDER BY id") == [("a",), ("b",)]
+
+
+def test_a_read_of_a_table_the_plan_creates_is_named_and_not_refused(
+    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    # r2 creates "tags"; r3 reads it, which the live database cannot answer yet.
+    reads_new = Rev(
+        "r3",
+        "r2",
+        "reads the new table",
+        'op.get_bind().execute(sa.text("SELECT COUNT(*) FROM tags")).scalar_one()\n'
+        'op.drop_column("items", "qty")',
+    )
+    ini = project(
+        tmp_path / "p",
+        'op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))',
+        reads_new,
+    )
+    at_base(ini, db_url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+
+    [(revision, why)] = report.not_linted
+    assert revision == "r3"
+    assert "tags" in why
+    # At start-up: named in the log, and not refused (see docs/lint.md).
+    with caplog.at_level(logging.WARNING, logger="automigrator"):
+        status = anyio.run(AutoMigrator(ini, url=db_url, lint=Lint(mode="refuse", rows=0)).run)
+    assert status.state is MigrationState.READY
+    assert any("r3 cannot be rendered offline" in r.getMessage() for r in caplog.records)
+
+
+@contextmanager
+def table_locked(url: URL) -> Iterator[None]:
+    """items locked against readers by another session, as a long DDL would."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    postgres = url.get_backend_name() == "postgresql"
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "LOCK TABLE items IN ACCESS EXCLUSIVE MODE" if postgres else "LOCK TABLES items WRITE"
+        )
+        try:
+            yield
+        finally:
+            conn.rollback()
+            if not postgres:
+                conn.exec_driver_sql("UNLOCK TABLES")
+    engine.dispose()
+
+
+def test_a_read_that_waits_for_a_lock_gives_up_and_is_named(
+    tmp_path: Path, server_db: URL
+) -> None:
+    # (SQLite locks the whole file: the plan's own read would wait first.)
+    ini = project(tmp_path / "p", READ_THEN_DROP)
+    seeded(ini, server_db)
+
+    with table_locked(server_db):
+        out = cli(ini, server_db, "lint")
+
+    assert out.returncode == 0, out.stderr
+    assert "not linted past its failure: revision r2" in out.stdout, out.stdout
