@@ -621,3 +621,23 @@ op.drop_column("items", "name")
     out = cli(ini, sqlite_url, "lint")
     assert "drop-column on items (qty)" in out.stdout
     assert f"[{path}:{where['name']}]" in out.stdout
+
+
+def test_a_type_change_without_a_rewrite_is_judged_on_the_live_type(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # Optuna's v2.6.0.a and v3.0.0.b: no existing_type in the revision. The
+    # live types say varchar(50) to text, and Float to FLOAT(53) (both double
+    # precision) rewrite nothing on PostgreSQL; integer to bigint does.
+    body = batch(
+        'b.alter_column("name", type_=sa.Text)',
+        'b.alter_column("qty", type_=sa.BigInteger)',
+        'b.alter_column("ratio", type_=sa.Float(precision=53))',
+    )
+    ratio = Rev("r0", "r1", "ratio", 'op.add_column("items", sa.Column("ratio", sa.Float))')
+    ini = make_project(tmp_path / "p", (BASE, ratio, Rev("r2", "r0", "retype", body)))
+    anyio.run(AutoMigrator(ini, url=pg_url, target="r0").run)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+    assert [(f.rule, f.target) for f in report.flagged] == [("change-column-type", "qty")]

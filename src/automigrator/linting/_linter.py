@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .._findings import LintFinding
@@ -140,6 +141,7 @@ class Linter:
                 reads=self.engine if live else None,
             )
         dialect = self.engine.dialect.name
+        existing = _LiveTypes(self.engine) if live and dialect == "postgresql" else None
         created: set[str] = set()
         new_by: dict[str, set[str]] = {}  # the tables each revision may touch freely
         found: list[LintFinding] = []
@@ -153,6 +155,7 @@ class Linter:
                 created=created,
                 revision=step.revision,
                 path=step.path,
+                existing=existing,
             )
             new_by[step.revision] = set(created)
         squawk = _squawk.find() if dialect == "postgresql" else None
@@ -402,3 +405,23 @@ def _same(a: str | None, b: str | None) -> bool:
 
 def _among(table: str, tables: set[str]) -> bool:
     return any(_same(table, t) for t in tables)
+
+
+class _LiveTypes:
+    """The live database's type of a column, read once per table (None where the
+    database will not say: a table the plan creates, a lost connection)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tables: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, table: str, column: str) -> Any:
+        if table not in self.tables:
+            schema, _, name = table.rpartition(".")
+            try:
+                with self.engine.connect() as conn:
+                    columns = sa.inspect(conn).get_columns(name, schema=schema or None)
+            except Exception:  # the lint's sizes say what went wrong, if it matters
+                columns = []
+            self.tables[table] = {c["name"]: c["type"] for c in columns}
+        return self.tables[table].get(column)

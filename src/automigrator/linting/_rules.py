@@ -10,13 +10,14 @@ dialect; squawk (``_squawk``) adds its own on PostgreSQL's rendered SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from alembic.operations import ops
-from sqlalchemy import CHAR, Enum, String
-from sqlalchemy.types import to_instance
+from sqlalchemy import CHAR, REAL, Double, Enum, Float, String
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import NullType, to_instance
 
 from .._findings import LintFinding
 from ..scripts._alembic_compat import line_of
@@ -192,6 +193,7 @@ def check(
     created: set[str],
     revision: str,
     path: str,
+    existing: Callable[[str, str], Any] | None = None,
 ) -> Iterator[LintFinding]:
     """The findings of one revision's operations, in order.
 
@@ -199,6 +201,8 @@ def check(
     created before (exempt: nothing uses them yet); this revision's new
     ones are added to it.
     ``lock_timeout``: whether automigrator sets one for each revision.
+    ``existing``: the live database's type of a (table, column), for a type
+    change that does not say the type it changes from (``existing_type``).
     """
     dialect = _MY if dialect == "mariadb" else dialect
     locked: str | None = None  # the first existing table the revision locks
@@ -225,7 +229,7 @@ def check(
                 created.add(column_key(table, op.modify_name))
             continue  # a column this plan added: the old version never used it
         locked = locked or table
-        for rule in _rules_for(op, dialect):
+        for rule in _rules_for(op, dialect, existing):
             if dialect in RULES[rule].dialects:
                 yield finding(rule, table, revision=revision, path=path, op=op)
     if locked and not lock_timeout and not sets_timeout and dialect in (_PG, _MY):
@@ -265,7 +269,9 @@ def _table_of(op: ops.MigrateOperation) -> str | None:
     return table_name(name, getattr(op, "schema", None)) if isinstance(name, str) else None
 
 
-def _rules_for(op: ops.MigrateOperation, dialect: str) -> Iterator[str]:
+def _rules_for(
+    op: ops.MigrateOperation, dialect: str, existing: Callable[[str, str], Any] | None
+) -> Iterator[str]:
     if isinstance(op, ops.CreateIndexOp):
         if not op.kw.get("postgresql_concurrently"):
             yield "index-not-concurrent"
@@ -275,7 +281,7 @@ def _rules_for(op: ops.MigrateOperation, dialect: str) -> Iterator[str]:
         if not column.nullable and column.server_default is None and not generated:
             yield "add-not-null-column"
     elif isinstance(op, ops.AlterColumnOp):
-        yield from _alter_column(op, dialect)
+        yield from _alter_column(op, dialect, existing)
     elif isinstance(op, (ops.CreateForeignKeyOp, ops.CreateCheckConstraintOp)):
         if not op.kw.get("postgresql_not_valid"):
             yield "add-constraint"
@@ -289,22 +295,49 @@ def _rules_for(op: ops.MigrateOperation, dialect: str) -> Iterator[str]:
         yield "rename-table"
 
 
-def _alter_column(op: ops.AlterColumnOp, dialect: str) -> Iterator[str]:
+def _alter_column(
+    op: ops.AlterColumnOp, dialect: str, existing: Callable[[str, str], Any] | None
+) -> Iterator[str]:
     if op.modify_name is not None:
         yield "rename-column"
-    if op.modify_type is not None and not _widened(op, dialect):
+    if op.modify_type is not None and not _no_rewrite(op, dialect, existing):
         yield "change-column-type"
     if op.modify_nullable is False and op.existing_nullable is not False:
         yield "set-not-null"
 
 
-def _widened(op: ops.AlterColumnOp, dialect: str) -> bool:
-    # PostgreSQL changes varchar(n) to a longer varchar or to text without a
-    # rewrite: the values are already valid (binary coercible).
-    old, new = to_instance(op.existing_type), to_instance(op.modify_type)  # sa.Text or sa.Text()
-    if dialect != _PG or not _varchar(old) or not _varchar(new):
+def _no_rewrite(
+    op: ops.AlterColumnOp, dialect: str, existing: Callable[[str, str], Any] | None
+) -> bool:
+    # PostgreSQL changes a type without a rewrite where the values are already
+    # valid: varchar(n) to a longer varchar or to text (binary coercible), and
+    # a type to itself under another name (FLOAT(53) is DOUBLE PRECISION). The
+    # type it changes from is the revision's existing_type, else the live one.
+    if dialect != _PG:
         return False
-    return new.length is None or (old.length is not None and new.length >= old.length)
+    before = op.existing_type
+    if (before is None or isinstance(to_instance(before), NullType)) and existing is not None:
+        before = existing(table_name(op.table_name, op.schema), op.column_name)
+    if before is None:
+        return False
+    old, new = to_instance(before), to_instance(op.modify_type)
+    if _varchar(old) and _varchar(new):
+        return new.length is None or (old.length is not None and new.length >= old.length)
+    return _pg_type(old) == _pg_type(new) is not None
+
+
+def _pg_type(kind: Any) -> str | None:
+    """PostgreSQL's name of a type (None: it cannot say)."""
+    if isinstance(kind, Float) and not isinstance(kind, Double):
+        # Float(p): real up to 24 bits, else double precision, as PostgreSQL reads it.
+        small = isinstance(kind, REAL) or (kind.precision is not None and kind.precision <= 24)
+        return "real" if small else "double precision"
+    if isinstance(kind, Double):
+        return "double precision"
+    try:
+        return str(kind.compile(dialect=postgresql.dialect())).lower()  # type: ignore[no-untyped-call]
+    except Exception:  # a type PostgreSQL's compiler does not know
+        return None
 
 
 def _varchar(kind: object) -> TypeGuard[String]:

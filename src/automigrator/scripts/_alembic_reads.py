@@ -9,9 +9,12 @@ and everything it would do after the read goes unseen. For the lint and
 
 - a read (SELECT, WITH, SHOW, EXPLAIN, DESCRIBE, VALUES, TABLE, a PRAGMA that
   sets nothing) runs and answers;
-- anything else sent through it (an UPDATE, DDL, a SET) never reaches the
-  database: it is written into the rendered SQL where it stands, as offline
-  mode writes ``op.execute()``, and a no-op read runs in its place;
+- anything else sent through it (an UPDATE, DDL, a SET, the ORM's
+  ``query.delete()``) never reaches the database: it is written into the
+  rendered SQL where it stands, as offline mode writes ``op.execute()``, and
+  the cursor runs ``SELECT 1`` in its place, once per parameter set
+  (SQLAlchemy handles the result as the write's, and the ORM finds the one row
+  per key it counts on after an UPDATE);
 - behind that, the session itself is read-only (PostgreSQL and MySQL's
   ``READ ONLY``, SQLite's ``query_only``), each statement is bounded
   (``READ_TIMEOUT`` seconds, ``LOCK_WAIT`` to wait for a lock), the transaction
@@ -46,7 +49,7 @@ _READ_WORDS = frozenset(
     {"select", "with", "show", "explain", "describe", "desc", "values", "table", "pragma"}
 )
 _LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)+", re.S)
-_NOTHING = "SELECT 1 WHERE 1 = 0"  # valid on PostgreSQL, MariaDB, MySQL 8 and SQLite
+_ONE_ROW = "SELECT 1"
 
 
 def is_read(sql: str) -> bool:
@@ -143,13 +146,19 @@ class LiveReads:
         params: Any,
         execution_options: Any,
     ) -> tuple[Any, Any, Any]:
-        if isinstance(element, Select | CompoundSelect | TextualSelect) or (
-            isinstance(element, TextClause) and is_read(element.text)
+        # A write is rendered here, where its values are at hand, and goes on
+        # unchanged: SQLAlchemy (the ORM's query.delete() above all) handles its
+        # result as a write's; the cursor gets a read of nothing instead.
+        if not (
+            isinstance(element, Select | CompoundSelect | TextualSelect)
+            or (isinstance(element, TextClause) and is_read(element.text))
         ):
-            return element, multiparams, params
-        for one in multiparams or [params]:
-            self._write(_bound(element, one))
-        return text(_NOTHING), [], {}
+            for one in multiparams or [params]:
+                self._write(element, one)
+            if multiparams and conn.dialect.name == "sqlite":
+                # SQLite runs no read as an executemany(): one read instead.
+                return text(_ONE_ROW), [], {}
+        return element, multiparams, params
 
     def _before_cursor(
         self,
@@ -160,18 +169,33 @@ class LiveReads:
         context: Any,
         executemany: bool,
     ) -> tuple[str, Any]:
-        # What came past _before_execute: exec_driver_sql(), the dialect's own.
         if is_read(statement):
             return statement, parameters
-        self._write(text(statement))
-        return _NOTHING, ()
+        if context is None or context.compiled is None:  # exec_driver_sql(): not rendered yet
+            self._write(text(statement), {})
+        # One row per parameter set: the row count the write would have had where
+        # each matches one row, which the ORM checks after an UPDATE by key.
+        if executemany:
+            return _ONE_ROW, [type(one)() for one in parameters]
+        return _ONE_ROW, ()
 
-    def _write(self, element: Any) -> None:
+    def _write(self, element: Any, params: dict[str, Any]) -> None:
         assert self.context is not None  # set by lend() before any render reads
+        # With its values where they fit (an UPDATE's SET); else as a comment:
+        # the ORM's statements bind names no Core construct takes.
         try:
-            self.context.execute(element)
-        except Exception:  # not renderable as it stands (a parameter with no value)
-            self.context.impl.static_output(f"{element};")
+            self.context.execute(_bound(element, params))
+            return
+        except Exception:  # as a comment: SQL with placeholders is no SQL to judge
+            pass
+        try:
+            written = str(element.compile(dialect=self.context.dialect))
+        except Exception:
+            written = f"a {type(element).__name__}, not rendered"
+        lines = "\n".join(f"-- {line}" for line in written.splitlines())
+        self.context.impl.static_output(
+            f"-- through op.get_bind(), values bound when run:\n{lines}"
+        )
 
 
 def _bound(element: Any, params: dict[str, Any]) -> Any:
