@@ -641,3 +641,61 @@ def test_a_type_change_without_a_rewrite_is_judged_on_the_live_type(
     report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
 
     assert [(f.rule, f.target) for f in report.flagged] == [("change-column-type", "qty")]
+
+
+INDEXED = Rev(
+    "r1",
+    None,
+    "items, indexed, with a foreign key",
+    """
+    op.create_table("others", sa.Column("id", sa.Integer, primary_key=True))
+    op.create_table(
+        "items",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50), index=True),
+        sa.Column("qty", sa.Integer, index=True),
+        sa.Column("other_id", sa.Integer, sa.ForeignKey("others.id", name="fk_other")),
+    )
+    """,
+)
+
+
+def test_squawk_s_drop_index_is_weighed_by_the_index_s_table(tmp_path: Path, pg_url: URL) -> None:
+    # DROP INDEX names no table: the plan says it (op.drop_index, an index it
+    # made), else the live database (raw SQL); an index of a table the plan
+    # made is exempt, one of a small table passes.
+    body = """
+op.drop_index("ix_items_name", table_name="items")
+op.execute("DROP INDEX ix_items_qty")
+op.create_table("fresh", sa.Column("id", sa.Integer, primary_key=True))
+op.create_index("ix_fresh", "fresh", ["id"])
+op.drop_index("ix_fresh")
+"""
+    ini = make_project(tmp_path / "p", (INDEXED, Rev("r2", "r1", "drops", body)))
+    anyio.run(AutoMigrator(ini, url=pg_url, target="r1").run)
+
+    big = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+    small = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=10))))
+
+    drops = [f for f in big.findings if f.rule == "squawk:require-concurrent-index-deletion"]
+    assert [(f.table, f.verdict) for f in drops] == [("items", "flagged"), ("items", "flagged")]
+    assert {f.verdict for f in small.findings if f.rule == drops[0].rule} == {"small"}
+
+
+def test_a_constraint_dropped_and_made_again_in_one_revision_is_judged_once(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # MLflow's 6f8d9c3b2a1e: a foreign key made again with ON DELETE CASCADE.
+    # Its new form scans the table (add-constraint); the drop before it, in
+    # the same transaction, is no finding of its own.
+    body = batch(
+        'b.drop_constraint("fk_other", type_="foreignkey")',
+        'b.create_foreign_key("fk_other", "others", ["other_id"], ["id"], ondelete="CASCADE")',
+    )
+    ini = make_project(tmp_path / "p", (INDEXED, Rev("r2", "r1", "cascade", body)))
+    anyio.run(AutoMigrator(ini, url=pg_url, target="r1").run)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+    assert report.squawk is not None
+    assert [(f.rule, f.table) for f in report.flagged] == [("add-constraint", "items")]

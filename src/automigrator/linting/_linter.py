@@ -161,8 +161,9 @@ class Linter:
         squawk = _squawk.find() if dialect == "postgresql" else None
         if squawk is not None:
             raw = {r: _raw_sql(ops) for r, ops in operations.items()}
+            known = _Known(operations, self.engine if live else None)
             try:
-                found += self._squawked(squawk, pending, found, new_by, raw)
+                found += self._squawked(squawk, pending, found, new_by, raw, known)
             except _squawk.SquawkError as exc:
                 logger.warning("Lint: squawk was not used (%s); the operation rules apply", exc)
                 squawk = None
@@ -223,6 +224,7 @@ class Linter:
         found: list[LintFinding],
         new_by: dict[str, set[str]],
         raw: dict[str, list[str]],
+        known: _Known,
     ) -> list[LintFinding]:
         """squawk's findings beyond the operation rules'; raises ``SquawkError``."""
         # The operation rules know what each op.* call means (a varchar only
@@ -235,8 +237,12 @@ class Linter:
         more: list[LintFinding] = []
         for revision, revision_hits in hits.items():
             for hit in revision_hits:
+                if hit.table is None:  # DROP INDEX names no table: the plan or the database does
+                    hit = replace(hit, table=known.table_of_index(hit.statement))
                 if hit.table is not None and _among(hit.table, new_by[revision]):
                     continue
+                if known.recreated(revision, hit.statement):
+                    continue  # dropped and made again in one revision: the new one is judged
                 rule = _squawk.SAME_AS.get(hit.rule)
                 if rule == "no-lock-timeout" and self.settings.ddl.lock_timeout is not None:
                     continue  # automigrator sets it on the connection, where SQL cannot show it
@@ -425,3 +431,56 @@ class _LiveTypes:
                 columns = []
             self.tables[table] = {c["name"]: c["type"] for c in columns}
         return self.tables[table].get(column)
+
+
+_DROP_INDEX = re.compile(
+    r"DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:\S+\.)?\"?([\w$]+)\"?", re.I
+)
+_DROP_CONSTRAINT = re.compile(r"DROP\s+CONSTRAINT\s+(?:IF\s+EXISTS\s+)?\"?([\w$]+)\"?", re.I)
+_ADD_CONSTRAINT = re.compile(r"ADD\s+CONSTRAINT\s+\"?([\w$]+)\"?", re.I)
+
+
+class _Known:
+    """What the plan's operations (and the live database) say of indexes and
+    constraints that squawk's SQL leaves unsaid."""
+
+    def __init__(self, operations: dict[str, list[Any]], engine: Engine | None) -> None:
+        from alembic.operations import ops
+
+        self.engine = engine
+        self.indexes: dict[str, str] = {}  # index name: its table
+        self.constraints: dict[str, set[str]] = {}  # revision: the constraints it makes
+        for revision, recorded in operations.items():
+            made = self.constraints.setdefault(revision, set())
+            for op in recorded:
+                if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.table_name:
+                    self.indexes.setdefault(str(op.index_name), str(op.table_name))
+                elif isinstance(op, ops.CreateTableOp):
+                    table = op.to_table()
+                    self.indexes.update({str(i.name): table.name for i in table.indexes})
+                elif isinstance(op, ops.AddConstraintOp) and getattr(op, "constraint_name", None):
+                    made.add(str(op.constraint_name))  # type: ignore[attr-defined]
+                elif isinstance(op, ops.ExecuteSQLOp):
+                    made.update(_ADD_CONSTRAINT.findall(str(op.sqltext)))
+
+    def table_of_index(self, statement: str) -> str | None:
+        """The table of the index a DROP INDEX statement drops, or None."""
+        match = _DROP_INDEX.search(statement)
+        if match is None:
+            return None
+        name = match.group(1)
+        if name in self.indexes or self.engine is None:
+            return self.indexes.get(name)
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(
+                    sa.text("SELECT tablename FROM pg_indexes WHERE indexname = :n"), {"n": name}
+                ).scalar()
+        except Exception:  # unknown: the finding stays, "size unknown"
+            return None
+        return None if found is None else str(found)
+
+    def recreated(self, revision: str, statement: str) -> bool:
+        """Whether ``statement`` drops a constraint that its revision makes again."""
+        match = _DROP_CONSTRAINT.search(statement)
+        return match is not None and match.group(1) in self.constraints.get(revision, ())
