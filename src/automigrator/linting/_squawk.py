@@ -44,7 +44,9 @@ SAME_AS: dict[str, str] = {
 LEFT_OUT = frozenset({"require-statement-timeout", "prefer-robust-stmts"})
 # squawk's rules we have no name for whose reason is "may break existing
 # clients": only the old version breaks on them, as on our old_version rules.
-OLD_VERSION = frozenset({"ban-drop-function", "ban-drop-view", "ban-drop-not-null"})
+OLD_VERSION = frozenset(
+    {"ban-drop-function", "ban-drop-view", "ban-drop-not-null", "ban-drop-default"}
+)
 
 _NAME = r'(?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?'
 _TABLE = re.compile(

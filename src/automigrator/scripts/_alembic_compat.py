@@ -83,6 +83,8 @@ class Recorded:
         self.path: str | None = None
         """The revision file running: :func:`line_of` an operation is the line of
         it that invoked the operation."""
+        self.then: Callable[[Any], None] | None = None
+        """Told of each operation recorded, before it runs."""
 
 
 # Beside the operations, not on them: an operation's ``info`` is sometimes
@@ -125,6 +127,8 @@ def recording_operations() -> Iterator[Recorded]:
     def invoke(self: Any, operation: Any) -> Any:
         if recorded.into is not None and threading.get_ident() == thread:
             recorded.into.append(operation)
+            if recorded.then is not None:
+                recorded.then(operation)
             line = _line_in(recorded.path) if recorded.path is not None else None
             if line is not None:
                 _lines[operation] = line

@@ -30,8 +30,11 @@ reported with the database's reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
@@ -50,6 +53,7 @@ _READ_WORDS = frozenset(
 )
 _LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)+", re.S)
 _ONE_ROW = "SELECT 1"
+_SAVEPOINT = "automigrator_plan"
 
 
 def is_read(sql: str) -> bool:
@@ -96,6 +100,27 @@ class LiveReads:
         self.engine = engine
         self.connection: Connection | None = None
         self.context: MigrationContext | None = None  # the render writes go into
+        self.ops: list[Any] = []  # the plan's operations before the next read
+        self.scratching = False  # temporary tables made for this revision
+        self.own = False  # our own statements (the scratch tables): not intercepted
+
+    def plan_made(self, operations: Iterable[Any]) -> None:
+        """The operations the plan runs before the next revision: the tables they
+        make, and the live tables whose columns they change, are made as empty
+        temporary tables for its reads (PostgreSQL; each revision's own)."""
+        self.ops = list(operations)
+
+    def applied(self, operation: Any) -> None:
+        """An operation the revision invokes: where it makes or reshapes a table,
+        the temporary tables are made again to match, for the reads after it."""
+        self.ops.append(operation)
+        if self.scratching and self.connection is not None and _reshapes(operation):
+            self.own = True
+            try:
+                self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                self._build(self.connection)
+            finally:
+                self.own = False
 
     def lend(self, context: MigrationContext) -> None:
         """Make ``op.get_bind()`` of ``context`` (an offline context) the read-only
@@ -106,10 +131,45 @@ class LiveReads:
             self.connection = self._connect()
         self.context = context
         context.impl.connection = self.connection
+        if self.connection.dialect.name == "postgresql":
+            # The transaction's first statement may make it read-write (the
+            # session's are read-only), for the temporary tables; a savepoint
+            # before them, so that they can be made again (read-write again too).
+            self.own = True
+            try:
+                self.connection.exec_driver_sql("SET TRANSACTION READ WRITE")
+                self.connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+                self._build(self.connection)
+            finally:
+                self.own = False
+            self.scratching = True
+
+    def _build(self, connection: Connection) -> None:
+        # Temporary tables (pg_temp, first on the search path, gone at the
+        # rollback) with no foreign key and no type of their own: nothing outside
+        # the session changes. A live table the plan alters is shadowed by an
+        # empty copy (LIKE reads its definition; it locks the table as a SELECT
+        # does), altered as the plan alters it: the revision reads no rows
+        # there, but the columns it expects. Then read-only for the revision.
+        quote = connection.dialect.identifier_preparer.quote
+        planned_now = planned(self.ops)
+        live = sa.inspect(connection)
+        for table in planned_now.tables:
+            if not live.has_table(table.name):
+                table.create(connection)
+        for name, changes in planned_now.altered.items():
+            if live.has_table(name):
+                connection.exec_driver_sql(
+                    f"CREATE TEMPORARY TABLE {quote(name)} (LIKE {quote(name)} "
+                    "INCLUDING DEFAULTS INCLUDING INDEXES)"
+                )
+                for change in changes:
+                    connection.exec_driver_sql(f"ALTER TABLE pg_temp.{quote(name)} {change}")
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
 
     def end_revision(self) -> None:
         """Roll back what the revision read, releasing its locks."""
-        self.context = None
+        self.context, self.scratching = None, False
         if self.connection is not None:
             try:
                 self.connection.rollback()
@@ -146,6 +206,8 @@ class LiveReads:
         params: Any,
         execution_options: Any,
     ) -> tuple[Any, Any, Any]:
+        if self.own:
+            return element, multiparams, params
         # A write is rendered here, where its values are at hand, and goes on
         # unchanged: SQLAlchemy (the ORM's query.delete() above all) handles its
         # result as a write's; the cursor gets a read of nothing instead.
@@ -169,7 +231,7 @@ class LiveReads:
         context: Any,
         executemany: bool,
     ) -> tuple[str, Any]:
-        if is_read(statement):
+        if self.own or is_read(statement):
             return statement, parameters
         if context is None or context.compiled is None:  # exec_driver_sql(): not rendered yet
             self._write(text(statement), {})
@@ -213,3 +275,89 @@ def _bound(element: Any, params: dict[str, Any]) -> Any:
     except Exception:  # a name the statement does not know: render it as written
         return element
     return element
+
+
+@dataclass
+class Planned:
+    """The schema the plan makes before a revision, where the live one lacks it."""
+
+    tables: list[sa.Table] = field(default_factory=list)
+    """The tables it makes, as it leaves them (to be made as temporary tables)."""
+    altered: dict[str, list[str]] = field(default_factory=dict)
+    """Live tables it alters: the ALTER TABLE clauses of a temporary copy."""
+
+
+def planned(operations: Iterable[Any]) -> Planned:
+    """What ``operations`` make and alter: the tables they make (their columns, an
+    enum as text, no key, default or foreign key; their indexes), and the
+    columns they add to, drop from or rename in the others."""
+    from alembic.operations import ops
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    columns: dict[str, dict[str, Any]] = {}
+    indexes: dict[str, dict[str, list[str]]] = {}
+    altered: dict[str, list[str]] = {}
+    for op in operations:
+        table = getattr(op, "table_name", None)
+        if isinstance(op, ops.CreateTableOp):
+            new = op.to_table()
+            columns[new.name] = {c.name: c.type for c in new.columns}
+            indexes[new.name] = {
+                str(i.name): [c.name for c in i.columns] for i in new.indexes if i.name
+            }
+        elif isinstance(op, ops.DropTableOp):
+            columns.pop(op.table_name, None)
+        elif table in columns:
+            if isinstance(op, ops.AddColumnOp):
+                columns[table][op.column.name] = op.column.type
+            elif isinstance(op, ops.DropColumnOp):
+                columns[table].pop(op.column_name, None)
+            elif isinstance(op, ops.CreateIndexOp) and op.index_name:
+                named = [c for c in op.columns if isinstance(c, str)]
+                if len(named) == len(op.columns):
+                    indexes[table][str(op.index_name)] = named
+        elif table is not None and getattr(op, "schema", None) is None:
+            if isinstance(op, ops.AddColumnOp):
+                given = op.column.type  # an enum's type is not made: as text
+                kind = "TEXT" if isinstance(given, sa.Enum) else given.compile(dialect=dialect)
+                altered.setdefault(table, []).append(f"ADD COLUMN {quote(op.column.name)} {kind}")
+            elif isinstance(op, ops.DropColumnOp):
+                altered.setdefault(table, []).append(f"DROP COLUMN {quote(op.column_name)}")
+            elif isinstance(op, ops.AlterColumnOp) and op.modify_name:
+                altered.setdefault(table, []).append(
+                    f"RENAME COLUMN {quote(op.column_name)} TO {quote(op.modify_name)}"
+                )
+    metadata = sa.MetaData()
+    made = Planned(altered=altered)
+    for name, typed in columns.items():
+        new = sa.Table(
+            name,
+            metadata,
+            *(
+                sa.Column(column, sa.Text() if isinstance(kind, sa.Enum) else kind)
+                for column, kind in typed.items()
+            ),
+            prefixes=["TEMPORARY"],
+        )
+        for index, on in indexes.get(name, {}).items():
+            if set(on) <= set(typed):
+                sa.Index(index, *(new.c[c] for c in on))
+        made.tables.append(new)
+    return made
+
+
+def _reshapes(op: Any) -> bool:
+    from alembic.operations import ops
+
+    if isinstance(op, ops.AlterColumnOp):
+        return op.modify_name is not None
+    return isinstance(
+        op,
+        ops.CreateTableOp
+        | ops.DropTableOp
+        | ops.AddColumnOp
+        | ops.DropColumnOp
+        | ops.CreateIndexOp,
+    )

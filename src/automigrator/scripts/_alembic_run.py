@@ -558,20 +558,29 @@ def render_offline(
     rendered: list[PendingRevision] = []
     with RUN_LOCK, LoggingGuard(), ExitStack() as stack:
         stack.enter_context(_quiet_offline_lines())
-        recorded = stack.enter_context(recording_operations()) if operations is not None else None
         lent = stack.enter_context(_lent(reads)) if reads is not None and sql else None
+        # The reads need the plan's operations too (the tables it makes).
+        seen: dict[str, list[Any]] = {} if operations is None else operations
+        wanted = operations is not None or lent is not None
+        recorded = stack.enter_context(recording_operations()) if wanted else None
         for step in steps:
-            if recorded is not None and operations is not None:
-                recorded.into = operations.setdefault(step.revision.revision, [])
+            if recorded is not None:
+                recorded.into = seen.setdefault(step.revision.revision, [])
                 recorded.path = str(step.revision.path)
             text, why, whole = (
                 _render_step(cfg, script, step, heads, url) if sql else (None, None, False)
             )
-            if why is not None and lent is not None:
-                # It may have read the database: again, with reads answered.
-                if recorded is not None and operations is not None:
-                    recorded.into = operations[step.revision.revision] = []
-                text, why, whole = _render_step(cfg, script, step, heads, url, lent)
+            if why is not None and lent is not None and recorded is not None:
+                # It may have read the database: again, with reads answered, and
+                # the tables the plan made before (and makes as it goes) there.
+                done = [op for r, ops in seen.items() if r != step.revision.revision for op in ops]
+                lent.plan_made(done)
+                recorded.into = seen[step.revision.revision] = []
+                recorded.then = lent.applied
+                try:
+                    text, why, whole = _render_step(cfg, script, step, heads, url, lent)
+                finally:
+                    recorded.then = None
             text, why = (None if t is None else redact(t, url) for t in (text, why))
             revision = step.revision
             rendered.append(
