@@ -349,7 +349,7 @@ def _events(
             }
         )
 
-    for table, was in before.items():
+    for table, was in sorted(before.items()):
         now = after.get(table)
         if now is None:
             event("drop-table", table)

@@ -125,34 +125,66 @@ def test_a_write_that_looks_like_a_read_is_refused_by_the_session(
     assert rows(url, "SELECT name FROM items ORDER BY id") == [("a",), ("b",)]
 
 
-def test_a_read_of_a_table_the_plan_creates_is_named_and_not_refused(
-    tmp_path: Path, db_url: URL, caplog: pytest.LogCaptureFixture
-) -> None:
-    # r2 creates "tags"; r3 reads it, which the live database cannot answer yet.
-    reads_new = Rev(
+# r2 creates "tags"; r3 reads it, which the live database has not yet.
+READS_A_NEW_TABLE = (
+    'op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))',
+    Rev(
         "r3",
         "r2",
         "reads the new table",
         'op.get_bind().execute(sa.text("SELECT COUNT(*) FROM tags")).scalar_one()\n'
         'op.drop_column("items", "qty")',
-    )
-    ini = project(
-        tmp_path / "p",
-        'op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))',
-        reads_new,
-    )
-    at_base(ini, db_url)
+    ),
+)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_a_read_of_a_table_the_plan_creates_is_named_and_not_refused(
+    tmp_path: Path, kind: str, fresh_db: Callable[[str], URL], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = fresh_db(kind)
+    ini = project(tmp_path / "p", *READS_A_NEW_TABLE)
+    at_base(ini, url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0))))
 
     [(revision, why)] = report.not_linted
     assert revision == "r3"
     assert "tags" in why
     # At start-up: named in the log, and not refused (see docs/lint.md).
     with caplog.at_level(logging.WARNING, logger="automigrator"):
-        status = anyio.run(AutoMigrator(ini, url=db_url, lint=Lint(mode="refuse", rows=0)).run)
+        status = anyio.run(AutoMigrator(ini, url=url, lint=Lint(mode="refuse", rows=0)).run)
     assert status.state is MigrationState.READY
     assert any("r3 cannot be rendered offline" in r.getMessage() for r in caplog.records)
+
+
+def test_postgresql_answers_reads_of_what_the_plan_makes(tmp_path: Path, pg_url: URL) -> None:
+    # A table made by an earlier revision, and a column the same revision adds
+    # before it reads it (MLflow's 75868b020152): empty temporary tables.
+    adds_then_reads = Rev(
+        "r4",
+        "r3",
+        "adds a column, reads it, indexes",
+        'op.add_column("items", sa.Column("code", sa.String(10)))\n'
+        'op.get_bind().execute(sa.text("SELECT code FROM items WHERE code IS NULL")).all()\n'
+        'op.create_index("ix_items_name", "items", ["name"])',
+    )
+    ini = project(tmp_path / "p", *READS_A_NEW_TABLE, adds_then_reads)
+    seeded(ini, pg_url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+    assert report.not_linted == ()
+    assert {(f.revision, f.rule) for f in report.flagged} >= {
+        ("r3", "drop-column"),
+        ("r4", "index-not-concurrent"),
+    }
+    # Nothing of it outlived the lint: no table, no column, the rows as they were.
+    assert rows(pg_url, "SELECT to_regclass('tags') IS NULL") == [(True,)]
+    assert rows(pg_url, "SELECT id, name, qty FROM items ORDER BY id") == [
+        (1, "a", 1),
+        (2, "b", 2),
+    ]
 
 
 @contextmanager

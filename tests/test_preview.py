@@ -130,6 +130,31 @@ def test_a_bulk_insert_of_untyped_columns_is_reported_not_renderable(
     assert "CompileError" in (found.pending[2].not_renderable or "")
 
 
+def test_an_update_of_untyped_columns_renders_with_its_values(
+    tmp_path: Path, sqlite_url: URL
+) -> None:
+    # MLflow's dc11669786a5: op.execute() of an update through sa.table() columns
+    # of no type. Each value is written with its Python type, as the driver
+    # takes it online.
+    untyped = Rev(
+        "r2",
+        "r1",
+        "untyped update",
+        """
+    users = sa.table("users", sa.column("name"), sa.column("id"))
+    op.execute(users.update().where(users.c.id.in_([1, 2])).values(name="x", id=5))
+    """,
+    )
+    ini = make_project(tmp_path / "p", (USERS, untyped))
+
+    found = anyio.run(lambda: preview(AutoMigrator(ini, url=sqlite_url), sql=True))
+
+    assert found.pending[1].not_renderable is None
+    assert "UPDATE users SET name='x', id=5 WHERE users.id IN (1, 2)" in (
+        found.pending[1].sql or ""
+    )
+
+
 def test_plan_refuses_what_a_start_would_refuse(tmp_path: Path, sqlite_url: URL) -> None:
     ini = make_project(tmp_path / "p", CHAIN)
     anyio.run(AutoMigrator(ini, url=sqlite_url).run)

@@ -126,6 +126,7 @@ def recording_operations() -> Iterator[Recorded]:
 
     def invoke(self: Any, operation: Any) -> Any:
         if recorded.into is not None and threading.get_ident() == thread:
+            _typed_literals(operation)
             recorded.into.append(operation)
             if recorded.then is not None:
                 recorded.then(operation)
@@ -149,6 +150,35 @@ def recording_operations() -> Iterator[Recorded]:
             yield recorded
         finally:
             owner.invoke = original  # type: ignore[attr-defined]
+
+
+def _typed_literals(operation: Any) -> None:
+    """An ``op.execute(statement)`` whose values have no SQL type (``sa.table("t",
+    sa.column("n"))``, updated with ``n=5``) gets the type of each Python value:
+    offline, Alembic renders values as literals, and a value of no type has no
+    literal form. Online, the driver takes it as it is; the SQL is the same."""
+    from alembic.operations import ops
+    from sqlalchemy import literal
+    from sqlalchemy.sql import visitors
+    from sqlalchemy.sql.elements import BindParameter, ClauseElement
+    from sqlalchemy.types import NullType
+
+    if not isinstance(operation, ops.ExecuteSQLOp) or not isinstance(
+        operation.sqltext, ClauseElement
+    ):
+        return
+
+    def typed(element: Any, **kw: Any) -> Any:
+        if (
+            isinstance(element, BindParameter)
+            and isinstance(element.type, NullType)
+            and element.value is not None
+        ):
+            return literal(element.value)
+        return None
+
+    statement: Any = operation.sqltext
+    operation.sqltext = visitors.replacement_traverse(statement, {}, typed)
 
 
 def parents(script: ScriptDirectory, revision: str) -> tuple[str, ...]:
