@@ -1,6 +1,6 @@
 """The lint on real histories, against what an actual upgrade does.
 
-For each history of ``tests/lintcorpus.py`` (Optuna, MLflow): a PostgreSQL
+For each history of ``tests/lintcorpus.py`` (Optuna, Prefect, MLflow): a PostgreSQL
 database at an older revision, its tables filled (SCALE times the sizes
 there: 1 is the issue's sizes, with the lint's default threshold of 100,000
 rows), linted by ``automigrator lint``, then upgraded one revision at a time
@@ -36,9 +36,14 @@ def measure(name: str, scale: float, root: Path) -> dict[str, Any]:
     database = f"am_bench_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {database}")
-    url = sa.make_url(SERVER).set(database=database).render_as_string(hide_password=False)
+    history = HISTORIES[name]
+    url = (
+        sa.make_url(SERVER)
+        .set(database=database, drivername=f"postgresql+{history.driver}")
+        .render_as_string(hide_password=False)
+    )
     try:
-        ini = corpus_project(name, root / name)
+        ini = corpus_project(name, root / name, history.template)
         run = [sys.executable, "-W", "ignore", "-m", "tests.lintcorpus"]
         subprocess.run([*run, "prepare", name, str(ini), url, str(scale)], check=True)
         rows = max(1, int(THRESHOLD * scale))

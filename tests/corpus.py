@@ -25,16 +25,20 @@ CORPUS = {
     "optuna": ("optuna", "storages/_rdb/alembic/versions"),
     "mlflow": ("mlflow", "store/db_migrations/versions"),
     "dagster": ("dagster", "_core/storage/alembic/versions"),
+    "prefect": ("prefect", "server/database/_migrations/versions/postgresql"),
 }
 
 
-def corpus_project(name: str, root: Path) -> Path:
-    """An Alembic project holding ``name``'s real revision files; returns its ini."""
+def corpus_project(name: str, root: Path, template: str = "generic") -> Path:
+    """An Alembic project holding ``name``'s real revision files; returns its ini.
+
+    ``template``: Alembic's template for env.py (``async`` for a history whose
+    raw SQL wants asyncpg's placeholders, as Prefect's does)."""
     package, folder = CORPUS[name]
     spec = importlib.util.find_spec(package)  # a top-level name: nothing is imported
     if spec is None or spec.origin is None:
         raise LookupError(f"{package} is not installed (pyproject.toml's test extra has it)")
-    ini = make_project(root, ())
+    ini = make_project(root, (), template=template)
     versions = root / "migrations" / "versions"
     shutil.rmtree(versions)
     source = Path(spec.origin).parent / folder

@@ -674,12 +674,19 @@ op.drop_index("ix_fresh")
     ini = make_project(tmp_path / "p", (INDEXED, Rev("r2", "r1", "drops", body)))
     anyio.run(AutoMigrator(ini, url=pg_url, target="r1").run)
 
-    big = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
-    small = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=10))))
+    # Its one cost is a brief lock: weighed where no lock timeout bounds it.
+    unbounded = Ddl(lock_timeout=None)
+    big = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0), ddl=unbounded)))
+    small = anyio.run(
+        lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=10), ddl=unbounded))
+    )
+    bounded = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
 
-    drops = [f for f in big.findings if f.rule == "squawk:require-concurrent-index-deletion"]
+    rule = "squawk:require-concurrent-index-deletion"
+    drops = [f for f in big.findings if f.rule == rule]
     assert [(f.table, f.verdict) for f in drops] == [("items", "flagged"), ("items", "flagged")]
-    assert {f.verdict for f in small.findings if f.rule == drops[0].rule} == {"small"}
+    assert {f.verdict for f in small.findings if f.rule == rule} == {"small"}
+    assert not [f for f in bounded.findings if f.rule == rule]
 
 
 def test_a_constraint_dropped_and_made_again_in_one_revision_is_judged_once(
@@ -694,8 +701,14 @@ def test_a_constraint_dropped_and_made_again_in_one_revision_is_judged_once(
     )
     ini = make_project(tmp_path / "p", (INDEXED, Rev("r2", "r1", "cascade", body)))
     anyio.run(AutoMigrator(ini, url=pg_url, target="r1").run)
+    unbounded = Ddl(lock_timeout=None)  # where squawk's ban-drop-constraint counts
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+    report = anyio.run(
+        lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0), ddl=unbounded))
+    )
 
     assert report.squawk is not None
-    assert [(f.rule, f.table) for f in report.flagged] == [("add-constraint", "items")]
+    assert [(f.rule, f.table) for f in report.flagged] == [
+        ("add-constraint", "items"),
+        ("no-lock-timeout", "items"),
+    ]

@@ -244,7 +244,8 @@ class Linter:
                 if known.recreated(revision, hit.statement):
                     continue  # dropped and made again in one revision: the new one is judged
                 rule = _squawk.SAME_AS.get(hit.rule)
-                if rule == "no-lock-timeout" and self.settings.ddl.lock_timeout is not None:
+                bounded = self.settings.ddl.lock_timeout is not None
+                if bounded and (rule == "no-lock-timeout" or hit.rule in _squawk.BRIEF_LOCK):
                     continue  # automigrator sets it on the connection, where SQL cannot show it
                 if rule is None:
                     more.append(
