@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator, Lint, MigrationState, UnsafeMigrationError, lint
 from tests.conftest import revisions, rows
 from tests.helpers import cli
-from tests.project import Rev
-from tests.test_lint import at_base, project
+from tests.project import Rev, make_project
+from tests.test_lint import BASE, at_base, project
 
 # Reads how many rows there are, and which columns, then drops one: only the
 # live database answers the reads; the drop is what the lint must see.
@@ -217,3 +217,177 @@ def test_a_read_that_waits_for_a_lock_gives_up_and_is_named(
 
     assert out.returncode == 0, out.stderr
     assert "not linted past its failure: revision r2" in out.stdout, out.stdout
+
+
+# -- the doors around op.get_bind()'s reads (an adversary's, closed) ------------
+
+# Each writes to items by a route a migration might take; the lint (and
+# plan --sql) must leave items as it was.
+DOORS = {
+    "several statements in one string": (
+        'op.get_bind().exec_driver_sql("SELECT 1; COMMIT; BEGIN READ WRITE; '
+        "UPDATE items SET name = 'x'; COMMIT\")",
+        {"postgresql", "mariadb", "sqlite"},
+    ),
+    "a connection of the revision's own, from the bind's engine": (
+        "with op.get_bind().engine.begin() as own:\n"
+        "    own.execute(sa.text(\"UPDATE items SET name = 'x'\"))",
+        {"postgresql", "mariadb", "sqlite"},
+    ),
+    "the session made writable by set_config": (
+        "bind = op.get_bind()\n"
+        "bind.execute(sa.text(\"SELECT set_config('default_transaction_read_only', 'off', "
+        'false)"))\n'
+        "bind.commit()\n"
+        "bind.execute(sa.text(\"WITH x AS (UPDATE items SET name = 'x' RETURNING 1) "
+        'SELECT COUNT(*) FROM x")).all()\n'
+        "bind.commit()",
+        {"postgresql"},
+    ),
+    "SQLite's query_only turned off": (
+        "bind = op.get_bind()\n"
+        'bind.exec_driver_sql("PRAGMA query_only(0)")\n'
+        "bind.exec_driver_sql(\"WITH c AS (SELECT 1) UPDATE items SET name = 'x'\")\n"
+        "bind.commit()",
+        {"sqlite"},
+    ),
+}
+
+
+@pytest.mark.parametrize("door", sorted(DOORS))
+def test_no_door_around_the_reads_changes_the_database(
+    tmp_path: Path, door: str, db_url: URL
+) -> None:
+    body, kinds = DOORS[door]
+    if db_url.get_backend_name().replace("mysql", "mariadb") not in kinds:
+        body = "pass"  # a door of another database: the plain case, which must hold too
+    ini = project(tmp_path / "p", body + "\n" + READ_THEN_DROP)
+    seeded(ini, db_url)
+
+    anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+    out = cli(ini, db_url, "plan", "--sql")
+
+    assert out.returncode == 0, out.stderr
+    assert rows(db_url, "SELECT name FROM items ORDER BY id") == [("a",), ("b",)]
+
+
+def test_a_read_that_would_end_another_session_does_not(tmp_path: Path, pg_url: URL) -> None:
+    body = (
+        'op.get_bind().execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+        "WHERE application_name = 'victim'\")).all()"
+    )
+    ini = project(tmp_path / "p", body)
+    seeded(ini, pg_url)
+    victim = sa.create_engine(
+        pg_url, poolclass=sa.NullPool, connect_args={"application_name": "victim"}
+    )
+    with victim.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+        anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1  # still alive
+    victim.dispose()
+
+
+def test_a_connection_the_revision_keeps_does_not_hold_the_upgrade(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # The lint renders it with its reads answered; the connection it keeps
+    # (with a lock on items) is closed with the render, so the start-up's
+    # upgrade right after takes its lock on items at once.
+    body = (
+        "from alembic import context as _context\n"
+        "if _context.is_offline_mode():\n"
+        "    kept = op.get_bind().engine.connect()\n"
+        '    kept.execute(sa.text("SELECT COUNT(*) FROM items")).scalar()\n'
+        "    KEPT.append(kept)\n"
+        'op.add_column("items", sa.Column("code", sa.String(10)))'
+    )
+    ini = project(tmp_path / "p", body)
+    versions = ini.parent / "migrations" / "versions"
+    r2 = next(versions.glob("*r2*.py"))
+    r2.write_text(r2.read_text().replace("def upgrade()", "KEPT = []\n\n\ndef upgrade()"))
+    seeded(ini, pg_url)
+
+    status = anyio.run(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0)).run)
+
+    assert status.state is MigrationState.READY
+    assert revisions(pg_url) == {"r2"}
+
+
+def test_a_reflection_during_the_lint_does_not_reach_the_upgrade(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # r3 reflects a table r2 makes into a module-level MetaData: during the
+    # lint that is the empty temporary copy (its enum as text); the upgrade
+    # must reflect the real one.
+    jobs = Rev(
+        "r2",
+        "r1",
+        "jobs",
+        'op.create_table("jobs", sa.Column("id", sa.Integer, primary_key=True), '
+        'sa.Column("status", sa.Enum("new", "done", name="jobstatus"), nullable=False))',
+    )
+    reflects = Rev(
+        "r3",
+        "r2",
+        "first job",
+        "bind = op.get_bind()\n"
+        'table = sa.Table("jobs", META, autoload_with=bind)\n'
+        'bind.execute(table.insert().values(status="new"))',
+    )
+    ini = make_project(tmp_path / "p", (BASE, jobs, reflects))
+    versions = ini.parent / "migrations" / "versions"
+    r3 = next(versions.glob("*r3*.py"))
+    r3.write_text(
+        r3.read_text().replace("def upgrade()", "META = sa.MetaData()\n\n\ndef upgrade()")
+    )
+    at_base(ini, pg_url)
+
+    status = anyio.run(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0)).run)
+
+    assert status.state is MigrationState.READY
+    assert rows(pg_url, "SELECT status::text FROM jobs") == [("new",)]
+
+
+def test_a_read_cannot_lift_its_own_bound(tmp_path: Path, pg_url: URL) -> None:
+    # set_config() would lift the statement timeout: it is no read, and the
+    # sleep after it is cut at the bound (the revision named, not linted).
+    body = (
+        "bind = op.get_bind()\n"
+        "bind.execute(sa.text(\"SELECT set_config('statement_timeout', '0', false)\")).all()\n"
+        'bind.execute(sa.text("SELECT pg_sleep(30)")).all()'
+    )
+    ini = project(tmp_path / "p", body)
+    seeded(ini, pg_url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+    [(revision, why)] = report.not_linted
+    assert revision == "r2"
+    assert "statement timeout" in why
+
+
+def test_no_password_in_what_a_revision_renders_or_names(tmp_path: Path, pg_url: URL) -> None:
+    # The live reads hand the revision a real engine, URL and password included
+    # (the server trusts this client: any password connects). What it renders
+    # (a SQL literal doubles the quote) and names (an index) shows none.
+    password = "Pa'ss9w0rd"
+    url = pg_url.set(password=password)
+    body = (
+        "bind = op.get_bind()\n"
+        "secret = bind.engine.url.password\n"
+        'bind.execute(sa.text("UPDATE items SET name = :p"), {"p": secret})\n'
+        'op.create_index(secret, "items", ["qty"])'
+    )
+    ini = project(tmp_path / "p", body)
+    seeded(ini, url)
+
+    found = cli(ini, url, "lint", "--lint-rows", "0", "--json")
+    plan = cli(ini, url, "plan", "--sql")
+
+    assert "UPDATE items SET name = '***'" in plan.stdout
+    for out in (found, plan):
+        for form in (password, password.replace("'", "''")):
+            assert form not in out.stdout + out.stderr

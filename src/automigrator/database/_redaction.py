@@ -41,7 +41,8 @@ def redact(text: str, url: URL | None) -> str:
     text = mask_credentials(text)
     if url is not None and url.password:
         password = str(url.password)
-        for form in {password, quote(password, safe="")}:
+        # Raw, percent-encoded, and as a SQL string literal writes it ('' for ').
+        for form in {password, quote(password, safe=""), password.replace("'", "''")}:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", "***", text)
     return text
 

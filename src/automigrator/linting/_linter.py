@@ -33,6 +33,7 @@ from .._findings import LintFinding
 from .._plan import Plan
 from .._settings import MigratorSettings
 from ..database._connections import display
+from ..database._redaction import redact
 from ..errors import ConfigurationError, UnsafeMigrationError, first_line
 from ..run._reporting import Reporter
 from ..scripts._pending import PendingRevision
@@ -181,6 +182,8 @@ class Linter:
         found = [_in_post_deploy(f, after=after) if f.revision in marked else f for f in found]
         if live:
             found = self._weighed(found)
+        # A revision names what it likes (an index, a column): never a password.
+        found = [_redacted(f, self.engine.url) for f in found]
         return LintReport(
             database=display(self.engine.url),
             revisions=tuple(step.revision for step in pending),
@@ -395,6 +398,19 @@ def _in_post_deploy(f: LintFinding, *, after: bool) -> LintFinding:
 def _allowed(f: LintFinding, allowed: set[str]) -> LintFinding:
     names = {f.rule, f.rule.removeprefix("squawk:")}
     return replace(f, verdict="allowed") if names & allowed else f
+
+
+def _redacted(f: LintFinding, url: sa.URL) -> LintFinding:
+    def hidden(text: str | None) -> str | None:
+        return None if text is None else redact(text, url)
+
+    return replace(
+        f,
+        table=hidden(f.table),
+        target=hidden(f.target),
+        why=redact(f.why, url),
+        instead=redact(f.instead, url),
+    )
 
 
 def _split(table: str) -> tuple[str | None, str]:

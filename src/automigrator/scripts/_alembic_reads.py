@@ -8,7 +8,8 @@ and everything it would do after the read goes unseen. For the lint and
 ``op.get_bind()`` a real connection to the live database that only reads:
 
 - a read (SELECT, WITH, SHOW, EXPLAIN, DESCRIBE, VALUES, TABLE, a PRAGMA that
-  sets nothing) runs and answers;
+  sets nothing: :func:`is_read`; one statement, calling no function that
+  writes or reaches another session) runs and answers;
 - anything else sent through it (an UPDATE, DDL, a SET, the ORM's
   ``query.delete()``) never reaches the database: it is written into the
   rendered SQL where it stands, as offline mode writes ``op.execute()``, and
@@ -20,18 +21,31 @@ and everything it would do after the read goes unseen. For the lint and
   (``READ_TIMEOUT`` seconds, ``LOCK_WAIT`` to wait for a lock), the transaction
   is rolled back after each revision, so no lock is held from one to the next,
   and the connection is thrown away after the render: its session settings
-  never reach a pool, and no lock of it outlives the render.
+  never reach a pool, and no lock of it outlives the render;
+- all this holds for every connection of the engine the revision sees
+  (``op.get_bind().engine``: one it opens itself is answered alike and
+  closed with the revision), and the revision's file is loaded anew for the
+  render (:func:`fresh_module`), so what it keeps at module level stays there.
 
-The reads see the database as it stands before the plan: a revision that
-reads a table an earlier pending revision creates still fails, and is
-reported with the database's reason.
+It guards a revision written for an online run, not against code that goes
+around it on purpose (the raw driver connection, a URL of its own): that
+runs as it would in ``alembic upgrade --sql``.
+
+The reads see the database as it stands before the plan. On PostgreSQL, what
+the plan makes before a read is there too: the tables it creates, and the live
+tables whose columns it changes, as empty temporary tables made in the read's
+transaction (:func:`planned`; made again as the revision's own operations
+reshape them). Elsewhere a revision that reads a table an earlier pending
+revision creates still fails, and is reported with the database's reason.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,17 +66,64 @@ _READ_WORDS = frozenset(
     {"select", "with", "show", "explain", "describe", "desc", "values", "table", "pragma"}
 )
 _LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)+", re.S)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\$(\w*)\$.*?\$\1\$", re.S)
+# Functions a SELECT may call that write, or act on another session or the
+# server: a read through them is no read.
+_SIDE_EFFECTS = re.compile(
+    r"\b(?:set_config|setval|nextval|pg_terminate_backend|pg_cancel_backend"
+    r"|pg_(?:try_)?advisory\w*|dblink\w*|lo_\w+|pg_notify|pg_reload_conf|pg_rotate_logfile"
+    r"|pg_switch_wal|pg_create_\w+|pg_drop_\w+|pg_stat_reset\w*|pg_file_\w+|pg_logical_\w+"
+    r"|pg_replication_\w+|pg_import_system_collations|get_lock|release_lock"
+    r"|release_all_locks)\s*\(|\binto\s+(?:outfile|dumpfile)\b",
+    re.I,
+)
+_READ_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "function_list",
+        "pragma_list",
+        "collation_list",
+        "database_list",
+        "compile_options",
+    }
+)
 _ONE_ROW = "SELECT 1"
 _SAVEPOINT = "automigrator_plan"
 
 
 def is_read(sql: str) -> bool:
-    """Whether ``sql`` only reads: its first word (after comments and brackets)."""
+    """Whether ``sql`` only reads: one statement, whose first word (after comments
+    and brackets) reads, calling no function that writes or reaches another
+    session (``setval``, ``set_config``, ``pg_terminate_backend``, ``dblink``,
+    an advisory lock, ``GET_LOCK``, ``INTO OUTFILE``...), and no PRAGMA that sets."""
     body = _LEADING_COMMENTS.sub("", sql).lstrip("( \t\n")
+    bare = _QUOTED.sub("''", _COMMENTS.sub(" ", body))
+    if ";" in bare.rstrip().rstrip(";") or _SIDE_EFFECTS.search(bare):
+        return False
     first = body.split(None, 1)[0].lower() if body else ""
-    if first == "pragma":  # PRAGMA table_info(t) reads; PRAGMA foreign_keys = OFF sets
-        return "=" not in body
+    if first == "pragma":
+        return _read_pragma(bare)
     return first in _READ_WORDS
+
+
+def _read_pragma(statement: str) -> bool:
+    # PRAGMA user_version and PRAGMA table_info(t) read; PRAGMA query_only = 0
+    # and PRAGMA query_only(0) set.
+    match = re.match(r"\s*pragma\s+(?:(?:\w+|'')\.)?(\w+)\s*(\S?)", statement, re.I)
+    if match is None:
+        return False
+    name, after = match.group(1).lower(), match.group(2)
+    return after in ("", ";") or (after == "(" and name in _READ_PRAGMAS)
 
 
 def _session_setup(connection: Connection) -> list[str]:
@@ -94,15 +155,23 @@ def _session_setup(connection: Connection) -> list[str]:
 class LiveReads:
     """The live database, lent to offline renders for their reads (blocking; one
     render at a time, under the run lock). Opens its connection at the first
-    render that needs it; :meth:`close` throws it away."""
+    render that needs it; :meth:`close` throws it away, with every connection a
+    revision opened through ``op.get_bind().engine``."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        # An engine of its own over the same pool: its listeners make every
+        # connection it gives (a revision's own, through bind.engine, too)
+        # read-only, bounded and answered as below; the app's engine has none.
+        self.engine = engine.execution_options()
         self.connection: Connection | None = None
+        self.opened: list[Connection] = []
         self.context: MigrationContext | None = None  # the render writes go into
         self.ops: list[Any] = []  # the plan's operations before the next read
         self.scratching = False  # temporary tables made for this revision
-        self.own = False  # our own statements (the scratch tables): not intercepted
+        self.own = False  # our own statements (set-up, scratch tables): not intercepted
+        event.listen(self.engine, "engine_connect", self._read_only)
+        event.listen(self.engine, "before_execute", self._before_execute, retval=True)
+        event.listen(self.engine, "before_cursor_execute", self._before_cursor, retval=True)
 
     def plan_made(self, operations: Iterable[Any]) -> None:
         """The operations the plan runs before the next revision: the tables they
@@ -115,12 +184,7 @@ class LiveReads:
         the temporary tables are made again to match, for the reads after it."""
         self.ops.append(operation)
         if self.scratching and self.connection is not None and _reshapes(operation):
-            self.own = True
-            try:
-                self.connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-                self._build(self.connection)
-            finally:
-                self.own = False
+            self._build(self.connection, again=True)
 
     def lend(self, context: MigrationContext) -> None:
         """Make ``op.get_bind()`` of ``context`` (an offline context) the read-only
@@ -128,48 +192,52 @@ class LiveReads:
         if context.dialect.name != self.engine.dialect.name:
             return  # env.py renders for another database: it is refused later
         if self.connection is None:
-            self.connection = self._connect()
+            self.connection = self.engine.connect()
         self.context = context
         context.impl.connection = self.connection
         if self.connection.dialect.name == "postgresql":
-            # The transaction's first statement may make it read-write (the
-            # session's are read-only), for the temporary tables; a savepoint
-            # before them, so that they can be made again (read-write again too).
-            self.own = True
-            try:
-                self.connection.exec_driver_sql("SET TRANSACTION READ WRITE")
-                self.connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
-                self._build(self.connection)
-            finally:
-                self.own = False
+            self._build(self.connection, again=False)
             self.scratching = True
 
-    def _build(self, connection: Connection) -> None:
+    def _build(self, connection: Connection, *, again: bool) -> None:
         # Temporary tables (pg_temp, first on the search path, gone at the
         # rollback) with no foreign key and no type of their own: nothing outside
         # the session changes. A live table the plan alters is shadowed by an
         # empty copy (LIKE reads its definition; it locks the table as a SELECT
         # does), altered as the plan alters it: the revision reads no rows
-        # there, but the columns it expects. Then read-only for the revision.
-        quote = connection.dialect.identifier_preparer.quote
-        planned_now = planned(self.ops)
-        live = sa.inspect(connection)
-        for table in planned_now.tables:
-            if not live.has_table(table.name):
-                table.create(connection)
-        for name, changes in planned_now.altered.items():
-            if live.has_table(name):
-                connection.exec_driver_sql(
-                    f"CREATE TEMPORARY TABLE {quote(name)} (LIKE {quote(name)} "
-                    "INCLUDING DEFAULTS INCLUDING INDEXES)"
-                )
-                for change in changes:
-                    connection.exec_driver_sql(f"ALTER TABLE pg_temp.{quote(name)} {change}")
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        # there, but the columns it expects.
+        # Their SQL is written first, read-only: a type's own code runs there.
+        # The transaction is read-write only for our statements (the first of
+        # a transaction may make it so; a savepoint before them, rolled back
+        # to, makes it so again), then read-only again; should anything fail
+        # between, the connection is thrown away, never left writable.
+        made = planned(self.ops).statements(connection.dialect)
+        self.own = True
+        try:
+            if again:
+                connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            else:
+                connection.exec_driver_sql("SET TRANSACTION READ WRITE")
+                connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+            live = sa.inspect(connection)
+            for name, new, statements in made:
+                if live.has_table(name) != new:
+                    for statement in statements:
+                        connection.exec_driver_sql(statement)
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.own = False
 
     def end_revision(self) -> None:
-        """Roll back what the revision read, releasing its locks."""
+        """Roll back what the revision read, releasing its locks; close what else
+        it opened."""
         self.context, self.scratching = None, False
+        for extra in [c for c in self.opened if c is not self.connection]:
+            _discard(extra)
+        self.opened = [c for c in self.opened if c is self.connection]
         if self.connection is not None:
             try:
                 self.connection.rollback()
@@ -177,26 +245,24 @@ class LiveReads:
                 self.close()
 
     def close(self) -> None:
-        """Throw the connection away (its session settings go with it)."""
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.invalidate()
-            connection.close()
+        """Throw every connection away (their session settings and locks go with
+        them)."""
+        self.connection, opened, self.opened = None, self.opened, []
+        for connection in opened:
+            _discard(connection)
 
-    def _connect(self) -> Connection:
-        connection = self.engine.connect()
+    def _read_only(self, connection: Connection) -> None:
+        self.opened.append(connection)
+        self.own = True
         try:
             for statement in _session_setup(connection):
                 connection.exec_driver_sql(statement)
             connection.commit()
         except BaseException:
             connection.invalidate()
-            connection.close()
             raise
-        # After the set-up, which these would take for writes.
-        event.listen(connection, "before_execute", self._before_execute, retval=True)
-        event.listen(connection, "before_cursor_execute", self._before_cursor, retval=True)
-        return connection
+        finally:
+            self.own = False
 
     def _before_execute(
         self,
@@ -242,7 +308,8 @@ class LiveReads:
         return _ONE_ROW, ()
 
     def _write(self, element: Any, params: dict[str, Any]) -> None:
-        assert self.context is not None  # set by lend() before any render reads
+        if self.context is None:  # outside a render (a connection a revision kept): nowhere
+            return
         # With its values where they fit (an UPDATE's SET); else as a comment:
         # the ORM's statements bind names no Core construct takes.
         try:
@@ -285,6 +352,25 @@ class Planned:
     """The tables it makes, as it leaves them (to be made as temporary tables)."""
     altered: dict[str, list[str]] = field(default_factory=dict)
     """Live tables it alters: the ALTER TABLE clauses of a temporary copy."""
+
+    def statements(self, dialect: Any) -> list[tuple[str, bool, list[str]]]:
+        """(table, made by the plan, the SQL of its temporary table): for a table
+        the plan makes, where the live database lacks it; for one it alters,
+        where the live database has it."""
+        from sqlalchemy.schema import CreateIndex, CreateTable
+
+        quote = dialect.identifier_preparer.quote
+        made: list[tuple[str, bool, list[str]]] = []
+        for table in self.tables:
+            ddl = [str(CreateTable(table).compile(dialect=dialect))]
+            ddl += [str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes]
+            made.append((table.name, True, ddl))
+        for name, changes in self.altered.items():
+            copy = f"CREATE TEMPORARY TABLE {quote(name)} (LIKE {quote(name)} "
+            copy += "INCLUDING DEFAULTS INCLUDING INDEXES)"
+            alters = [f"ALTER TABLE pg_temp.{quote(name)} {change}" for change in changes]
+            made.append((name, False, [copy, *alters]))
+        return made
 
 
 def planned(operations: Iterable[Any]) -> Planned:
@@ -346,6 +432,35 @@ def planned(operations: Iterable[Any]) -> Planned:
                 sa.Index(index, *(new.c[c] for c in on))
         made.tables.append(new)
     return made
+
+
+def _discard(connection: Connection) -> None:
+    # Closed at the server, whatever it holds; one the revision closed is done.
+    if not connection.closed:
+        connection.invalidate()
+    connection.close()
+
+
+@contextmanager
+def fresh_module(step: Any) -> Iterator[None]:
+    """``step`` (Alembic's upgrade step of one revision) running its file loaded
+    anew, for the block.
+
+    What a render with live reads leaves in the file's module (a module-level
+    ``MetaData`` holding a table it reflected, from a temporary copy or from
+    the database before the plan) must not reach the upgrade that follows,
+    which runs the module loaded first.
+    """
+    from alembic.util import load_python_file
+
+    path = Path(step.revision.path)
+    module, upgrade = step.revision.module, step.migration_fn
+    fresh = load_python_file(str(path.parent), path.name)
+    step.revision.module, step.migration_fn = fresh, fresh.upgrade
+    try:
+        yield
+    finally:
+        step.revision.module, step.migration_fn = module, upgrade
 
 
 def _reshapes(op: Any) -> bool:

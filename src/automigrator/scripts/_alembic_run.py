@@ -56,7 +56,7 @@ from ..errors import (
 from ..locking import HeldLock, fenced
 from ..process._logging import LoggingGuard
 from ._alembic_compat import Destination, recording_operations, stamp_steps, upgrade_steps
-from ._alembic_reads import LiveReads
+from ._alembic_reads import LiveReads, fresh_module
 from ._configfile import config_error_text
 from ._fingerprints import of_script
 from ._hooks import RunHooks
@@ -578,7 +578,8 @@ def render_offline(
                 recorded.into = seen[step.revision.revision] = []
                 recorded.then = lent.applied
                 try:
-                    text, why, whole = _render_step(cfg, script, step, heads, url, lent)
+                    with fresh_module(step):
+                        text, why, whole = _render_step(cfg, script, step, heads, url, lent)
                 finally:
                     recorded.then = None
             text, why = (None if t is None else redact(t, url) for t in (text, why))
