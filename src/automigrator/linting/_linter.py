@@ -464,6 +464,8 @@ class _Known:
     def __init__(self, operations: dict[str, list[Any]], engine: Engine | None) -> None:
         from alembic.operations import ops
 
+        from ..scripts._alembic_reads import made_by
+
         self.engine = engine
         self.indexes: dict[str, str] = {}  # index name: its table
         self.constraints: dict[str, set[str]] = {}  # revision: the constraints it makes
@@ -473,8 +475,8 @@ class _Known:
                 if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.table_name:
                     self.indexes.setdefault(str(op.index_name), str(op.table_name))
                 elif isinstance(op, ops.CreateTableOp):
-                    table = op.to_table()
-                    self.indexes.update({str(i.name): table.name for i in table.indexes})
+                    _, named = made_by(op)
+                    self.indexes.update(dict.fromkeys(named, str(op.table_name)))
                 elif isinstance(op, ops.AddConstraintOp) and getattr(op, "constraint_name", None):
                     made.add(str(op.constraint_name))  # type: ignore[attr-defined]
                 elif isinstance(op, ops.ExecuteSQLOp):

@@ -388,11 +388,7 @@ def planned(operations: Iterable[Any]) -> Planned:
     for op in operations:
         table = getattr(op, "table_name", None)
         if isinstance(op, ops.CreateTableOp):
-            new = op.to_table()
-            columns[new.name] = {c.name: c.type for c in new.columns}
-            indexes[new.name] = {
-                str(i.name): [c.name for c in i.columns] for i in new.indexes if i.name
-            }
+            columns[op.table_name], indexes[op.table_name] = made_by(op)
         elif isinstance(op, ops.DropTableOp):
             columns.pop(op.table_name, None)
         elif table in columns:
@@ -432,6 +428,23 @@ def planned(operations: Iterable[Any]) -> Planned:
                 sa.Index(index, *(new.c[c] for c in on))
         made.tables.append(new)
     return made
+
+
+def made_by(op: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The columns (name: type) and named indexes (name: columns) of a
+    ``CreateTableOp``, read from what the revision gave it. (Not its
+    ``to_table()``: an ``sa.Index`` given to ``op.create_table`` belongs to
+    the table the render made, and joins no second one.)"""
+    columns = {c.name: c.type for c in op.columns if isinstance(c, sa.Column)}
+    indexes: dict[str, list[str]] = {}
+    for item in op.columns:
+        if isinstance(item, sa.Index) and item.name:
+            on = [e if isinstance(e, str) else getattr(e, "name", None) for e in item.expressions]
+            if all(isinstance(name, str) for name in on):
+                indexes[str(item.name)] = [str(name) for name in on]
+        elif isinstance(item, sa.Column) and item.index:
+            indexes[f"ix_{op.table_name}_{item.name}"] = [item.name]  # the default name
+    return columns, indexes
 
 
 def _discard(connection: Connection) -> None:
