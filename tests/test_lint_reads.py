@@ -391,3 +391,48 @@ def test_no_password_in_what_a_revision_renders_or_names(tmp_path: Path, pg_url:
     for out in (found, plan):
         for form in (password, password.replace("'", "''")):
             assert form not in out.stdout + out.stderr
+
+
+def test_the_reads_leave_no_setting_on_a_pooled_server_connection(
+    tmp_path: Path, pg_url: URL
+) -> None:
+    # Through PgBouncer in transaction mode, a server connection goes from
+    # client to client: the lint's read-only mode and timeouts must end with
+    # its transactions, or the app's next transaction there is read-only.
+    from tests.poolers import PgBouncer
+
+    ini = project(tmp_path / "p", READ_THEN_DROP)
+    seeded(ini, pg_url)
+    with PgBouncer(pg_url, "transaction", pool_size=1) as bouncer:
+        pooled = bouncer.url(pg_url)
+
+        report = anyio.run(lambda: lint(AutoMigrator(ini, url=pooled, lint=Lint(rows=0))))
+
+        app = sa.create_engine(pooled, poolclass=sa.NullPool)
+        with app.connect() as conn:
+            assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "off"
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "0"
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
+        app.dispose()
+    assert [f.rule for f in report.flagged] == ["drop-column"]
+
+
+def test_a_revision_s_reads_have_a_time_of_their_own(
+    tmp_path: Path, pg_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backfill that reads in batches: each read is short, all of them are not.
+    from automigrator.scripts import _alembic_reads
+
+    monkeypatch.setattr(_alembic_reads, "BUDGET", 1)
+    body = (
+        "for _ in range(100):\n"
+        '    op.get_bind().execute(sa.text("SELECT pg_sleep(0.1)")).all()\n' + READ_THEN_DROP
+    )
+    ini = project(tmp_path / "p", body)
+    seeded(ini, pg_url)
+
+    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+
+    [(revision, why)] = report.not_linted
+    assert revision == "r2"
+    assert "took over 1 s" in why

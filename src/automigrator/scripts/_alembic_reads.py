@@ -16,9 +16,11 @@ and everything it would do after the read goes unseen. For the lint and
   the cursor runs ``SELECT 1`` in its place, once per parameter set
   (SQLAlchemy handles the result as the write's, and the ORM finds the one row
   per key it counts on after an UPDATE);
-- behind that, the session itself is read-only (PostgreSQL and MySQL's
-  ``READ ONLY``, SQLite's ``query_only``), each statement is bounded
-  (``READ_TIMEOUT`` seconds, ``LOCK_WAIT`` to wait for a lock), the transaction
+- behind that, the session itself is read-only (PostgreSQL's transactions,
+  each set so: a pooler hands its server session on; MySQL's ``READ ONLY``,
+  SQLite's ``query_only``), each statement is bounded (``READ_TIMEOUT``
+  seconds, ``LOCK_WAIT`` to wait for a lock), a revision's reads together
+  (``BUDGET``), the transaction
   is rolled back after each revision, so no lock is held from one to the next,
   and the connection is thrown away after the render: its session settings
   never reach a pool, and no lock of it outlives the render;
@@ -42,6 +44,7 @@ revision creates still fails, and is reported with the database's reason.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +64,10 @@ READ_TIMEOUT = 5
 reported as not linted, with the reason)."""
 LOCK_WAIT = 1
 """Seconds a read waits for a lock on a table (one that DDL holds, say)."""
+BUDGET = 15
+"""Seconds all of one revision's reads may take (a backfill that reads a big
+table in batches): past them, its next read fails, and it is named as not
+linted past that point."""
 
 _READ_WORDS = frozenset(
     {"select", "with", "show", "explain", "describe", "desc", "values", "table", "pragma"}
@@ -130,11 +137,7 @@ def _session_setup(connection: Connection) -> list[str]:
     """The statements that make ``connection``'s session read-only and bounded."""
     dialect = connection.dialect
     if dialect.name == "postgresql":
-        return [
-            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-            f"SET statement_timeout = {READ_TIMEOUT * 1000}",
-            f"SET lock_timeout = {LOCK_WAIT * 1000}",
-        ]
+        return []  # each transaction's own (_TRANSACTION_BOUNDS): a pooler hands sessions on
     if dialect.name in ("mysql", "mariadb"):
         bound = (
             f"SET SESSION max_statement_time = {READ_TIMEOUT}"
@@ -150,6 +153,17 @@ def _session_setup(connection: Connection) -> list[str]:
     if dialect.name == "sqlite":
         return ["PRAGMA query_only = ON"]
     return []  # another database: the interception alone keeps writes away
+
+
+# PostgreSQL: set in each transaction, before its first statement of the
+# revision's, and gone with it. Session settings would outlive the lint on a
+# server connection that PgBouncer (transaction mode) hands to the app next.
+_TRANSACTION_BOUNDS = (
+    "SET TRANSACTION READ ONLY",
+    f"SET LOCAL statement_timeout = {READ_TIMEOUT * 1000}",
+    f"SET LOCAL lock_timeout = {LOCK_WAIT * 1000}",
+)
+_BOUNDED = "automigrator_reads_bounded"
 
 
 class LiveReads:
@@ -168,8 +182,11 @@ class LiveReads:
         self.context: MigrationContext | None = None  # the render writes go into
         self.ops: list[Any] = []  # the plan's operations before the next read
         self.scratching = False  # temporary tables made for this revision
+        self.deadline = float("inf")  # when the revision's reads have had their time
         self.own = False  # our own statements (set-up, scratch tables): not intercepted
         event.listen(self.engine, "engine_connect", self._read_only)
+        for ended in ("commit", "rollback"):  # a new transaction: bounds again
+            event.listen(self.engine, ended, _unbounded)
         event.listen(self.engine, "before_execute", self._before_execute, retval=True)
         event.listen(self.engine, "before_cursor_execute", self._before_cursor, retval=True)
 
@@ -194,6 +211,7 @@ class LiveReads:
         if self.connection is None:
             self.connection = self.engine.connect()
         self.context = context
+        self.deadline = time.monotonic() + BUDGET
         context.impl.connection = self.connection
         if self.connection.dialect.name == "postgresql":
             self._build(self.connection, again=False)
@@ -207,24 +225,25 @@ class LiveReads:
         # does), altered as the plan alters it: the revision reads no rows
         # there, but the columns it expects.
         # Their SQL is written first, read-only: a type's own code runs there.
-        # The transaction is read-write only for our statements (the first of
-        # a transaction may make it so; a savepoint before them, rolled back
-        # to, makes it so again), then read-only again; should anything fail
-        # between, the connection is thrown away, never left writable.
+        # The transaction is read-write only for our statements (a savepoint
+        # before them and the bounds after: rolled back to, it is read-write
+        # again), then read-only and bounded; should anything fail between,
+        # the connection is thrown away, never left writable.
         made = planned(self.ops).statements(connection.dialect)
         self.own = True
         try:
             if again:
                 connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
             else:
-                connection.exec_driver_sql("SET TRANSACTION READ WRITE")
                 connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
             live = sa.inspect(connection)
             for name, new, statements in made:
                 if live.has_table(name) != new:
                     for statement in statements:
                         connection.exec_driver_sql(statement)
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            for statement in _TRANSACTION_BOUNDS:  # after the savepoint: made again with it
+                connection.exec_driver_sql(statement)
+            connection.info[_BOUNDED] = True
         except BaseException:
             self.close()
             raise
@@ -297,7 +316,15 @@ class LiveReads:
         context: Any,
         executemany: bool,
     ) -> tuple[str, Any]:
-        if self.own or is_read(statement):
+        if self.own:
+            return statement, parameters
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"its reads took over {BUDGET} s; not linted past them")
+        if conn.dialect.name == "postgresql" and not conn.info.get(_BOUNDED):
+            for bound in _TRANSACTION_BOUNDS:  # the transaction's first statement of ours
+                cursor.execute(bound)
+            conn.info[_BOUNDED] = True
+        if is_read(statement):
             return statement, parameters
         if context is None or context.compiled is None:  # exec_driver_sql(): not rendered yet
             self._write(text(statement), {})
@@ -445,6 +472,10 @@ def made_by(op: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
         elif isinstance(item, sa.Column) and item.index:
             indexes[f"ix_{op.table_name}_{item.name}"] = [item.name]  # the default name
     return columns, indexes
+
+
+def _unbounded(connection: Connection) -> None:
+    connection.info[_BOUNDED] = False
 
 
 def _discard(connection: Connection) -> None:
