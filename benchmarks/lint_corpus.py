@@ -24,11 +24,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from tests.corpus import corpus_project
-from tests.lintcorpus import HISTORIES, THRESHOLD
+from tests.lintcorpus import HISTORIES, THRESHOLD, judge
 
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-LOCKS = {"rewrite", "index", "validate"}
-OLD_VERSION = {"drop-column", "drop-table", "not-null-column", "drop-not-null"}
 
 
 def measure(name: str, scale: float, root: Path) -> dict[str, Any]:
@@ -74,34 +72,20 @@ def measure(name: str, scale: float, root: Path) -> dict[str, Any]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE {database} WITH (FORCE)")
         admin.dispose()
-    return judge(report, events, rows)
+    return summary(report, events, rows)
 
 
-def judge(report: dict[str, Any], events: list[dict[str, Any]], rows: int) -> dict[str, Any]:
-    flagged = [f for f in report["findings"] if f["verdict"] == "flagged"]
-
-    def matches(finding: dict[str, Any], event: dict[str, Any]) -> bool:
-        kinds = OLD_VERSION if finding.get("old_version") else LOCKS
-        return (
-            event["revision"] == finding["revision"]
-            and event["table"] == finding["table"]
-            and event["kind"] in kinds
-        )
-
-    true = [f for f in flagged if any(matches(f, e) for e in events)]
-    big = [e for e in events if e["kind"] in ("rewrite", "index") and e["rows"] >= rows]
-    missed = [
-        e
-        for e in big
-        if not any(f["revision"] == e["revision"] and f["table"] == e["table"] for f in flagged)
-    ]
+def summary(report: dict[str, Any], events: list[dict[str, Any]], rows: int) -> dict[str, Any]:
+    judged = judge(report, events, rows)
     return {
         "pending": len(report["revisions"]),
-        "flagged": len(flagged),
-        "true": len(true),
-        "false": [f"{f['revision']} {f['rule']} {f['table']}" for f in flagged if f not in true],
-        "big_events": len(big),
-        "missed": [f"{e['revision']} {e['kind']} {e['table']} {e['target']}" for e in missed],
+        "flagged": len(judged.flagged),
+        "true": len(judged.true),
+        "false": [f"{f['revision']} {f['rule']} {f['table']}" for f in judged.false],
+        "big_events": len(judged.big),
+        "missed": [
+            f"{e['revision']} {e['kind']} {e['table']} {e['target']}" for e in judged.missed
+        ],
         "not_linted": [f"{n['revision']}: {n['why']}" for n in report["not_linted"]],
     }
 

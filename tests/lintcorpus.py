@@ -331,6 +331,52 @@ def fill(conn: sa.Connection, sizes: dict[str, int], history: History) -> None:
         )
 
 
+# ------------------------------------------------------------------ judging
+
+LOCKS = {"rewrite", "index", "validate"}
+"""What a finding about a lock or a scan is borne out by."""
+OLD_VERSION = {"drop-column", "drop-table", "not-null-column", "drop-not-null"}
+"""What a finding about the old version is borne out by."""
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A lint report against the events of the upgrade."""
+
+    flagged: list[dict[str, Any]]
+    true: list[dict[str, Any]]
+    """The findings an event of their kind, on their table and revision, bears out."""
+    false: list[dict[str, Any]]
+    big: list[dict[str, Any]]
+    """The rewrites and index builds on tables of ``rows`` rows or more."""
+    missed: list[dict[str, Any]]
+    """Those of ``big`` that no finding names."""
+
+
+def judge(report: dict[str, Any], events: list[dict[str, Any]], rows: int) -> Judged:
+    """``report`` (``lint --json``) against ``events`` (:func:`observe`)."""
+    flagged = [f for f in report["findings"] if f["verdict"] == "flagged"]
+
+    def borne_out(finding: dict[str, Any]) -> bool:
+        kinds = OLD_VERSION if finding["old_version"] else LOCKS
+        return any(
+            e["revision"] == finding["revision"]
+            and e["table"] == finding["table"]
+            and e["kind"] in kinds
+            for e in events
+        )
+
+    true = [f for f in flagged if borne_out(f)]
+    big = [e for e in events if e["kind"] in ("rewrite", "index") and e["rows"] >= rows]
+    missed = [
+        e
+        for e in big
+        if not any(f["revision"] == e["revision"] and f["table"] == e["table"] for f in flagged)
+    ]
+    false = [f for f in flagged if f not in true]
+    return Judged(flagged, true, false, big, missed)
+
+
 # ------------------------------------------------------------------ observing
 
 

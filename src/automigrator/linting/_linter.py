@@ -440,10 +440,10 @@ class _LiveTypes:
 
     def __call__(self, table: str, column: str) -> Any:
         if table not in self.tables:
-            schema, _, name = table.rpartition(".")
+            schema, name = _split(table)
             try:
                 with self.engine.connect() as conn:
-                    columns = sa.inspect(conn).get_columns(name, schema=schema or None)
+                    columns = sa.inspect(conn).get_columns(name, schema=schema)
             except Exception:  # the lint's sizes say what went wrong, if it matters
                 columns = []
             self.tables[table] = {c["name"]: c["type"] for c in columns}

@@ -72,7 +72,6 @@ linted past that point."""
 _READ_WORDS = frozenset(
     {"select", "with", "show", "explain", "describe", "desc", "values", "table", "pragma"}
 )
-_LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)+", re.S)
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\$(\w*)\$.*?\$\1\$", re.S)
 # Functions a SELECT may call that write, or act on another session or the
@@ -113,11 +112,10 @@ def is_read(sql: str) -> bool:
     and brackets) reads, calling no function that writes or reaches another
     session (``setval``, ``set_config``, ``pg_terminate_backend``, ``dblink``,
     an advisory lock, ``GET_LOCK``, ``INTO OUTFILE``...), and no PRAGMA that sets."""
-    body = _LEADING_COMMENTS.sub("", sql).lstrip("( \t\n")
-    bare = _QUOTED.sub("''", _COMMENTS.sub(" ", body))
+    bare = _QUOTED.sub("''", _COMMENTS.sub(" ", sql)).lstrip("( \t\r\n")
     if ";" in bare.rstrip().rstrip(";") or _SIDE_EFFECTS.search(bare):
         return False
-    first = body.split(None, 1)[0].lower() if body else ""
+    first = bare.split(None, 1)[0].lower() if bare else ""
     if first == "pragma":
         return _read_pragma(bare)
     return first in _READ_WORDS
