@@ -14,11 +14,11 @@ import anyio
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator
+from automigrator import AutoMigrator, PartialMigrationError
 from automigrator.database._connections import sync_url
-from tests.conftest import revisions
+from tests.conftest import revisions, rows
 from tests.helpers import locks_left
-from tests.project import CHAIN, make_project
+from tests.project import CHAIN, Rev, make_project
 
 DRIVERS = [
     # (backend, driver, Alembic template)
@@ -54,3 +54,34 @@ def test_driver_migrates_and_locks(
     assert lock is not None
     assert lock.acquire(0)  # the lock works through this driver's sibling
     lock.release()
+
+
+@pytest.mark.parametrize(
+    ("driver", "template"), [(d, t) for b, d, t in DRIVERS if b == "postgresql"]
+)
+def test_a_commit_inside_a_run_writes_the_ledger_through_each_driver(
+    tmp_path: Path, fresh_db: Callable[[str], URL], driver: str, template: str
+) -> None:
+    # PostgreSQL's ledger rows are written at each commit; the one an
+    # autocommit block makes comes from inside SQLAlchemy's commit, on the
+    # driver's own connection (its placeholders, sync or async).
+    url = fresh_db("postgresql").set(drivername=f"postgresql+{driver}")
+    commits = Rev(
+        "r4",
+        "r3",
+        "commits in a block, then fails",
+        'with op.get_context().autocommit_block():\n    op.execute("CREATE TABLE t4 (id int)")'
+        '\nraise RuntimeError("r4 fails")',
+    )
+    ini = make_project(tmp_path / "p", (*CHAIN, commits), template=template)
+
+    with pytest.raises(PartialMigrationError):
+        anyio.run(AutoMigrator(ini, url=url).run)
+
+    plain = sync_url(url)
+    assert revisions(plain) == {"r3"}
+    assert rows(
+        plain,
+        "SELECT revision, outcome FROM automigrator_history WHERE id IN "
+        "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision",
+    ) == [("r1", "applied"), ("r2", "applied"), ("r3", "applied"), ("r4", "partial")]

@@ -541,6 +541,11 @@ def one_case(
     left = locks_left(case.url)
     if left:
         found.problems.append(f"locks held with every process gone: {left}")
+    if found.problems:
+        # What the stopped process said is in no other output: without it a
+        # failure seen once in CI cannot be told apart from another.
+        said = [line for line in err.splitlines() if not line.startswith("step ")]
+        found.problems.append("the stopped process said:\n    " + "\n    ".join(said[-40:]))
     return found.problems
 
 

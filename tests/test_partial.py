@@ -19,7 +19,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, MigrationState, PartialMigrationError, PurgeAndRetry
+from automigrator import (
+    AutoMigrator,
+    MigrationError,
+    MigrationState,
+    PartialMigrationError,
+    PurgeAndRetry,
+)
 from tests.conftest import revisions, rows
 from tests.helpers import OLD_ROWS, backups, cli, deployed, execute, user_rows
 from tests.project import Rev, write_revision
@@ -157,3 +163,74 @@ def test_a_user_who_cannot_create_our_table_still_migrates_unmarked(
     assert migrator.status.state is MigrationState.READY
     assert revisions(url) == {"r3"}
     assert any("Could not create the ledger" in r.getMessage() for r in caplog.records)
+
+
+# PostgreSQL writes a revision's ledger row with its transaction's commit,
+# whoever commits: Alembic, an autocommit block, a revision's own COMMIT.
+# Each commit inside a run keeps the revisions before it, and their rows.
+AGE = Rev("r3", "r2", "adds a column", 'op.add_column("users", sa.Column("age", sa.Integer))')
+COMMITS_THEN_FAILS = {
+    "autocommit-block": Rev(
+        "r4",
+        "r3",
+        "indexes outside the transaction, then fails",
+        AUTOCOMMIT_THEN_FAIL.body.replace("r3 fails", "r4 fails"),
+    ),
+    "own-commit": Rev(
+        "r4", "r3", "commits, then fails", 'op.execute("COMMIT")\nraise RuntimeError("r4 fails")'
+    ),
+}
+LATEST = (
+    "SELECT revision, outcome FROM automigrator_history WHERE id IN "
+    "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision"
+)
+
+
+@pytest.mark.parametrize("how", sorted(COMMITS_THEN_FAILS))
+def test_a_commit_inside_a_run_keeps_the_rows_of_the_revisions_it_keeps(
+    tmp_path: Path, fresh_db: Callable[[str], URL], how: str
+) -> None:
+    url = fresh_db("postgresql")
+    ini = deployed(tmp_path, url, broken=AGE)
+    write_revision(ini.parent, COMMITS_THEN_FAILS[how])
+
+    with pytest.raises((MigrationError, PartialMigrationError), match="r4 fails"):
+        anyio.run(AutoMigrator(ini, url=url).run)
+
+    assert revisions(url) == {"r3"}  # the commit in r4 kept r3
+    kept = "partial" if how == "autocommit-block" else "failed"
+    assert rows(url, LATEST) == [
+        ("r1", "applied"),
+        ("r2", "applied"),
+        ("r3", "applied"),
+        ("r4", kept),
+    ]
+
+
+# Killed online only: the lint renders each revision offline first.
+KILL = "if not op.get_context().as_sql: import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_run_killed_in_an_autocommit_block_leaves_its_revision_refused_by_name(
+    tmp_path: Path, fresh_db: Callable[[str], URL], where: str
+) -> None:
+    # The process dies inside the block, before or after its statement: no
+    # failure of ours is recorded. Only the rows written with the block's
+    # commit say that r3 is applied and r4 was running.
+    url = fresh_db("postgresql")
+    ini = deployed(tmp_path, url, broken=AGE)
+    index = 'op.create_index("ix_users_email", "users", ["email"], postgresql_concurrently=True)'
+    inside = f"{KILL}\n    {index}" if where == "before" else f"{index}\n    {KILL}"
+    body = f"with op.get_context().autocommit_block():\n    {inside}"
+    write_revision(ini.parent, Rev("r4", "r3", "indexes outside the transaction, dies", body))
+
+    killed = cli(ini, url, "upgrade")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert revisions(url) == {"r3"}
+    assert rows(url, LATEST)[2:] == [("r3", "applied"), ("r4", "running")]
+
+    again, refused = start(ini, url)
+    assert isinstance(refused, PartialMigrationError), repr(refused)
+    assert "r4 was being applied when its process stopped" in refused.message
+    assert again.status.attempts == 1

@@ -102,6 +102,7 @@ class _Supervisor:
         self.left_dirty: dict[str, LedgerEntry] = {}  # read under the fence, once a run
         self.ledger_broke = False  # a write of ours to the ledger failed in the run
         self._facts: dict[str, RevisionFacts] = {}
+        self._steps: dict[str | None, Any] = {}
         self._mark = time.perf_counter()
 
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
@@ -200,7 +201,9 @@ class _Supervisor:
         """What the ledger records of ``revision``: its file's fingerprint (checksum
         computed here, once per attempt)."""
         if revision not in self._facts:
-            step = next(s for s in self.steps if s.revision.revision == revision)
+            if len(self._steps) != len(self.steps):  # by revision: a search each was O(n²)
+                self._steps = {_revision_of(s): s for s in self.steps}
+            step = self._steps[revision]
             found = of_script(step.revision)
             self._facts[revision] = (
                 found.facts() if found is not None else RevisionFacts(revision=revision)
@@ -392,9 +395,14 @@ def one_line(doc: object) -> str:
     return " ".join(str(doc or "").split())
 
 
-def _step_name(step: Any) -> str:
+def _revision_of(step: Any) -> str | None:
     # A RevisionStep names its revision; a StampStep (baseline) does not.
     revision = getattr(getattr(step, "revision", None), "revision", None)
+    return str(revision) if revision else None
+
+
+def _step_name(step: Any) -> str:
+    revision = _revision_of(step)
     return f"revision {revision}" if revision else "the stamp"
 
 

@@ -72,10 +72,7 @@ def read(settings: Settings) -> PlainHeads | None:
         files.extend(found)
     for path in files:
         try:
-            # Plain strings, not Path objects: at 1000 files pathlib's own
-            # work was a fifth of the read.
-            with open(path, "rb") as source:
-                data = source.read()
+            data = _whole(path)
             names = read_names(data.decode("utf-8"))
         except (OSError, UnicodeDecodeError):
             return None
@@ -100,6 +97,22 @@ def read(settings: Settings) -> PlainHeads | None:
     return PlainHeads(
         heads, tuple(folder.absolute() for folder in folders), recursive, prints, key
     )
+
+
+def _whole(path: str) -> bytes:
+    # os.open and os.read on a plain string: at 1000 files, open() and its
+    # buffered reader were half of the read, and pathlib a fifth before that.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, _CHUNK)]
+        while len(chunks[-1]) == _CHUNK:  # a file this long is rare: read on
+            chunks.append(os.read(fd, _CHUNK))
+    finally:
+        os.close(fd)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+
+
+_CHUNK = 1 << 16
 
 
 def _plain_layout(layout: Mapping[str, object]) -> bool | None:
