@@ -14,7 +14,7 @@ import anyio
 import pytest
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, PartialMigrationError
+from automigrator import AutoMigrator, MigrationError, PartialMigrationError
 from automigrator.database._connections import sync_url
 from tests.conftest import revisions, rows
 from tests.helpers import locks_left
@@ -56,26 +56,32 @@ def test_driver_migrates_and_locks(
     lock.release()
 
 
+# A revision that commits part of the run, each way a PostgreSQL driver
+# allows, then fails: what the commit kept (r3) has its ledger row, the
+# failing revision says whether anything of it stayed.
+COMMITS = {
+    "autocommit-block": (
+        'with op.get_context().autocommit_block():\n    op.execute("CREATE TABLE t4 (id int)")',
+        "partial",
+    ),
+    "own-commit": ('op.execute("COMMIT")', "failed"),
+    "driver-commit": ("op.get_bind().connection.dbapi_connection.commit()", "failed"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(COMMITS))
 @pytest.mark.parametrize(
     ("driver", "template"), [(d, t) for b, d, t in DRIVERS if b == "postgresql"]
 )
-def test_a_commit_inside_a_run_writes_the_ledger_through_each_driver(
-    tmp_path: Path, fresh_db: Callable[[str], URL], driver: str, template: str
+def test_a_commit_inside_a_run_keeps_the_ledger_with_what_it_keeps_through_each_driver(
+    tmp_path: Path, fresh_db: Callable[[str], URL], driver: str, template: str, how: str
 ) -> None:
-    # PostgreSQL's ledger rows are written at each commit; the one an
-    # autocommit block makes comes from inside SQLAlchemy's commit, on the
-    # driver's own connection (its placeholders, sync or async).
     url = fresh_db("postgresql").set(drivername=f"postgresql+{driver}")
-    commits = Rev(
-        "r4",
-        "r3",
-        "commits in a block, then fails",
-        'with op.get_context().autocommit_block():\n    op.execute("CREATE TABLE t4 (id int)")'
-        '\nraise RuntimeError("r4 fails")',
-    )
-    ini = make_project(tmp_path / "p", (*CHAIN, commits), template=template)
+    commit, outcome = COMMITS[how]
+    fails = Rev("r4", "r3", "commits, then fails", f'{commit}\nraise RuntimeError("r4 fails")')
+    ini = make_project(tmp_path / "p", (*CHAIN, fails), template=template)
 
-    with pytest.raises(PartialMigrationError):
+    with pytest.raises((MigrationError, PartialMigrationError), match="r4 fails"):
         anyio.run(AutoMigrator(ini, url=url).run)
 
     plain = sync_url(url)
@@ -84,4 +90,4 @@ def test_a_commit_inside_a_run_writes_the_ledger_through_each_driver(
         plain,
         "SELECT revision, outcome FROM automigrator_history WHERE id IN "
         "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision",
-    ) == [("r1", "applied"), ("r2", "applied"), ("r3", "applied"), ("r4", "partial")]
+    ) == [("r1", "applied"), ("r2", "applied"), ("r3", "applied"), ("r4", outcome)]

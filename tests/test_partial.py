@@ -165,9 +165,9 @@ def test_a_user_who_cannot_create_our_table_still_migrates_unmarked(
     assert any("Could not create the ledger" in r.getMessage() for r in caplog.records)
 
 
-# PostgreSQL writes a revision's ledger row with its transaction's commit,
-# whoever commits: Alembic, an autocommit block, a revision's own COMMIT.
-# Each commit inside a run keeps the revisions before it, and their rows.
+# A commit inside a run (an autocommit block, a revision's own COMMIT) keeps
+# the revisions before it: their ledger rows must go with them, whoever
+# commits (tests/test_drivers.py tries each driver and the driver's commit).
 AGE = Rev("r3", "r2", "adds a column", 'op.add_column("users", sa.Column("age", sa.Integer))')
 COMMITS_THEN_FAILS = {
     "autocommit-block": Rev(
@@ -216,8 +216,8 @@ def test_a_run_killed_in_an_autocommit_block_leaves_its_revision_refused_by_name
     tmp_path: Path, fresh_db: Callable[[str], URL], where: str
 ) -> None:
     # The process dies inside the block, before or after its statement: no
-    # failure of ours is recorded. Only the rows written with the block's
-    # commit say that r3 is applied and r4 was running.
+    # failure of ours is recorded. Only the rows the block's commit kept say
+    # that r3 is applied and r4 was running.
     url = fresh_db("postgresql")
     ini = deployed(tmp_path, url, broken=AGE)
     index = 'op.create_index("ix_users_email", "users", ["email"], postgresql_concurrently=True)'
