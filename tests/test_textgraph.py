@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import py_compile
@@ -535,3 +536,20 @@ def test_a_config_object_has_its_heads_remembered_too(ini: Path, sqlite_url: URL
     assert cache_file(ini).exists()
     assert again.scripts.remembered_heads("head") == ("r3",)
     assert anyio.run(again.run).state is MigrationState.READY
+
+
+def test_a_revision_file_longer_than_one_read_is_read_whole(tmp_path: Path) -> None:
+    # The cold read takes a file in 64 KiB reads: a long one (a data
+    # migration's rows, a long docstring) is fingerprinted from all its bytes.
+    from tests.project import make_project
+
+    rows = "\n".join(f"# row {i:06d} " + "x" * 60 for i in range(3000))  # about 220 KB
+    ini = make_project(tmp_path / "p", (*CHAIN, Rev("r4", "r3", "long", f"{rows}\npass")))
+    path = tmp_path / "p" / "migrations" / "versions" / "r4.py"
+    assert path.stat().st_size > 3 * 65536
+
+    plain = _plainheads.read(read_settings(ini))
+
+    assert plain is not None
+    assert plain.heads == ("r4",)
+    assert plain.fingerprints["r4"].source_hash == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -102,14 +102,15 @@ def read(settings: Settings) -> PlainHeads | None:
 def _whole(path: str) -> bytes:
     # os.open and os.read on a plain string: at 1000 files, open() and its
     # buffered reader were half of the read, and pathlib a fifth before that.
+    # Read until the end says so: a read may return less than asked.
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = [os.read(fd, _CHUNK)]
-        while len(chunks[-1]) == _CHUNK:  # a file this long is rare: read on
-            chunks.append(os.read(fd, _CHUNK))
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+    return b"".join(chunks)
 
 
 _CHUNK = 1 << 16
