@@ -70,6 +70,12 @@ def user_rows(url: URL) -> list[tuple[object, ...]]:
 
 OLD_ROWS = [("ann", "a@x"), ("ann", "b@x"), ("bob", "c@x")]
 
+# The ledger's last word on each revision: (revision, outcome), by revision.
+LATEST_OUTCOMES = (
+    "SELECT revision, outcome FROM automigrator_history WHERE id IN "
+    "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision"
+)
+
 
 # The backups the destructive policies make
 

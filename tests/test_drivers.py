@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from automigrator import AutoMigrator, MigrationError, PartialMigrationError
 from automigrator.database._connections import sync_url
 from tests.conftest import revisions, rows
-from tests.helpers import locks_left
+from tests.helpers import LATEST_OUTCOMES, locks_left
 from tests.project import CHAIN, Rev, make_project
 
 DRIVERS = [
@@ -86,8 +86,9 @@ def test_a_commit_inside_a_run_keeps_the_ledger_with_what_it_keeps_through_each_
 
     plain = sync_url(url)
     assert revisions(plain) == {"r3"}
-    assert rows(
-        plain,
-        "SELECT revision, outcome FROM automigrator_history WHERE id IN "
-        "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision",
-    ) == [("r1", "applied"), ("r2", "applied"), ("r3", "applied"), ("r4", outcome)]
+    assert rows(plain, LATEST_OUTCOMES) == [
+        ("r1", "applied"),
+        ("r2", "applied"),
+        ("r3", "applied"),
+        ("r4", outcome),
+    ]

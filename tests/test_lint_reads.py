@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from automigrator import AutoMigrator, Lint, MigrationState, UnsafeMigrationError, lint
+from automigrator import AutoMigrator, Lint, LintReport, MigrationState, UnsafeMigrationError, lint
 from tests.conftest import revisions, rows
 from tests.helpers import cli
 from tests.project import Rev, make_project
@@ -48,6 +48,11 @@ op.drop_column("items", "other_id")
 """
 
 
+def linted(ini: Path, url: URL) -> LintReport:
+    """The lint's report on the pending revisions, every table judged (no row floor)."""
+    return anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0))))
+
+
 def seeded(ini: Path, url: URL) -> None:
     at_base(ini, url)
     engine = sa.create_engine(url, poolclass=sa.NullPool)
@@ -60,7 +65,7 @@ def test_what_a_revision_does_after_a_read_is_linted(tmp_path: Path, db_url: URL
     ini = project(tmp_path / "p", READ_THEN_DROP)
     seeded(ini, db_url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+    report = linted(ini, db_url)
 
     assert report.not_linted == ()
     assert [(f.revision, f.rule, f.table, f.target) for f in report.flagged] == [
@@ -79,7 +84,7 @@ def test_writes_through_the_bind_are_rendered_and_never_run(tmp_path: Path, db_u
     seeded(ini, db_url)
     before = rows(db_url, "SELECT id, name, qty FROM items ORDER BY id")
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+    report = linted(ini, db_url)
     out = cli(ini, db_url, "plan", "--sql")
 
     assert report.not_linted == ()
@@ -117,7 +122,7 @@ def test_a_write_that_looks_like_a_read_is_refused_by_the_session(
     ini = project(tmp_path / "p", body)
     seeded(ini, url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0))))
+    report = linted(ini, url)
 
     [(revision, why)] = report.not_linted
     assert revision == "r2"
@@ -146,7 +151,7 @@ def test_a_read_of_a_table_the_plan_creates_is_named_and_not_refused(
     ini = project(tmp_path / "p", *READS_A_NEW_TABLE)
     at_base(ini, url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=url, lint=Lint(rows=0))))
+    report = linted(ini, url)
 
     [(revision, why)] = report.not_linted
     assert revision == "r3"
@@ -172,7 +177,7 @@ def test_postgresql_answers_reads_of_what_the_plan_makes(tmp_path: Path, pg_url:
     ini = project(tmp_path / "p", *READS_A_NEW_TABLE, adds_then_reads)
     seeded(ini, pg_url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+    report = linted(ini, pg_url)
 
     assert report.not_linted == ()
     assert {(f.revision, f.rule) for f in report.flagged} >= {
@@ -265,7 +270,7 @@ def test_no_door_around_the_reads_changes_the_database(
     ini = project(tmp_path / "p", DOORS[door][0] + "\n" + READ_THEN_DROP)
     seeded(ini, db_url)
 
-    anyio.run(lambda: lint(AutoMigrator(ini, url=db_url, lint=Lint(rows=0))))
+    linted(ini, db_url)
     out = cli(ini, db_url, "plan", "--sql")
 
     assert out.returncode == 0, out.stderr
@@ -285,7 +290,7 @@ def test_a_read_that_would_end_another_session_does_not(tmp_path: Path, pg_url: 
     with victim.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
 
-        anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+        linted(ini, pg_url)
 
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1  # still alive
     victim.dispose()
@@ -363,7 +368,7 @@ def test_a_read_cannot_lift_its_own_bound(tmp_path: Path, pg_url: URL) -> None:
     ini = project(tmp_path / "p", body)
     seeded(ini, pg_url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+    report = linted(ini, pg_url)
 
     [(revision, why)] = report.not_linted
     assert revision == "r2"
@@ -407,7 +412,7 @@ def test_the_reads_leave_no_setting_on_a_pooled_server_connection(
     with PgBouncer(pg_url, "transaction", pool_size=1) as bouncer:
         pooled = bouncer.url(pg_url)
 
-        report = anyio.run(lambda: lint(AutoMigrator(ini, url=pooled, lint=Lint(rows=0))))
+        report = linted(ini, pooled)
 
         app = sa.create_engine(pooled, poolclass=sa.NullPool)
         with app.connect() as conn:
@@ -432,7 +437,7 @@ def test_a_revision_s_reads_have_a_time_of_their_own(
     ini = project(tmp_path / "p", body)
     seeded(ini, pg_url)
 
-    report = anyio.run(lambda: lint(AutoMigrator(ini, url=pg_url, lint=Lint(rows=0))))
+    report = linted(ini, pg_url)
 
     [(revision, why)] = report.not_linted
     assert revision == "r2"

@@ -27,7 +27,15 @@ from automigrator import (
     PurgeAndRetry,
 )
 from tests.conftest import revisions, rows
-from tests.helpers import OLD_ROWS, backups, cli, deployed, execute, user_rows
+from tests.helpers import (
+    LATEST_OUTCOMES,
+    OLD_ROWS,
+    backups,
+    cli,
+    deployed,
+    execute,
+    user_rows,
+)
 from tests.project import Rev, write_revision
 
 ADD_THEN_FAIL = Rev(
@@ -180,10 +188,6 @@ COMMITS_THEN_FAILS = {
         "r4", "r3", "commits, then fails", 'op.execute("COMMIT")\nraise RuntimeError("r4 fails")'
     ),
 }
-LATEST = (
-    "SELECT revision, outcome FROM automigrator_history WHERE id IN "
-    "(SELECT MAX(id) FROM automigrator_history GROUP BY revision) ORDER BY revision"
-)
 
 
 @pytest.mark.parametrize("how", sorted(COMMITS_THEN_FAILS))
@@ -199,7 +203,7 @@ def test_a_commit_inside_a_run_keeps_the_rows_of_the_revisions_it_keeps(
 
     assert revisions(url) == {"r3"}  # the commit in r4 kept r3
     kept = "partial" if how == "autocommit-block" else "failed"
-    assert rows(url, LATEST) == [
+    assert rows(url, LATEST_OUTCOMES) == [
         ("r1", "applied"),
         ("r2", "applied"),
         ("r3", "applied"),
@@ -228,7 +232,7 @@ def test_a_run_killed_in_an_autocommit_block_leaves_its_revision_refused_by_name
     killed = cli(ini, url, "upgrade")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert revisions(url) == {"r3"}
-    assert rows(url, LATEST)[2:] == [("r3", "applied"), ("r4", "running")]
+    assert rows(url, LATEST_OUTCOMES)[2:] == [("r3", "applied"), ("r4", "running")]
 
     again, refused = start(ini, url)
     assert isinstance(refused, PartialMigrationError), repr(refused)

@@ -108,6 +108,7 @@ class _Supervisor:
     def planned(self, steps: Iterable[Any]) -> Iterator[Any]:
         self.asked = True  # env.py called run_migrations(): Alembic asks for the steps
         self.steps = list(steps)
+        self._steps = {_revision_of(s): s for s in self.steps}  # facts() finds each by id
         return self._until_stopped()
 
     def _until_stopped(self) -> Iterator[Any]:
@@ -201,9 +202,7 @@ class _Supervisor:
         """What the ledger records of ``revision``: its file's fingerprint (checksum
         computed here, once per attempt)."""
         if revision not in self._facts:
-            if len(self._steps) != len(self.steps):  # by revision: a search each was O(n²)
-                self._steps = {_revision_of(s): s for s in self.steps}
-            step = self._steps[revision]
+            step = self._steps[revision]  # by id: a search each was O(n²) over a run
             found = of_script(step.revision)
             self._facts[revision] = (
                 found.facts() if found is not None else RevisionFacts(revision=revision)
