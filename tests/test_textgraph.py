@@ -468,6 +468,31 @@ def test_an_at_head_start_with_remembered_heads_does_not_import_alembic(
     assert start() == "ready False"
 
 
+UNUSED_AT_HEAD = """
+import sys, anyio
+from automigrator import AutoMigrator
+migrator = AutoMigrator(sys.argv[1], url=sys.argv[2])
+status = anyio.run(migrator.run)
+heavy = ["alembic", "filelock", "tomllib"]
+if not sys.argv[2].startswith("sqlite"):
+    heavy.append("sqlite3")
+print(status.state, sorted(name for name in heavy if name in sys.modules))
+"""
+
+
+def test_an_at_head_start_loads_none_of_what_only_a_migration_uses(ini: Path, db_url: URL) -> None:
+    # A start's memory is every module it imports (docs/performance.md, P5):
+    # the lock's file locking, the TOML reader of a pyproject config and
+    # SQLite's library for another database are a migration's, not a start
+    # at head's.
+    def start() -> str:
+        argv = [sys.executable, "-c", UNUSED_AT_HEAD, str(ini), db_url.render_as_string(False)]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    start()  # migrates, and the heads are remembered
+    assert start() == "ready []"
+
+
 def test_a_cold_start_at_head_in_a_read_only_image_does_not_import_alembic(
     ini: Path, db_url: URL
 ) -> None:

@@ -41,10 +41,10 @@ handed here as text: this module never reads a file.
 from __future__ import annotations
 
 import datetime
-import getpass
 import logging
 import os
 import socket
+import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -82,6 +82,8 @@ def now() -> str:
 
 
 def _user() -> str:
+    import getpass  # here: only a run that writes rows asks (a start at head writes none)
+
     try:
         return getpass.getuser()
     except Exception:  # no user name in a container without /etc/passwd: not an error
@@ -292,10 +294,15 @@ class Ledger:
             return None
         with frozen_heap():  # the rows are here: a row apiece, no wait (_plan)
             latest: dict[str, Latest] = {}
-            for row in result.all():
-                kept = latest.get(row[1])
-                if kept is None or row[0] > kept.id:
-                    latest[row[1]] = Latest(*row)
+            # Row by row, not all(): a list of a thousand rows beside the
+            # tuples kept is a start's peak memory (P5). The outcome is one of
+            # a few words: one string each, not one a row.
+            for row_id, revision, outcome, checksum, source_hash in result:
+                kept = latest.get(revision)
+                if kept is None or row_id > kept.id:
+                    latest[revision] = Latest(
+                        row_id, revision, sys.intern(outcome), checksum, source_hash
+                    )
             return latest
 
     def read_latest(self) -> dict[str, Latest] | None:

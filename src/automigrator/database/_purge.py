@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -114,6 +113,8 @@ def sqlite_copy(source: Path, destination: Path) -> None:
 
     Written to a temporary name, synced, then renamed over ``destination``.
     """
+    import sqlite3  # here: a PostgreSQL or MariaDB process never loads SQLite's library
+
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         partial.unlink(missing_ok=True)

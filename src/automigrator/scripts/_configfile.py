@@ -25,11 +25,6 @@ from pathlib import Path
 from ..database._redaction import mask_credentials
 from ..errors import ConfigurationError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - our own dependency there (pyproject.toml)
-    import tomli as tomllib
-
 SECTION = "alembic"
 LAYOUT_OPTIONS = (
     "version_locations",
@@ -241,6 +236,13 @@ def _read_ini(path: Path) -> _Read:
 
 
 def _read_toml(path: Path, here: str) -> _Read:
+    # Imported here: most projects keep an alembic.ini, and a start at head
+    # counts its memory (docs/performance.md, P5).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - our own dependency there (pyproject.toml)
+        import tomli as tomllib
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
