@@ -118,6 +118,14 @@ class RunFacts:
     user: str = field(default_factory=_user)
 
 
+class Prepared(NamedTuple):
+    """What ``Ledger.prepare`` found: whether the run can write its rows, and
+    whether it made the ledger just now (empty: nothing left dirty to read)."""
+
+    writable: bool
+    new: bool
+
+
 class Latest(NamedTuple):
     """A revision's latest row, as the check of every start reads it: five
     columns, a plain tuple (thousands of them cost next to nothing)."""
@@ -330,9 +338,13 @@ class Ledger:
                 query = query.where(self.table.c.revision == revision)
             return [_entry(row) for row in conn.execute(query)]
 
-    def dirty(self, revisions: Collection[str] | None = None) -> LedgerEntry | None:
-        """The first revision among ``revisions`` (None: any) left running or partial."""
-        latest = self.read_latest() or {}
+    def dirty(
+        self, revisions: Collection[str] | None = None, latest: Mapping[str, Latest] | None = None
+    ) -> LedgerEntry | None:
+        """The first revision among ``revisions`` (None: any) left running or partial,
+        in ``latest`` (``read_latest()``'s answer; read here if not given)."""
+        if latest is None:
+            latest = self.read_latest() or {}
         found = [
             e
             for e in latest.values()
@@ -343,12 +355,18 @@ class Ledger:
         first = min(found, key=lambda e: e.id)
         return self.by_id([first.id]).get(first.id) or first.as_entry()
 
-    def failed_lately(self, revisions: Collection[str], within: float) -> list[LedgerEntry]:
+    def failed_lately(
+        self,
+        revisions: Collection[str],
+        within: float,
+        latest: Mapping[str, Latest] | None = None,
+    ) -> list[LedgerEntry]:
         """The whole rows of ``revisions`` whose latest attempt failed less than
-        ``within`` seconds ago, first failed first."""
+        ``within`` seconds ago, first failed first (``latest`` as for ``dirty``)."""
         if within <= 0:
             return []
-        latest = self.read_latest() or {}
+        if latest is None:
+            latest = self.read_latest() or {}
         failed = [
             e.id for e in latest.values() if e.outcome == "failed" and e.revision in revisions
         ]
@@ -366,28 +384,36 @@ class Ledger:
 
     # -- on env.py's connection, under the fence ---------------------------------
 
-    def prepare(self, conn: Connection) -> bool:
-        """Before a run's first revision: the ledger exists. False (and a warning)
-        where it cannot be made (no CREATE privilege, its catalog busy past the
-        DDL lock timeout env.py's connection has): the run goes on unrecorded.
-        PostgreSQL tries it in a savepoint, so that a refusal leaves the run's
-        transaction usable."""
+    def prepare(self, conn: Connection) -> Prepared:
+        """Before a run's first revision: the ledger exists. Not writable (and a
+        warning) where it cannot be made (no CREATE privilege, its catalog busy
+        past the DDL lock timeout env.py's connection has): the run goes on
+        unrecorded. PostgreSQL tries it in a savepoint, so that a refusal
+        leaves the run's transaction usable."""
         try:
             if conn.dialect.name == "postgresql":
                 with conn.begin_nested():
-                    self.table.create(conn, checkfirst=True)
-                    self.check_shape(conn)
-                    writable = self._writable(conn)
+                    prepared = self._made_or_checked(conn, ask=True)
             else:
-                self.table.create(conn, checkfirst=True)
-                self.check_shape(conn)
-                writable = True  # a refused write fails alone: begin() is asked
+                prepared = self._made_or_checked(conn, ask=False)
         except sa.exc.DBAPIError as exc:
             self.not_recorded("Could not create", first_line(exc.orig or exc))
-            return False
-        if not writable:
+            return Prepared(writable=False, new=False)
+        if not prepared.writable:
             self.not_recorded("Cannot write to", "no INSERT or UPDATE privilege on it")
-        return writable
+        return prepared
+
+    def _made_or_checked(self, conn: Connection, *, ask: bool) -> Prepared:
+        if not sa.inspect(conn).has_table(self.name, schema=self.table.schema):
+            # Made here, now: our columns, owned by this role (which may
+            # write to it), and empty. Its shape and privileges are not asked
+            # again: on PostgreSQL that cost more than making it.
+            self.table.create(conn, checkfirst=False)
+            return Prepared(writable=True, new=True)
+        self.check_shape(conn)
+        # PostgreSQL: a refused INSERT would end the run's transaction; ask
+        # first. Elsewhere a refused write fails alone: begin() is asked.
+        return Prepared(writable=self._writable(conn) if ask else True, new=False)
 
     def not_recorded(self, what: str, why: str) -> None:
         """Say that this run goes unrecorded, and why."""
@@ -417,7 +443,6 @@ class Ledger:
             )
 
     def _writable(self, conn: Connection) -> bool:
-        # PostgreSQL: a refused INSERT would end the run's transaction; ask first.
         name = self.table.fullname
         query = sa.text("SELECT has_table_privilege(:name, 'SELECT, INSERT, UPDATE')")
         return bool(conn.execute(query, {"name": name}).scalar())

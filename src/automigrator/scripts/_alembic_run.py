@@ -157,12 +157,14 @@ class _Supervisor:
             self.marking = True
             return
         with self.ledger_writes():
+            new = False
             if first:
-                self.marking = ledger.prepare(connection)
+                prepared = ledger.prepare(connection)
+                self.marking, new = prepared.writable, prepared.new
             if not self.marking:
                 return
             try:
-                if first:
+                if first and not new:  # a ledger made just now is empty
                     self.left_dirty = ledger.left_dirty(connection)
                 left = self.left_dirty.get(str(revision))
                 if left is None:
@@ -336,7 +338,9 @@ class _Supervisor:
                 ledger.applied(connection, row, applied.duration)  # with the version row
             elif ledger is not None and connection is not None and self.dialect == "sqlite":
                 if not self.applied:
-                    self.marking = ledger.prepare(connection)  # in the first one's transaction
+                    self.marking = ledger.prepare(
+                        connection
+                    ).writable  # in the first one's transaction
                 if self.marking:
                     facts = self.facts(applied.revision)
                     ledger.insert_applied(connection, facts, self.hooks.run, applied.duration)
