@@ -302,15 +302,16 @@ class Ledger:
             return None
         with frozen_heap():  # the rows are here: a row apiece, no wait (_plan)
             latest: dict[str, Latest] = {}
-            # Row by row, not all(): a list of a thousand rows beside the
-            # tuples kept is a start's peak memory (P5). The outcome is one of
-            # a few words: one string each, not one a row.
-            for row_id, revision, outcome, checksum, source_hash in result:
-                kept = latest.get(revision)
-                if kept is None or row_id > kept.id:
-                    latest[revision] = Latest(
-                        row_id, revision, sys.intern(outcome), checksum, source_hash
-                    )
+            # In slices, not all(): a list of a thousand rows beside the tuples
+            # kept was a start's peak memory (P5); row by row cost 0.5 ms more
+            # at 1000 rows. The outcome is one of a few words: one string each.
+            for rows in result.partitions(256):
+                for row_id, revision, outcome, checksum, source_hash in rows:
+                    kept = latest.get(revision)
+                    if kept is None or row_id > kept.id:
+                        latest[revision] = Latest(
+                            row_id, revision, sys.intern(outcome), checksum, source_hash
+                        )
             return latest
 
     def read_latest(self) -> dict[str, Latest] | None:
