@@ -69,7 +69,6 @@ def checksum(source: str | bytes) -> str | None:
         # RecursionError: nesting too deep for the parser (a file Python
         # could not import either).
         return None
-    _strip(tree)
     digest = hashlib.sha256("".join(_tokens(tree)).encode("ascii"))
     return f"{ALGORITHM}:{digest.hexdigest()}"
 
@@ -87,31 +86,118 @@ def source_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _strip(tree: ast.Module) -> None:
-    """Remove what the checksum leaves out: bare strings and ``downgrade()``.
+def _tokens(tree: ast.Module) -> list[str]:
+    """The module as a flat list of ASCII tokens, in one unambiguous order,
+    without what the checksum leaves out (bare strings, and ``downgrade()``
+    unless something refers to it).
 
-    A string alone as a statement does nothing: a docstring, or a comment
-    written as a string. Formatters treat the first one of any block as a
-    docstring (black re-indents one at the top of an ``if`` or ``with``), so
-    every one goes, not only the module's, classes' and functions'.
+    A node is ``(ClassName field=value ...)``, a list ``[item, ...]``, a
+    scalar ``type:ascii(value)``: every token is framed, so two different
+    trees cannot give the same text. Fields that are None (but a literal's
+    value) or empty lists are skipped. One walk does it all: stripping the
+    tree first, then serialising it, walked it three times (most of a
+    checksum's cost after the parse).
     """
-    refers_to_downgrade = False
-    for node in ast.walk(tree):
-        for field in ("body", "orelse", "finalbody"):
-            statements = getattr(node, field, None)
-            if isinstance(statements, list) and any(_is_docstring(s) for s in statements):
-                # An emptied body is fine: the tree is hashed, never compiled.
-                setattr(node, field, [s for s in statements if not _is_docstring(s)])
-        # upgrade() calling downgrade() (or a decorator, or a dict of steps
-        # naming it) makes it part of what was applied.
-        refers_to_downgrade |= isinstance(node, ast.Name) and node.id == "downgrade"
-    if not refers_to_downgrade:
-        tree.body = [
-            node
-            for node in tree.body
-            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            or node.name != "downgrade"
-        ]
+    # Each top-level statement apart: downgrade() is dropped afterwards, if
+    # nothing anywhere (itself included) named it.
+    statements: list[tuple[ast.stmt, list[str]]] = []
+    named = False
+    for statement in _meaningful(tree.body):
+        out: list[str] = []
+        named |= _walk(statement, out)
+        statements.append((statement, out))
+    kept = [
+        out
+        for statement, out in statements
+        if named
+        or not isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef)
+        or statement.name != "downgrade"
+    ]
+    tokens = ["(Module"]
+    if kept:
+        tokens.append(" body=[")
+        for out in kept:
+            tokens += out
+            tokens.append(",")
+        tokens.append("]")
+    if tree.type_ignores:  # only with type_comments=True, never ours; kept exact anyway
+        _walk(tree.type_ignores, tokens, prefix=" type_ignores=")
+    tokens.append(")")
+    return tokens
+
+
+# A string alone as a statement does nothing: a docstring, or a comment
+# written as a string. Formatters treat the first one of any block as a
+# docstring (black re-indents one at the top of an ``if`` or ``with``), so
+# every one goes, from every statement list, not only the module's,
+# classes' and functions'.
+_STATEMENT_LISTS = frozenset(("body", "orelse", "finalbody"))
+# Per node class: its fields that count, sorted by name, with their tokens.
+_FIELDS: dict[type[ast.AST], tuple[tuple[str, str], ...]] = {}
+
+
+def _fields_of(cls: type[ast.AST]) -> tuple[tuple[str, str], ...]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        names = sorted(name for name in cls._fields if name not in _SKIPPED_FIELDS)
+        fields = _FIELDS[cls] = tuple((name, f" {name}=") for name in names)
+    return fields
+
+
+_ABSENT = object()
+
+
+def _walk(root: object, out: list[str], prefix: str = "") -> bool:
+    """Append ``root``'s tokens to ``out`` (after ``prefix``); whether a name
+    ``downgrade`` was met. Iterative, not recursive: a long chain of ``+``
+    nests deeper than Python's recursion limit."""
+    if prefix:
+        out.append(prefix)
+    named = False
+    stack: list[object] = [root]  # tokens (str) and things still to expand
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            out.append(item)
+        elif isinstance(item, ast.AST):
+            cls = type(item)
+            out.append("(" + cls.__name__)
+            if isinstance(item, ast.Name) and item.id == "downgrade":
+                named = True  # upgrade() calling it, a decorator, a dict of steps
+            stack.append(")")
+            pending: list[object] = []
+            for name, token in _fields_of(cls):
+                value = getattr(item, name, _ABSENT)
+                if value is _ABSENT:
+                    continue
+                if value is None:
+                    if not isinstance(item, _LITERALS):
+                        continue
+                elif type(value) is list:
+                    if name in _STATEMENT_LISTS:
+                        value = _meaningful(value)
+                    elif cls is ast.JoinedStr:
+                        value = _joined_parts(value)
+                    if not value:
+                        continue
+                pending.append(token)
+                pending.append(_expand(value))
+            stack.extend(reversed(pending))
+        else:
+            assert isinstance(item, list)  # _expand gives nothing else
+            out.append("[")
+            stack.append("]")
+            for element in reversed(item):
+                stack.append(",")
+                stack.append(_expand(element))
+    return named
+
+
+def _meaningful(statements: list[ast.stmt]) -> list[ast.stmt]:
+    """``statements`` without the strings that stand alone."""
+    if not any(_is_docstring(s) for s in statements):
+        return statements
+    return [s for s in statements if not _is_docstring(s)]
 
 
 def _is_docstring(node: ast.stmt) -> bool:
@@ -120,56 +206,6 @@ def _is_docstring(node: ast.stmt) -> bool:
         and isinstance(node.value, ast.Constant)
         and isinstance(node.value.value, str)
     )
-
-
-def _tokens(tree: ast.AST) -> list[str]:
-    """The tree as a flat list of ASCII tokens, in one unambiguous order.
-
-    A node is ``(ClassName field=value ...)``, a list ``[item, ...]``, a
-    scalar ``type:ascii(value)``: every token is framed, so two different
-    trees cannot give the same text. Iterative, not recursive: a long
-    chain of ``+`` nests deeper than Python's recursion limit.
-    """
-    out: list[str] = []
-    stack: list[object] = [tree]  # tokens (str) and things still to expand
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, ast.AST):
-            parts: list[object] = ["(" + type(item).__name__]
-            for name, value in _fields(item):
-                parts += [f" {name}=", _expand(value)]
-            parts.append(")")
-            stack.extend(reversed(parts))
-        else:
-            assert isinstance(item, list)  # _expand gives nothing else
-            parts = ["["]
-            for element in item:
-                parts += [_expand(element), ","]
-            parts.append("]")
-            stack.extend(reversed(parts))
-    return out
-
-
-def _fields(node: ast.AST) -> list[tuple[str, object]]:
-    """The node's fields that count, sorted by name."""
-    fields: list[tuple[str, object]] = []
-    for name, value in sorted(ast.iter_fields(node), key=_first):
-        if name in _SKIPPED_FIELDS:
-            continue
-        if isinstance(node, ast.JoinedStr) and name == "values":
-            value = _joined_parts(node.values)
-        if (value is None and not isinstance(node, _LITERALS)) or (
-            isinstance(value, list) and not value
-        ):
-            continue
-        fields.append((name, value))
-    return fields
-
-
-def _first(pair: tuple[str, object]) -> str:
-    return pair[0]
 
 
 def _joined_parts(values: list[ast.expr]) -> list[object]:
