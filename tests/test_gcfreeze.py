@@ -69,13 +69,13 @@ def test_the_heap_is_frozen_while_a_start_at_head_lists_the_files(
     before = gc.get_freeze_count()
     anyio.run(AutoMigrator(ini, url=sqlite_url).run)
     seen: list[int] = []
-    listing = os.scandir
+    listing = os.listdir
 
     def noting(path: Any) -> Any:
         seen.append(gc.get_freeze_count())
         return listing(path)
 
-    monkeypatch.setattr(os, "scandir", noting)
+    monkeypatch.setattr(os, "listdir", noting)
     status = anyio.run(AutoMigrator(ini, url=sqlite_url).run)
 
     assert status.state is MigrationState.READY
