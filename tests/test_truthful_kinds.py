@@ -246,3 +246,30 @@ def test_a_backup_that_cannot_be_written_purges_nothing_and_leaves_no_partial_co
     assert user_rows(sqlite_url) == OLD_ROWS
     assert backups(sqlite_url) == []
     assert list(database.parent.glob("*.partial")) == []
+
+
+@pytest.mark.parametrize("hook", ["revision_begins", "applied"])
+def test_an_error_of_automigrators_own_code_mid_run_is_not_the_revisions(
+    tmp_path: Path, sqlite_url: URL, monkeypatch: pytest.MonkeyPatch, hook: str
+) -> None:
+    # Our code that Alembic's run loop calls before and after each revision
+    # fails as a module of ours replaced under the running process would.
+    # The revision did nothing wrong: no purge, and the run says whose it is.
+    from automigrator.run._reporting import Reporter
+
+    ini = make_project(tmp_path / "p", (USERS, EMAIL))
+    anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
+    with_a_user(sqlite_url)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ImportError("cannot import name 'x' from partially initialized module")
+
+    monkeypatch.setattr(Reporter, hook, broken)
+    migrator = AutoMigrator(ini, url=sqlite_url, on_failure=PurgeAndRetry())
+
+    with pytest.raises(ConfigurationError) as caught:
+        anyio.run(migrator.run)
+
+    assert "automigrator's own code failed while revision r2 ran" in caught.value.message
+    assert "ImportError" in caught.value.message
+    assert_untouched(sqlite_url, caught.value, migrator)

@@ -822,6 +822,16 @@ def _translate_run_error(exc: Exception, recorder: _Supervisor, url: URL) -> Aut
             "migrate as the tables' owner); this is not the revision's fault, and nothing "
             "is purged for it."
         )
+    if revision is not None and _raised_by_us(exc, recorder):
+        # Our own code failed between revisions (a module of ours replaced
+        # under the running process, or a bug of ours): never the revision's
+        # fault, and no purge or retry of the revision would fix it.
+        return ConfigurationError(
+            f"automigrator's own code failed while revision {revision} ran: {detail}. Not "
+            "the revision's fault, and nothing is purged for it. A package changed under "
+            "the running process (installed while it ran) or a fault of automigrator's: "
+            "reinstall automigrator and start again; if it persists, report this message."
+        )
     if revision is None:
         # env.py itself failed (an import, the app's settings) before any
         # revision ran: nothing was changed, and no retry or purge will fix it.
@@ -865,9 +875,7 @@ def _line_in_revision(exc: BaseException, recorder: _Supervisor) -> str:
     """`` (0005_broken.py, line 19, in upgrade)``: where in a revision file it
     failed, the line a person looks at first (the traceback is not always shown
     whole: a server prints the error's message)."""
-    files = {
-        os.path.realpath(p) for s in recorder.steps if (p := getattr(s.revision, "path", None))
-    }
+    files = _revision_files(recorder)
     found = [
         f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in files
     ]
@@ -875,6 +883,39 @@ def _line_in_revision(exc: BaseException, recorder: _Supervisor) -> str:
         return ""
     frame = found[-1]
     return f" ({os.path.basename(frame.filename)}, line {frame.lineno}, in {frame.name})"
+
+
+def _revision_files(recorder: _Supervisor) -> set[str]:
+    return {
+        os.path.realpath(p) for s in recorder.steps if (p := getattr(s.revision, "path", None))
+    }
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.realpath(__file__))) + os.sep
+
+
+def _raised_by_us(exc: BaseException, recorder: _Supervisor) -> bool:
+    """Whether ``exc`` came from automigrator's own code that Alembic's run loop
+    calls between revisions (the steps, the applied-revision callback, the
+    ledger's and the status's hooks), not from a revision's: below the loop,
+    a frame of this package and none of a revision file. A database's error is
+    judged by what it says (the rules before this one), not by where it rose."""
+    if isinstance(exc, DBAPIError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    loops = [
+        i
+        for i, frame in enumerate(frames)
+        if frame.name == "run_migrations"
+        and frame.filename.endswith(os.path.join("alembic", "runtime", "migration.py"))
+    ]
+    if not loops:
+        return False
+    below = [os.path.realpath(frame.filename) for frame in frames[loops[-1] + 1 :]]
+    files = _revision_files(recorder)
+    if any(path in files for path in below):
+        return False
+    return any(path.startswith(_PACKAGE) for path in below)
 
 
 # PostgreSQL insufficient_privilege (also "must be owner of ...").
