@@ -32,6 +32,14 @@ def with_a_user(url: URL) -> None:
         conn.exec_driver_sql("INSERT INTO users (name) VALUES ('kept')")
 
 
+def at_r1_with_a_user(root: Path, url: URL, revs: tuple[Rev, ...] = (USERS, EMAIL)) -> Path:
+    """A project whose database is at r1 with a user's row in it; its ini."""
+    ini = make_project(root / "p", revs)
+    anyio.run(AutoMigrator(ini, url=url, target="r1").run)
+    with_a_user(url)
+    return ini
+
+
 def assert_untouched(url: URL, error: ConfigurationError, migrator: AutoMigrator) -> None:
     assert error.kind == "configuration"
     assert migrator.status.state is MigrationState.FAILED
@@ -116,9 +124,7 @@ def test_mariadb_command_denied_is_configuration_and_purges_nothing(
 def test_a_read_only_sqlite_file_is_configuration_and_purges_nothing(
     tmp_path: Path, sqlite_url: URL
 ) -> None:
-    ini = make_project(tmp_path / "p", (USERS, EMAIL))
-    anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
-    with_a_user(sqlite_url)
+    ini = at_r1_with_a_user(tmp_path, sqlite_url)
     # Opened read-only (as a file the app's user may not write would be; the
     # tests run as root, whom file modes do not stop).
     # Written as a user writes it: SQLAlchemy 2.0 does not round-trip a "?"
@@ -144,9 +150,7 @@ context.configure(url=context.config.get_main_option("sqlalchemy.url"))
 def test_an_env_py_that_never_runs_the_migrations_is_configuration(
     tmp_path: Path, sqlite_url: URL
 ) -> None:
-    ini = make_project(tmp_path / "p", (USERS, EMAIL))
-    anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
-    with_a_user(sqlite_url)
+    ini = at_r1_with_a_user(tmp_path, sqlite_url)
     (tmp_path / "p" / "migrations" / "env.py").write_text(NO_RUN_ENV)
     migrator = AutoMigrator(ini, url=sqlite_url, on_failure=PurgeAndRetry())
 
@@ -159,9 +163,7 @@ def test_an_env_py_that_never_runs_the_migrations_is_configuration(
 
 
 def test_a_revision_without_upgrade_is_configuration(tmp_path: Path, sqlite_url: URL) -> None:
-    ini = make_project(tmp_path / "p", (USERS, Rev("r2", "r1", "no upgrade", "pass")))
-    anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
-    with_a_user(sqlite_url)
+    ini = at_r1_with_a_user(tmp_path, sqlite_url, (USERS, Rev("r2", "r1", "no upgrade", "pass")))
     path = tmp_path / "p" / "migrations" / "versions" / "r2.py"
     path.write_text(path.read_text().replace("def upgrade()", "def upgrad()"))
     migrator = AutoMigrator(ini, url=sqlite_url, on_failure=PurgeAndRetry())
@@ -257,9 +259,7 @@ def test_an_error_of_automigrators_own_code_mid_run_is_not_the_revisions(
     # The revision did nothing wrong: no purge, and the run says whose it is.
     from automigrator.run._reporting import Reporter
 
-    ini = make_project(tmp_path / "p", (USERS, EMAIL))
-    anyio.run(AutoMigrator(ini, url=sqlite_url, target="r1").run)
-    with_a_user(sqlite_url)
+    ini = at_r1_with_a_user(tmp_path, sqlite_url)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ImportError("cannot import name 'x' from partially initialized module")
