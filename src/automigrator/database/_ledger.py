@@ -340,12 +340,10 @@ class Ledger:
             return [_entry(row) for row in conn.execute(query)]
 
     def dirty(
-        self, revisions: Collection[str] | None = None, latest: Mapping[str, Latest] | None = None
+        self, revisions: Collection[str] | None, latest: Mapping[str, Latest]
     ) -> LedgerEntry | None:
         """The first revision among ``revisions`` (None: any) left running or partial,
-        in ``latest`` (``read_latest()``'s answer; read here if not given)."""
-        if latest is None:
-            latest = self.read_latest() or {}
+        in ``latest`` (``read_latest()``'s answer)."""
         found = [
             e
             for e in latest.values()
@@ -360,14 +358,12 @@ class Ledger:
         self,
         revisions: Collection[str],
         within: float,
-        latest: Mapping[str, Latest] | None = None,
+        latest: Mapping[str, Latest],
     ) -> list[LedgerEntry]:
         """The whole rows of ``revisions`` whose latest attempt failed less than
         ``within`` seconds ago, first failed first (``latest`` as for ``dirty``)."""
         if within <= 0:
             return []
-        if latest is None:
-            latest = self.read_latest() or {}
         failed = [
             e.id for e in latest.values() if e.outcome == "failed" and e.revision in revisions
         ]

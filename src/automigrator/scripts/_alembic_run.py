@@ -337,10 +337,8 @@ class _Supervisor:
             if ledger is not None and connection is not None and row is not None:
                 ledger.applied(connection, row, applied.duration)  # with the version row
             elif ledger is not None and connection is not None and self.dialect == "sqlite":
-                if not self.applied:
-                    self.marking = ledger.prepare(
-                        connection
-                    ).writable  # in the first one's transaction
+                if not self.applied:  # in the first one's transaction
+                    self.marking = ledger.prepare(connection).writable
                 if self.marking:
                     facts = self.facts(applied.revision)
                     ledger.insert_applied(connection, facts, self.hooks.run, applied.duration)
