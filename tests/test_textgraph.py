@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import os
 import py_compile
 import shutil
 import subprocess
@@ -413,6 +414,23 @@ def test_remembered_heads_follow_an_edited_file(ini: Path, sqlite_url: URL) -> N
     # call the database (at r3) up to date.
     path = ini.parent / "migrations" / "versions" / "r3.py"
     path.write_text(path.read_text().replace("'r3'", "'rX'"))
+
+    with pytest.raises(SchemaAheadError, match="r3"):
+        anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+
+
+def test_remembered_heads_follow_an_edit_that_keeps_size_and_modification_time(
+    ini: Path, sqlite_url: URL
+) -> None:
+    # As rsync -a, tar or a fixed-time image build leave a file: only the
+    # change time, which no copy can set, tells the listing it moved.
+    anyio.run(AutoMigrator(ini, url=sqlite_url).run)
+    assert anyio.run(AutoMigrator(ini, url=sqlite_url).run).state is MigrationState.READY
+    path = ini.parent / "migrations" / "versions" / "r3.py"
+    before = path.stat()
+    path.write_text(path.read_text().replace("'r3'", "'rX'"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
     with pytest.raises(SchemaAheadError, match="r3"):
         anyio.run(AutoMigrator(ini, url=sqlite_url).run)
